@@ -1,0 +1,1 @@
+"""Built-in plugins, registered through sharpkit's own entry points (dogfooding)."""

@@ -1,0 +1,638 @@
+"""The plugin registry: a typed facade over a private :class:`pluggy.PluginManager`.
+
+Built-in and third-party plugins are both loaded from the ``sharpkit`` entry-point
+group. Each plugin is isolated: one that fails to import, breaks the contract, or
+whose hook raises is recorded as a :class:`PluginFailure` (and warned about with a
+:class:`~sharpkit.errors.PluginWarning`) and skipped; the rest keep working.
+Component tables are built lazily per kind, so a duplicate name only fails the
+lookup of that kind while ``sharpkit plugins`` can still show the conflict.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import inspect
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+
+import pluggy
+
+from sharpkit import hookspecs
+from sharpkit.errors import (
+    ConfigError,
+    DuplicateNameError,
+    PluginContractError,
+    PluginError,
+    PluginLoadError,
+    PluginWarning,
+    SharpkitError,
+    UnknownNameError,
+)
+from sharpkit.interfaces import (
+    DatasetSpec,
+    MetricSpec,
+    ModelSpec,
+    ProbeSpec,
+    TrainerSpec,
+    _Spec,
+    validate_name,
+)
+
+if TYPE_CHECKING:
+    import typer
+
+__all__ = [
+    "KINDS",
+    "PluginFailure",
+    "PluginRecord",
+    "Registry",
+    "disabled_from_env",
+    "get_registry",
+    "reset_registry",
+]
+
+Kind = Literal["model", "dataset", "trainer", "metric", "probe"]
+KINDS: tuple[Kind, ...] = ("model", "dataset", "trainer", "metric", "probe")
+
+_SPEC_TYPES: dict[str, type[_Spec]] = {
+    "model": ModelSpec,
+    "dataset": DatasetSpec,
+    "trainer": TrainerSpec,
+    "metric": MetricSpec,
+    "probe": ProbeSpec,
+}
+_HOOKS: dict[str, str] = {kind: f"sharpkit_register_{kind}s" for kind in KINDS}
+# Keyword arguments the registry itself passes to each kind's factory.
+_CONTEXT_PARAMS: dict[str, tuple[str, ...]] = {
+    "model": ("input_shape", "num_classes"),
+    "dataset": ("root", "download", "subset", "seed"),
+    "trainer": (),
+    "metric": (),
+    "probe": (),
+}
+SELF_DISTRIBUTION = "sharpkit"
+ENV_DISABLE = "SHARPKIT_DISABLE_PLUGINS"
+
+S = TypeVar("S", bound=_Spec)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginRecord:
+    """A plugin the registry knows of.
+
+    Attributes:
+        name: Entry-point (pluggy) name, e.g. ``builtin.metrics`` or ``fisher-rao``.
+        distribution: The distribution providing it, or ``None`` for an object
+            registered directly.
+        version: That distribution's version.
+        status: ``"loaded"``, ``"disabled"`` or ``"failed"``.
+    """
+
+    name: str
+    distribution: str | None
+    version: str | None
+    status: str = "loaded"
+
+    @property
+    def provider(self) -> str:
+        """Human-readable provenance, e.g. ``sharpkit-foo 1.2 (foo)``."""
+        if self.distribution is None:
+            return f"plugin {self.name!r}"
+        return f"{self.distribution} {self.version} ({self.name})"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginFailure:
+    """A plugin that was skipped, and why.
+
+    Attributes:
+        plugin: Entry-point name.
+        distribution: Providing distribution, if known.
+        version: Its version.
+        phase: ``"import"``, ``"validate"``, or the hook / spec that failed.
+        error: One line describing the error.
+        exception: The exception itself (its traceback is kept for ``--debug``).
+    """
+
+    plugin: str
+    distribution: str | None
+    version: str | None
+    phase: str
+    error: str
+    exception: BaseException | None = None
+
+    def message(self) -> str:
+        """One line for warnings and the CLI."""
+        where = (
+            f"plugin {self.plugin!r}"
+            if self.distribution is None
+            else f"plugin {self.plugin!r} from {self.distribution} {self.version}"
+        )
+        hint = f"; disable it with --disable-plugin {self.plugin}"
+        return f"{where} skipped ({self.phase}): {self.error}{hint}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    name = type(exc).__name__
+    return f"{name}: {first}" if first else name
+
+
+def disabled_from_env() -> set[str]:
+    """Return the plugin names listed in ``$SHARPKIT_DISABLE_PLUGINS``."""
+    raw = os.environ.get(ENV_DISABLE, "")
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+class Registry:
+    """Plugin discovery, validation and name lookup.
+
+    Args:
+        disabled: Plugin (entry-point) names not to load, in addition to those in
+            ``$SHARPKIT_DISABLE_PLUGINS``.
+        entry_points: Load plugins from the ``sharpkit`` entry-point group. Tests
+            pass ``False`` and register objects with :meth:`register_plugin`.
+        warn: Emit a :class:`~sharpkit.errors.PluginWarning` for each failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        disabled: Iterable[str] = (),
+        entry_points: bool = True,
+        warn: bool = True,
+    ) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._warn = warn
+        self.disabled: frozenset[str] = frozenset(disabled) | frozenset(
+            disabled_from_env()
+        )
+        self._records: dict[str, PluginRecord] = {}
+        self._failures: list[PluginFailure] = []
+        self._tables: dict[str, dict[str, tuple[_Spec, str]]] = {}
+        self._table_errors: dict[str, SharpkitError] = {}
+        self._lock = threading.RLock()
+        if entry_points:
+            self._load_entry_points()
+
+    # ------------------------------------------------------------------ loading
+
+    def _fail(self, failure: PluginFailure) -> None:
+        self._failures.append(failure)
+        if self._warn:
+            warnings.warn(failure.message(), PluginWarning, stacklevel=3)
+
+    def _load_entry_points(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        found_self = False
+        eps = sorted(
+            importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME),
+            key=lambda ep: (not ep.name.startswith("builtin."), ep.name),
+        )
+        for ep in eps:
+            if (ep.name, ep.value) in seen:  # the same dist on sys.path twice
+                continue
+            seen.add((ep.name, ep.value))
+            dist = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
+            if dist is not None and dist.lower() == SELF_DISTRIBUTION:
+                found_self = True
+            if ep.name in self.disabled:
+                self._records[ep.name] = PluginRecord(ep.name, dist, version, "disabled")
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken plugin must not break sharpkit
+                self._records[ep.name] = PluginRecord(ep.name, dist, version, "failed")
+                self._fail(
+                    PluginFailure(
+                        ep.name, dist, version, "import", _one_line(exc), exc
+                    )
+                )
+                continue
+            self.register_plugin(obj, ep.name, distribution=dist, version=version)
+        if not found_self:
+            msg = (
+                "sharpkit's built-in plugins are missing from the installed "
+                "metadata; reinstall with `pip install -e .`"
+            )
+            raise PluginError(msg)
+
+    def register_plugin(
+        self,
+        obj: object,
+        name: str,
+        *,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> bool:
+        """Register ``obj`` (a module or object with hook implementations).
+
+        Returns:
+            Whether it was registered; a plugin that breaks the contract is
+            recorded as a failure instead.
+        """
+        with self._lock:
+            if name in self.disabled:
+                self._records[name] = PluginRecord(
+                    name, distribution, version, "disabled"
+                )
+                return False
+            try:
+                self._pm.register(obj, name=name)
+            except (pluggy.PluginValidationError, ValueError) as exc:
+                self._records[name] = PluginRecord(
+                    name, distribution, version, "failed"
+                )
+                self._fail(
+                    PluginFailure(
+                        name, distribution, version, "validate", _one_line(exc), exc
+                    )
+                )
+                return False
+            unknown = [
+                hc.name
+                for hc in self._pm.get_hookcallers(obj) or []
+                if hc.spec is None
+            ]
+            if unknown:
+                self._pm.unregister(obj, name=name)
+                exc = PluginContractError(
+                    f"hook {unknown[0]!r} matches no sharpkit hook; known hooks: "
+                    + ", ".join(sorted(_HOOKS.values()))
+                )
+                self._records[name] = PluginRecord(
+                    name, distribution, version, "failed"
+                )
+                self._fail(
+                    PluginFailure(
+                        name, distribution, version, "validate", str(exc), exc
+                    )
+                )
+                return False
+            self._records[name] = PluginRecord(name, distribution, version, "loaded")
+            self._tables.clear()
+            self._table_errors.clear()
+            return True
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin registered under ``name`` (tests use this)."""
+        with self._lock:
+            if self._pm.get_plugin(name) is not None:
+                self._pm.unregister(name=name)
+            self._records.pop(name, None)
+            self._tables.clear()
+            self._table_errors.clear()
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def plugins(self) -> list[PluginRecord]:
+        """Every plugin seen: loaded, disabled or failed."""
+        return list(self._records.values())
+
+    @property
+    def failures(self) -> list[PluginFailure]:
+        """Plugins (or hooks of plugins) that were skipped, with the reason."""
+        self._build_all()
+        return list(self._failures)
+
+    def record(self, plugin: str) -> PluginRecord:
+        """Return the record of the plugin registered as ``plugin``."""
+        return self._records.get(plugin, PluginRecord(plugin, None, None))
+
+    # ------------------------------------------------------------------ tables
+
+    def _build_all(self) -> None:
+        for kind in KINDS:
+            try:
+                self._table(kind)
+            except DuplicateNameError:
+                pass
+
+    def _table(self, kind: str) -> dict[str, tuple[_Spec, str]]:
+        with self._lock:
+            if kind in self._table_errors:
+                raise self._table_errors[kind]
+            if kind in self._tables:
+                return self._tables[kind]
+            table: dict[str, tuple[_Spec, str]] = {}
+            caller = getattr(self._pm.hook, _HOOKS[kind])
+            for impl in reversed(caller.get_hookimpls()):  # registration order
+                plugin = impl.plugin_name
+                rec = self.record(plugin)
+                try:
+                    specs = list(impl.function() or ())
+                except Exception as exc:  # a raising hook costs only its plugin
+                    self._fail(
+                        PluginFailure(
+                            plugin,
+                            rec.distribution,
+                            rec.version,
+                            _HOOKS[kind],
+                            _one_line(exc),
+                            exc,
+                        )
+                    )
+                    continue
+                for spec in specs:
+                    try:
+                        self._validate(kind, spec)
+                    except PluginContractError as exc:
+                        self._fail(
+                            PluginFailure(
+                                plugin,
+                                rec.distribution,
+                                rec.version,
+                                _HOOKS[kind],
+                                str(exc),
+                                exc,
+                            )
+                        )
+                        continue
+                    if spec.name in table:
+                        other = self.record(table[spec.name][1])
+                        err = DuplicateNameError(
+                            f"{kind} {spec.name!r} is provided by both "
+                            f"{other.provider} and {rec.provider}; disable one "
+                            f"with --disable-plugin {plugin}"
+                        )
+                        self._table_errors[kind] = err
+                        raise err
+                    table[spec.name] = (spec, plugin)
+            self._tables[kind] = table
+            return table
+
+    @staticmethod
+    def _validate(kind: str, spec: object) -> None:
+        expected = _SPEC_TYPES[kind]
+        if not isinstance(spec, expected):
+            msg = (
+                f"{_HOOKS[kind]} returned {type(spec).__name__}, "
+                f"expected {expected.__name__}"
+            )
+            raise PluginContractError(msg)
+        if not validate_name(spec.name):
+            msg = f"{kind} name {spec.name!r} is not kebab-case (e.g. 'my-metric')"
+            raise PluginContractError(msg)
+        desc = spec.description
+        if not isinstance(desc, str) or not desc.strip() or "\n" in desc.strip():
+            msg = f"{kind} {spec.name!r}: description must be one non-empty line"
+            raise PluginContractError(msg)
+        if not callable(spec.factory):
+            msg = f"{kind} {spec.name!r}: factory is not callable"
+            raise PluginContractError(msg)
+        try:
+            params = inspect.signature(spec.factory).parameters
+        except (TypeError, ValueError):  # builtins without a signature
+            return
+        has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
+            msg = f"{kind} {spec.name!r}: factory must not take *args"
+            raise PluginContractError(msg)
+        needed = [o.name for o in spec.options] + list(_CONTEXT_PARAMS[kind])
+        if isinstance(spec, ModelSpec) and spec.prefix:
+            needed.append("variant")
+        if not has_var_kw:
+            missing = [n for n in needed if n not in params]
+            if missing:
+                msg = (
+                    f"{kind} {spec.name!r}: factory does not accept "
+                    + ", ".join(repr(m) for m in missing)
+                )
+                raise PluginContractError(msg)
+        required = [
+            n
+            for n, p in params.items()
+            if p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
+            and n not in needed
+        ]
+        if required:
+            msg = (
+                f"{kind} {spec.name!r}: factory requires "
+                + ", ".join(repr(r) for r in required)
+                + " which is neither an option nor supplied by sharpkit"
+            )
+            raise PluginContractError(msg)
+
+    # ------------------------------------------------------------------ lookup
+
+    def names(self, kind: str) -> list[str]:
+        """Return the registered names of one kind, sorted."""
+        return sorted(self._table(kind))
+
+    def specs(self, kind: str) -> dict[str, _Spec]:
+        """Return ``{name: spec}`` for one kind."""
+        return {name: spec for name, (spec, _) in sorted(self._table(kind).items())}
+
+    def provider(self, kind: str, name: str) -> PluginRecord:
+        """Return the plugin that provides ``kind`` ``name``."""
+        base = name.split(":", 1)[0]
+        table = self._table(kind)
+        if base not in table:
+            raise self._unknown(kind, name)
+        return self.record(table[base][1])
+
+    def _unknown(self, kind: str, name: str) -> UnknownNameError:
+        candidates = self.names(kind)
+        prefixed = [
+            f"{n}:" for n, (s, _) in self._table(kind).items() if _is_prefix(s)
+        ]
+        close = difflib.get_close_matches(name, candidates + prefixed, n=3, cutoff=0.6)
+        return UnknownNameError(kind, name, close)
+
+    @overload
+    def get(self, kind: Literal["model"], name: str) -> ModelSpec: ...
+    @overload
+    def get(self, kind: Literal["dataset"], name: str) -> DatasetSpec: ...
+    @overload
+    def get(self, kind: Literal["trainer"], name: str) -> TrainerSpec: ...
+    @overload
+    def get(self, kind: Literal["metric"], name: str) -> MetricSpec: ...
+    @overload
+    def get(self, kind: Literal["probe"], name: str) -> ProbeSpec: ...
+    @overload
+    def get(self, kind: str, name: str) -> _Spec: ...
+    def get(self, kind: str, name: str) -> _Spec:
+        """Return the spec registered as ``name`` (``prefix:variant`` for prefixes).
+
+        Raises:
+            UnknownNameError: No such name; the error suggests close matches.
+            DuplicateNameError: Two plugins provide a name of this kind.
+        """
+        if kind not in _HOOKS:
+            msg = f"unknown component kind {kind!r}; one of {', '.join(KINDS)}"
+            raise ConfigError(msg)
+        table = self._table(kind)
+        if name in table and not _is_prefix(table[name][0]):
+            return table[name][0]
+        base, sep, variant = name.partition(":")
+        if sep and base in table and _is_prefix(table[base][0]):
+            if not variant:
+                msg = f"{kind} {base!r} needs a variant: '{base}:<name>'"
+                raise ConfigError(msg)
+            return table[base][0]
+        if name in table:  # a prefix spec named without a variant
+            msg = f"{kind} {name!r} needs a variant: '{name}:<name>'"
+            raise ConfigError(msg)
+        raise self._unknown(kind, name)
+
+    def parse_options(self, spec: _Spec, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``options`` against ``spec.options`` and convert their values.
+
+        Raises:
+            ConfigError: An unknown option name or a value of the wrong type.
+        """
+        kind = _kind_of(spec)
+        parsed: dict[str, Any] = {}
+        for key, value in options.items():
+            opt = spec.option(key)
+            if opt is None:
+                known = [o.name for o in spec.options]
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                listing = ", ".join(known) if known else "none"
+                msg = (
+                    f"{kind} {spec.name!r} has no option {key!r}; {hint}"
+                    f"its options: {listing}"
+                )
+                raise ConfigError(msg)
+            parsed[key] = opt.parse(value)
+        return parsed
+
+    def create(
+        self,
+        kind: str,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        **context: Any,
+    ) -> Any:
+        """Look up ``name``, validate ``options`` and call the spec's factory.
+
+        ``context`` holds the arguments sharpkit supplies to every factory of the
+        kind (e.g. ``input_shape`` and ``num_classes`` for models).
+
+        Raises:
+            UnknownNameError: No such name.
+            ConfigError: Bad options.
+            PluginError: The factory of a plugin raised something other than a
+                :class:`~sharpkit.SharpkitError`.
+        """
+        spec = self.get(kind, name)
+        parsed = self.parse_options(spec, options or {})
+        if isinstance(spec, ModelSpec) and spec.prefix:
+            context["variant"] = name.split(":", 1)[1]
+        try:
+            return spec.factory(**context, **parsed)
+        except SharpkitError:
+            raise
+        except Exception as exc:
+            rec = self.provider(kind, name)
+            msg = (
+                f"{kind} {name!r} ({rec.provider}) could not be created: "
+                f"{_one_line(exc)}"
+            )
+            raise PluginLoadError(
+                msg, plugin=rec.name, distribution=rec.distribution, phase="factory"
+            ) from exc
+
+    # ------------------------------------------------------------------ commands
+
+    def register_commands(
+        self, app: typer.Typer, reserved: Sequence[str] = ()
+    ) -> list[str]:
+        """Let plugins add commands to ``app``; refuse any that shadow ``reserved``.
+
+        Returns:
+            The names of the commands plugins added.
+        """
+        added: list[str] = []
+        caller = self._pm.hook.sharpkit_register_commands
+        for impl in reversed(caller.get_hookimpls()):
+            rec = self.record(impl.plugin_name)
+            n_cmd, n_grp = len(app.registered_commands), len(app.registered_groups)
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                del app.registered_commands[n_cmd:]
+                del app.registered_groups[n_grp:]
+                self._fail(
+                    PluginFailure(
+                        rec.name,
+                        rec.distribution,
+                        rec.version,
+                        "sharpkit_register_commands",
+                        _one_line(exc),
+                        exc,
+                    )
+                )
+                continue
+            new = [_command_name(c) for c in app.registered_commands[n_cmd:]] + [
+                g.name or "" for g in app.registered_groups[n_grp:]
+            ]
+            clash = [n for n in new if n in reserved or n in added]
+            if clash:
+                del app.registered_commands[n_cmd:]
+                del app.registered_groups[n_grp:]
+                self._fail(
+                    PluginFailure(
+                        rec.name,
+                        rec.distribution,
+                        rec.version,
+                        "sharpkit_register_commands",
+                        f"command {clash[0]!r} would replace an existing command",
+                        None,
+                    )
+                )
+                continue
+            added.extend(new)
+        return added
+
+
+def _is_prefix(spec: _Spec) -> bool:
+    return isinstance(spec, ModelSpec) and spec.prefix
+
+
+def _kind_of(spec: _Spec) -> str:
+    for kind, cls in _SPEC_TYPES.items():
+        if isinstance(spec, cls):
+            return kind
+    return "component"
+
+
+def _command_name(info: Any) -> str:
+    if info.name:
+        return str(info.name)
+    callback = cast("Callable[..., Any] | None", info.callback)
+    if callback is None:
+        return ""
+    return callback.__name__.lower().replace("_", "-")
+
+
+_REGISTRY: Registry | None = None
+_REGISTRY_LOCK = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """Return the process-wide registry, loading plugins on first use."""
+    global _REGISTRY  # noqa: PLW0603 - a lazily built process-wide singleton
+    with _REGISTRY_LOCK:
+        if _REGISTRY is None:
+            _REGISTRY = Registry()
+        return _REGISTRY
+
+
+def reset_registry(*, disabled: Iterable[str] = (), warn: bool = True) -> Registry:
+    """Rebuild the process-wide registry (e.g. with ``--disable-plugin`` names)."""
+    global _REGISTRY  # noqa: PLW0603 - a lazily built process-wide singleton
+    with _REGISTRY_LOCK:
+        _REGISTRY = Registry(disabled=disabled, warn=warn)
+        return _REGISTRY
