@@ -17,7 +17,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -212,13 +211,15 @@ def _load_pickle(path: Path) -> Any:
             )
             raise UnsafeCheckpointError(msg) from exc
         raise _corrupt(path, exc) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # anything else the unpickler trips over: not a checkpoint
         raise _corrupt(path, exc) from exc
 
 
 def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
     size = path.stat().st_size
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     if any(
         s in reason
         for s in ("central directory", "truncated", "EOF", "Ran out of input", "end of")

@@ -1,0 +1,184 @@
+"""The ``sharpkit`` command line: a thin typer layer over the public API.
+
+Results go to stdout (a rich table, or JSON with ``--json``); progress, warnings
+and errors go to stderr. A :class:`~sharpkit.SharpkitError` becomes one line,
+``error: <message>``, and exit status 1; ``--debug`` (or ``SHARPKIT_DEBUG=1``)
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from sharpkit.cli._progress import err_console
+from sharpkit.errors import SharpkitError, SharpkitWarning
+
+__all__ = ["app", "main"]
+
+_STATE: dict[str, Any] = {"debug": False}
+
+
+def _debug_enabled() -> bool:
+    return bool(_STATE["debug"]) or os.environ.get("SHARPKIT_DEBUG", "") not in (
+        "",
+        "0",
+    )
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    if issubclass(category, SharpkitWarning):
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True)
+    else:
+        err_console.print(
+            f"[yellow]warning:[/] {category.__name__}: {message}", highlight=False
+        )
+
+
+class _ErrorBoundary(TyperGroup):
+    """Turn SharpkitError into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        old_show = warnings.showwarning
+        warnings.showwarning = _show_warning
+        try:
+            return super().invoke(ctx)
+        except SharpkitError as exc:
+            if _debug_enabled():
+                raise
+            message = str(exc).replace("\n", " ")
+            err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+        finally:
+            warnings.showwarning = old_show
+
+
+app = typer.Typer(
+    name="sharpkit",
+    cls=_ErrorBoundary,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Measure how sharp or flat the minimum of a trained PyTorch model is.",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        import sharpkit
+
+        typer.echo(f"sharpkit {sharpkit.__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Show the version and exit.",
+        ),
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Show tracebacks instead of one-line errors."
+        ),
+    ] = False,
+    disable_plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--disable-plugin",
+            help="Do not load this plugin (entry-point name); repeatable. "
+            "Also $SHARPKIT_DISABLE_PLUGINS=a,b.",
+        ),
+    ] = None,
+) -> None:
+    """Measure how sharp or flat the minimum of a trained PyTorch model is."""
+    _STATE["debug"] = debug
+    if disable_plugin:
+        from sharpkit.registry import reset_registry
+
+        reset_registry(disabled=disable_plugin)
+
+
+def _add_builtin_commands() -> None:
+    from sharpkit.cli import interpolate, measure, plot, plugins, results, train
+
+    app.command("measure", no_args_is_help=True)(measure.measure)
+    app.command("train")(train.train)
+    app.command("interpolate", no_args_is_help=True)(interpolate.interpolate)
+    app.command("probe", no_args_is_help=True)(interpolate.probe)
+    app.command("results")(results.results)
+    app.command("plot", no_args_is_help=True)(plot.plot)
+    app.command("plugins")(plugins.plugins)
+
+
+BUILTIN_COMMANDS = (
+    "measure",
+    "train",
+    "interpolate",
+    "probe",
+    "results",
+    "plot",
+    "plugins",
+)
+_add_builtin_commands()
+_PLUGIN_COMMANDS_ADDED = False
+
+
+def add_plugin_commands() -> None:
+    """Let plugins add their commands (once); failures are reported and skipped."""
+    global _PLUGIN_COMMANDS_ADDED  # noqa: PLW0603 - once per process
+    if _PLUGIN_COMMANDS_ADDED:
+        return
+    _PLUGIN_COMMANDS_ADDED = True
+    from sharpkit.registry import get_registry, reset_registry
+
+    disabled = _argv_disabled(sys.argv[1:])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SharpkitWarning)
+            reg = reset_registry(disabled=disabled, warn=False) if disabled else (
+                get_registry()
+            )
+            reg.register_commands(app, reserved=BUILTIN_COMMANDS)
+    except SharpkitError:
+        # A broken installation is reported by the command that needs it.
+        return
+
+
+def _argv_disabled(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--disable-plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif arg.startswith("--disable-plugin="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
+def main() -> None:
+    """Run the ``sharpkit`` command line."""
+    add_plugin_commands()
+    app()

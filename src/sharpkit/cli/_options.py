@@ -1,0 +1,206 @@
+"""Options shared by several commands, as ``Annotated`` aliases (one definition each)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sharpkit.errors import ConfigError
+
+DEFAULT_STORE = Path("sharpkit-results.zarr")
+
+
+class BNMode(StrEnum):
+    """Batch-norm mode for analysis."""
+
+    eval = "eval"
+    train = "train"
+
+
+class DType(StrEnum):
+    """Floating dtype for analysis."""
+
+    float32 = "float32"
+    float64 = "float64"
+
+
+def _names(kind: str) -> list[str]:
+    try:
+        from sharpkit.registry import get_registry
+
+        return get_registry().names(kind)
+    except Exception:  # completion must never fail loudly
+        return []
+
+
+def complete_metric(incomplete: str) -> list[str]:
+    """Complete metric names from the registry."""
+    return [n for n in _names("metric") if n.startswith(incomplete)]
+
+
+def complete_model(incomplete: str) -> list[str]:
+    """Complete model names from the registry."""
+    return [n for n in _names("model") if n.startswith(incomplete)]
+
+
+def complete_dataset(incomplete: str) -> list[str]:
+    """Complete dataset names from the registry."""
+    return [n for n in _names("dataset") if n.startswith(incomplete)]
+
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")
+]
+MetricOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metric",
+        "-m",
+        help="Metric to compute; repeat for several (default: spectral).",
+        autocompletion=complete_metric,
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Registered architecture (needed for bare state_dict checkpoints).",
+        autocompletion=complete_model,
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Registered dataset (default: the one the checkpoint names).",
+        autocompletion=complete_dataset,
+    ),
+]
+DataRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-root",
+        envvar="SHARPKIT_DATA",
+        help="Directory searched first for dataset files.",
+    ),
+]
+DownloadOpt = Annotated[
+    bool,
+    typer.Option("--download", help="Download missing dataset files (needs network)."),
+]
+StoreOpt = Annotated[
+    Path,
+    typer.Option("--store", help="Results store (zarr) to write to and reuse from."),
+]
+NoStoreOpt = Annotated[
+    bool, typer.Option("--no-store", help="Do not read or write a results store.")
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Recompute even what the store already holds."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'.")
+]
+OptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option",
+        "-o",
+        help=(
+            "Component option as key=value, or name.key=value to address one "
+            "component (e.g. -o spectral.top_k=5); repeatable."
+        ),
+    ),
+]
+
+
+def parse_options(
+    items: list[str] | None, components: list[str]
+) -> dict[str, dict[str, str]]:
+    """Split ``key=value`` / ``name.key=value`` items into per-component dicts.
+
+    An unscoped ``key=value`` goes to every component in ``components``; the
+    registry then rejects it for any component that has no such option unless at
+    least one has it (see :func:`distribute_options`).
+    """
+    out: dict[str, dict[str, str]] = {c: {} for c in components}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            msg = f"option {item!r} must look like key=value or name.key=value"
+            raise ConfigError(msg)
+        scope, dot, name = key.rpartition(".")
+        if dot:
+            if scope not in out:
+                msg = f"option {item!r} names {scope!r}, which is not selected"
+                raise ConfigError(msg)
+            out[scope][name] = value
+        else:
+            for c in components:
+                out[c][key] = value
+    return out
+
+
+def distribute_options(
+    items: list[str] | None, kind: str, components: list[str]
+) -> dict[str, dict[str, str]]:
+    """Like :func:`parse_options`, dropping unscoped options a component lacks.
+
+    Raises:
+        ConfigError: An unscoped option that no selected component accepts.
+    """
+    from sharpkit.registry import get_registry
+
+    reg = get_registry()
+    scoped = parse_options(items, components)
+    unscoped = {
+        item.partition("=")[0]
+        for item in items or []
+        if "." not in item.partition("=")[0]
+    }
+    for key in unscoped:
+        owners = [c for c in components if reg.get(kind, c).option(key) is not None]
+        if not owners:
+            known = sorted(
+                {o.name for c in components for o in reg.get(kind, c).options}
+            )
+            msg = (
+                f"no selected {kind} has an option {key!r}; their options: "
+                + (", ".join(known) or "none")
+            )
+            raise ConfigError(msg)
+        for c in components:
+            if c not in owners:
+                scoped[c].pop(key, None)
+    return scoped
+
+
+ModelOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-option",
+        help="Architecture option as key=value (with --model); repeatable.",
+    ),
+]
+
+
+def parse_pairs(items: list[str] | None, what: str = "option") -> dict[str, str]:
+    """Parse repeated ``key=value`` items into a dict.
+
+    Raises:
+        ConfigError: An item without ``=``.
+    """
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            msg = f"{what} {item!r} must look like key=value"
+            raise ConfigError(msg)
+        out[key] = value
+    return out

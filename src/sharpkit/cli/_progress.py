@@ -1,0 +1,83 @@
+"""The CLI's one progress mechanism: a rich progress display fed by ProgressCallbacks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from sharpkit.interfaces import ProgressCallback
+
+err_console = Console(stderr=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class _Callback:
+    """A ProgressCallback that drives one rich task, throttled to ~10 updates/s."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self._progress = progress
+        self._label = label
+        self._task: TaskID = progress.add_task(label, total=None, info="")
+        self._last = 0.0
+
+    def __call__(
+        self,
+        completed: float,
+        total: float | None = None,
+        /,
+        *,
+        description: str | None = None,
+        **info: Any,
+    ) -> None:
+        now = time.monotonic()
+        finished = total is not None and completed >= total
+        if description is None and not finished and now - self._last < 0.1:
+            return
+        self._last = now
+        fields = "  ".join(f"{k}={_fmt(v)}" for k, v in info.items())
+        kwargs: dict[str, Any] = {"completed": completed, "total": total, "info": fields}
+        if description is not None:
+            kwargs["description"] = f"{self._label}: {description}"
+        self._progress.update(self._task, **kwargs)
+
+
+@contextmanager
+def progress_display(label: str, *, enabled: bool = True) -> Iterator[ProgressCallback]:
+    """Show a progress display on stderr while the block runs.
+
+    Turns itself off when stderr is not a terminal (logs, pipes, CI).
+    """
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not enabled or not err_console.is_terminal,
+    )
+    with progress:
+        yield _Callback(progress, label)

@@ -1,0 +1,168 @@
+"""``sharpkit measure``: sharpness metrics of one or more checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sharpkit.cli._options import (
+    DEFAULT_STORE,
+    BNMode,
+    DataOpt,
+    DataRootOpt,
+    DeviceOpt,
+    DownloadOpt,
+    DType,
+    ForceOpt,
+    JsonOpt,
+    MetricOpt,
+    ModelOpt,
+    ModelOptionOpt,
+    NoStoreOpt,
+    OptionOpt,
+    SeedOpt,
+    StoreOpt,
+    distribute_options,
+    parse_pairs,
+)
+from sharpkit.cli._progress import err_console, progress_display
+from sharpkit.cli._render import fmt_number, print_json, print_table
+
+
+def _uncertainty(value: Any) -> str:
+    return "-" if value is None else f"±{fmt_number(value, 2)}"
+
+
+def measure(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(help="Checkpoint files (.pt, .pth, .safetensors).", show_default=False),
+    ],
+    metric: MetricOpt = None,
+    data: DataOpt = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(help="Analysis-set size: the first N examples (default 2048)."),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="Dataset split to analyse: train or test.")
+    ] = "train",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Examples per forward pass.")
+    ] = 2048,
+    seed: SeedOpt = 0,
+    tol: Annotated[
+        float, typer.Option(help="Relative tolerance of iterative methods.")
+    ] = 1e-3,
+    max_hvps: Annotated[
+        int | None,
+        typer.Option("--max-hvps", help="Hessian-vector-product budget per metric."),
+    ] = None,
+    bn_mode: Annotated[
+        BNMode,
+        typer.Option(
+            "--bn-mode",
+            help="eval: batch norm uses running statistics (the model as deployed); "
+            "train: batch statistics (the loss SGD saw).",
+        ),
+    ] = BNMode.eval,
+    dtype: Annotated[
+        DType | None, typer.Option(help="Compute in this dtype (default: the model's).")
+    ] = None,
+    device: DeviceOpt = "cpu",
+    model: ModelOpt = None,
+    model_option: ModelOptionOpt = None,
+    option: OptionOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    store: StoreOpt = DEFAULT_STORE,
+    no_store: NoStoreOpt = False,
+    force: ForceOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Measure sharpness (λ_max, ‖H‖_F, trace, ...) of trained checkpoints.
+
+    Every value comes with its uncertainty: a residual bound for eigenvalues, a
+    standard error for stochastic estimates. Results are stored (see --store) and
+    a checkpoint measured before with the same settings is not measured again.
+    """
+    from sharpkit import api
+    from sharpkit.errors import SharpkitError
+    from sharpkit.registry import get_registry
+
+    metrics = list(metric or ["spectral"])
+    for name in metrics:
+        get_registry().get("metric", name)  # fail fast with "did you mean"
+    per_metric = distribute_options(option, "metric", metrics) if option else {}
+    model_opts = parse_pairs(model_option, "--model-option")
+    target = None if no_store else store
+    outputs: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    for path in checkpoints:
+        try:
+            with progress_display(path.name, enabled=not json_output) as cb:
+                result = api.measure(
+                    path,
+                    data,
+                    metrics,
+                    samples=samples,
+                    split=split,
+                    batch_size=batch_size,
+                    seed=seed,
+                    tol=tol,
+                    max_hvps=max_hvps,
+                    bn_mode=bn_mode.value,
+                    dtype=dtype.value if dtype is not None else None,
+                    device=device,
+                    options=per_metric,
+                    model_name=model,
+                    model_options=model_opts,
+                    data_root=data_root,
+                    download=download,
+                    progress=cb,
+                    store=target,
+                    force=force,
+                )
+        except SharpkitError as exc:
+            if len(checkpoints) == 1:
+                raise
+            failed += 1
+            err_console.print(f"[red]error:[/] {path}: {exc}", highlight=False)
+            continue
+        outputs.append({"checkpoint": str(path), **result.to_dict()})
+        for name, r in result.items():
+            rows.append(
+                {
+                    "checkpoint": path.name,
+                    "metric": name,
+                    "value": r.value,
+                    "uncertainty": _uncertainty(r.stderr if r.stderr is not None else r.bound),
+                    "kind": "stderr" if r.stderr is not None else ("bound" if r.bound is not None else "-"),
+                    "converged": r.converged,
+                    "hvps": r.hvps,
+                    "seconds": r.seconds,
+                    "note": "stored" if name in result.reused else "",
+                }
+            )
+    if json_output:
+        print_json(outputs)
+    elif rows:
+        print_table(
+            rows,
+            [
+                ("checkpoint", "checkpoint"),
+                ("metric", "metric"),
+                ("value", "value"),
+                ("uncertainty", "±"),
+                ("kind", "of"),
+                ("converged", "converged"),
+                ("hvps", "HVPs"),
+                ("seconds", "s"),
+                ("note", ""),
+            ],
+        )
+    if failed:
+        raise typer.Exit(1)
