@@ -1,4 +1,4 @@
-"""Shared fixtures. Plugin-discovery fixtures put real fake-distribution folders on sys.path."""
+"""Shared fixtures; plugin discovery uses real fake-distribution folders on sys.path."""
 
 from __future__ import annotations
 

@@ -17,7 +17,10 @@ from sharpkit.checkpoint import CheckpointMeta, load_state_dict_into
 def small_net() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(), torch.nn.Linear(5, 3)
+        torch.nn.Linear(4, 5),
+        torch.nn.BatchNorm1d(5),
+        torch.nn.ReLU(),
+        torch.nn.Linear(5, 3),
     )
 
 
@@ -41,12 +44,16 @@ def test_sharpkit_format_round_trip(tmp_path: Path) -> None:
         extra={"input_shape": [4], "num_classes": 3},
     )
     path = sharpkit.save_checkpoint(
-        tmp_path / "a.pt", net, meta, train_state={"epoch": 3, "rng": torch.get_rng_state()}
+        tmp_path / "a.pt",
+        net,
+        meta,
+        train_state={"epoch": 3, "rng": torch.get_rng_state()},
     )
     ckpt = sharpkit.load_checkpoint(path)
     assert ckpt.format == "sharpkit"
     assert ckpt.meta == meta
-    assert ckpt.train_state is not None and ckpt.train_state["epoch"] == 3
+    assert ckpt.train_state is not None
+    assert ckpt.train_state["epoch"] == 3
     assert_same_state(ckpt.state_dict, net.state_dict())
     assert len(ckpt.sha256) == 64
     assert not list(tmp_path.glob(".*.tmp"))  # nothing left from the atomic write
@@ -75,7 +82,8 @@ def test_safetensors_round_trip_keeps_metadata(tmp_path: Path) -> None:
     sharpkit.save_checkpoint(tmp_path / "a.safetensors", net, meta)
     ckpt = sharpkit.load_checkpoint(tmp_path / "a.safetensors")
     assert ckpt.format == "safetensors"
-    assert ckpt.meta.lr == 0.05 and ckpt.meta.model == "mlp-bn"
+    assert ckpt.meta.lr == 0.05
+    assert ckpt.meta.model == "mlp-bn"
     assert_same_state(ckpt.state_dict, net.state_dict())
 
 
@@ -107,10 +115,10 @@ def test_payload_would_run_under_plain_pickle(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     path = tmp_path / "evil.pt"
     torch.save({"x": _Payload(marker)}, path)
-    code = (
-        "import torch,sys; torch.load(sys.argv[1], weights_only=False)"
+    code = "import torch,sys; torch.load(sys.argv[1], weights_only=False)"
+    subprocess.run(
+        [sys.executable, "-c", code, str(path)], check=True, capture_output=True
     )
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True)
     assert marker.exists()
 
 
@@ -126,7 +134,9 @@ def test_truncated_file(tmp_path: Path) -> None:
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "notes.pt"
     path.write_text("hello, I am not a checkpoint\n")
-    with pytest.raises(sharpkit.CorruptCheckpointError, match="not a PyTorch checkpoint"):
+    with pytest.raises(
+        sharpkit.CorruptCheckpointError, match="not a PyTorch checkpoint"
+    ):
         sharpkit.load_checkpoint(path)
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(sharpkit.CorruptCheckpointError, match="without a state_dict"):
@@ -162,7 +172,8 @@ def test_state_dict_mismatch_names_keys() -> None:
     assert err.unexpected == ("extra.weight",)
     assert err.mismatched == (("0.weight", (7, 4), (5, 4)),)
     text = str(err)
-    assert "missing '3.bias'" in text and "unexpected 'extra.weight'" in text
+    assert "missing '3.bias'" in text
+    assert "unexpected 'extra.weight'" in text
     assert "[7, 4] in file vs [5, 4] in model" in text
     assert "\n" not in text
 

@@ -30,7 +30,9 @@ def test_builtins_and_fisher_rao_are_discovered() -> None:
     rec = reg.provider("metric", "fisher-rao")
     assert rec.distribution == "sharpkit-fisher-rao"
     assert all(
-        p.distribution == "sharpkit" for p in reg.plugins if p.name.startswith("builtin.")
+        p.distribution == "sharpkit"
+        for p in reg.plugins
+        if p.name.startswith("builtin.")
     )
 
 
@@ -39,7 +41,11 @@ def test_ok_plugin_is_discovered_through_its_dist_info(plugin_dists) -> None:
     reg = quiet_registry()
     assert "param-norm" in reg.names("metric")
     rec = reg.provider("metric", "param-norm")
-    assert (rec.name, rec.distribution, rec.version) == ("okmetric", "sharpkit-okmetric", "1.0")
+    assert (rec.name, rec.distribution, rec.version) == (
+        "okmetric",
+        "sharpkit-okmetric",
+        "1.0",
+    )
     metric = reg.create("metric", "param-norm", {"scale": "2"})
     assert metric.scale == 2.0
 
@@ -81,7 +87,9 @@ def test_unknown_hook_is_a_contract_failure(plugin_dists) -> None:
     plugin_dists("unknown_hook")
     with pytest.warns(PluginWarning, match="sharpkit_register_metric'.*matches no"):
         reg = Registry()
-    assert any(f.plugin == "unknownhook" and f.phase == "validate" for f in reg.failures)
+    assert any(
+        f.plugin == "unknownhook" and f.phase == "validate" for f in reg.failures
+    )
 
 
 def test_duplicate_names_name_both_providers(plugin_dists) -> None:
@@ -116,13 +124,17 @@ def test_unknown_name_suggests_close_matches() -> None:
     err = info.value
     assert isinstance(err, KeyError)  # callers may catch it as a KeyError
     assert err.suggestions[0] == "fisher-rao"
-    assert str(err).startswith("unknown metric 'fisher-roa'; did you mean 'fisher-rao'?")
+    assert str(err).startswith(
+        "unknown metric 'fisher-roa'; did you mean 'fisher-rao'?"
+    )
     assert "\n" not in str(err)
 
 
 def test_bad_option_names_and_values() -> None:
     reg = quiet_registry()
-    with pytest.raises(ConfigError, match="has no option 'fishr'; did you mean 'fisher'"):
+    with pytest.raises(
+        ConfigError, match="has no option 'fishr'; did you mean 'fisher'"
+    ):
         reg.create("metric", "fisher-rao", {"fishr": "model"})
     with pytest.raises(ConfigError, match="must be one of 'model', 'empirical'"):
         reg.create("metric", "fisher-rao", {"fisher": "nope"})
@@ -158,7 +170,10 @@ def test_factory_failure_names_the_plugin() -> None:
 
     reg = Registry(entry_points=False)
     reg.register_plugin(Plugin(), "inline", distribution="sharpkit-inline", version="9")
-    with pytest.raises(sharpkit.PluginLoadError, match=r"sharpkit-inline 9 \(inline\).*ZeroDivisionError"):
+    with pytest.raises(
+        sharpkit.PluginLoadError,
+        match=r"sharpkit-inline 9 \(inline\).*ZeroDivisionError",
+    ):
         reg.create("metric", "broken")
 
 
@@ -187,7 +202,16 @@ def test_option_parsing_hypothesis() -> None:
             value = opt_b.parse(text)
         except ConfigError:
             return
-        assert text.strip().lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}
+        assert text.strip().lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }
         assert isinstance(value, bool)
 
     ints()

@@ -9,6 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from sharpkit.api import (
+    Measurement,
+    build_model,
+    interpolate,
+    load_dataset,
+    load_model,
+    measure,
+    open_results,
+    probe,
+    train,
+)
+from sharpkit.checkpoint import (
+    Checkpoint,
+    CheckpointMeta,
+    load_checkpoint,
+    save_checkpoint,
+)
 from sharpkit.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -34,9 +51,9 @@ from sharpkit.errors import (
 from sharpkit.hookspecs import hookimpl
 from sharpkit.interfaces import (
     AnalysisContext,
-    DataSplit,
     Dataset,
     DatasetSpec,
+    DataSplit,
     Metric,
     MetricResult,
     MetricSpec,
@@ -52,10 +69,18 @@ from sharpkit.interfaces import (
     TrainerSpec,
     TrainResult,
 )
-from sharpkit.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by purpose
     # analysis
+    "measure",
+    "Measurement",
+    "train",
+    "interpolate",
+    "probe",
+    "open_results",
+    "build_model",
+    "load_dataset",
+    "load_model",
     # plugin contract
     "hookimpl",
     "AnalysisContext",

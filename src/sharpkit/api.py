@@ -39,8 +39,8 @@ from sharpkit.errors import (
 )
 from sharpkit.interfaces import (
     AnalysisContext,
-    DataSplit,
     Dataset,
+    DataSplit,
     Metric,
     MetricResult,
     Probe,
@@ -66,6 +66,7 @@ __all__ = [
     "load_dataset",
     "load_model",
     "measure",
+    "open_results",
     "probe",
     "train",
 ]
@@ -112,7 +113,10 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
         msg = f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'"
         raise ConfigError(msg) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        msg = f"device {device!r} requested but no CUDA device is available; use --device cpu"
+        msg = (
+            f"device {device!r} requested but no CUDA device is available; "
+            "use --device cpu"
+        )
         raise ConfigError(msg)
     return dev
 
@@ -255,7 +259,7 @@ def build_model(
     seed: int | None = None,
     registry: Registry | None = None,
 ) -> torch.nn.Module:
-    """Build a registered architecture (e.g. ``"mlp-bn"``, ``"resnet-cifar"``, ``"timm:resnet18"``).
+    """Build a registered architecture (``"mlp-bn"``, ``"timm:resnet18"``, ...).
 
     Args:
         name: Registered model name.
@@ -314,7 +318,11 @@ def load_model(
         StateDictMismatchError: The weights do not fit the architecture.
     """
     reg = registry or get_registry()
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ckpt = (
+        checkpoint
+        if isinstance(checkpoint, Checkpoint)
+        else load_checkpoint(checkpoint)
+    )
     meta = ckpt.meta
     name = model or meta.model
     if name is None:
@@ -359,8 +367,10 @@ def _as_split(data: Any, samples: int | None) -> DataSplit:
 
     if isinstance(data, DataSplit):
         return data.head(samples) if samples is not None else data
-    if isinstance(data, tuple | list) and len(data) == 2 and all(
-        isinstance(t, torch.Tensor) for t in data
+    if (
+        isinstance(data, tuple | list)
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
     ):
         split = DataSplit(data[0], data[1])
         return split.head(samples) if samples is not None else split
@@ -490,7 +500,7 @@ def _prepare_model(
 
 @contextmanager
 def _analysis_mode(model: torch.nn.Module, bn_mode: str) -> Iterator[torch.nn.Module]:
-    """Put the model in analysis mode (eval; BN in train mode if asked); restore after."""
+    """Put the model in eval mode (BN in train mode if asked); restore it after."""
     import torch
 
     modes = {m: m.training for m in model.modules()}
@@ -520,7 +530,8 @@ def _model_and_meta(
     if isinstance(model, torch.nn.Module):
         attrs = {"checkpoint_sha256": _state_sha256(model), "checkpoint_path": None}
         return model, attrs, CheckpointMeta()
-    if not isinstance(model, str | os.PathLike | Checkpoint):
+    given: object = model
+    if not isinstance(given, str | os.PathLike | Checkpoint):
         msg = (
             f"cannot measure a {type(model).__name__}; pass a torch.nn.Module or a "
             "checkpoint path"
@@ -528,7 +539,7 @@ def _model_and_meta(
         raise ConfigError(msg)
     input_shape = num_classes = None
     ds_name = data if isinstance(data, str) else None
-    if isinstance(data, DataSplit | tuple) and not isinstance(data, str):
+    if isinstance(data, DataSplit | tuple):
         inputs, targets = (
             (data.inputs, data.targets) if isinstance(data, DataSplit) else data
         )
@@ -657,7 +668,7 @@ def measure(
     options = dict(options or {})
     unknown = [k for k in options if k not in names]
     if unknown:
-        msg = f"options given for {unknown[0]!r}, which is not among the metrics {names!r}"
+        msg = f"options given for {unknown[0]!r}, which is not one of {names!r}"
         raise ConfigError(msg)
     specs = {n: reg.get("metric", n) for n in names}  # unknown names fail early
     parsed_opts = {n: reg.parse_options(specs[n], options.get(n, {})) for n in names}
@@ -832,7 +843,8 @@ def _run_metric(
 ) -> MetricResult:
     metric = reg.create("metric", name, options)
     if not isinstance(metric, Metric):
-        msg = f"metric {name!r} factory returned {type(metric).__name__} without compute()"
+        got = type(metric).__name__
+        msg = f"metric {name!r} factory returned {got} without compute()"
         raise PluginContractError(msg)
     hvps_before = ctx._hessian.hvp_count if ctx._hessian is not None else 0
     estimate = getattr(metric, "estimated_hvps", None)
@@ -854,16 +866,14 @@ def _run_metric(
         ctx.progress(0, None, description=name)
     start = time.perf_counter()
     try:
-        result = metric.compute(ctx)
+        result: object = metric.compute(ctx)
     except SharpkitError:
         raise
     except Exception as exc:
         raise _fail_plugin(reg, "metric", name, "computing", exc) from exc
     seconds = time.perf_counter() - start
     if not isinstance(result, MetricResult):
-        msg = (
-            f"metric {name!r} returned {type(result).__name__}, expected MetricResult"
-        )
+        msg = f"metric {name!r} returned {type(result).__name__}, expected MetricResult"
         raise PluginContractError(msg)
     if not math.isfinite(result.value):
         msg = f"metric {name!r} returned a non-finite value ({result.value})"
@@ -984,7 +994,9 @@ def train(
         registry=reg,
     )
     spec_m = reg.get("model", model)
-    ds_opts: dict[str, Any] = dict(reg.parse_options(reg.get("dataset", data), data_options or {}))
+    ds_opts: dict[str, Any] = dict(
+        reg.parse_options(reg.get("dataset", data), data_options or {})
+    )
     if subset is not None:
         ds_opts["subset"] = subset
     config = TrainConfig(
@@ -1010,7 +1022,9 @@ def train(
     )
     algo = reg.create("trainer", trainer, trainer_options)
     if not isinstance(algo, Trainer):
-        msg = f"trainer {trainer!r} factory returned {type(algo).__name__} without fit()"
+        msg = (
+            f"trainer {trainer!r} factory returned {type(algo).__name__} without fit()"
+        )
         raise PluginContractError(msg)
     try:
         result = algo.fit(net, ds, config, progress=progress or _no_progress)
@@ -1184,21 +1198,21 @@ def probe(
         raise PluginContractError(msg)
     start = time.perf_counter()
     try:
-        result = instance.run(ctx)
+        outcome: object = instance.run(ctx)
     except SharpkitError:
         raise
     except Exception as exc:
         raise _fail_plugin(reg, "probe", name, "running", exc) from exc
-    if not isinstance(result, ProbeResult):
-        msg = f"probe {name!r} returned {type(result).__name__}, expected ProbeResult"
+    if not isinstance(outcome, ProbeResult):
+        msg = f"probe {name!r} returned {type(outcome).__name__}, expected ProbeResult"
         raise PluginContractError(msg)
     result = dataclasses.replace(
-        result,
+        outcome,
         probe=name,
-        seconds=result.seconds
-        if result.seconds is not None
+        seconds=outcome.seconds
+        if outcome.seconds is not None
         else time.perf_counter() - start,
-        attrs={**result.attrs, "key": key},
+        attrs={**outcome.attrs, "key": key},
     )
     if rs is not None:
         attrs = {
@@ -1248,3 +1262,26 @@ def interpolate(
     opts = {"alpha": alpha, "bn_reestimate": bn_reestimate}
     opts.update(kwargs.pop("options", None) or {})
     return probe("interpolate", [a, b], data, options=opts, **kwargs)
+
+
+def open_results(
+    path: str | os.PathLike[str],
+    *,
+    filter: Mapping[str, Any] | None = None,
+    as_frame: bool | None = None,
+) -> Any:
+    """Open a results store as a tidy table: one row per run × metric.
+
+    Columns include ``run_id``, ``model``, ``dataset``, ``lr`` (η),
+    ``batch_size`` (S), ``lr_over_batch`` (η/S), ``seed``, ``metric``, ``value``,
+    ``stderr`` and ``bound``; see the store documentation for the full list.
+
+    Args:
+        path: The store (a ``.zarr`` directory).
+        filter: Keep rows whose columns equal these values.
+        as_frame: Return a pandas DataFrame (default: when pandas is installed)
+            or a list of dicts.
+    """
+    from sharpkit.store import open_results as _open
+
+    return _open(path, filter=filter, as_frame=as_frame)

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sharpkit.errors import (
     CheckpointNotFoundError,
@@ -281,7 +281,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             raise CorruptCheckpointError(msg)
         meta = CheckpointMeta.from_dict(obj.get("meta") or {})
         train_state = obj.get("train_state")
-        return Checkpoint(p, dict(state), meta, sha, "sharpkit", train_state)
+        return Checkpoint(
+            p,
+            dict(cast("Mapping[str, Any]", state)),
+            meta,
+            sha,
+            "sharpkit",
+            train_state,
+        )
     if _is_state_dict(obj):
         return Checkpoint(
             p, _strip_module_prefix(dict(obj)), CheckpointMeta(), sha, "state_dict"

@@ -83,7 +83,9 @@ class UnknownNameError(SharpkitError, KeyError):
         self.suggestions = tuple(suggestions)
         hint = ""
         if self.suggestions:
-            hint = "did you mean " + " or ".join(repr(s) for s in self.suggestions) + "? "
+            hint = (
+                "did you mean " + " or ".join(repr(s) for s in self.suggestions) + "? "
+            )
         message = (
             f"unknown {kind} {name!r}; {hint}run `sharpkit plugins` to list {kind}s"
         )

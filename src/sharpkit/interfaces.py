@@ -6,7 +6,7 @@ factory with the user's options. What a factory returns must satisfy one of the
 Protocols below (structurally: no inheritance needed):
 
 * a model factory returns a :class:`torch.nn.Module`;
-* a dataset factory returns a :class:`Dataset` (two in-memory :class:`DataSplit`\\ s);
+* a dataset factory returns a :class:`Dataset` (in-memory :class:`DataSplit` objects);
 * a trainer factory returns a :class:`Trainer`;
 * a metric factory returns a :class:`Metric`, which gets an :class:`AnalysisContext`
   and returns a :class:`MetricResult`;
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 JSON: TypeAlias = (
-    str | int | float | bool | None | Sequence["JSON"] | Mapping[str, "JSON"]
+    str | int | float | bool | Sequence["JSON"] | Mapping[str, "JSON"] | None
 )
 """A value that can be stored as a zarr (JSON) attribute."""
 
@@ -127,9 +127,7 @@ class Option:
             else:
                 out = str(value)
         except (TypeError, ValueError):
-            msg = (
-                f"option {self.name!r} expects {self.type.__name__}, got {value!r}"
-            )
+            msg = f"option {self.name!r} expects {self.type.__name__}, got {value!r}"
             raise ConfigError(msg) from None
         if self.choices is not None and out not in self.choices:
             allowed = ", ".join(repr(c) for c in self.choices)
@@ -328,7 +326,9 @@ class ProgressCallback(Protocol):
         *,
         description: str | None = None,
         **info: Any,
-    ) -> None: ...
+    ) -> None:
+        """Report that ``completed`` of ``total`` units are done."""
+        ...
 
 
 def _no_progress(

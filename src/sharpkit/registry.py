@@ -10,6 +10,7 @@ lookup of that kind while ``sharpkit plugins`` can still show the conflict.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.metadata
 import inspect
@@ -205,16 +206,16 @@ class Registry:
             if dist is not None and dist.lower() == SELF_DISTRIBUTION:
                 found_self = True
             if ep.name in self.disabled:
-                self._records[ep.name] = PluginRecord(ep.name, dist, version, "disabled")
+                self._records[ep.name] = PluginRecord(
+                    ep.name, dist, version, "disabled"
+                )
                 continue
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken plugin must not break sharpkit
                 self._records[ep.name] = PluginRecord(ep.name, dist, version, "failed")
                 self._fail(
-                    PluginFailure(
-                        ep.name, dist, version, "import", _one_line(exc), exc
-                    )
+                    PluginFailure(ep.name, dist, version, "import", _one_line(exc), exc)
                 )
                 continue
             self.register_plugin(obj, ep.name, distribution=dist, version=version)
@@ -258,13 +259,11 @@ class Registry:
                 )
                 return False
             unknown = [
-                hc.name
-                for hc in self._pm.get_hookcallers(obj) or []
-                if hc.spec is None
+                hc.name for hc in self._pm.get_hookcallers(obj) or [] if hc.spec is None
             ]
             if unknown:
                 self._pm.unregister(obj, name=name)
-                exc = PluginContractError(
+                err = PluginContractError(
                     f"hook {unknown[0]!r} matches no sharpkit hook; known hooks: "
                     + ", ".join(sorted(_HOOKS.values()))
                 )
@@ -273,7 +272,7 @@ class Registry:
                 )
                 self._fail(
                     PluginFailure(
-                        name, distribution, version, "validate", str(exc), exc
+                        name, distribution, version, "validate", str(err), err
                     )
                 )
                 return False
@@ -312,10 +311,8 @@ class Registry:
 
     def _build_all(self) -> None:
         for kind in KINDS:
-            try:
+            with contextlib.suppress(DuplicateNameError):
                 self._table(kind)
-            except DuplicateNameError:
-                pass
 
     def _table(self, kind: str) -> dict[str, tuple[_Spec, str]]:
         with self._lock:
@@ -382,11 +379,12 @@ class Registry:
         if not validate_name(spec.name):
             msg = f"{kind} name {spec.name!r} is not kebab-case (e.g. 'my-metric')"
             raise PluginContractError(msg)
-        desc = spec.description
+        desc: object = spec.description
         if not isinstance(desc, str) or not desc.strip() or "\n" in desc.strip():
             msg = f"{kind} {spec.name!r}: description must be one non-empty line"
             raise PluginContractError(msg)
-        if not callable(spec.factory):
+        factory: object = spec.factory
+        if not callable(factory):
             msg = f"{kind} {spec.name!r}: factory is not callable"
             raise PluginContractError(msg)
         try:
@@ -403,9 +401,8 @@ class Registry:
         if not has_var_kw:
             missing = [n for n in needed if n not in params]
             if missing:
-                msg = (
-                    f"{kind} {spec.name!r}: factory does not accept "
-                    + ", ".join(repr(m) for m in missing)
+                msg = f"{kind} {spec.name!r}: factory does not accept " + ", ".join(
+                    repr(m) for m in missing
                 )
                 raise PluginContractError(msg)
         required = [
@@ -443,9 +440,7 @@ class Registry:
 
     def _unknown(self, kind: str, name: str) -> UnknownNameError:
         candidates = self.names(kind)
-        prefixed = [
-            f"{n}:" for n, (s, _) in self._table(kind).items() if _is_prefix(s)
-        ]
+        prefixed = [f"{n}:" for n, (s, _) in self._table(kind).items() if _is_prefix(s)]
         close = difflib.get_close_matches(name, candidates + prefixed, n=3, cutoff=0.6)
         return UnknownNameError(kind, name, close)
 

@@ -57,9 +57,11 @@ def tiny_model(*, seed: int = 0, batch_norm: bool = True) -> Any:
         if batch_norm:
             bn = net[1]
             assert isinstance(bn, torch.nn.BatchNorm1d)
-            assert bn.running_mean is not None and bn.running_var is not None
-            bn.running_mean.copy_(torch.randn(6, generator=gen, dtype=torch.float64) * 0.1)
-            bn.running_var.copy_(1 + torch.rand(6, generator=gen, dtype=torch.float64))
+            assert bn.running_mean is not None
+            assert bn.running_var is not None
+            f64 = torch.float64
+            bn.running_mean.copy_(torch.randn(6, generator=gen, dtype=f64) * 0.1)
+            bn.running_var.copy_(1 + torch.rand(6, generator=gen, dtype=f64))
     return net.eval()
 
 

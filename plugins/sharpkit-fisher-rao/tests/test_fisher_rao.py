@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import pytest
 import torch
+from sharpkit_fisher_rao.metric import FisherRaoNorm
+from sharpkit_fisher_rao.plugin import sharpkit_register_metrics
 
 import sharpkit
 from sharpkit.testing import MetricContract, tiny_context
-from sharpkit_fisher_rao.metric import FisherRaoNorm
-from sharpkit_fisher_rao.plugin import sharpkit_register_metrics
 
 SPEC = sharpkit_register_metrics()[0]
 
@@ -21,10 +22,12 @@ class TestFisherRaoContract(MetricContract):
 
 class TestFisherRaoEmpiricalContract(MetricContract):
     spec = SPEC
-    options = {"fisher": "empirical"}
+    options: ClassVar[dict[str, str]] = {"fisher": "empirical"}
 
 
-def _ctx(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> sharpkit.AnalysisContext:
+def _ctx(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> sharpkit.AnalysisContext:
     return sharpkit.AnalysisContext(
         model=model,
         loss_fn=torch.nn.functional.cross_entropy,

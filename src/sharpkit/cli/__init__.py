@@ -13,7 +13,6 @@ import sys
 import warnings
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -41,7 +40,9 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     if issubclass(category, SharpkitWarning):
-        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True)
+        err_console.print(
+            f"[yellow]warning:[/] {message}", highlight=False, markup=True
+        )
     else:
         err_console.print(
             f"[yellow]warning:[/] {category.__name__}: {message}", highlight=False
@@ -51,7 +52,9 @@ def _show_warning(
 class _ErrorBoundary(TyperGroup):
     """Turn SharpkitError into one line on stderr and exit status 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(
+        self, ctx: Any
+    ) -> Any:  # typer vendors click; its Context type is private
         old_show = warnings.showwarning
         warnings.showwarning = _show_warning
         try:
@@ -60,7 +63,9 @@ class _ErrorBoundary(TyperGroup):
             if _debug_enabled():
                 raise
             message = str(exc).replace("\n", " ")
-            err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[red]error:[/] {message}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[red]interrupted[/]")
@@ -101,9 +106,7 @@ def _root(
     ] = False,
     debug: Annotated[
         bool,
-        typer.Option(
-            "--debug", help="Show tracebacks instead of one-line errors."
-        ),
+        typer.Option("--debug", help="Show tracebacks instead of one-line errors."),
     ] = False,
     disable_plugin: Annotated[
         list[str] | None,
@@ -159,8 +162,10 @@ def add_plugin_commands() -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SharpkitWarning)
-            reg = reset_registry(disabled=disabled, warn=False) if disabled else (
-                get_registry()
+            reg = (
+                reset_registry(disabled=disabled, warn=False)
+                if disabled
+                else (get_registry())
             )
             reg.register_commands(app, reserved=BUILTIN_COMMANDS)
     except SharpkitError:

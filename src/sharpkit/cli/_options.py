@@ -1,4 +1,4 @@
-"""Options shared by several commands, as ``Annotated`` aliases (one definition each)."""
+"""Options shared by several commands, as ``Annotated`` aliases (defined once)."""
 
 from __future__ import annotations
 
@@ -170,9 +170,8 @@ def distribute_options(
             known = sorted(
                 {o.name for c in components for o in reg.get(kind, c).options}
             )
-            msg = (
-                f"no selected {kind} has an option {key!r}; their options: "
-                + (", ".join(known) or "none")
+            msg = f"no selected {kind} has an option {key!r}; their options: " + (
+                ", ".join(known) or "none"
             )
             raise ConfigError(msg)
         for c in components:

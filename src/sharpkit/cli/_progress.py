@@ -1,4 +1,4 @@
-"""The CLI's one progress mechanism: a rich progress display fed by ProgressCallbacks."""
+"""The CLI's one progress mechanism: a rich display fed by ProgressCallbacks."""
 
 from __future__ import annotations
 
@@ -54,7 +54,11 @@ class _Callback:
             return
         self._last = now
         fields = "  ".join(f"{k}={_fmt(v)}" for k, v in info.items())
-        kwargs: dict[str, Any] = {"completed": completed, "total": total, "info": fields}
+        kwargs: dict[str, Any] = {
+            "completed": completed,
+            "total": total,
+            "info": fields,
+        }
         if description is not None:
             kwargs["description"] = f"{self._label}: {description}"
         self._progress.update(self._task, **kwargs)

@@ -38,7 +38,9 @@ def _uncertainty(value: Any) -> str:
 def measure(
     checkpoints: Annotated[
         list[Path],
-        typer.Argument(help="Checkpoint files (.pt, .pth, .safetensors).", show_default=False),
+        typer.Argument(
+            help="Checkpoint files (.pt, .pth, .safetensors).", show_default=False
+        ),
     ],
     metric: MetricOpt = None,
     data: DataOpt = None,
@@ -139,8 +141,12 @@ def measure(
                     "checkpoint": path.name,
                     "metric": name,
                     "value": r.value,
-                    "uncertainty": _uncertainty(r.stderr if r.stderr is not None else r.bound),
-                    "kind": "stderr" if r.stderr is not None else ("bound" if r.bound is not None else "-"),
+                    "uncertainty": _uncertainty(
+                        r.stderr if r.stderr is not None else r.bound
+                    ),
+                    "kind": "stderr"
+                    if r.stderr is not None
+                    else ("bound" if r.bound is not None else "-"),
                     "converged": r.converged,
                     "hvps": r.hvps,
                     "seconds": r.seconds,

@@ -33,7 +33,9 @@ def plugins(json_output: JsonOpt = False) -> None:
                 components.append(
                     {
                         "kind": kind,
-                        "name": f"{name}:<name>" if getattr(spec, "prefix", False) else name,
+                        "name": f"{name}:<name>"
+                        if getattr(spec, "prefix", False)
+                        else name,
                         "description": spec.description,
                         "plugin": rec.name,
                         "distribution": rec.distribution,

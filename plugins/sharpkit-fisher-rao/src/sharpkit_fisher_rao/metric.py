@@ -50,9 +50,7 @@ class FisherRaoNorm:
         from torch.func import functional_call, jvp, vmap
 
         model = ctx.model
-        params = {
-            k: v.detach() for k, v in model.named_parameters() if v.requires_grad
-        }
+        params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
         # clone buffers: batch norm in train mode would update them in place
         buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
 
@@ -92,7 +90,9 @@ class FisherRaoNorm:
             msg = "the Fisher-Rao norm is not finite; check the model and the data"
             raise sharpkit.NumericalError(msg)
         value = math.sqrt(max(mean, 0.0))
-        se_mean = float(sq.std(unbiased=True)) / math.sqrt(len(sq)) if len(sq) > 1 else 0.0
+        se_mean = (
+            float(sq.std(unbiased=True)) / math.sqrt(len(sq)) if len(sq) > 1 else 0.0
+        )
         stderr = se_mean / (2 * value) if value > 0 else se_mean
         return sharpkit.MetricResult(
             value=value,

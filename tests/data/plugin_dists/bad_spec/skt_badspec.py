@@ -19,5 +19,5 @@ def sharpkit_register_metrics():
         sharpkit.MetricSpec(
             name="needs-arg", factory=needs_positional, description="required arg"
         ),
-        sharpkit.MetricSpec(name="fine-one", factory=factory, description="this one is fine"),
+        sharpkit.MetricSpec(name="fine-one", factory=factory, description="fine"),
     ]
