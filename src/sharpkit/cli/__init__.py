@@ -112,6 +112,7 @@ def _root(
         list[str] | None,
         typer.Option(
             "--disable-plugin",
+            metavar="NAME",
             help="Do not load this plugin (entry-point name); repeatable. "
             "Also $SHARPKIT_DISABLE_PLUGINS=a,b.",
         ),

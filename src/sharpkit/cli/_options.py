@@ -59,6 +59,7 @@ MetricOpt = Annotated[
     typer.Option(
         "--metric",
         "-m",
+        metavar="NAME",
         help="Metric to compute; repeat for several (default: spectral).",
         autocompletion=complete_metric,
     ),
@@ -112,6 +113,7 @@ OptionOpt = Annotated[
     typer.Option(
         "--option",
         "-o",
+        metavar="KEY=VALUE",
         help=(
             "Component option as key=value, or name.key=value to address one "
             "component (e.g. -o spectral.top_k=5); repeatable."
@@ -184,6 +186,7 @@ ModelOptionOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--model-option",
+        metavar="KEY=VALUE",
         help="Architecture option as key=value (with --model); repeatable.",
     ),
 ]

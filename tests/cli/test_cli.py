@@ -1,0 +1,176 @@
+"""The CLI's error boundary, --version, plugins, and bad input from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import sharpkit
+from sharpkit.cli import app
+
+runner = CliRunner()
+
+
+def one_line_error(result) -> str:
+    """Assert a failed run printed exactly one `error:` line on stderr, no traceback."""
+    assert result.exit_code == 1, (result.exit_code, result.output, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    return errors[0]
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"sharpkit {sharpkit.__version__}"
+
+
+def test_plugins_json_lists_fisher_rao_with_provenance(fresh_registry) -> None:
+    result = runner.invoke(app, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    fr = next(c for c in data["components"] if c["name"] == "fisher-rao")
+    assert fr["kind"] == "metric"
+    assert fr["distribution"] == "sharpkit-fisher-rao"
+    assert fr["version"] == "0.1.0"
+    assert fr["options"][0]["name"] == "fisher"
+    loaded = {p["name"] for p in data["plugins"] if p["status"] == "loaded"}
+    assert {"fisher-rao", "builtin.metrics"} <= loaded
+
+
+def test_plugins_table_shows_broken_plugin_and_keeps_working(
+    plugin_dists, fresh_registry
+) -> None:
+    plugin_dists("ok", "import_error", "hook_raises")
+    result = runner.invoke(app, ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert "param-norm" in result.stdout
+    assert "importerror" in result.stdout
+    assert "ModuleNotFoundError" in result.stdout
+    assert "boom in register_metrics" in result.stdout
+    data = json.loads(runner.invoke(app, ["plugins", "--json"]).stdout)
+    phases = {f["plugin"]: f["phase"] for f in data["failures"]}
+    assert phases["importerror"] == "import"
+    assert phases["hookraises"] == "sharpkit_register_metrics"
+
+
+def test_disable_plugin_option(plugin_dists, fresh_registry) -> None:
+    plugin_dists("ok", "import_error")
+    result = runner.invoke(
+        app, ["--disable-plugin", "importerror", "plugins", "--json"]
+    )
+    data = json.loads(result.stdout)
+    assert data["failures"] == []
+    assert "importerror" in data["disabled"]
+
+
+def test_unknown_metric_is_one_line_with_suggestion(tmp_path: Path) -> None:
+    ckpt = tmp_path / "a.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), ckpt)
+    line = one_line_error(
+        runner.invoke(app, ["measure", str(ckpt), "--metric", "fisher-roa"])
+    )
+    assert "did you mean 'fisher-rao'" in line
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    line = one_line_error(
+        runner.invoke(app, ["measure", str(tmp_path / "nope.pt"), "--no-store"])
+    )
+    assert "not found" in line
+
+
+def test_truncated_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "a.pt"
+    sharpkit.save_checkpoint(ckpt, torch.nn.Linear(30, 30))
+    ckpt.write_bytes(ckpt.read_bytes()[:300])
+    line = one_line_error(runner.invoke(app, ["measure", str(ckpt), "--no-store"]))
+    assert "truncated" in line
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_rejected_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Evil(marker)}, ckpt)
+    line = one_line_error(runner.invoke(app, ["measure", str(ckpt), "--no-store"]))
+    assert "would load global" in line
+    assert not marker.exists()
+
+
+def test_bare_state_dict_without_model_says_what_to_do(tmp_path: Path) -> None:
+    ckpt = tmp_path / "a.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), ckpt)
+    line = one_line_error(runner.invoke(app, ["measure", str(ckpt), "--no-store"]))
+    assert "--model" in line
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["--debug", "measure", str(tmp_path / "nope.pt"), "--no-store"]
+    )
+    assert result.exit_code != 0
+    assert isinstance(result.exception, sharpkit.CheckpointNotFoundError)
+
+
+def test_bad_option_syntax(tmp_path: Path) -> None:
+    ckpt = tmp_path / "a.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), ckpt)
+    line = one_line_error(
+        runner.invoke(app, ["measure", str(ckpt), "-m", "fisher-rao", "-o", "fisher"])
+    )
+    assert "key=value" in line
+
+
+def test_usage_error_exits_2() -> None:
+    result = runner.invoke(app, ["measure"])
+    assert result.exit_code == 2
+
+
+def test_plugin_command_is_added_and_shadowing_is_refused(
+    plugin_dists, fresh_registry, monkeypatch
+) -> None:
+    import typer
+
+    import sharpkit.cli as cli
+    from sharpkit.registry import get_registry
+
+    plugin_dists("ok", "shadow")
+    local = typer.Typer()
+    local.command("measure")(lambda: None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sharpkit.PluginWarning)
+        added = get_registry().register_commands(local, reserved=cli.BUILTIN_COMMANDS)
+    assert added == ["hello-okmetric"]
+    assert any(
+        f.plugin == "shadow" and "would replace" in f.error
+        for f in get_registry().failures
+    )
+    result = runner.invoke(local, ["hello-okmetric"])
+    assert "hello from okmetric" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["measure", "--help"], ["plugins", "--help"]]
+)
+def test_help_works(args) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0
+    assert "Usage" in result.stdout
