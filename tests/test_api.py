@@ -1,0 +1,192 @@
+"""sharpkit.measure orchestration: data forms, losses, validation, plugin failures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sharpkit_fisher_rao.plugin as fisher_rao_plugin
+import torch
+
+import sharpkit
+from sharpkit.registry import Registry
+from sharpkit.testing import tiny_model
+
+
+class SumSq:
+    """Test metric: mean loss over the data, computed by hand (deterministic)."""
+
+    def compute(self, ctx):
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for x, y in ctx.data.batches(ctx.batch_size):
+                total += float(ctx.loss_fn(ctx.model(x), y)) * len(x)
+                n += len(x)
+        return sharpkit.MetricResult(
+            value=total / n, attrs={"training": ctx.model.training}
+        )
+
+
+class Raises:
+    def compute(self, ctx):
+        raise ZeroDivisionError("oops")
+
+
+class WrongType:
+    def compute(self, ctx):
+        return 3.0
+
+
+class Plugin:
+    @sharpkit.hookimpl
+    def sharpkit_register_metrics(self):
+        return [
+            sharpkit.MetricSpec(name="mean-loss", factory=SumSq, description="x"),
+            sharpkit.MetricSpec(name="raises", factory=Raises, description="x"),
+            sharpkit.MetricSpec(name="wrong-type", factory=WrongType, description="x"),
+        ]
+
+
+@pytest.fixture
+def reg() -> Registry:
+    r = Registry(entry_points=False)
+    r.register_plugin(Plugin(), "inline", distribution="inline-dist", version="2")
+    r.register_plugin(
+        fisher_rao_plugin, "fisher-rao", distribution="sharpkit-fisher-rao"
+    )
+    return r
+
+
+def data(n: int = 40, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 8, generator=gen, dtype=torch.float64), torch.randint(
+        0, 3, (n,), generator=gen
+    )
+
+
+def test_measure_tensors_and_custom_loss(reg) -> None:
+    net = tiny_model()
+    net.train()  # measure must put it in eval mode and restore this afterwards
+    x, y = data()
+
+    def loss(out, target):
+        return ((out - torch.nn.functional.one_hot(target, 3)) ** 2).mean()
+
+    m = sharpkit.measure(net, (x, y), ["mean-loss"], loss=loss, registry=reg)
+    assert net.training
+    with torch.no_grad():
+        net.eval()
+        expected = float(loss(net(x), y))
+    assert m["mean-loss"].value == pytest.approx(expected, rel=1e-12)
+    assert m["mean-loss"].attrs["training"] is False
+    assert m["mean-loss"].metric == "mean-loss"
+    assert m["mean-loss"].seconds is not None
+    assert m.attrs["samples"] == 40
+    assert m.attrs["loss"].endswith("loss")
+
+
+def test_measure_accepts_dataset_dataloader_and_split(reg) -> None:
+    net = tiny_model()
+    x, y = data()
+    ref = sharpkit.measure(net, (x, y), ["fisher-rao"], registry=reg)[
+        "fisher-rao"
+    ].value
+    ds = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(ds, batch_size=7)
+    for form in (ds, loader, sharpkit.DataSplit(x, y)):
+        got = sharpkit.measure(net, form, ["fisher-rao"], registry=reg)[
+            "fisher-rao"
+        ].value
+        assert got == pytest.approx(ref, rel=1e-12)
+    head = sharpkit.measure(net, ds, ["fisher-rao"], samples=10, registry=reg)
+    direct = sharpkit.measure(net, (x[:10], y[:10]), ["fisher-rao"], registry=reg)
+    assert head["fisher-rao"].value == pytest.approx(
+        direct["fisher-rao"].value, rel=1e-12
+    )
+
+
+def test_measure_options_and_validation(reg) -> None:
+    net = tiny_model()
+    xy = data()
+    emp = sharpkit.measure(
+        net,
+        xy,
+        ["fisher-rao"],
+        options={"fisher-rao": {"fisher": "empirical"}},
+        registry=reg,
+    )
+    assert emp["fisher-rao"].attrs["fisher"] == "empirical"
+    with pytest.raises(sharpkit.UnknownNameError):
+        sharpkit.measure(net, xy, ["nope"], registry=reg)
+    with pytest.raises(sharpkit.ConfigError, match="not one of"):
+        sharpkit.measure(
+            net, xy, ["mean-loss"], options={"fisher-rao": {}}, registry=reg
+        )
+    with pytest.raises(sharpkit.ConfigError, match="bn_mode"):
+        sharpkit.measure(net, xy, ["mean-loss"], bn_mode="both", registry=reg)
+    with pytest.raises(sharpkit.ConfigError, match="tol"):
+        sharpkit.measure(net, xy, ["mean-loss"], tol=2.0, registry=reg)
+    with pytest.raises(sharpkit.ConfigError, match="twice"):
+        sharpkit.measure(net, xy, ["mean-loss", "mean-loss"], registry=reg)
+    with pytest.raises(sharpkit.ConfigError, match="cannot use"):
+        sharpkit.measure(net, [1, 2, 3], ["mean-loss"], registry=reg)
+
+
+def test_non_finite_weights_and_loss_are_data_errors(reg) -> None:
+    net = tiny_model()
+    x, y = data()
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    with pytest.raises(sharpkit.DataError, match=r"non-finite values in '0.weight'"):
+        sharpkit.measure(net, (x, y), ["mean-loss"], registry=reg)
+    net = tiny_model()
+    x[3, 2] = float("inf")
+    with pytest.raises(sharpkit.DataError, match="not finite"):
+        sharpkit.measure(net, (x, y), ["mean-loss"], registry=reg)
+
+
+def test_loss_must_be_scalar(reg) -> None:
+    net = tiny_model()
+
+    def per_example(out, target):
+        return torch.nn.functional.cross_entropy(out, target, reduction="none")
+
+    with pytest.raises(sharpkit.ConfigError, match="scalar"):
+        sharpkit.measure(net, data(), ["mean-loss"], loss=per_example, registry=reg)
+
+
+def test_plugin_failures_name_the_plugin(reg) -> None:
+    net = tiny_model()
+    with pytest.raises(
+        sharpkit.PluginLoadError, match=r"inline-dist 2 \(inline\).*ZeroDivisionError"
+    ):
+        sharpkit.measure(net, data(), ["raises"], registry=reg)
+    with pytest.raises(sharpkit.PluginContractError, match="expected MetricResult"):
+        sharpkit.measure(net, data(), ["wrong-type"], registry=reg)
+
+
+def test_dtype_conversion_does_not_touch_the_users_model(reg) -> None:
+    net = tiny_model().float()
+    x, y = data()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    m = sharpkit.measure(
+        net, (x.float(), y), ["fisher-rao"], dtype="float64", registry=reg
+    )
+    assert m.attrs["dtype"] == "float64"
+    assert all(
+        v.dtype == torch.float32
+        for v in net.state_dict().values()
+        if v.is_floating_point()
+    )
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert math.isfinite(m["fisher-rao"].value)
+
+
+def test_measurement_to_dict_is_json(reg) -> None:
+    import json
+
+    m = sharpkit.measure(tiny_model(), data(), ["fisher-rao"], registry=reg)
+    text = json.dumps(m.to_dict())
+    assert "fisher-rao" in text
+    assert "fisher-rao=" in repr(m)
