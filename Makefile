@@ -39,7 +39,7 @@ data:
 
 # The main job on the embedded defaults (a few minutes on 2 CPU cores).
 demo: $(STAMP)
-	$(BIN)/sharpkit demo --out $(DEMO)
+	$(BIN)/sharpkit reproduce demo --out $(DEMO)
 
 test: $(STAMP)
 	$(PY) -m pytest

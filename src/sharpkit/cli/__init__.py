@@ -127,7 +127,7 @@ def _root(
 
 
 def _add_builtin_commands() -> None:
-    from sharpkit.cli import interpolate, measure, plot, plugins, results, train
+    from sharpkit.cli import interpolate, measure, plot, plugins, results, sweep, train
 
     app.command("measure", no_args_is_help=True)(measure.measure)
     app.command("train")(train.train)
@@ -135,6 +135,8 @@ def _add_builtin_commands() -> None:
     app.command("probe", no_args_is_help=True)(interpolate.probe)
     app.command("results")(results.results)
     app.command("plot", no_args_is_help=True)(plot.plot)
+    app.command("sweep", no_args_is_help=True)(sweep.sweep)
+    app.command("reproduce", no_args_is_help=True)(sweep.reproduce)
     app.command("plugins")(plugins.plugins)
 
 
@@ -145,6 +147,8 @@ BUILTIN_COMMANDS = (
     "probe",
     "results",
     "plot",
+    "sweep",
+    "reproduce",
     "plugins",
 )
 _add_builtin_commands()

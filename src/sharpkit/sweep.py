@@ -1,0 +1,490 @@
+"""Batch analysis: a grid of (η, S, seed, ...) trained, measured and stored, resumably.
+
+A sweep is described by a TOML file (or the equivalent dict)::
+
+    [sweep]
+    name = "fig1"
+    out = "runs/fig1"            # one folder of checkpoints per grid point
+    store = "results.zarr"       # every training curve, metric and probe goes here
+
+    grid = "product"             # or "zip": the i-th values of every list go together
+
+    [train]                      # arguments of sharpkit.train; lists span the grid
+    model = "mlp-bn"
+    data = "fashion-mnist"
+    epochs = 20
+    lr = [0.005, 0.02, 0.1]
+    batch_size = [32, 128, 512]
+    seed = 0
+
+    [measure]                    # keyword arguments of sharpkit.measure
+    metrics = ["spectral", "frobenius"]
+    samples = 2048
+
+    [[interpolate]]              # optional: probes between two grid points
+    a = { lr = 0.1, batch_size = 32 }
+    b = { lr = 0.1, batch_size = 512 }
+
+Every list-valued key of ``[train]`` is a grid axis: the grid is their Cartesian
+product, or with ``grid = "zip"`` the lists (all of one length) are read in step,
+which is how coupled settings such as the paper's η = 0.1β, S = 50β are written.
+Running a sweep again continues where it stopped: a point whose
+``final.pt`` exists is not trained again, an interrupted one resumes from its
+``last.pt``, and measurements and probes already in the store are reused. Points
+run in this process (``jobs=1``), in a local process pool, or on a Dask cluster
+(``scheduler="dask"`` starts a ``LocalCluster``; ``scheduler="tcp://host:port"``
+connects to a running one). A point that fails is reported with its error and
+the others carry on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sharpkit.errors import ConfigError, SharpkitError
+from sharpkit.interfaces import ProgressCallback, _no_progress
+
+__all__ = [
+    "PointOutcome",
+    "SweepConfig",
+    "SweepPoint",
+    "SweepResult",
+    "load_sweep",
+    "run_sweep",
+]
+
+_SECTIONS = {"sweep", "train", "measure", "interpolate"}
+_TRAIN_REQUIRED = ("model", "data", "lr", "batch_size", "epochs")
+_TRAIN_KEYS = {
+    "model",
+    "data",
+    "lr",
+    "batch_size",
+    "epochs",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "seed",
+    "subset",
+    "augment",
+    "checkpoint_every",
+    "track",
+    "track_every",
+    "track_samples",
+    "trainer",
+    "trainer_options",
+    "model_options",
+    "data_options",
+    "device",
+}
+_MEASURE_KEYS = {
+    "metrics",
+    "samples",
+    "split",
+    "batch_size",
+    "seed",
+    "tol",
+    "max_hvps",
+    "bn_mode",
+    "dtype",
+    "device",
+    "options",
+}
+_INTERP_KEYS = {"a", "b", "alpha", "bn_reestimate", "options", "seed", "batch_size"}
+# Keys whose value is itself a list or table: never a grid axis.
+_NON_AXIS = {"track", "trainer_options", "model_options", "data_options"}
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One grid point: the arguments of :func:`sharpkit.train` and where it goes."""
+
+    index: int
+    train: Mapping[str, Any]
+    out_dir: Path
+
+    @property
+    def label(self) -> str:
+        """Short name of the point, e.g. ``lr=0.1 batch_size=128 seed=0``."""
+        keys = [k for k in ("lr", "batch_size", "seed") if k in self.train]
+        return " ".join(f"{k}={self.train[k]}" for k in keys)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A parsed sweep description (see the module docstring for the format)."""
+
+    name: str
+    out: Path
+    store: Path | None
+    train: Mapping[str, Any]
+    measure: Mapping[str, Any] | None = None
+    interpolate: Sequence[Mapping[str, Any]] = ()
+    data_root: str | None = None
+    grid: str = "product"
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, base: Path | None = None
+    ) -> SweepConfig:
+        """Validate and build a config; relative paths are taken from ``base``.
+
+        Raises:
+            ConfigError: Unknown sections or keys, or missing required keys.
+        """
+        unknown = set(data) - _SECTIONS
+        if unknown:
+            msg = (
+                f"unknown sweep section {sorted(unknown)[0]!r}; "
+                f"use {', '.join(sorted(_SECTIONS))}"
+            )
+            raise ConfigError(msg)
+        head = dict(data.get("sweep", {}))
+        train = dict(data.get("train", {}))
+        _check_keys("train", train, _TRAIN_KEYS)
+        missing = [k for k in _TRAIN_REQUIRED if k not in train]
+        if missing:
+            msg = f"[train] needs {', '.join(repr(m) for m in missing)}"
+            raise ConfigError(msg)
+        measure = data.get("measure")
+        if measure is not None:
+            _check_keys("measure", measure, _MEASURE_KEYS)
+        interps = list(data.get("interpolate", []))
+        for item in interps:
+            _check_keys("interpolate", item, _INTERP_KEYS)
+            if "a" not in item or "b" not in item:
+                msg = "each [[interpolate]] needs tables a and b selecting grid points"
+                raise ConfigError(msg)
+        _check_keys("sweep", head, {"name", "out", "store", "data_root", "grid"})
+        grid = str(head.get("grid", "product"))
+        if grid not in ("product", "zip"):
+            msg = f"[sweep] grid must be 'product' or 'zip', got {grid!r}"
+            raise ConfigError(msg)
+        base = base or Path.cwd()
+        name = str(head.get("name", "sweep"))
+        out = base / str(head.get("out", f"runs/{name}"))
+        store = head.get("store", "sharpkit-results.zarr")
+        return cls(
+            name=name,
+            out=out,
+            store=base / str(store) if store else None,
+            train=train,
+            measure=dict(measure) if measure is not None else None,
+            interpolate=interps,
+            data_root=head.get("data_root"),
+            grid=grid,
+        )
+
+    def points(self) -> list[SweepPoint]:
+        """Expand the grid from the list-valued train keys (product or zip)."""
+        axes = {
+            k: v
+            for k, v in self.train.items()
+            if isinstance(v, list) and k not in _NON_AXIS
+        }
+        for k, v in axes.items():
+            if not v:
+                msg = f"grid axis {k!r} is an empty list"
+                raise ConfigError(msg)
+        fixed = {k: v for k, v in self.train.items() if k not in axes}
+        names = list(axes)
+        out: list[SweepPoint] = []
+        if self.grid == "zip":
+            lengths = {len(v) for v in axes.values()}
+            if len(lengths) > 1:
+                msg = (
+                    "with grid = 'zip' every list in [train] must have the same length"
+                )
+                raise ConfigError(msg)
+            combos: Any = zip(*(axes[k] for k in names), strict=True)
+        else:
+            combos = itertools.product(*(axes[k] for k in names))
+        for i, values in enumerate(combos):
+            args = {**fixed, **dict(zip(names, values, strict=True))}
+            folder = "_".join(
+                f"{k}-{_slug(v)}" for k, v in zip(names, values, strict=True)
+            )
+            out.append(SweepPoint(i, args, self.out / (folder or "run")))
+        return out
+
+
+def _slug(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+
+
+def _check_keys(section: str, table: object, allowed: set[str]) -> None:
+    if not isinstance(table, Mapping):
+        msg = f"[{section}] must be a table"
+        raise ConfigError(msg)
+    bad = sorted(set(table) - allowed)
+    if bad:
+        import difflib
+
+        close = difflib.get_close_matches(bad[0], sorted(allowed), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        msg = f"unknown key {bad[0]!r} in [{section}]{hint}"
+        raise ConfigError(msg)
+
+
+def load_sweep(path: str | os.PathLike[str]) -> SweepConfig:
+    """Read a sweep TOML file; relative paths in it are relative to the file.
+
+    Raises:
+        ConfigError: The file is missing, not TOML, or not a valid sweep.
+    """
+    p = Path(path)
+    if not p.is_file():
+        msg = f"sweep file {str(p)!r} not found"
+        raise ConfigError(msg)
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"sweep file {str(p)!r} is not valid TOML: {exc}"
+        raise ConfigError(msg) from exc
+    return SweepConfig.from_dict(data, base=p.parent)
+
+
+@dataclass(frozen=True)
+class PointOutcome:
+    """What happened to one grid point."""
+
+    point: SweepPoint
+    checkpoint: Path | None = None
+    trained: bool = False
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    final: Mapping[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The outcome of :func:`run_sweep`."""
+
+    config: SweepConfig
+    points: Sequence[PointOutcome]
+    probes: Sequence[Mapping[str, Any]] = ()
+
+    @property
+    def failures(self) -> list[PointOutcome]:
+        """Points that failed, with their error."""
+        return [p for p in self.points if p.error is not None]
+
+
+def _run_point(
+    point: SweepPoint,
+    measure: Mapping[str, Any] | None,
+    store: str | None,
+    data_root: str | None,
+    threads: int | None = None,
+) -> PointOutcome:
+    """Train (or resume, or reuse) one point and measure it.
+
+    A :class:`~sharpkit.SharpkitError` is caught and returned as the outcome's
+    ``error``, so one bad point never stops a sweep.
+    """
+    import sharpkit
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    final = point.out_dir / "final.pt"
+    trained = False
+    try:
+        if not final.is_file():
+            resume = (point.out_dir / "last.pt").is_file()
+            sharpkit.train(
+                **dict(point.train),
+                out_dir=point.out_dir,
+                resume=resume,
+                data_root=data_root,
+                store=store,
+            )
+            trained = True
+        ckpt = sharpkit.load_checkpoint(final)
+        values: dict[str, float] = {}
+        if measure:
+            m = dict(measure)
+            metrics = m.pop("metrics", ["spectral"])
+            result = sharpkit.measure(
+                final, None, metrics, data_root=data_root, store=store, **m
+            )
+            values = {name: r.value for name, r in result.items()}
+        return PointOutcome(
+            point,
+            final,
+            trained,
+            values,
+            dict(ckpt.meta.final),
+            time.perf_counter() - start,
+        )
+    except SharpkitError as exc:
+        return PointOutcome(point, seconds=time.perf_counter() - start, error=str(exc))
+
+
+def _match(points: Sequence[PointOutcome], selector: Mapping[str, Any]) -> PointOutcome:
+    found = [
+        p
+        for p in points
+        if all(_same(p.point.train.get(k), v) for k, v in selector.items())
+    ]
+    if len(found) != 1:
+        what = "no grid point" if not found else f"{len(found)} grid points"
+        msg = (
+            f"interpolation endpoint {dict(selector)!r} matches {what}; "
+            "select exactly one"
+        )
+        raise ConfigError(msg)
+    return found[0]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(float(a), float(b), rel_tol=1e-12)
+    return bool(a == b)
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    progress: ProgressCallback | None = None,
+    on_point: Callable[[PointOutcome], None] | None = None,
+) -> SweepResult:
+    """Run every grid point (train → measure → store), then the interpolations.
+
+    Args:
+        config: The sweep.
+        jobs: Points run at once (processes locally, workers on a new
+            ``LocalCluster``). Torch threads are split between them.
+        scheduler: ``None`` (local), ``"dask"`` (a new Dask ``LocalCluster``) or
+            the address of a Dask scheduler (``"tcp://host:8786"``).
+        progress: Called with (points done, points total).
+        on_point: Called with each point's outcome as it finishes.
+
+    Returns:
+        Every point's outcome (failed points carry ``error``) and the probes run.
+    """
+    if jobs < 1:
+        msg = f"jobs must be >= 1, got {jobs}"
+        raise ConfigError(msg)
+    progress = progress or _no_progress
+    points = config.points()
+    store = str(config.store) if config.store is not None else None
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    args = [(p, config.measure, store, config.data_root, threads) for p in points]
+    outcomes: list[PointOutcome] = []
+    total = len(points)
+    progress(0, total, description=f"{config.name}: {total} points")
+
+    def done(outcome: PointOutcome) -> None:
+        outcomes.append(outcome)
+        if on_point is not None:
+            on_point(outcome)
+        progress(len(outcomes), total, description=outcome.point.label)
+
+    if scheduler is None and jobs == 1:
+        for a in args:
+            done(_run_point(*a))
+    elif scheduler is None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures: list[Future[PointOutcome]] = [
+                pool.submit(_run_point, *a) for a in args
+            ]
+            for fut in as_completed(futures):
+                done(fut.result())
+    else:
+        _run_dask(args, jobs, scheduler, done)
+    outcomes.sort(key=lambda o: o.point.index)
+    probes = _run_interpolations(config, outcomes, store, progress)
+    return SweepResult(config, outcomes, probes)
+
+
+def _run_dask(
+    args: Sequence[tuple[Any, ...]],
+    jobs: int,
+    scheduler: str,
+    done: Callable[[PointOutcome], None],
+) -> None:
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError as exc:
+        msg = "Dask is not installed; pip install 'sharpkit[distributed]'"
+        raise ConfigError(msg) from exc
+    cluster = None
+    if scheduler == "dask":
+        cluster = LocalCluster(
+            n_workers=jobs,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        )
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as exc:
+            msg = f"cannot reach the Dask scheduler at {scheduler!r}: {exc}"
+            raise ConfigError(msg) from exc
+    try:
+        futures = [client.submit(_run_point, *a, pure=False) for a in args]
+        for fut in dask_completed(futures):
+            done(fut.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _run_interpolations(
+    config: SweepConfig,
+    outcomes: Sequence[PointOutcome],
+    store: str | None,
+    progress: ProgressCallback,
+) -> list[Mapping[str, Any]]:
+    import sharpkit
+
+    results: list[Mapping[str, Any]] = []
+    for item in config.interpolate:
+        a = _match(outcomes, item["a"])
+        b = _match(outcomes, item["b"])
+        if a.checkpoint is None or b.checkpoint is None:
+            results.append(
+                {"a": a.point.label, "b": b.point.label, "error": "endpoint failed"}
+            )
+            continue
+        progress(0, None, description=f"interpolate {a.point.label} -> {b.point.label}")
+        extra = {k: v for k, v in item.items() if k not in ("a", "b")}
+        try:
+            probe = sharpkit.interpolate(
+                a.checkpoint,
+                b.checkpoint,
+                data_root=config.data_root,
+                store=store,
+                progress=progress,
+                **extra,
+            )
+        except SharpkitError as exc:
+            results.append({"a": a.point.label, "b": b.point.label, "error": str(exc)})
+            continue
+        results.append(
+            {"a": a.point.label, "b": b.point.label, "summary": dict(probe.summary)}
+        )
+    return results
