@@ -1,0 +1,807 @@
+"""Landscape probes against ground truth: closed forms, hand-built models, BN stats."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import sharpkit
+from sharpkit.builtin import datasets, probes
+from sharpkit.builtin.probes import (
+    Direction,
+    Interpolate,
+    Plane,
+    PlaneBetween,
+    basin_edges,
+    evaluate,
+    filter_normalized_direction,
+    parse_grid,
+    reestimate_bn,
+)
+from sharpkit.errors import ConfigError
+from sharpkit.interfaces import DataSplit, ProbeContext
+from sharpkit.registry import Registry
+
+F64 = torch.float64
+CPU = torch.device("cpu")
+
+
+def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((out - y.to(out.dtype).unsqueeze(1)) ** 2).mean()
+
+
+def linear(seed: int) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    net = torch.nn.Linear(3, 1, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.randn(1, 3, generator=gen, dtype=F64))
+    return net.eval()
+
+
+def bn_mlp(seed: int, *, classes: int = 3) -> torch.nn.Sequential:
+    gen = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 6),
+        torch.nn.BatchNorm1d(6),
+        torch.nn.ReLU(),
+        torch.nn.Linear(6, 5),
+        torch.nn.BatchNorm1d(5),
+        torch.nn.ReLU(),
+        torch.nn.Linear(5, classes),
+    ).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=F64) * 0.8)
+        for m in (net[1], net[4]):
+            assert isinstance(m, torch.nn.BatchNorm1d)
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen, dtype=F64))
+            m.running_var.copy_(
+                0.5 + torch.rand(m.num_features, generator=gen, dtype=F64)
+            )
+    return net.eval()
+
+
+def classification_data(n: int, seed: int, dim: int = 4) -> DataSplit:
+    gen = torch.Generator().manual_seed(seed)
+    return DataSplit(
+        torch.randn(n, dim, generator=gen, dtype=F64),
+        torch.randint(0, 3, (n,), generator=gen),
+    )
+
+
+def regression_data(n: int, seed: int) -> DataSplit:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=gen, dtype=F64)
+    # Integer-valued targets keep the DataSplit contract; mse casts them.
+    y = torch.randint(-2, 3, (n,), generator=gen)
+    return DataSplit(x, y)
+
+
+def context(
+    models: Sequence[torch.nn.Module],
+    train: DataSplit,
+    test: DataSplit | None = None,
+    *,
+    loss: Any = torch.nn.functional.cross_entropy,
+    seed: int = 0,
+    batch_size: int = 7,
+    progress: Any = None,
+) -> ProbeContext:
+    kw: dict[str, Any] = {}
+    if progress is not None:
+        kw["progress"] = progress
+    return ProbeContext(
+        models=list(models),
+        loss_fn=loss,
+        train_data=train,
+        test_data=test,
+        batch_size=batch_size,
+        device=CPU,
+        seed=seed,
+        **kw,
+    )
+
+
+def quad_coeffs(
+    w1: torch.Tensor, w2: torch.Tensor, split: DataSplit
+) -> tuple[float, float, float]:
+    """L(α) = aα² + bα + c for the linear model along (1-α)w1 + αw2 with MSE."""
+    x = split.inputs.numpy()
+    t = split.targets.numpy().astype(np.float64)
+    r = x @ w1.numpy().ravel() - t  # residual at α = 0
+    s = x @ (w2 - w1).numpy().ravel()  # change of the output per unit α
+    return float((s**2).mean()), float(2 * (r * s).mean()), float((r**2).mean())
+
+
+# -------------------------------------------------------------------------------- grids
+
+
+def test_parse_grid_forms() -> None:
+    g = parse_grid("-1:2:31")
+    assert g.shape == (31,)
+    assert g[0] == -1.0
+    assert g[-1] == 2.0
+    assert (g == 0.0).sum() == 1
+    assert (g == 1.0).sum() == 1
+    np.testing.assert_array_equal(parse_grid("0, 0.5,1"), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(parse_grid("0.3:0.3:1"), [0.3])
+    # linspace(-0.7, 1.3, 21) passes within rounding of 0 and 1: snapped exactly.
+    g = parse_grid("-0.7:1.3:21")
+    assert 0.0 in g
+    assert 1.0 in g
+
+
+@pytest.mark.parametrize(
+    "text", ["", "a:b:c", "0:1", "0:1:0", "1,0", "0,0", "0,nan", "0:1:2:3", "0:inf:3"]
+)
+def test_parse_grid_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="option 'alpha'"):
+        parse_grid(text)
+
+
+# ----------------------------------------------------------------------------- readouts
+
+
+def test_basin_edges_exact_on_piecewise_linear() -> None:
+    a = np.linspace(-1, 1, 21)
+    loss = 2 * np.abs(a) + 0.5  # piecewise linear: interpolation is exact
+    left, right, lc, rc = basin_edges(a, loss, 0.0, 0.5 + 0.3)
+    assert left == pytest.approx(-0.15, abs=1e-12)
+    assert right == pytest.approx(0.15, abs=1e-12)
+    assert not lc
+    assert not rc
+
+
+def test_basin_edges_censored_and_nonfinite() -> None:
+    a = np.linspace(-1, 1, 5)
+    loss = np.array([0.1, 0.1, 0.0, np.inf, 9.0])
+    left, right, lc, rc = basin_edges(a, loss, 0.0, 1.0)
+    assert (left, lc) == (-1.0, True)  # never crosses: grid end, censored
+    assert (right, rc) == (0.0, False)  # a non-finite neighbour ends it at once
+    with pytest.raises(ConfigError):
+        basin_edges(a, loss, 0.25, 1.0)
+
+
+# -------------------------------------------------------------------------- interpolate
+
+
+def test_interpolate_linear_model_matches_closed_form() -> None:
+    m1, m2 = linear(1), linear(2)
+    train, test = regression_data(50, 0), regression_data(30, 1)
+    ctx = context([m1, m2], train, test, loss=mse)
+    result = Interpolate(alpha="-1:2:301", eval_samples=0, bn_reestimate=False).run(ctx)
+    alpha = result.coords["alpha"]
+    a, b, c = quad_coeffs(m1.weight.detach(), m2.weight.detach(), train)
+    # float64 sums of ~50 terms of size ~10: 1e-12 relative is rounding only.
+    np.testing.assert_allclose(
+        result.arrays["train_loss"], a * alpha**2 + b * alpha + c, rtol=1e-12
+    )
+    at, bt, ct = quad_coeffs(m1.weight.detach(), m2.weight.detach(), test)
+    np.testing.assert_allclose(
+        result.arrays["test_loss"], at * alpha**2 + bt * alpha + ct, rtol=1e-12
+    )
+    assert np.isnan(result.arrays["train_accuracy"]).all()  # regression: no accuracy
+
+    # Width readouts against the roots of L(α) = L(a0) + δ. Linear interpolation
+    # between grid points 0.01 apart misplaces a crossing by at most
+    # h²·max|L''| / (8·|L'|) = 1e-4·2a / (8|L'|), far below 1e-3 here.
+    delta = 1.0
+    s = result.summary
+    for center, key in ((0.0, "width_0"), (1.0, "width_1")):
+        level = a * center**2 + b * center + c + delta
+        roots = np.sort(np.roots([a, b, c - level]).real)
+        # A root beyond the grid is reported as the grid end, flagged censored.
+        left, right = max(roots[0], -1.0), min(roots[1], 2.0)
+        assert s[f"{key}_left"] == pytest.approx(left, abs=1e-3)
+        assert s[f"{key}_right"] == pytest.approx(right, abs=1e-3)
+        assert s[key] == pytest.approx(right - left, abs=2e-3)
+        assert (f"{key}_left" in result.attrs["censored"]) == (roots[0] < -1.0)
+        assert (f"{key}_right" in result.attrs["censored"]) == (roots[1] > 2.0)
+    distance = float((m2.weight - m1.weight).detach().norm())
+    assert s["distance"] == pytest.approx(distance, rel=1e-12)
+    assert s["width_0_distance"] == pytest.approx(s["width_0"] * distance, rel=1e-12)
+    assert s["train_loss_at_0"] == pytest.approx(c, rel=1e-12)
+    assert s["train_loss_at_1"] == pytest.approx(a + b + c, rel=1e-12)
+    # The loss is convex in α: the barrier (max over [0, 1] above the chord) is 0.
+    assert s["barrier"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_interpolate_matches_hand_built_model_with_interpolated_buffers() -> None:
+    m1, m2 = bn_mlp(1), bn_mlp(2)
+    train, test = classification_data(40, 0), classification_data(20, 1)
+    ctx = context([m1, m2], train, test)
+    alphas = [-1.0, -0.25, 0.0, 0.5, 1.0, 1.75, 2.0]
+    result = Interpolate(alpha=",".join(map(str, alphas)), bn_reestimate=False).run(ctx)
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    for i, a in enumerate(alphas):
+        hand = copy.deepcopy(m1)
+        state = {}
+        for k in s1:
+            if s1[k].is_floating_point():
+                v = (1.0 - a) * s1[k] + a * s2[k]
+                state[k] = v.clamp_min(0.0) if k.endswith("running_var") else v
+            else:
+                state[k] = s1[k]
+        hand.load_state_dict(state)
+        with torch.no_grad():
+            out = hand(train.inputs)
+            loss = float(torch.nn.functional.cross_entropy(out, train.targets))
+            acc = float((out.argmax(1) == train.targets).double().mean())
+            tout = hand(test.inputs)
+            tloss = float(torch.nn.functional.cross_entropy(tout, test.targets))
+        # Same model, batches of 7 vs one pass: summation order only (float64).
+        assert result.arrays["train_loss"][i] == pytest.approx(loss, rel=1e-12)
+        assert result.arrays["train_accuracy"][i] == pytest.approx(acc, abs=1e-12)
+        assert result.arrays["test_loss"][i] == pytest.approx(tloss, rel=1e-12)
+    # The probe leaves its input models alone.
+    for k, v in bn_mlp(1).state_dict().items():
+        assert torch.equal(m1.state_dict()[k], v)
+
+
+def test_interpolate_bn_reestimation_matches_direct_statistics() -> None:
+    """At each α the probe's BN statistics are the pre-BN activation moments."""
+    m1, m2 = bn_mlp(3), bn_mlp(4)
+    train, test = classification_data(64, 2), classification_data(16, 3)
+    # bn_samples=0 (all), one batch of all 64: running stats are exactly the sample
+    # mean and unbiased variance of the pre-BN activations of these 64 inputs.
+    probe = Interpolate(
+        alpha="-0.5,0,0.5,1,1.5", bn_samples=0, bn_batch_size=64, eval_samples=0
+    )
+    result = probe.run(context([m1, m2], train, test))
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    x = train.inputs
+    for i, a in enumerate(result.coords["alpha"]):
+        p = {
+            k: (1 - a) * s1[k] + a * s2[k]
+            for k in s1
+            if "running" not in k and "num" not in k
+        }
+        h1 = x @ p["0.weight"].T + p["0.bias"]
+        mu1, var1 = h1.mean(0), h1.var(0, unbiased=True)
+        n1 = (h1 - mu1) / torch.sqrt(h1.var(0, unbiased=False) + 1e-5) * p[
+            "1.weight"
+        ] + p["1.bias"]
+        h2 = torch.relu(n1) @ p["3.weight"].T + p["3.bias"]
+        mu2, var2 = h2.mean(0), h2.var(0, unbiased=True)
+
+        def bn_eval(
+            h: torch.Tensor,
+            mu: torch.Tensor,
+            var: torch.Tensor,
+            w: str,
+            b: str,
+            p: dict[str, torch.Tensor] = p,
+        ) -> torch.Tensor:
+            return (h - mu) / torch.sqrt(var + 1e-5) * p[w] + p[b]
+
+        z = torch.relu(bn_eval(h1, mu1, var1, "1.weight", "1.bias"))
+        z = torch.relu(
+            bn_eval(z @ p["3.weight"].T + p["3.bias"], mu2, var2, "4.weight", "4.bias")
+        )
+        out = z @ p["6.weight"].T + p["6.bias"]
+        loss = float(torch.nn.functional.cross_entropy(out, train.targets))
+        # Hand-written BN vs torch's kernels in float64: 1e-10 relative.
+        assert result.arrays["train_loss"][i] == pytest.approx(loss, rel=1e-10)
+    assert result.attrs["bn_samples"] == 64
+    assert result.attrs["bn_batches"] == 1
+
+
+def test_reestimate_bn_single_and_several_batches() -> None:
+    net = bn_mlp(5)
+    x = classification_data(60, 4).inputs
+    n = reestimate_bn(net, [x])
+    assert n == 2
+    h = net[0](x)
+    bn = net[1]
+    assert isinstance(bn, torch.nn.BatchNorm1d)
+    # One batch: the sample mean and unbiased variance (float64 rounding).
+    torch.testing.assert_close(bn.running_mean, h.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        bn.running_var, h.var(0, unbiased=True), rtol=1e-12, atol=1e-12
+    )
+    assert bn.momentum == 0.1  # restored
+    assert not bn.training
+    # Three batches: the equal-weight average of per-batch moments (momentum=None).
+    chunks = torch.tensor_split(x, 3)
+    reestimate_bn(net, chunks)
+    hs = [net[0](c) for c in chunks]
+    torch.testing.assert_close(
+        bn.running_mean,
+        torch.stack([hc.mean(0) for hc in hs]).mean(0),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    torch.testing.assert_close(
+        bn.running_var,
+        torch.stack([hc.var(0, unbiased=True) for hc in hs]).mean(0),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    assert int(bn.num_batches_tracked) == 3
+
+
+def test_reestimate_bn_keeps_dropout_off_and_modes() -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.Dropout(0.9), torch.nn.BatchNorm1d(8)
+    ).double()
+    net.eval()
+    x = classification_data(32, 5).inputs
+    reestimate_bn(net, [x])
+    # Dropout stayed in eval mode: the statistics are those of the plain Linear.
+    torch.testing.assert_close(
+        net[2].running_mean, net[0](x).mean(0), rtol=1e-12, atol=1e-12
+    )
+    assert not any(m.training for m in net.modules())
+    assert reestimate_bn(torch.nn.Linear(2, 2), [x[:, :2]]) == 0
+
+
+def test_interpolate_extra_points_when_grid_misses_minima() -> None:
+    m1, m2 = linear(5), linear(6)
+    train = regression_data(20, 7)
+    result = Interpolate(alpha="0.25,0.5,0.75", bn_reestimate=False).run(
+        context([m1, m2], train, loss=mse)
+    )
+    assert result.coords["alpha"].tolist() == [0.25, 0.5, 0.75]
+    assert result.arrays["train_loss"].shape == (3,)
+    assert result.attrs["extra_alpha"] == [0.0, 1.0]
+    a, b, c = quad_coeffs(m1.weight.detach(), m2.weight.detach(), train)
+    assert result.summary["train_loss_at_0"] == pytest.approx(c, rel=1e-12)
+    assert result.summary["train_loss_at_1"] == pytest.approx(a + b + c, rel=1e-12)
+    assert "test_loss" not in result.arrays  # no test split given
+
+
+def test_interpolate_censored_width() -> None:
+    m1 = linear(8)
+    m2 = copy.deepcopy(m1)
+    with torch.no_grad():
+        m2.weight.add_(1e-3)
+    result = Interpolate(alpha="-1:2:7", bn_reestimate=False).run(
+        context([m1, m2], regression_data(20, 9), loss=mse)
+    )
+    # Minima 1e-3 apart: the loss hardly moves over α ∈ [-1, 2]; every edge censored.
+    assert result.summary["width_0_left"] == -1.0
+    assert result.summary["width_0_right"] == 2.0
+    assert set(result.attrs["censored"]) >= {"width_0", "width_0_left", "width_0_right"}
+
+
+def test_interpolate_progress_and_seconds() -> None:
+    calls: list[tuple[float, float | None, str | None]] = []
+
+    def progress(
+        done: float,
+        total: float | None = None,
+        /,
+        *,
+        description: str | None = None,
+        **info: Any,
+    ) -> None:
+        calls.append((done, total, description))
+
+    ctx = context([bn_mlp(1), bn_mlp(2)], classification_data(20, 0), progress=progress)
+    result = Interpolate(alpha="0:1:3").run(ctx)
+    assert calls[0][:2] == (0, 3)
+    assert calls[-1][:2] == (3, 3)
+    assert [c[2] for c in calls[1:]] == ["α=0", "α=0.5", "α=1"]
+    assert result.seconds is not None
+    assert result.seconds > 0
+
+
+def test_interpolate_accuracy_counts() -> None:
+    m1, m2 = bn_mlp(1), bn_mlp(2)
+    train = classification_data(37, 3)
+    result = Interpolate(alpha="0,1", bn_reestimate=False).run(context([m1, m2], train))
+    with torch.no_grad():
+        acc = float((m2(train.inputs).argmax(1) == train.targets).double().mean())
+    # α = 1 evaluates exactly θ2 ((1-1)·θ1 + 1·θ2 is bitwise θ2).
+    assert result.arrays["train_accuracy"][1] == acc
+
+
+def test_interpolate_deterministic_and_subsets_seeded() -> None:
+    train, test = classification_data(300, 0), classification_data(100, 1)
+
+    def run(seed: int) -> dict[str, np.ndarray]:
+        ctx = context([bn_mlp(1), bn_mlp(2)], train, test, seed=seed)
+        return dict(
+            Interpolate(alpha="-1:2:4", eval_samples=50, bn_samples=40).run(ctx).arrays
+        )
+
+    a, b, c = run(0), run(0), run(1)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["train_loss"], c["train_loss"])
+
+
+def test_interpolate_rejects_wrong_models_and_options() -> None:
+    train = classification_data(10, 0)
+    with pytest.raises(ConfigError, match="takes 2 model"):
+        Interpolate().run(context([bn_mlp(1)], train))
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3)).double()
+    with pytest.raises(ConfigError, match="different parameter shapes"):
+        Interpolate().run(context([bn_mlp(1), other], train))
+    for kwargs in (
+        {"bn_samples": -1},
+        {"eval_samples": -2},
+        {"bn_batch_size": 1},
+        {"width_delta": 0.0},
+    ):
+        with pytest.raises(ConfigError):
+            Interpolate(**kwargs)
+    with pytest.raises(ConfigError, match="at least 2"):
+        Interpolate(bn_samples=1).run(context([bn_mlp(1), bn_mlp(2)], train))
+
+
+# --------------------------------------------------------------------------- directions
+
+
+def test_filter_normalisation_properties() -> None:
+    conv = torch.nn.Conv2d(3, 5, 3).double()
+    lin = torch.nn.Linear(7, 4).double()
+    bn = torch.nn.BatchNorm2d(5).double()
+    params = [conv.weight, conv.bias, lin.weight, lin.bias, bn.weight, bn.bias]
+    params = [p.detach() for p in params]
+    d = filter_normalized_direction(params, torch.Generator().manual_seed(0))
+    for p, di in zip(params, d, strict=True):
+        assert di.shape == p.shape
+        assert di.dtype == p.dtype
+        if p.ndim > 1:
+            # Each filter (output neuron / channel) has the norm of θ's filter.
+            torch.testing.assert_close(
+                di.flatten(1).norm(dim=1), p.flatten(1).norm(dim=1), rtol=1e-12, atol=0
+            )
+            assert not torch.allclose(di, p)  # random, not a copy
+        else:
+            assert torch.equal(di, torch.zeros_like(p))
+    d_copy = filter_normalized_direction(
+        params, torch.Generator().manual_seed(0), bias_bn="copy"
+    )
+    for p, di, dc in zip(params, d, d_copy, strict=True):
+        if p.ndim <= 1:
+            assert torch.equal(dc, p)
+        else:
+            assert torch.equal(dc, di)  # same draws for the weights
+    # Seeded: same seed, same direction; float32 gets the same draws rounded.
+    again = filter_normalized_direction(params, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(d, again, strict=True))
+    p32 = [p.float() for p in params]
+    d32 = filter_normalized_direction(p32, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(d32[0].double(), d[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError):
+        filter_normalized_direction(params, torch.Generator(), bias_bn="keep")
+
+
+def test_filter_normalisation_dead_filter_stays_zero() -> None:
+    w = torch.randn(3, 4, dtype=F64)
+    w[1] = 0.0
+    d = filter_normalized_direction([w], torch.Generator().manual_seed(1))[0]
+    assert torch.equal(d[1], torch.zeros(4, dtype=F64))
+
+
+def test_direction_matches_hand_evaluation() -> None:
+    model = bn_mlp(7)
+    train, test = classification_data(30, 0), classification_data(12, 1)
+    ctx = context([model], train, test, seed=3)
+    result = Direction(alpha="-1:1:5", eval_samples=0).run(ctx)
+    theta = [p.detach().clone() for p in model.parameters()]
+    d = filter_normalized_direction(theta, ctx.generator("direction"))
+    for i, a in enumerate(result.coords["alpha"]):
+        hand = copy.deepcopy(model)
+        with torch.no_grad():
+            for p, t, di in zip(hand.parameters(), theta, d, strict=True):
+                p.copy_(t + a * di)
+        loss, acc = evaluate(
+            hand, train, torch.nn.functional.cross_entropy, batch_size=100, device=CPU
+        )
+        assert result.arrays["train_loss"][i] == pytest.approx(loss, rel=1e-12)
+        assert result.arrays["train_accuracy"][i] == pytest.approx(acc, abs=1e-12)
+    norm = float(torch.sqrt(sum((di**2).sum() for di in d)))
+    assert result.summary["direction_norm"] == pytest.approx(norm, rel=1e-12)
+    assert result.summary["width_distance"] == pytest.approx(
+        result.summary["width"] * norm, rel=1e-12
+    )
+    # BN buffers of θ kept (no re-estimation by default); biases not moved.
+    assert result.attrs["bn_reestimate"] is False
+    assert result.attrs["bias_bn"] == "zero"
+
+
+def test_direction_linear_model_closed_form_and_width() -> None:
+    model = linear(11)
+    train = regression_data(40, 2)
+    ctx = context([model], train, loss=mse, seed=1)
+    result = Direction(alpha="-2:2:401", width_delta=0.5).run(ctx)
+    w = model.weight.detach()
+    d = filter_normalized_direction([w], ctx.generator("direction"))[0]
+    a, b, c = quad_coeffs(w, w + d, train)  # θ + α d = (1-α) w + α (w + d)
+    alpha = result.coords["alpha"]
+    np.testing.assert_allclose(
+        result.arrays["train_loss"], a * alpha**2 + b * alpha + c, rtol=1e-12
+    )
+    roots = np.sort(np.roots([a, b, -0.5]).real)
+    # Grid step 0.01: the interpolated crossings are within 1e-3 (see above).
+    assert result.summary["width_left"] == pytest.approx(roots[0], abs=1e-3)
+    assert result.summary["width_right"] == pytest.approx(roots[1], abs=1e-3)
+    # Filter normalisation: one filter (the single output), so ‖d‖ = ‖w‖.
+    assert result.summary["direction_norm"] == pytest.approx(float(w.norm()), rel=1e-12)
+
+
+def test_direction_seeds() -> None:
+    train = classification_data(30, 0)
+
+    def run(seed: int) -> np.ndarray:
+        return (
+            Direction(alpha="-1:1:3")
+            .run(context([bn_mlp(7)], train, seed=seed))
+            .arrays["train_loss"]
+        )
+
+    np.testing.assert_array_equal(run(2), run(2))
+    assert not np.array_equal(run(2), run(3))
+
+
+# ------------------------------------------------------------------------------- planes
+
+
+def test_plane_matches_hand_evaluation() -> None:
+    model = bn_mlp(8)
+    train = classification_data(25, 0)
+    ctx = context([model], train, seed=4)
+    result = Plane(x="-1:1:3", y="-0.5,0,0.5,1", test=False).run(ctx)
+    assert result.arrays["train_loss"].shape == (4, 3)
+    assert list(result.coords) == ["y", "x"]
+    theta = [p.detach().clone() for p in model.parameters()]
+    gen = ctx.generator("plane")
+    d1 = filter_normalized_direction(theta, gen)
+    d2 = filter_normalized_direction(theta, gen)
+    for i, yv in enumerate(result.coords["y"]):
+        for j, xv in enumerate(result.coords["x"]):
+            hand = copy.deepcopy(model)
+            with torch.no_grad():
+                for p, t, a, b in zip(hand.parameters(), theta, d1, d2, strict=True):
+                    p.copy_(t + xv * a + yv * b)
+            loss, _ = evaluate(
+                hand,
+                train,
+                torch.nn.functional.cross_entropy,
+                batch_size=64,
+                device=CPU,
+            )
+            assert result.arrays["train_loss"][i, j] == pytest.approx(loss, rel=1e-12)
+    assert abs(result.attrs["cosine_d1_d2"]) < 1
+    assert "width_x" in result.summary
+    assert "width_y" in result.summary
+
+
+def test_plane_between_passes_through_both_minima() -> None:
+    m1, m2 = linear(1), linear(2)
+    train = regression_data(30, 0)
+    ctx = context([m1, m2], train, loss=mse)
+    result = PlaneBetween(x="-1:2:4", y="-1:1:3", bn_reestimate=False).run(ctx)
+    loss1, _ = evaluate(m1, train, mse, batch_size=64, device=CPU)
+    loss2, _ = evaluate(m2, train, mse, batch_size=64, device=CPU)
+    grid = result.arrays["train_loss"]
+    # (x, y) = (0, 0) is θ1 and (1, 0) is θ1 + (θ2 - θ1): θ2 up to rounding.
+    assert grid[1, 1] == pytest.approx(loss1, rel=1e-12)
+    assert grid[1, 2] == pytest.approx(loss2, rel=1e-12)
+    s = result.summary
+    assert s["norm_x"] == pytest.approx(
+        float((m2.weight - m1.weight).detach().norm()), rel=1e-12
+    )
+    assert s["norm_y"] == pytest.approx(s["norm_x"], rel=1e-12)
+    assert s["min0_train_loss"] == pytest.approx(loss1, rel=1e-12)
+    assert s["min1_train_loss"] == pytest.approx(loss2, rel=1e-12)
+    # On the x axis the plane is the interpolation line: L quadratic in x.
+    a, b, c = quad_coeffs(m1.weight.detach(), m2.weight.detach(), train)
+    x = result.coords["x"]
+    np.testing.assert_allclose(grid[1], a * x**2 + b * x + c, rtol=1e-12)
+    with pytest.raises(ConfigError, match="identical"):
+        PlaneBetween().run(context([m1, copy.deepcopy(m1)], train, loss=mse))
+
+
+def test_plane_between_direction_orthogonal() -> None:
+    """y moves orthogonally to θ2-θ1: along y at x=0 the first-order change in the
+    direction of u vanishes, checked through a loss that is linear in θ."""
+    m1, m2 = linear(3), linear(4)
+
+    def lin_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return out.mean()
+
+    x = torch.ones(4, 3, dtype=F64)
+    u = (m2.weight - m1.weight).detach()
+    # Loss = mean(w·1) = Σ w_i: a linear functional; choose data so that it is
+    # proportional to ⟨w, u⟩ by scaling each input coordinate with u.
+    train = DataSplit(x * u, torch.zeros(4, dtype=torch.long))
+    result = PlaneBetween(x="0,1", y="-1,0,1", bn_reestimate=False, test=False).run(
+        context([m1, m2], train, loss=lin_loss)
+    )
+    g = result.arrays["train_loss"]
+    # ⟨θ1 + y v, u⟩ = ⟨θ1, u⟩ for every y when v ⟂ u (rounding: 1e-12).
+    np.testing.assert_allclose(g[:, 0], g[1, 0], rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------- resume
+
+
+class Stop(Exception):
+    pass
+
+
+def test_plane_resumes_point_by_point(tmp_path: Path) -> None:
+    model = bn_mlp(9)
+    train = classification_data(20, 0)
+    probe_kw = {
+        "x": "-1:1:3",
+        "y": "-1:1:3",
+        "resume_dir": str(tmp_path),
+        "test": False,
+    }
+    full = Plane(x="-1:1:3", y="-1:1:3", test=False).run(
+        context([model], train, seed=5)
+    )
+
+    def stop_after(k: int) -> Any:
+        def progress(done: float, total: float | None = None, /, **info: Any) -> None:
+            if done >= k:
+                raise Stop
+
+        return progress
+
+    with pytest.raises(Stop):
+        Plane(**probe_kw).run(context([model], train, seed=5, progress=stop_after(4)))
+    files = list(tmp_path.glob("plane-*.npz"))
+    assert len(files) == 1
+    # A different seed (other directions) must not pick up this partial grid.
+    with pytest.raises(Stop):
+        Plane(**probe_kw).run(context([model], train, seed=6, progress=stop_after(1)))
+    assert len(list(tmp_path.glob("plane-*.npz"))) == 2
+    done_points: list[float] = []
+
+    def record(done: float, total: float | None = None, /, **info: Any) -> None:
+        done_points.append(done)
+
+    resumed = Plane(**probe_kw).run(context([model], train, seed=5, progress=record))
+    assert resumed.attrs["resumed_points"] == 4
+    assert done_points[0] == 4  # starts where it stopped
+    np.testing.assert_array_equal(
+        resumed.arrays["train_loss"], full.arrays["train_loss"]
+    )
+    np.testing.assert_array_equal(
+        resumed.arrays["train_accuracy"], full.arrays["train_accuracy"]
+    )
+    assert len(list(tmp_path.glob("plane-*.npz"))) == 1  # the finished one is removed
+
+
+def test_interpolate_resume_dir_also_works(tmp_path: Path) -> None:
+    m1, m2 = bn_mlp(1), bn_mlp(2)
+    train = classification_data(20, 0)
+
+    def stop(done: float, total: float | None = None, /, **info: Any) -> None:
+        if done >= 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Interpolate(alpha="-1:2:5", resume_dir=str(tmp_path)).run(
+            context([m1, m2], train, progress=stop)
+        )
+    out = Interpolate(alpha="-1:2:5", resume_dir=str(tmp_path)).run(
+        context([m1, m2], train)
+    )
+    ref = Interpolate(alpha="-1:2:5").run(context([m1, m2], train))
+    assert out.attrs["resumed_points"] == 2
+    np.testing.assert_array_equal(out.arrays["train_loss"], ref.arrays["train_loss"])
+    assert not list(tmp_path.glob("*.npz"))
+
+
+# --------------------------------------------------------------------- registry and API
+
+
+def registry() -> Registry:
+    reg = Registry(entry_points=False, warn=False)
+    reg.register_plugin(probes, "builtin.probes")
+    reg.register_plugin(datasets, "builtin.datasets")
+    return reg
+
+
+def test_specs_valid_and_options_match_factories() -> None:
+    reg = registry()
+    assert reg.names("probe") == ["direction", "interpolate", "plane", "plane-between"]
+    for name in reg.names("probe"):
+        spec = reg.get("probe", name)
+        instance = reg.create("probe", name, {})
+        assert isinstance(instance, sharpkit.Probe)
+        for opt in spec.options:  # documented defaults are the factory's
+            if opt.name in ("alpha", "x", "y"):
+                continue
+            assert getattr(instance, opt.name) == opt.default, (name, opt.name)
+    assert reg.get("probe", "interpolate").n_models == 2
+    assert reg.get("probe", "plane-between").n_models == 2
+    assert reg.get("probe", "direction").n_models == 1
+    with pytest.raises(ConfigError, match="option 'alpha'"):
+        reg.create("probe", "interpolate", {"alpha": "1:0"})
+
+
+@dataclass
+class TinyDataset:
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    train: DataSplit
+    test: DataSplit
+
+
+def test_through_api_interpolate_with_synthetic_dataset() -> None:
+    reg = registry()
+    ds = sharpkit.api.load_dataset(
+        "synthetic",
+        options={"n_train": 96, "n_test": 48, "classes": 3, "shape": "4"},
+        registry=reg,
+    )
+    gen = torch.Generator().manual_seed(0)
+
+    def net() -> torch.nn.Module:
+        m = torch.nn.Sequential(
+            torch.nn.Linear(4, 6),
+            torch.nn.BatchNorm1d(6),
+            torch.nn.ReLU(),
+            torch.nn.Linear(6, 3),
+        )
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+        return m.eval()
+
+    m1, m2 = net(), net()
+    before = copy.deepcopy(m1.state_dict())
+    result = sharpkit.api.interpolate(
+        m1, m2, ds, alpha="-1:2:7", registry=reg, batch_size=32
+    )
+    assert result.probe == "interpolate"
+    assert result.arrays["train_loss"].shape == (7,)
+    assert result.arrays["test_accuracy"].shape == (7,)
+    assert "key" in result.attrs
+    assert result.attrs["bn_reestimate"] is True
+    assert result.attrs["train_samples"] == 96
+    for k, v in before.items():
+        assert torch.equal(m1.state_dict()[k], v)
+    # Explicit α values and options pass through api.probe.
+    direct = sharpkit.api.probe(
+        "interpolate",
+        [m1, m2],
+        ds,
+        options={"alpha": "0,1", "bn_reestimate": "false"},
+        registry=reg,
+    )
+    assert direct.attrs["bn_reestimate"] is False
+    listed = sharpkit.api.interpolate(
+        m1, m2, ds, alpha=[0.0, 1.0], bn_reestimate=False, registry=reg
+    )
+    np.testing.assert_array_equal(
+        listed.arrays["train_loss"], direct.arrays["train_loss"]
+    )
+    # Without BN re-estimation, α = 0 and 1 are the models themselves.
+    loss1, _ = evaluate(
+        m1, ds.train, torch.nn.functional.cross_entropy, batch_size=50, device=CPU
+    )
+    assert direct.arrays["train_loss"][0] == pytest.approx(loss1, rel=1e-6)
+
+
+def test_through_api_direction_and_plane() -> None:
+    reg = registry()
+    train, test = classification_data(40, 0), classification_data(20, 1)
+    ds = TinyDataset("tiny", (4,), 3, train, test)
+    model = bn_mlp(3)
+    r = sharpkit.api.probe(
+        "direction", [model], ds, options={"alpha": "-1:1:5"}, seed=2, registry=reg
+    )
+    assert r.arrays["train_loss"].shape == (5,)
+    p = sharpkit.api.probe(
+        "plane", [model], ds, options={"x": "-1:1:3", "y": "0,1"}, registry=reg
+    )
+    assert p.arrays["test_loss"].shape == (2, 3)
+    with pytest.raises(ConfigError, match="takes 1 model"):
+        sharpkit.api.probe("plane", [model, model], ds, registry=reg)
