@@ -1,0 +1,207 @@
+"""``sharpkit results``: the tidy table of everything in a results store."""
+
+from __future__ import annotations
+
+import re
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from sharpkit.cli._options import DEFAULT_STORE, JsonOpt
+from sharpkit.cli._render import fmt_number, out_console, print_json
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# Columns of the default table, in order. Columns empty in every row are left
+# out, and those with one value in every row go to the caption (kept narrow).
+_TABLE_COLUMNS = (
+    ("run_id", "run"),
+    ("kind", "kind"),
+    ("model", "model"),
+    ("dataset", "data"),
+    ("lr", "η"),
+    ("batch_size", "S"),
+    ("lr_over_batch", "η/S"),
+    ("seed", "seed"),
+    ("epoch", "epoch"),
+    ("metric", "metric"),
+    ("value", "value"),
+    ("stderr", "stderr"),
+    ("converged", "conv."),
+    ("train_accuracy", "train acc."),
+    ("test_accuracy", "test acc."),
+    ("lr_b", "η (b)"),
+    ("batch_size_b", "S (b)"),
+)
+_ALWAYS = frozenset({"run_id", "metric", "value"})
+_TEXT = frozenset({"run_id", "kind", "model", "dataset", "metric"})
+_DROP_ORDER = (
+    "seed",
+    "epoch",
+    "train_accuracy",
+    "dataset",
+    "converged",
+    "batch_size_b",
+    "lr_b",
+    "kind",
+    "model",
+    "stderr",
+    "test_accuracy",
+    "batch_size",
+    "lr",
+)
+
+
+class RunKind(StrEnum):
+    """Kinds of run in a store."""
+
+    measure = "measure"
+    train = "train"
+    probe = "probe"
+
+
+def results(
+    path: Annotated[
+        Path,
+        typer.Argument(help="The results store (a zarr directory)."),
+    ] = DEFAULT_STORE,
+    json_output: JsonOpt = False,
+    csv_output: Annotated[
+        bool, typer.Option("--csv", help="Print CSV (all columns) on stdout.")
+    ] = False,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            "-f",
+            help=(
+                "Keep rows where column=value (also !=, <, <=, >, >=; numbers "
+                "compare numerically, * is a wildcard); repeatable, all must hold. "
+                "E.g. --filter metric=spectral --filter batch_size=128."
+            ),
+        ),
+    ] = None,
+    kind: Annotated[
+        RunKind | None,
+        typer.Option("--kind", help="Only runs of this kind."),
+    ] = None,
+    gc: Annotated[
+        bool,
+        typer.Option(
+            "--gc",
+            help=(
+                "First remove leftovers of writes that were killed (untouched for "
+                "an hour, or whose process on this host is gone)."
+            ),
+        ),
+    ] = False,
+) -> None:
+    """Show everything a results store holds: one row per run x metric.
+
+    Rows carry η (lr), S (batch_size), η/S (lr_over_batch), the metric's value and
+    standard error, and the checkpoint's final train/test accuracy. --json and
+    --csv give every column (the store docs list them).
+    """
+    from sharpkit.cli._progress import err_console
+    from sharpkit.errors import ConfigError
+    from sharpkit.store import ResultStore, to_csv
+
+    if json_output and csv_output:
+        msg = "--json and --csv cannot be combined; pick one"
+        raise ConfigError(msg)
+    store = ResultStore(path, create=False)
+    if gc:
+        removed = store.gc()
+        err_console.print(
+            f"removed {len(removed)} staging leftover(s) from {str(path)!r}",
+            highlight=False,
+        )
+    rows = store.records(filters or None, kind=kind.value if kind else None)
+    if json_output:
+        print_json(rows)
+        return
+    if csv_output:
+        sys.stdout.write(to_csv(rows))
+        return
+    if not rows:
+        what = f"{kind.value} runs" if kind else "runs"
+        text = (
+            f"no rows in {str(path)!r} match the filters"
+            if filters
+            else f"no {what} in {str(path)!r} yet"
+        )
+        out_console.print(text, highlight=False)
+        return
+    _print_rows(rows, title=repr(str(path)))
+
+
+def _print_rows(rows: list[dict[str, Any]], *, title: str) -> None:
+    from rich.measure import Measurement
+
+    shown = [{**r, "run_id": _short(r["run_id"])} for r in rows]
+    columns: list[tuple[str, str]] = []
+    constant: list[str] = []
+    for key, header in _TABLE_COLUMNS:
+        values = {fmt_number(r.get(key), 4) for r in shown}
+        if values == {"-"}:
+            continue
+        if len(values) == 1 and len(shown) > 1 and key not in _ALWAYS:
+            constant.append(f"{header}={values.pop()}")
+            continue
+        columns.append((key, header))
+    runs = len({r["run_id"] for r in rows})
+    title = f"{title}: {runs} run(s), {len(rows)} row(s)"
+    hidden: list[str] = []
+    # Drop the least useful columns until the table fits the terminal, rather
+    # than letting rich squash cells to "…"; --json/--csv always give them all.
+    while True:
+        table = _table(shown, columns, title, constant, hidden)
+        wide = out_console.options.update(max_width=100_000)
+        width = Measurement.get(out_console, wide, table).maximum
+        drop = next((c for c in _DROP_ORDER if c in dict(columns)), None)
+        if width <= out_console.width or drop is None:
+            break
+        hidden.append(dict(columns)[drop])
+        columns = [c for c in columns if c[0] != drop]
+    out_console.print(table)
+
+
+def _table(
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str]],
+    title: str,
+    constant: list[str],
+    hidden: list[str],
+) -> Table:
+    from rich import box
+    from rich.table import Table
+
+    notes = []
+    if constant:
+        notes.append("all rows: " + "  ".join(constant))
+    if hidden:
+        notes.append("not shown: " + ", ".join(hidden) + " (see --json or --csv)")
+    table = Table(
+        title=title,
+        caption="\n".join(notes) or None,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for key, header in columns:
+        table.add_column(
+            header, justify="left" if key in _TEXT else "right", no_wrap=True
+        )
+    for row in rows:
+        table.add_row(*(fmt_number(row.get(key), 4) for key, _ in columns))
+    return table
+
+
+def _short(run_id: Any) -> str:
+    """``20261128T163000.123456Z-1a2b3c4d`` -> ``1128T163000-1a2b`` (table only)."""
+    text = str(run_id)
+    m = re.match(r"^\d{4}(\d{4}T\d{6})(?:\.\d+)?Z-([0-9a-f]{4})", text)
+    return f"{m.group(1)}-{m.group(2)}" if m else text
