@@ -1,0 +1,687 @@
+"""The paper's figures, drawn from a results store (or from plain records).
+
+Jastrzębski, Kenton, Arpit, Ballas, Fischer, Bengio & Storkey (2017), "Finding
+flatter minima with SGD", ICLR 2018 workshop track:
+
+* ``fig1``: λ_max, log ‖H‖_F and validation accuracy against η/S (log x axis), one
+  panel each, points coloured by the batch size S (measure runs of ``spectral``
+  and ``frobenius``; the accuracy is the checkpoint's final test accuracy).
+* ``fig2`` / ``fig3``: interpolation curves, one panel per ``interpolate`` run:
+  training and validation loss on the left axis and accuracy on a twin right axis,
+  the two minima's η and S (``fig3``: β = S / 50, as in the paper's η = 0.1β,
+  S = 50β) in the panel title, and the width readouts in a corner.
+* ``fig4``: learning curves of several training runs overlaid, training and
+  validation accuracy over epochs, labelled by η and S.
+
+Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no
+global backend state), imported only when a figure is drawn. The output format
+follows the file suffix: ``.png``, ``.pdf`` or ``.svg``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sharpkit.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from sharpkit.store import ResultStore
+
+__all__ = ["FIGURES", "build_figure", "plot_figure"]
+
+FIGURES = ("fig1", "fig2", "fig3", "fig4")
+"""The figures :func:`plot_figure` draws."""
+
+_SUFFIXES = (".png", ".pdf", ".svg")
+_LOSS_COLOR = "tab:blue"
+_ACC_COLOR = "tab:red"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Curves:
+    """One run's curves, whatever the source (store, Run object or plain dict)."""
+
+    run_id: str
+    attrs: Mapping[str, Any]
+    coords: Mapping[str, np.ndarray] = field(default_factory=dict)
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    summary: Mapping[str, float] = field(default_factory=dict)
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, list | tuple) and value else value
+
+
+def _second(value: Any) -> Any:
+    return value[1] if isinstance(value, list | tuple) and len(value) > 1 else None
+
+
+def _float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _open_store(source: Any) -> ResultStore | None:
+    from sharpkit.store import ResultStore
+
+    if isinstance(source, ResultStore):
+        return source
+    if isinstance(source, str | os.PathLike):
+        return ResultStore(source, create=False)
+    return None
+
+
+def _selection(
+    filter: Mapping[str, Any] | Sequence[str] | None, selectors: Mapping[str, Any]
+) -> list[str]:
+    items: list[str] = []
+    if isinstance(filter, Mapping):
+        items += [f"{k}={v}" for k, v in filter.items()]
+    elif isinstance(filter, str):
+        items.append(filter)
+    elif filter is not None:
+        items += [str(f) for f in filter]
+    items += [f"{k}={v}" for k, v in selectors.items()]
+    return items
+
+
+def _match(row: Mapping[str, Any], items: Sequence[str]) -> bool:
+    """Equality filters for plain records (the store does richer filtering itself)."""
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            msg = f"filter {item!r} must look like key=value"
+            raise ConfigError(msg)
+        key = key.strip()
+        cell = row.get(key)
+        if cell is None:
+            return False
+        number = _float(cell)
+        if number is not None and not isinstance(cell, str):
+            try:
+                want = float(text)
+            except ValueError:
+                return False
+            if not math.isclose(number, want, rel_tol=1e-9):
+                return False
+        elif str(cell) != text:
+            return False
+    return True
+
+
+def _records(source: Any, items: Sequence[str]) -> list[dict[str, Any]]:
+    store = _open_store(source)
+    if store is not None:
+        return store.records(list(items))
+    if isinstance(source, Sequence) and all(isinstance(r, Mapping) for r in source):
+        return [dict(r) for r in source if _match(r, items)]
+    msg = (
+        f"cannot read results from a {type(source).__name__}; pass a store path, a "
+        "ResultStore or a list of record dicts"
+    )
+    raise ConfigError(msg)
+
+
+def _runs(source: Any, kind: str, items: Sequence[str]) -> list[Any]:
+    """Runs (``Run`` objects or mappings with attrs/probes/training) of one kind."""
+    store = _open_store(source)
+    if store is not None:
+        wanted = {r["run_id"] for r in store.records(list(items), kind=kind)}
+        return [
+            store.run(i.run_id) for i in store.runs(kind=kind) if i.run_id in wanted
+        ]
+    if isinstance(source, Sequence) and not isinstance(source, str):
+        out = []
+        for run in source:
+            if _get(run, "kind", kind) != kind:
+                continue
+            attrs = dict(_get(run, "attrs", {}) or {})
+            flat = {
+                **attrs,
+                "run_id": _get(run, "run_id", attrs.get("run_id")),
+                "model": _first(attrs.get("model")),
+                "lr": _first(attrs.get("lr")),
+                "batch_size": _first(attrs.get("batch_size")),
+            }
+            if _match(flat, items):
+                out.append(run)
+        return out
+    msg = (
+        f"cannot read runs from a {type(source).__name__}; pass a store path, a "
+        "ResultStore or a list of runs"
+    )
+    raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _figure(
+    ncols: int, nrows: int = 1, *, width: float = 4.6, height: float = 3.6
+) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _fmt(value: Any) -> str:
+    number = _float(value)
+    if number is None:
+        return "?"
+    return f"{number:.3g}"
+
+
+def _fmt_batch(value: Any) -> str:
+    number = _float(value)
+    if number is None:
+        return "?"
+    return str(int(number)) if number.is_integer() else f"{number:.4g}"
+
+
+def _eta_s(lr: Any, batch: Any) -> str:
+    return f"η={_fmt(lr)}, S={_fmt_batch(batch)}"
+
+
+def _ratio(lr: Any, batch: Any) -> float | None:
+    a, b = _float(lr), _float(batch)
+    return a / b if a is not None and b else None
+
+
+def _save(fig: Figure, path: Path, dpi: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _check_path(path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in _SUFFIXES:
+        msg = (
+            f"cannot tell the image format of {str(out)!r}; end the file name with "
+            + ", ".join(_SUFFIXES)
+        )
+        raise ConfigError(msg)
+    return out
+
+
+def _batch_colors(sizes: Sequence[int]) -> dict[int, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    uniq = sorted(set(sizes))
+    if len(uniq) == 1:
+        return {uniq[0]: cmap(0.35)}
+    return {s: cmap(0.9 * i / (len(uniq) - 1)) for i, s in enumerate(uniq)}
+
+
+# --------------------------------------------------------------------------- fig1
+
+
+def _fig1_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Newest row per checkpoint and quantity; measure rows win over train rows."""
+    points: dict[str, dict[Any, dict[str, Any]]] = {
+        "spectral": {},
+        "frobenius": {},
+        "test_accuracy": {},
+    }
+    rank = {"measure": 2, "train": 1}
+    for row in rows:  # oldest first: later rows replace earlier ones
+        kind = str(row.get("kind"))
+        if kind not in rank:
+            continue
+        x = _float(row.get("lr_over_batch"))
+        batch = row.get("batch_size")
+        if x is None or batch is None:
+            continue
+        key = row.get("checkpoint_sha256") or ("run", row.get("run_id"))
+        metric = row.get("metric")
+        entries: list[tuple[str, float | None, float | None]] = []
+        if metric in ("spectral", "frobenius"):
+            entries.append(
+                (str(metric), _float(row.get("value")), _float(row.get("stderr")))
+            )
+        if _float(row.get("test_accuracy")) is not None:
+            entries.append(("test_accuracy", _float(row.get("test_accuracy")), None))
+        for name, value, err in entries:
+            if value is None:
+                continue
+            old = points[name].get(key)
+            if old is not None and rank[old["kind"]] > rank[kind]:
+                continue
+            points[name][key] = {
+                "x": x,
+                "y": value,
+                "err": err,
+                "batch_size": int(batch),
+                "lr": _float(row.get("lr")),
+                "kind": kind,
+            }
+    return {k: list(v.values()) for k, v in points.items()}
+
+
+def _plot_fig1(rows: Sequence[Mapping[str, Any]], title: str | None) -> Figure:
+    points = _fig1_points(rows)
+    if not points["spectral"] and not points["frobenius"]:
+        msg = (
+            "no spectral or frobenius measurements with a known η and S in the "
+            "selection; run `sharpkit measure CKPT -m spectral -m frobenius` on "
+            "checkpoints trained by sharpkit first"
+        )
+        raise DataError(msg)
+    sizes = [p["batch_size"] for pts in points.values() for p in pts]
+    colors = _batch_colors(sizes)
+    fig = _figure(3)
+    axes = fig.subplots(1, 3)
+    panels = (
+        ("spectral", "λ_max (largest Hessian eigenvalue)", "(a) spectral norm", False),
+        ("frobenius", "log ‖H‖_F (natural log)", "(b) Frobenius norm", True),
+        ("test_accuracy", "validation accuracy", "(c) validation accuracy", False),
+    )
+    for ax, (name, ylabel, subtitle, log) in zip(axes, panels, strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("η / S")
+        ax.set_ylabel(ylabel)
+        ax.set_title(subtitle)
+        ax.grid(True, which="both", alpha=0.3)
+        pts = points[name]
+        if not pts:
+            ax.text(
+                0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes
+            )
+            continue
+        for size in sorted({p["batch_size"] for p in pts}):
+            group = sorted(
+                (p for p in pts if p["batch_size"] == size), key=lambda p: p["x"]
+            )
+            xs = np.array([p["x"] for p in group])
+            ys = np.array([p["y"] for p in group])
+            errs = np.array([p["err"] if p["err"] is not None else 0.0 for p in group])
+            if log:
+                positive = ys > 0
+                xs, errs, ys = (
+                    xs[positive],
+                    errs[positive] / ys[positive],
+                    np.log(ys[positive]),
+                )
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=errs if np.any(errs > 0) else None,
+                fmt="o",
+                color=colors[size],
+                label=f"S = {size}",
+                capsize=2,
+                markersize=5,
+            )
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    order = sorted(range(len(labels)), key=lambda i: int(labels[i].split("=")[1]))
+    fig.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="outside right center",
+        title="batch size",
+    )
+    fig.suptitle(title or "Sharpness and validation accuracy against η/S")
+    return fig
+
+
+# ------------------------------------------------------------------------- fig2 / fig3
+
+
+def _interp_curves(runs: Sequence[Any], probe: str) -> list[_Curves]:
+    out = []
+    for run in runs:
+        probes = _get(run, "probes", {}) or {}
+        result = probes.get(probe) if isinstance(probes, Mapping) else None
+        if result is None:
+            continue
+        coords = _get(result, "coords", {}) or {}
+        if "alpha" not in coords:
+            continue
+        out.append(
+            _Curves(
+                run_id=str(_get(run, "run_id", "")),
+                attrs=dict(_get(run, "attrs", {}) or {}),
+                coords={k: np.asarray(v) for k, v in coords.items()},
+                arrays={
+                    k: np.asarray(v)
+                    for k, v in (_get(result, "arrays", {}) or {}).items()
+                },
+                summary=dict(_get(result, "summary", {}) or {}),
+            )
+        )
+    return out
+
+
+def _end_label(
+    attrs: Mapping[str, Any], which: int, label: str, beta_base: float
+) -> str:
+    pick = _first if which == 0 else _second
+    lr, batch = pick(attrs.get("lr")), pick(attrs.get("batch_size"))
+    if label == "beta":
+        b = _float(batch)
+        beta = "?" if b is None else f"{b / beta_base:.3g}"
+        return f"β={beta}"
+    ratio = _ratio(lr, batch)
+    tail = f" (η/S={ratio:.2g})" if ratio is not None else ""
+    return _eta_s(lr, batch) + tail
+
+
+def _plot_interp(
+    curves: Sequence[_Curves],
+    label: str,
+    beta_base: float,
+    title: str | None,
+    figure: str,
+) -> Figure:
+    n = len(curves)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(ncols, nrows, width=5.0, height=3.8)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    legend_lines: list[Any] = []
+    for k, ax in enumerate(grid.flat):
+        if k >= n:
+            ax.set_visible(False)
+            continue
+        c = curves[k]
+        alpha = c.coords["alpha"]
+        lines = []
+        ax.axvline(0.0, color="0.6", linestyle=":", linewidth=1)
+        ax.axvline(1.0, color="0.6", linestyle=":", linewidth=1)
+        if "train_loss" in c.arrays:
+            lines += ax.plot(
+                alpha,
+                c.arrays["train_loss"],
+                "-",
+                color=_LOSS_COLOR,
+                label="train loss",
+            )
+        if "test_loss" in c.arrays:
+            lines += ax.plot(
+                alpha,
+                c.arrays["test_loss"],
+                "--",
+                color=_LOSS_COLOR,
+                label="validation loss",
+            )
+        ax.set_xlabel("α")
+        ax.set_ylabel("loss", color=_LOSS_COLOR)
+        ax.tick_params(axis="y", labelcolor=_LOSS_COLOR)
+        twin = ax.twinx()
+        if (
+            "train_accuracy" in c.arrays
+            and np.isfinite(c.arrays["train_accuracy"]).any()
+        ):
+            lines += twin.plot(
+                alpha,
+                c.arrays["train_accuracy"],
+                "-",
+                color=_ACC_COLOR,
+                label="train accuracy",
+            )
+        if "test_accuracy" in c.arrays and np.isfinite(c.arrays["test_accuracy"]).any():
+            lines += twin.plot(
+                alpha,
+                c.arrays["test_accuracy"],
+                "--",
+                color=_ACC_COLOR,
+                label="validation accuracy",
+            )
+        twin.set_ylabel("accuracy", color=_ACC_COLOR)
+        twin.tick_params(axis="y", labelcolor=_ACC_COLOR)
+        twin.set_ylim(-0.02, 1.02)
+        left = _end_label(c.attrs, 0, label, beta_base)
+        right = _end_label(c.attrs, 1, label, beta_base)
+        ax.set_title(f"α=0: {left}\nα=1: {right}", fontsize=9)
+        w0, w1 = _float(c.summary.get("width_0")), _float(c.summary.get("width_1"))
+        if w0 is not None and w1 is not None:
+            ax.text(
+                0.02,
+                0.97,
+                f"width at α=0: {w0:.2f}\nwidth at α=1: {w1:.2f}\n(α units)",
+                transform=ax.transAxes,
+                va="top",
+                fontsize=7,
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.7},
+            )
+        if k == 0:
+            legend_lines = lines
+    fig.legend(
+        legend_lines,
+        [ln.get_label() for ln in legend_lines],
+        loc="outside lower center",
+        ncols=4,
+        fontsize=8,
+    )
+    default = (
+        "Interpolation between minima (different η/S)"
+        if figure == "fig2"
+        else "Interpolation between minima (same η/S, different β)"
+    )
+    fig.suptitle(title or default)
+    return fig
+
+
+# --------------------------------------------------------------------------- fig4
+
+
+def _train_curves(runs: Sequence[Any]) -> list[_Curves]:
+    out = []
+    for run in runs:
+        training = _get(run, "training", {}) or {}
+        arrays = {k: np.asarray(v) for k, v in training.items()}
+        if "epoch" not in arrays:
+            continue
+        out.append(
+            _Curves(
+                run_id=str(_get(run, "run_id", "")),
+                attrs=dict(_get(run, "attrs", {}) or {}),
+                arrays=arrays,
+            )
+        )
+    return out
+
+
+def _plot_fig4(curves: Sequence[_Curves], title: str | None) -> Figure:
+    from matplotlib import colormaps
+
+    fig = _figure(2)
+    axes = fig.subplots(1, 2, sharey=True)
+    cmap = colormaps["tab10"]
+    order = sorted(
+        range(len(curves)),
+        key=lambda i: (
+            _float(curves[i].attrs.get("batch_size")) or 0.0,
+            _float(curves[i].attrs.get("lr")) or 0.0,
+        ),
+    )
+    for n, i in enumerate(order):
+        c = curves[i]
+        lr, batch = c.attrs.get("lr"), c.attrs.get("batch_size")
+        ratio = _ratio(lr, batch)
+        label = _eta_s(lr, batch) + (f" (η/S={ratio:.2g})" if ratio is not None else "")
+        color = cmap(n % 10)
+        for ax, name in zip(axes, ("train_accuracy", "test_accuracy"), strict=True):
+            if name in c.arrays:
+                ax.plot(
+                    c.arrays["epoch"], c.arrays[name], "-", color=color, label=label
+                )
+    for ax, sub in zip(axes, ("training accuracy", "validation accuracy"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_title(sub)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    fig.legend(
+        *axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8
+    )
+    fig.suptitle(title or "Learning curves")
+    return fig
+
+
+# --------------------------------------------------------------------------- public
+
+
+def build_figure(
+    source: Any,
+    figure: str,
+    *,
+    filter: Mapping[str, Any] | Sequence[str] | None = None,
+    label: str | None = None,
+    beta_base: float = 50.0,
+    title: str | None = None,
+    **selectors: Any,
+) -> Figure:
+    """Build one of the paper's figures as a matplotlib ``Figure`` (not saved).
+
+    Use this to adjust a figure before saving it; :func:`plot_figure` builds and
+    saves in one call. The arguments are those of :func:`plot_figure`.
+
+    Args:
+        source: A results store (path or :class:`~sharpkit.store.ResultStore`).
+            Without a store: for ``fig1`` a list of tidy records (dicts with
+            ``kind``, ``metric``, ``value``, ``stderr``, ``lr``, ``batch_size``,
+            ``lr_over_batch``, ``test_accuracy``, ``checkpoint_sha256``); for the
+            others a list of runs (``Run`` objects or dicts with ``attrs``,
+            ``probes`` and/or ``training``).
+        figure: ``"fig1"``, ``"fig2"``, ``"fig3"`` or ``"fig4"``.
+        filter: Row filters as for ``ResultStore.records`` (``["dataset=cifar10",
+            "batch_size>=128"]`` or ``{"model": "mlp-bn"}``); for plain records,
+            equality only.
+        label: How interpolation panels name their end points: ``"eta-s"`` (η
+            and S; the default for ``fig2``) or ``"beta"`` (β = S / ``beta_base``;
+            the default for ``fig3``).
+        beta_base: The batch size at β = 1 (the paper's S = 50β).
+        title: Figure title (default: a description of the figure).
+        **selectors: Further equality filters, e.g. ``dataset="cifar10"``.
+
+    Returns:
+        The figure, on an Agg canvas.
+
+    Raises:
+        ConfigError: Unknown figure, format or label; a bad filter.
+        DataError: Nothing to plot in the selection.
+    """
+    if figure not in FIGURES:
+        msg = f"unknown figure {figure!r}; choose one of {', '.join(FIGURES)}"
+        raise ConfigError(msg)
+    if label is None:
+        label = "beta" if figure == "fig3" else "eta-s"
+    if label not in ("eta-s", "beta"):
+        msg = f"label must be 'eta-s' or 'beta', got {label!r}"
+        raise ConfigError(msg)
+    if not beta_base > 0:
+        msg = f"beta_base must be positive, got {beta_base}"
+        raise ConfigError(msg)
+    items = _selection(filter, selectors)
+    if figure == "fig1":
+        fig = _plot_fig1(_records(source, items), title)
+    elif figure in ("fig2", "fig3"):
+        curves = _interp_curves(_runs(source, "probe", items), "interpolate")
+        if not curves:
+            msg = (
+                "no interpolate runs in the selection; run `sharpkit interpolate "
+                "A.pt B.pt --store STORE` first"
+            )
+            raise DataError(msg)
+        fig = _plot_interp(curves, label, beta_base, title, figure)
+    else:
+        curves = _train_curves(_runs(source, "train", items))
+        if not curves:
+            msg = (
+                "no training runs with learning curves in the selection; run "
+                "`sharpkit train ... --store STORE` first"
+            )
+            raise DataError(msg)
+        fig = _plot_fig4(curves, title)
+    return fig
+
+
+def plot_figure(
+    source: Any,
+    figure: str,
+    path: str | os.PathLike[str],
+    *,
+    filter: Mapping[str, Any] | Sequence[str] | None = None,
+    label: str | None = None,
+    beta_base: float = 50.0,
+    title: str | None = None,
+    dpi: int = 150,
+    **selectors: Any,
+) -> Path:
+    """Draw one of the paper's figures from stored results and save it.
+
+    Example:
+        >>> from sharpkit.plotting import plot_figure
+        >>> plot_figure("results.zarr", "fig1", "fig1.png")  # doctest: +SKIP
+        PosixPath('fig1.png')
+
+    Args:
+        source: A results store (path or :class:`~sharpkit.store.ResultStore`).
+            Without a store: for ``fig1`` a list of tidy records (dicts with
+            ``kind``, ``metric``, ``value``, ``stderr``, ``lr``, ``batch_size``,
+            ``lr_over_batch``, ``test_accuracy``, ``checkpoint_sha256``); for the
+            others a list of runs (``Run`` objects or dicts with ``attrs``,
+            ``probes`` and/or ``training``).
+        figure: ``"fig1"``, ``"fig2"``, ``"fig3"`` or ``"fig4"``.
+        path: Output file; ``.png``, ``.pdf`` or ``.svg``.
+        filter: Row filters as for ``ResultStore.records`` (``["dataset=cifar10",
+            "batch_size>=128"]`` or ``{"model": "mlp-bn"}``); for plain records,
+            equality only.
+        label: How interpolation panels name their end points: ``"eta-s"`` (η
+            and S; the default for ``fig2``) or ``"beta"`` (β = S / ``beta_base``;
+            the default for ``fig3``).
+        beta_base: The batch size at β = 1 (the paper's S = 50β).
+        title: Figure title (default: a description of the figure).
+        dpi: Resolution of raster output.
+        **selectors: Further equality filters, e.g. ``dataset="cifar10"``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: Unknown figure, format or label; a bad filter.
+        DataError: Nothing to plot in the selection.
+    """
+    out = _check_path(path)
+    fig = build_figure(
+        source,
+        figure,
+        filter=filter,
+        label=label,
+        beta_base=beta_base,
+        title=title,
+        **selectors,
+    )
+    return _save(fig, out, dpi)
