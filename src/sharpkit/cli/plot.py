@@ -1,0 +1,101 @@
+"""``sharpkit plot``: the paper's figures from a results store."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sharpkit.cli._options import JsonOpt
+from sharpkit.cli._render import out_console, print_json
+
+
+class FigureName(StrEnum):
+    """The figures ``sharpkit plot`` draws."""
+
+    fig1 = "fig1"
+    fig2 = "fig2"
+    fig3 = "fig3"
+    fig4 = "fig4"
+
+
+class EndLabel(StrEnum):
+    """How interpolation panels name their two minima."""
+
+    eta_s = "eta-s"
+    beta = "beta"
+
+
+def plot(
+    store: Annotated[
+        Path,
+        typer.Argument(
+            help="The results store (a zarr directory).", show_default=False
+        ),
+    ],
+    figure: Annotated[
+        FigureName,
+        typer.Option(
+            "--figure",
+            help="fig1: λ_max, log ‖H‖_F and validation accuracy against η/S; "
+            "fig2/fig3: interpolation curves; fig4: learning curves.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Image file to write: .png, .pdf or .svg.",
+            show_default=False,
+        ),
+    ],
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            "-f",
+            help="Use only rows where column=value (also !=, <, <=, >, >=), as for "
+            "`sharpkit results`; repeatable. E.g. --filter dataset=cifar10.",
+        ),
+    ] = None,
+    label: Annotated[
+        EndLabel | None,
+        typer.Option(
+            "--label",
+            help="Name the minima of interpolation panels by η and S (eta-s, fig2's "
+            "default) or by β = S / --beta-base (beta, fig3's default).",
+        ),
+    ] = None,
+    beta_base: Annotated[
+        float,
+        typer.Option("--beta-base", help="Batch size at β = 1 (the paper: S = 50β)."),
+    ] = 50.0,
+    title: Annotated[str | None, typer.Option("--title", help="Figure title.")] = None,
+    dpi: Annotated[int, typer.Option("--dpi", help="Resolution of .png output.")] = 150,
+    json_output: JsonOpt = False,
+) -> None:
+    """Draw one of the paper's figures from the results in STORE.
+
+    E.g. `sharpkit plot results.zarr --figure fig1 -o fig1.png`. The figure shows
+    every matching run: narrow it down with --filter.
+    """
+    from sharpkit.plotting import plot_figure
+
+    path = plot_figure(
+        store,
+        figure.value,
+        output,
+        filter=filters or None,
+        label=label.value if label is not None else None,
+        beta_base=beta_base,
+        title=title,
+        dpi=dpi,
+    )
+    if json_output:
+        print_json({"figure": figure.value, "path": str(path)})
+    else:
+        out_console.print(f"wrote {path}", highlight=False)
