@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -17,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import sharpkit
 from sharpkit.errors import ConfigError, RunNotFoundError, SharpkitWarning, StoreError
@@ -276,6 +280,48 @@ def test_declared_array_dims_are_used(store: ResultStore) -> None:
     rid = store.write_run(kind="measure", attrs={}, metrics={"density": r})
     g = zarr.open_group(store.path / "runs" / rid / "metrics" / "density", mode="r")
     assert g["density"].metadata.dimension_names == ("grid",)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**62), 2**62)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+# attribute names include the ones the store owns, to exercise the renaming
+attr_names = st.sampled_from(["value", "metric", "key", "result_attrs", "unit"]) | (
+    st.text(max_size=10)
+)
+numeric_arrays = hnp.arrays(
+    dtype=st.sampled_from([np.float64, np.float32, np.int64, np.int8, np.bool_]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=4),
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    attrs=st.dictionaries(attr_names, json_values, max_size=5),
+    arrays=st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
+        numeric_arrays,
+        max_size=3,
+    ),
+    value=st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_any_metric_round_trips(attrs, arrays, value) -> None:
+    result = MetricResult(value=value, arrays=arrays, attrs=attrs, metric="m")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ResultStore(Path(tmp) / "s.zarr")
+        rid = store.write_run(kind="measure", attrs={"a": attrs}, metrics={"m": result})
+        back = store.run(rid)
+        assert back.attrs["a"] == attrs
+        assert_metric_equal(back.metrics["m"], result)
 
 
 # ------------------------------------------------------------ xarray

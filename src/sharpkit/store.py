@@ -894,9 +894,6 @@ class ResultStore:
         self._refresh()
         return [i for i in self._infos.values() if kind is None or i.kind == kind]
 
-    def __len__(self) -> int:
-        return len(self.runs())
-
     def __contains__(self, run_id: object) -> bool:
         return isinstance(run_id, str) and self._run_dir(run_id) is not None
 
