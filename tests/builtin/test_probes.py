@@ -573,6 +573,10 @@ def test_plane_matches_hand_evaluation() -> None:
             )
             assert result.arrays["train_loss"][i, j] == pytest.approx(loss, rel=1e-12)
     assert abs(result.attrs["cosine_d1_d2"]) < 1
+    loss0, _ = evaluate(
+        model, train, torch.nn.functional.cross_entropy, batch_size=64, device=CPU
+    )
+    assert result.summary["train_loss_at_origin"] == pytest.approx(loss0, rel=1e-12)
     assert "width_x" in result.summary
     assert "width_y" in result.summary
 

@@ -1133,7 +1133,8 @@ def _plane_readouts(
         return
     row = loss[int(iy[0]), :]
     col = loss[:, int(ix[0])]
-    summary[f"{prefix}train_loss"] = float(row[int(ix[0])])
+    key = f"{prefix}train_loss" if prefix else "train_loss_at_origin"
+    summary[key] = float(row[int(ix[0])])
     _width_summary(f"{prefix}width_x", x, row, ox, delta, scales[0], summary, censored)
     _width_summary(f"{prefix}width_y", y, col, oy, delta, scales[1], summary, censored)
 
@@ -1210,7 +1211,7 @@ class Plane(_GridProbe):
         model = ctx.models[0]
         theta = _clone_params(model)
         d1, d2, norms, info = self._directions(ctx, theta)
-        return self._grid(ctx, model, theta, d1, d2, norms, info, (0.0, 0.0), start)
+        return self._grid(ctx, model, theta, d1, d2, norms, info, start)
 
     def _grid(
         self,
@@ -1221,7 +1222,6 @@ class Plane(_GridProbe):
         d2: Sequence[torch.Tensor],
         norms: tuple[float, float],
         info: dict[str, Any],
-        origin: tuple[float, float],
         start: float,
         centers: Sequence[tuple[str, tuple[float, float]]] = (("", (0.0, 0.0)),),
     ) -> ProbeResult:
@@ -1359,7 +1359,6 @@ class PlaneBetween(Plane):
             v,
             (u_norm, u_norm),
             info,
-            (0.0, 0.0),
             start,
             centers=(("min0_", (0.0, 0.0)), ("min1_", (1.0, 0.0))),
         )
