@@ -1267,7 +1267,8 @@ def interpolate(
 def open_results(
     path: str | os.PathLike[str],
     *,
-    filter: Mapping[str, Any] | None = None,
+    filter: Mapping[str, Any] | Sequence[str] | None = None,  # noqa: A002
+    kind: str | None = None,
     as_frame: bool | None = None,
 ) -> Any:
     """Open a results store as a tidy table: one row per run × metric.
@@ -1278,10 +1279,14 @@ def open_results(
 
     Args:
         path: The store (a ``.zarr`` directory).
-        filter: Keep rows whose columns equal these values.
+        filter: Keep rows whose columns equal these values
+            (``{"metric": "spectral"}``), or conditions such as
+            ``["batch_size>=128"]``.
+        kind: Only rows of this kind of run (``"measure"``, ``"train"``,
+            ``"probe"``).
         as_frame: Return a pandas DataFrame (default: when pandas is installed)
             or a list of dicts.
     """
     from sharpkit.store import open_results as _open
 
-    return _open(path, filter=filter, as_frame=as_frame)
+    return _open(path, filter=filter, kind=kind, as_frame=as_frame)

@@ -132,7 +132,7 @@ def reproduce(
         plot_figure(cfg.store, fig, path)
         figures.append(str(path))
     if not json_output:
-        table = open_results(cfg.store, filter={"kind": "measure"}, as_frame=False)
+        table = open_results(cfg.store, kind="measure", as_frame=False)
         if table:
             print_table(
                 table,
