@@ -1267,7 +1267,7 @@ def interpolate(
 def open_results(
     path: str | os.PathLike[str],
     *,
-    filter: Mapping[str, Any] | Sequence[str] | None = None,  # noqa: A002
+    filter: Mapping[str, Any] | Sequence[str] | None = None,
     kind: str | None = None,
     as_frame: bool | None = None,
 ) -> Any:
