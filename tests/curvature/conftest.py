@@ -1,0 +1,17 @@
+"""Curvature tests use tiny models: one intra-op thread is faster than two there
+(and far faster when other processes compete for the cores)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

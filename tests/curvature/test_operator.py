@@ -1,0 +1,262 @@
+"""HessianOperator against dense float64 Hessians (torch.func.hessian).
+
+Tolerances: every HVP method is exact, so in float64 products agree with the
+reference to rounding (~1e-15 relative); 1e-10 leaves room for the summation
+order of different methods and batch splits. Finite-difference references
+(bn_mode="train") are accurate to ~1e-9, so those comparisons use 1e-7.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from cases import CASES, NETWORK_CASES, bn_mlp, conv_net, mlp, reference_gradient
+from cases import reference_hessian as ref_h
+from torch import nn
+
+from sharpkit.curvature.operator import HessianOperator, analysis_mode
+from sharpkit.errors import ConfigError, DataError
+from sharpkit.interfaces import DataSplit
+
+METHODS = ("graph", "double-backward", "forward-over-reverse", "auto")
+EXACT = 1e-10
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def op(case, **kw) -> HessianOperator:
+    kw.setdefault("batch_size", case.batch_size)
+    return HessianOperator(case.model, case.loss_fn, case.data, **kw)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_method_matches_dense_hessian(name: str, method: str) -> None:
+    case = CASES[name]()
+    ref = ref_h(case)
+    H = op(case, method=method)
+    gen = torch.Generator().manual_seed(1)
+    v = torch.randn(case.n, generator=gen, dtype=torch.float64)
+    block = torch.randn(case.n, 5, generator=gen, dtype=torch.float64)
+    assert rel(H @ v, ref @ v) < EXACT
+    assert rel(H.matvec(block), ref @ block) < EXACT
+    assert rel(H.to_dense(), ref) < EXACT
+    assert H.method in ("graph", "double-backward", "forward-over-reverse")
+
+
+@pytest.mark.parametrize("name", ["bn-mlp", "conv"])
+@pytest.mark.parametrize("method", ["graph", "double-backward", "forward-over-reverse"])
+def test_train_mode_batch_statistics(name: str, method: str) -> None:
+    case = CASES[name]()
+    ref = ref_h(case, bn_mode="train")
+    H = op(case, bn_mode="train", method=method)
+    # finite-difference reference: ~1e-9 accurate (see cases.reference_hessian)
+    assert rel(H.to_dense(), ref) < 1e-7
+    # and batch statistics really change the Hessian (the test can fail)
+    assert rel(ref_h(case), ref) > 1e-3
+
+
+def test_fused_batch_norm_is_the_same_function() -> None:
+    case = conv_net()
+    gen = torch.Generator().manual_seed(2)
+    v = torch.randn(case.n, generator=gen, dtype=torch.float64)
+    fused = op(case, fuse_bn=True)
+    plain = op(case, fuse_bn=False)
+    assert rel(fused @ v, plain @ v) < EXACT
+    assert fused.loss() == pytest.approx(plain.loss(), rel=1e-13)
+
+
+def test_uneven_last_batch_is_weighted_by_size() -> None:
+    case = bn_mlp()  # 41 examples in batches of 16: 16, 16, 9
+    whole = ref_h(case, batch_size=len(case.data))
+    for bs in (16, 7, 41):
+        assert rel(op(case, batch_size=bs).to_dense(), whole) < EXACT
+    # An unweighted mean of per-batch Hessians (a common bug) differs: the test
+    # above could fail.
+    batches = list(case.data.batches(16))
+    naive = sum(
+        HessianOperator(case.model, case.loss_fn, [b]).to_dense() for b in batches
+    ) / len(batches)
+    assert rel(naive, whole) > 1e-3
+
+
+def test_list_of_batches_and_dataloader() -> None:
+    case = mlp()
+    ref = ref_h(case)
+    batches = case.batches()
+    assert (
+        rel(HessianOperator(case.model, case.loss_fn, batches).to_dense(), ref) < EXACT
+    )
+    ds = torch.utils.data.TensorDataset(case.data.inputs, case.data.targets)
+    loader = torch.utils.data.DataLoader(ds, batch_size=10)
+    H = HessianOperator(case.model, case.loss_fn, loader)
+    assert rel(H.to_dense(), ref) < EXACT
+    assert H.num_examples == len(case.data)
+
+
+def test_one_shot_iterator_is_refused() -> None:
+    case = mlp()
+    with pytest.raises(ConfigError, match="one-shot iterator"):
+        HessianOperator(case.model, case.loss_fn, iter(case.batches()))
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+@pytest.mark.parametrize("method", ["graph", "double-backward", "forward-over-reverse"])
+def test_buffers_flags_and_parameters_unchanged(bn_mode: str, method: str) -> None:
+    case = conv_net()
+    model = case.model
+    model.train()  # the user's mode must come back too
+    model[3].eval()
+    before_buffers = {k: b.clone() for k, b in model.named_buffers()}
+    before_params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    flags = [m.training for m in model.modules()]
+    H = op(case, bn_mode=bn_mode, method=method)
+    H @ torch.ones(case.n, dtype=torch.float64)
+    H.matvec(torch.ones(case.n, 3, dtype=torch.float64))
+    H.gradient()
+    for k, b in model.named_buffers():
+        assert torch.equal(b, before_buffers[k]), k
+    for k, p in model.named_parameters():
+        assert torch.equal(p.detach(), before_params[k]), k
+    assert [m.training for m in model.modules()] == flags
+    assert all(
+        m.track_running_stats
+        for m in model.modules()
+        if hasattr(m, "track_running_stats")
+    )
+    assert "forward" not in model[1].__dict__  # the fused forward was removed
+
+
+def test_analysis_mode_turns_dropout_off() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).double().train()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    with analysis_mode(model):
+        a, b = model(x), model(x)
+    assert torch.equal(a, b)
+    assert model[1].training
+
+
+@pytest.mark.parametrize("name", NETWORK_CASES)
+def test_gradient_and_loss(name: str) -> None:
+    case = CASES[name]()
+    grad, loss = reference_gradient(case)
+    for method in ("graph", "double-backward"):
+        H = op(case, method=method)
+        assert rel(H.gradient(), grad) < EXACT
+        assert H.loss() == pytest.approx(loss, rel=1e-12)
+
+
+def test_dtype_conversion_copies_the_model() -> None:
+    case = bn_mlp()
+    model32 = copy.deepcopy(case.model).float()
+    data32 = DataSplit(case.data.inputs.float(), case.data.targets)
+    H = HessianOperator(
+        model32, case.loss_fn, data32, batch_size=16, dtype=torch.float64
+    )
+    assert H.dtype == torch.float64
+    assert all(p.dtype == torch.float32 for p in model32.parameters())  # untouched
+    assert H.model is not model32
+    # float32 weights/inputs rounded: compare with the float64 case at 1e-6
+    assert rel(H.to_dense(), ref_h(case)) < 1e-5
+    H32 = HessianOperator(model32, case.loss_fn, data32, batch_size=16)
+    assert H32.dtype == torch.float32
+    assert H32.model is model32
+
+
+def test_parameter_subset() -> None:
+    case = bn_mlp()
+    names = ["3.weight", "4.weight", "4.bias"]
+    lookup = dict(case.model.named_parameters())
+    ref = ref_h(case, params=names)
+    for method in ("graph", "forward-over-reverse"):
+        H = op(case, params=[lookup[k] for k in names], method=method)
+        assert H.n == ref.shape[0]
+        assert rel(H.to_dense(), ref) < EXACT
+
+
+def test_memory_budget_keeps_a_prefix_of_graphs() -> None:
+    case = bn_mlp()
+    ref = ref_h(case)
+    tiny = op(case, memory_budget=0)  # no graph fits
+    assert tiny.method in ("double-backward", "forward-over-reverse")
+    assert tiny.graph_bytes == 0
+    assert rel(tiny.to_dense(), ref) < EXACT
+    # room for exactly the first batch's graph: kept for it, per batch for the rest
+    first = case.batches()[0]
+    one = HessianOperator(case.model, case.loss_fn, [first], method="graph")
+    part = op(case, memory_budget=one.graph_bytes)
+    assert part.method.startswith("graph+")
+    assert part.graph_bytes == one.graph_bytes
+    assert rel(part.to_dense(), ref) < EXACT
+    assert rel(part.gradient(), op(case).gradient()) < EXACT
+
+
+def test_counts_and_estimate() -> None:
+    case = mlp()
+    H = op(case)
+    assert H.hvp_count == 0
+    H @ torch.ones(case.n, dtype=torch.float64)
+    H.matvec(torch.ones(case.n, 4, dtype=torch.float64))
+    assert H.hvp_count == 5
+    assert H.estimate_hvp_seconds() > 0
+    assert H.hvp_count == 5  # estimated from the products already done
+    fresh = op(case)
+    assert fresh.estimate_hvp_seconds() > 0
+    assert fresh.hvp_count == 1
+    assert fresh.shape == (case.n, case.n)
+    assert "HessianOperator" in repr(fresh)
+
+
+def test_bad_arguments() -> None:
+    case = mlp()
+    with pytest.raises(ConfigError, match="bn_mode"):
+        op(case, bn_mode="batch")
+    with pytest.raises(ConfigError, match="method"):
+        op(case, method="fd")
+    with pytest.raises(ConfigError, match="batch_size"):
+        op(case, batch_size=0)
+    with pytest.raises(ConfigError, match="no parameters"):
+        op(case, params=[])
+    H = op(case)
+    with pytest.raises(ConfigError, match="expected a vector"):
+        H @ torch.ones(3, dtype=torch.float64)
+    big = nn.Linear(100, 60).double()
+    x = torch.randn(4, 100, dtype=torch.float64)
+    Hb = HessianOperator(
+        big, nn.functional.cross_entropy, [(x, torch.zeros(4, dtype=torch.long))]
+    )
+    with pytest.raises(ConfigError, match="at most 5000"):
+        Hb.to_dense()
+    assert Hb.hvp_count == 0
+
+
+def test_non_finite_loss_is_a_data_error() -> None:
+    case = mlp()
+    x = case.data.inputs.clone()
+    x[3, 0] = float("nan")
+    H = HessianOperator(case.model, case.loss_fn, DataSplit(x, case.data.targets))
+    with pytest.raises(DataError, match="loss is nan"):
+        H.loss()
+
+
+def test_empty_data() -> None:
+    case = mlp()
+    H = HessianOperator(case.model, case.loss_fn, [])
+    with pytest.raises(DataError, match="empty"):
+        H.gradient()
+
+
+def test_loss_independent_of_parameters_gives_zero_hessian() -> None:
+    model = nn.Linear(3, 1).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+
+    def linear_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return out.mean()  # linear in the parameters: H = 0
+
+    H = HessianOperator(model, linear_loss, [(x, torch.zeros(5))])
+    assert torch.equal(H.to_dense(), torch.zeros(4, 4, dtype=torch.float64))
