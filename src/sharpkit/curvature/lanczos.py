@@ -127,6 +127,10 @@ class LanczosProcess:
         generator: Random source for the start and restart vectors.
         dtype: Dtype of the vectors (default: inferred from ``matvec``/``v0``).
         device: Device of the vectors.
+        restart: On a breakdown, continue from a random vector orthogonal to the
+            basis (for eigenvalues); if ``False``, stop and set ``broken``
+            (quadrature must not restart: the Krylov space of its probe is
+            exhausted and its Gauss rule is exact).
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class LanczosProcess:
         generator: torch.Generator | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        restart: bool = True,
     ) -> None:
         if n < 1:
             msg = f"dimension n must be >= 1, got {n}"
@@ -169,6 +174,8 @@ class LanczosProcess:
         self.beta = 0.0  # norm of the residual after the last step
         self.n_matvecs = 0
         self.restarts = 0
+        self.restart = restart
+        self.broken = False
         self._scale = 0.0
 
     @property
@@ -178,8 +185,8 @@ class LanczosProcess:
 
     @property
     def exhausted(self) -> bool:
-        """Whether the whole space has been spanned (``m == n``)."""
-        return self.m >= self.n
+        """Whether no step is possible: ``m == n``, or a breakdown without restart."""
+        return self.m >= self.n or self.broken
 
     def tridiagonal(self) -> Tensor:
         """Return ``T_m`` as a dense float64 CPU tensor."""
@@ -241,6 +248,10 @@ class LanczosProcess:
             self.beta = 0.0 if beta <= 1e3 * self.eps * self._scale else beta
             return
         if beta <= 100 * self.eps * max(self._scale, beta):
+            if not self.restart:
+                self.beta = 0.0
+                self.broken = True
+                return
             # Invariant subspace: restart with a random vector orthogonal to Q.
             self.restarts += 1
             self.beta = 0.0
@@ -339,6 +350,8 @@ class LanczosResult:
         tol: The relative tolerance asked for.
         bound_kind: ``"gap"`` or ``"residual"``.
         restarts: Random restarts after an invariant subspace was found.
+        process: The Lanczos process itself, which can be continued (e.g. to
+            grow a deflation subspace without repeating these products).
     """
 
     eigenvalues: np.ndarray
@@ -358,6 +371,7 @@ class LanczosResult:
     tol: float = 1e-3
     bound_kind: str = "gap"
     restarts: int = 0
+    process: LanczosProcess | None = field(default=None, repr=False)
 
 
 def _requested(m: int, k: int, which: str) -> np.ndarray:
@@ -516,4 +530,5 @@ def lanczos(
         tol=float(tol),
         bound_kind=bound,
         restarts=proc.restarts,
+        process=proc,
     )
