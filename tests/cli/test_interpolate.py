@@ -36,6 +36,12 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
 
 @pytest.fixture
 def ckpts(tmp_path: Path, registry: Registry) -> tuple[Path, Path]:
+    return make_ckpts(tmp_path, registry)
+
+
+def make_ckpts(
+    tmp_path: Path, registry: Registry, dataset_options: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     paths = []
     for i, (lr, batch) in enumerate([(0.1, 32), (0.02, 256)]):
         net = sharpkit.api.build_model(
@@ -50,6 +56,7 @@ def ckpts(tmp_path: Path, registry: Registry) -> tuple[Path, Path]:
             model="mlp-bn",
             model_options=MODEL_OPTS,
             dataset="synthetic",
+            dataset_options=dataset_options or {},
             lr=lr,
             batch_size=batch,
             seed=i,
@@ -180,6 +187,26 @@ def test_interpolate_store_reuse_and_force(
     assert len(runs) == 2
     assert runs[0].attrs["lr"] == [0.1, 0.02]
     assert runs[0].attrs["batch_size"] == [32, 256]
+
+
+def test_interpolate_train_data_is_the_training_subset(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Checkpoints trained on a subset are evaluated on that subset as training data."""
+    a, b = make_ckpts(tmp_path, registry, {"subset": 64})
+    result = runner.invoke(
+        app, ["interpolate", str(a), str(b), "--alpha", "0,1", "--no-store", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["attrs"]["train_samples"] == 64
+    assert data["attrs"]["bn_samples"] == 64
+    assert data["attrs"]["test_samples"] == 256  # the test split is whole
+    ds = sharpkit.api.load_dataset("synthetic", subset=64, seed=0, registry=registry)
+    direct = sharpkit.api.interpolate(a, b, ds, alpha="0,1", registry=registry)
+    np.testing.assert_array_equal(
+        data["arrays"]["train_loss"], direct.arrays["train_loss"]
+    )
 
 
 def test_interpolate_bare_state_dicts_need_model(
