@@ -204,6 +204,12 @@ def test_interpolate_linear_model_matches_closed_form() -> None:
         assert s[key] == pytest.approx(right - left, abs=2e-3)
         assert (f"{key}_left" in result.attrs["censored"]) == (roots[0] < -1.0)
         assert (f"{key}_right" in result.attrs["censored"]) == (roots[1] > 2.0)
+    # Outer half-widths: minimum 0 to the left, minimum 1 to the right.
+    assert s["width_0_outer"] == pytest.approx(-s["width_0_left"], abs=1e-15)
+    assert s["width_1_outer"] == pytest.approx(s["width_1_right"] - 1.0, abs=1e-15)
+    assert ("width_1_outer" in result.attrs["censored"]) == (
+        "width_1_right" in result.attrs["censored"]
+    )
     distance = float((m2.weight - m1.weight).detach().norm())
     assert s["distance"] == pytest.approx(distance, rel=1e-12)
     assert s["width_0_distance"] == pytest.approx(s["width_0"] * distance, rel=1e-12)

@@ -958,6 +958,19 @@ class Interpolate(_GridProbe):
                 summary,
                 censored,
             )
+        # Outer half-widths: each minimum on the side away from the other one,
+        # where the other basin cannot merge with it.
+        for label, edge, outer in (
+            ("0", "width_0_left", -1.0),
+            ("1", "width_1_right", 1.0),
+        ):
+            half = outer * (summary[edge] - float(label))
+            summary[f"width_{label}_outer"] = half
+            summary[f"width_{label}_outer_distance"] = half * distance
+            if edge in censored:
+                censored.extend(
+                    [f"width_{label}_outer", f"width_{label}_outer_distance"]
+                )
         inside = (coords >= 0.0) & (coords <= 1.0)
         l0, l1 = summary["train_loss_at_0"], summary["train_loss_at_1"]
         excess = train_loss[inside] - (
@@ -980,7 +993,8 @@ class Interpolate(_GridProbe):
             "width_definition": (
                 "basin around each minimum where the training loss stays <= its "
                 "loss + width_delta; edges by linear interpolation on the grid; "
-                "width_*_distance = width in α units × ‖θ2-θ1‖"
+                "width_*_outer = half-width on the side away from the other "
+                "minimum; *_distance = α units × ‖θ2-θ1‖"
             ),
             "buffers": "bn re-estimated"
             if self.bn_reestimate
