@@ -93,6 +93,7 @@ __all__ = [
     "hutchpp_trace",
     "krylov_deflation",
     "slq_density",
+    "smooth_density",
 ]
 
 Matvec = Callable[[Tensor], Tensor]
@@ -805,7 +806,7 @@ def slq_density(
         grid_pts = np.linspace(lo - 6 * sigma, hi + 6 * sigma, grid)
     else:
         grid_pts = np.asarray(grid, dtype=np.float64)
-    density = _smooth(nodes, weights, grid_pts, sigma)
+    density = smooth_density(nodes, weights, grid_pts, sigma)
     trace, se = _mean_se(samples)
     if probes == 1:
         se = math.inf
@@ -823,10 +824,17 @@ def slq_density(
     )
 
 
-def _smooth(
+def smooth_density(
     nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float
 ) -> np.ndarray:
-    """Average over probes of ``Σ_j τ_j N(t; θ_j, σ²)`` evaluated on ``grid``."""
+    """Return the mean over rows of ``Σ_j w_j N(t; θ_j, σ²)`` at each ``t`` of ``grid``.
+
+    Args:
+        nodes: ``(rows, m)`` node positions (NaN entries must have weight 0).
+        weights: ``(rows, m)`` weights; each row sums to 1.
+        grid: Evaluation points.
+        sigma: Standard deviation of the Gaussian kernel.
+    """
     t = torch.from_numpy(np.nan_to_num(nodes).reshape(-1))
     w = torch.from_numpy(weights.reshape(-1))
     g = torch.from_numpy(grid)

@@ -1,0 +1,874 @@
+"""Hessian metrics: ``spectral``, ``frobenius``, ``trace`` and ``density``.
+
+Each metric measures the Hessian of the mean loss over the analysis set
+(``ctx.hessian``, see :mod:`sharpkit.curvature.operator`):
+
+* ``spectral``: the largest eigenvalue λ_max (or the top/bottom ``top_k``) by
+  Lanczos with full reorthogonalization, certified to a relative bound
+  ``ctx.tol`` (Lanczos, 1950; bounds as in Parlett, 1998, *The Symmetric
+  Eigenvalue Problem*); power iteration (as in PyHessian: Yao et al., 2020, IEEE
+  BigData) on request. The value is the paper's sharpness measure (Jastrzębski
+  et al., 2017, "Three factors influencing minima in SGD", Fig. 1a).
+* ``frobenius``: ‖H‖_F, exact on a Krylov subspace plus a Hutchinson estimate
+  of the deflated remainder (paper Fig. 1b).
+* ``trace``: tr H by Hutch++ (Meyer, Musco, Musco & Woodruff, 2021, SOSA),
+  deflated by a Lanczos basis (Chen & Hallman, 2023, SIAM J. Matrix Anal.
+  Appl.), or plain Hutchinson (1990).
+* ``density``: the eigenvalue density by stochastic Lanczos quadrature (Ubaru,
+  Chen & Saad, 2017, SIAM J. Matrix Anal. Appl.; Ghorbani, Krishnan & Xiao, 2019,
+  ICML); its value is the quadrature's trace estimate.
+
+Sharing within one measurement (``ctx.cache``): ``spectral`` stores its Ritz
+vectors and values under ``"spectral:eigenvectors"`` / ``"spectral:eigenvalues"``,
+its :class:`~sharpkit.curvature.lanczos.LanczosResult` under ``"spectral:lanczos"``
+and warm-starts from ``"spectral:warm_start"`` when present (a flat vector, e.g.
+the previous epoch's top eigenvector). The Lanczos process behind it is kept
+under ``"krylov:process"``; ``frobenius`` and ``trace`` extend that process to the
+Krylov dimension they deflate instead of starting a new one, so the products
+``spectral`` spent are not repeated.
+
+Heavy modules (torch, the engine) are imported inside the methods so that
+loading the plugin (``sharpkit --help``, ``sharpkit plugins``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sharpkit import (
+    AnalysisContext,
+    ConfigError,
+    ConvergenceWarning,
+    MetricResult,
+    MetricSpec,
+    Option,
+    hookimpl,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from sharpkit.curvature.operator import HessianOperator
+    from sharpkit.curvature.stochastic import Deflation
+
+__all__ = [
+    "Density",
+    "Frobenius",
+    "Spectral",
+    "Trace",
+    "sharpkit_register_metrics",
+]
+
+KRYLOV_KEY = "krylov:process"
+EXACT_MAX = 256
+"""Up to this many parameters, trace, Frobenius norm and density are computed
+exactly: ``n`` Lanczos steps span the whole space (cheaper than the probes a 1 %
+estimate needs, measured on small BN-MLPs)."""
+
+
+def _progress(ctx: AnalysisContext, offset: int = 0) -> Callable[..., None]:
+    def report(done: float, total: float | None = None, **info: Any) -> None:
+        fields: dict[str, Any] = {k: float(v) for k, v in info.items() if v is not None}
+        ctx.progress(done + offset, None if total is None else total + offset, **fields)
+
+    return report
+
+
+def _warn(metric: str, what: str, hvps: int, hint: str) -> None:
+    warnings.warn(
+        f"{metric}: {what} after {hvps} Hessian-vector products; the result is "
+        f"approximate ({hint})",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
+
+
+def _budget_left(ctx: AnalysisContext, used: int) -> int | None:
+    if ctx.max_hvps is None:
+        return None
+    return max(ctx.max_hvps - used, 0)
+
+
+def _krylov(
+    ctx: AnalysisContext, H: HessianOperator, steps: int, gen: torch.Generator
+) -> Deflation:
+    """Extend the shared Lanczos process to ``steps`` (or start one)."""
+    from sharpkit.curvature.lanczos import LanczosProcess
+    from sharpkit.curvature.stochastic import krylov_deflation
+
+    proc = ctx.cache.get(KRYLOV_KEY)
+    if not isinstance(proc, LanczosProcess) or proc.matvec is not H:
+        proc = LanczosProcess(H, H.n, generator=gen)
+        ctx.cache[KRYLOV_KEY] = proc
+    return krylov_deflation(H, H.n, steps, process=proc)
+
+
+def _mixed_start(
+    direction: torch.Tensor | None, n: int, gen: torch.Generator, like: Any
+) -> torch.Tensor | None:
+    """``d/‖d‖ + z/‖z‖``: a prior direction plus an equal-weight random part.
+
+    The random part keeps a component along every eigenvector (so Lanczos cannot
+    miss λ_max because the prior is orthogonal to it); the prior direction
+    starts it close to the top eigenspace.
+    """
+    import torch
+
+    if direction is None:
+        return None
+    d = direction.detach().reshape(-1).to(device=like.device, dtype=like.dtype)
+    norm = float(torch.linalg.vector_norm(d))
+    if d.numel() != n or not math.isfinite(norm) or norm == 0.0:
+        return None
+    z = torch.randn(n, generator=gen, dtype=like.dtype).to(like.device)
+    out: torch.Tensor = d / norm + z / torch.linalg.vector_norm(z)
+    return out
+
+
+# --------------------------------------------------------------------------- spectral
+
+
+class Spectral:
+    """λ_max (or the ``top_k`` extreme eigenvalues) with a certified bound.
+
+    Args:
+        top_k: Eigenvalues to compute (per end with ``which="both"``).
+        which: ``"largest"``, ``"smallest"`` or ``"both"``.
+        method: ``"lanczos"`` (default) or ``"power"`` (PyHessian's power
+            iteration, for comparison; ``top_k`` must be 1).
+        bound: ``"gap"`` (``min(r, r²/gap)``, the default) or ``"residual"``
+            (``r``, rigorous but pessimistic); see
+            :mod:`sharpkit.curvature.lanczos`.
+        start: ``"gradient"`` (the loss gradient plus an equal random part; the
+            gradient lies mostly in the top eigenspace) or ``"random"``. A
+            cached ``"spectral:warm_start"`` takes the gradient's place.
+    """
+
+    def __init__(
+        self,
+        top_k: int = 1,
+        which: str = "largest",
+        method: str = "lanczos",
+        bound: str = "gap",
+        start: str = "gradient",
+    ) -> None:
+        if top_k < 1:
+            msg = f"top_k must be >= 1, got {top_k}"
+            raise ConfigError(msg)
+        _choice("which", which, ("largest", "smallest", "both"))
+        _choice("method", method, ("lanczos", "power"))
+        _choice("bound", bound, ("gap", "residual"))
+        _choice("start", start, ("gradient", "random"))
+        if method == "power" and (top_k != 1 or which != "largest"):
+            msg = "method='power' finds only the dominant eigenvalue; use top_k=1"
+            raise ConfigError(msg)
+        self.top_k = top_k
+        self.which = which
+        self.method = method
+        self.bound = bound
+        self.start = start
+
+    def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
+        """A typical cost: ~10 products for λ_max, 3 more per extra eigenvalue."""
+        guess = 10 + 3 * (self.top_k - 1) if self.method == "lanczos" else 20
+        if self.which == "both":
+            guess *= 2
+        return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
+
+    def _start(
+        self, ctx: AnalysisContext, H: HessianOperator, gen: torch.Generator
+    ) -> tuple[torch.Tensor | None, str]:
+        import torch
+
+        like = torch.empty(0, dtype=H.dtype, device=H.device)
+        warm = ctx.cache.get("spectral:warm_start")
+        if isinstance(warm, torch.Tensor):
+            v0 = _mixed_start(warm, H.n, gen, like)
+            if v0 is not None:
+                return v0, "warm"
+        if self.start == "gradient":
+            v0 = _mixed_start(H.gradient(), H.n, gen, like)
+            if v0 is not None:
+                return v0, "gradient"
+        return None, "random"
+
+    def compute(self, ctx: AnalysisContext) -> MetricResult:
+        """Run Lanczos (or power iteration) on ``ctx.hessian``."""
+        start = time.perf_counter()
+        H = ctx.hessian
+        before = H.hvp_count
+        gen = ctx.generator("spectral")
+        v0, start_kind = self._start(ctx, H, gen)
+        if self.method == "power":
+            return self._power(ctx, H, v0, gen, start, before, start_kind)
+        from sharpkit.curvature.lanczos import lanczos
+
+        res = lanczos(
+            H,
+            H.n,
+            k=self.top_k,
+            which=self.which,
+            tol=ctx.tol,
+            max_matvecs=ctx.max_hvps,
+            v0=v0,
+            generator=gen,
+            progress=_progress(ctx),
+            bound=self.bound,
+        )
+        ctx.cache["spectral:eigenvectors"] = res.eigenvectors
+        ctx.cache["spectral:eigenvalues"] = res.eigenvalues
+        ctx.cache["spectral:lanczos"] = res
+        if res.process is not None:
+            ctx.cache[KRYLOV_KEY] = res.process
+        if not res.converged:
+            worst = float(
+                np.max(res.bounds / np.maximum(np.abs(res.eigenvalues), 1e-300))
+            )
+            _warn(
+                "spectral",
+                f"relative bound {worst:.2g} > tol {ctx.tol:g}",
+                res.n_matvecs,
+                "raise --max-hvps or --tol",
+            )
+        idx = len(res.eigenvalues) - 1 if self.which == "smallest" else 0
+        hvps = H.hvp_count - before
+        return MetricResult(
+            value=float(res.eigenvalues[idx]),
+            bound=float(res.bounds[idx]),
+            converged=res.converged,
+            hvps=hvps,
+            seconds=time.perf_counter() - start,
+            arrays={
+                "eigenvalues": res.eigenvalues,
+                "residual_bounds": res.bounds,
+                "residuals": res.residuals,
+                "ritz_values": res.ritz_values,
+                "gap_resolved": res.gap_resolved.astype(np.int8),
+            },
+            attrs={
+                "method": "lanczos",
+                "which": self.which,
+                "top_k": self.top_k,
+                "tol": ctx.tol,
+                "bound": self.bound,
+                "start": start_kind,
+                "restarts": res.restarts,
+                "krylov_dim": int(res.n_matvecs),
+                "hvp_method": H.method,
+                "bound_meaning": (
+                    "an eigenvalue of H lies within the bound of the value "
+                    + (
+                        "(r²/gap where the gap is resolved: a-posteriori estimate)"
+                        if self.bound == "gap"
+                        else "(residual norm: rigorous)"
+                    )
+                ),
+            },
+        )
+
+    def _power(
+        self,
+        ctx: AnalysisContext,
+        H: HessianOperator,
+        v0: torch.Tensor | None,
+        gen: torch.Generator,
+        start: float,
+        before: int,
+        start_kind: str,
+    ) -> MetricResult:
+        from sharpkit.curvature.power import power_iteration
+
+        res = power_iteration(
+            H,
+            H.n,
+            tol=ctx.tol,
+            max_iter=ctx.max_hvps if ctx.max_hvps is not None else 100,
+            v0=v0,
+            generator=gen,
+            progress=_progress(ctx),
+        )
+        ctx.cache["spectral:eigenvectors"] = res.eigenvector.reshape(-1, 1)
+        ctx.cache["spectral:eigenvalues"] = np.array([res.eigenvalue])
+        if not res.converged:
+            _warn(
+                "spectral",
+                f"the relative change did not fall below tol {ctx.tol:g}",
+                res.n_matvecs,
+                "raise --max-hvps",
+            )
+        return MetricResult(
+            value=res.eigenvalue,
+            bound=res.residual,
+            converged=res.converged,
+            hvps=H.hvp_count - before,
+            seconds=time.perf_counter() - start,
+            arrays={"history": res.history},
+            attrs={
+                "method": "power",
+                "tol": ctx.tol,
+                "start": start_kind,
+                "hvp_method": H.method,
+                "bound_meaning": "residual norm: some eigenvalue lies within it "
+                "(not necessarily λ_max); the stopping rule is PyHessian's "
+                "relative change, which certifies nothing",
+            },
+        )
+
+
+# --------------------------------------------------------------------------- frobenius
+
+
+class Frobenius:
+    """‖H‖_F = sqrt(tr H²), exact on a Krylov subspace plus a stochastic remainder.
+
+    Args:
+        rel_stderr: Stop once the standard error is at most this fraction of the
+            value (≈ 1 % per probe after deflation on a BN-MLP, so the default
+            0.3 % takes about ten probes).
+        deflation: Krylov dimension deflated exactly (extends the ``spectral``
+            run's Lanczos process when there is one).
+        probes: Use exactly this many probes instead of ``rel_stderr``.
+        exact_max: Compute exactly (``n`` Lanczos steps) up to this many
+            parameters.
+    """
+
+    def __init__(
+        self,
+        rel_stderr: float = 0.003,
+        deflation: int = 25,
+        probes: int | None = None,
+        exact_max: int = EXACT_MAX,
+    ) -> None:
+        _positive("rel_stderr", rel_stderr)
+        if deflation < 0:
+            msg = f"deflation must be >= 0, got {deflation}"
+            raise ConfigError(msg)
+        if probes is not None and probes < 2:
+            msg = f"probes must be >= 2 (a standard error needs two), got {probes}"
+            raise ConfigError(msg)
+        self.rel_stderr = rel_stderr
+        self.deflation = deflation
+        self.probes = probes
+        self.exact_max = exact_max
+
+    def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
+        """Deflation plus about ten probes (``n`` when computed exactly)."""
+        H = ctx.hessian
+        guess = H.n if H.n <= self.exact_max else self.deflation + (self.probes or 12)
+        return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
+
+    def compute(self, ctx: AnalysisContext) -> MetricResult:
+        """Estimate ‖H‖_F on ``ctx.hessian``."""
+        from sharpkit.curvature.stochastic import frobenius_norm
+
+        start = time.perf_counter()
+        H = ctx.hessian
+        before = H.hvp_count
+        gen = ctx.generator("frobenius")
+        exact = H.n <= self.exact_max
+        steps = H.n if exact else self.deflation
+        if ctx.max_hvps is not None and not exact:
+            steps = min(steps, max(ctx.max_hvps // 2, 1))
+        deflation = _krylov(ctx, H, steps, gen) if steps > 0 else None
+        used = H.hvp_count - before
+        left = _budget_left(ctx, used)
+        est = frobenius_norm(
+            H,
+            H.n,
+            deflation=deflation,
+            deflation_steps=0,
+            probes=self.probes,
+            max_matvecs=left,
+            target_rel_stderr=None if self.probes else self.rel_stderr,
+            generator=gen,
+            progress=_progress(ctx, used),
+        )
+        hvps = H.hvp_count - before
+        converged = est.converged or (deflation is not None and deflation.rank >= H.n)
+        if not converged:
+            _warn(
+                "frobenius",
+                f"relative stderr {est.stderr / max(est.value, 1e-300):.2g} > "
+                f"{self.rel_stderr:g}",
+                hvps,
+                "raise --max-hvps",
+            )
+        return MetricResult(
+            value=est.value,
+            stderr=est.stderr,
+            converged=converged,
+            hvps=hvps,
+            seconds=time.perf_counter() - start,
+            arrays={"samples": est.samples},
+            attrs={
+                "method": est.method,
+                "deflation_rank": est.deflation_rank,
+                "exact_part_squared": est.exact_part,
+                "probes": len(est.samples),
+                "rel_stderr_target": self.rel_stderr,
+                "hvp_method": H.method,
+            },
+        )
+
+
+# --------------------------------------------------------------------------- trace
+
+
+class Trace:
+    """tr H by Hutch++ (Krylov-deflated, the default) or plain Hutchinson.
+
+    Args:
+        method: ``"hutch++"`` or ``"hutchinson"``.
+        rel_stderr: Stop once the standard error is at most this fraction of the
+            value. The remainder after deflation has many mid-size eigenvalues
+            (≈ 10 % relative spread per probe on a BN-MLP), so a tighter target
+            costs many probes: 1 % needs about 100.
+        sketch: Dimension of the deflated subspace for Hutch++.
+        sketch_method: ``"lanczos"`` (Krylov basis, one product per dimension;
+            extends the ``spectral`` run's process when there is one) or
+            ``"random"`` (Meyer et al.'s ``orth(H S)``, two per dimension).
+        probes: Use exactly this many probes instead of ``rel_stderr``.
+        exact_max: Compute exactly (``n`` Lanczos steps) up to this many
+            parameters.
+    """
+
+    def __init__(
+        self,
+        method: str = "hutch++",
+        rel_stderr: float = 0.01,
+        sketch: int = 40,
+        sketch_method: str = "lanczos",
+        probes: int | None = None,
+        exact_max: int = EXACT_MAX,
+    ) -> None:
+        _positive("rel_stderr", rel_stderr)
+        if sketch < 1:
+            msg = f"sketch must be >= 1, got {sketch}"
+            raise ConfigError(msg)
+        if probes is not None and probes < 2:
+            msg = f"probes must be >= 2 (a standard error needs two), got {probes}"
+            raise ConfigError(msg)
+        _choice("method", method, ("hutch++", "hutchinson"))
+        _choice("sketch_method", sketch_method, ("lanczos", "random"))
+        self.method = method
+        self.rel_stderr = rel_stderr
+        self.sketch = sketch
+        self.sketch_method = sketch_method
+        self.probes = probes
+        self.exact_max = exact_max
+
+    def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
+        """Sketch plus about sixty probes (``n`` when computed exactly)."""
+        H = ctx.hessian
+        if H.n <= self.exact_max:
+            guess = H.n
+        elif self.method == "hutchinson":
+            guess = self.probes or 150
+        else:
+            size = self.sketch * (2 if self.sketch_method == "random" else 1)
+            guess = size + (self.probes or 60)
+        return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
+
+    def compute(self, ctx: AnalysisContext) -> MetricResult:
+        """Estimate tr H on ``ctx.hessian``."""
+        from sharpkit.curvature.stochastic import hutchinson_trace, hutchpp_trace
+
+        start = time.perf_counter()
+        H = ctx.hessian
+        before = H.hvp_count
+        gen = ctx.generator("trace")
+        target = None if self.probes else self.rel_stderr
+        if H.n <= self.exact_max:
+            return self._exact(ctx, H, gen, start, before)
+        if self.method == "hutch++":
+            deflation: Deflation | None = None
+            size = self.sketch
+            if self.sketch_method == "lanczos":
+                if ctx.max_hvps is not None:
+                    size = min(size, max(ctx.max_hvps // 2, 1))
+                deflation = _krylov(ctx, H, size, gen)
+            elif ctx.max_hvps is not None:
+                size = max(1, min(size, ctx.max_hvps // 3))
+            used = H.hvp_count - before
+            est = hutchpp_trace(
+                H,
+                H.n,
+                sketch=self.sketch_method,
+                sketch_size=size,
+                deflation=deflation,
+                probes=self.probes,
+                max_matvecs=_budget_left(ctx, used),
+                target_rel_stderr=target,
+                generator=gen,
+                progress=_progress(ctx, used),
+            )
+        else:
+            est = hutchinson_trace(
+                H,
+                H.n,
+                probes=self.probes,
+                max_matvecs=ctx.max_hvps,
+                target_rel_stderr=target,
+                generator=gen,
+                progress=_progress(ctx),
+            )
+        hvps = H.hvp_count - before
+        value, stderr, converged = est.value, est.stderr, est.converged
+        if not converged:
+            _warn(
+                "trace",
+                f"relative stderr {stderr / max(abs(value), 1e-300):.2g} > "
+                f"{self.rel_stderr:g}",
+                hvps,
+                "raise --max-hvps",
+            )
+        return MetricResult(
+            value=value,
+            stderr=stderr,
+            converged=converged,
+            hvps=hvps,
+            seconds=time.perf_counter() - start,
+            arrays={"samples": est.samples},
+            attrs={
+                "method": est.method,
+                "deflation_rank": est.deflation_rank,
+                "exact_part": est.exact_part,
+                "probes": len(est.samples),
+                "rel_stderr_target": self.rel_stderr,
+                "hvp_method": H.method,
+            },
+        )
+
+    def _exact(
+        self,
+        ctx: AnalysisContext,
+        H: HessianOperator,
+        gen: torch.Generator,
+        start: float,
+        before: int,
+    ) -> MetricResult:
+        deflation = _krylov(ctx, H, H.n, gen)
+        return MetricResult(
+            value=deflation.trace,
+            stderr=0.0,
+            converged=True,
+            hvps=H.hvp_count - before,
+            seconds=time.perf_counter() - start,
+            arrays={"samples": np.zeros(0)},
+            attrs={
+                "method": "exact",
+                "deflation_rank": deflation.rank,
+                "exact_part": deflation.trace,
+                "probes": 0,
+                "rel_stderr_target": self.rel_stderr,
+                "hvp_method": H.method,
+            },
+        )
+
+
+# --------------------------------------------------------------------------- density
+
+
+class Density:
+    """Eigenvalue density by stochastic Lanczos quadrature.
+
+    Args:
+        probes: Random probes (each ``steps`` products).
+        steps: Lanczos steps per probe (the quadrature's resolution).
+        sigma: Width of the Gaussian smoothing (default 1 % of the spectral
+            range).
+        grid: Points of the smoothed density.
+        exact_max: Use the exact spectrum up to this many parameters.
+    """
+
+    def __init__(
+        self,
+        probes: int = 4,
+        steps: int = 64,
+        sigma: float | None = None,
+        grid: int = 256,
+        exact_max: int = EXACT_MAX,
+    ) -> None:
+        if probes < 1 or steps < 1 or grid < 2:
+            msg = (
+                f"probes and steps must be >= 1 and grid >= 2, got {probes}, "
+                f"{steps} and {grid}"
+            )
+            raise ConfigError(msg)
+        if sigma is not None:
+            _positive("sigma", sigma)
+        self.probes = probes
+        self.steps = steps
+        self.sigma = sigma
+        self.grid = grid
+        self.exact_max = exact_max
+
+    def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
+        """``probes x steps`` (``n`` when computed exactly)."""
+        H = ctx.hessian
+        guess = H.n if H.n <= self.exact_max else self.probes * self.steps
+        return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
+
+    def compute(self, ctx: AnalysisContext) -> MetricResult:
+        """Run stochastic Lanczos quadrature on ``ctx.hessian``."""
+        from sharpkit.curvature.stochastic import slq_density
+
+        start = time.perf_counter()
+        H = ctx.hessian
+        before = H.hvp_count
+        gen = ctx.generator("density")
+        if H.n <= self.exact_max:
+            return self._exact(ctx, H, gen, start, before)
+        probes, steps = self.probes, min(self.steps, H.n)
+        limited = False
+        if ctx.max_hvps is not None and probes * steps > ctx.max_hvps:
+            limited = True
+            steps = min(steps, ctx.max_hvps)
+            probes = max(1, ctx.max_hvps // steps)
+        est = slq_density(
+            H,
+            H.n,
+            probes=probes,
+            steps=steps,
+            sigma=self.sigma,
+            grid=self.grid,
+            generator=gen,
+            progress=_progress(ctx),
+        )
+        if limited:
+            _warn(
+                "density",
+                f"the budget allowed {probes} probe(s) of {steps} steps",
+                est.n_matvecs,
+                "raise --max-hvps",
+            )
+        stderr = est.trace_stderr if math.isfinite(est.trace_stderr) else None
+        return MetricResult(
+            value=est.trace,
+            stderr=stderr,
+            converged=not limited,
+            hvps=H.hvp_count - before,
+            seconds=time.perf_counter() - start,
+            arrays={
+                "nodes": est.nodes,
+                "weights": est.weights,
+                "grid": est.grid,
+                "density": est.density,
+                "samples": est.samples,
+            },
+            attrs={
+                "method": "slq",
+                "probes": probes,
+                "steps": steps,
+                "sigma": est.sigma,
+                "value_is": "trace estimate n·mean(vᵀHv) of the quadrature probes",
+                "hvp_method": H.method,
+            },
+        )
+
+    def _exact(
+        self,
+        ctx: AnalysisContext,
+        H: HessianOperator,
+        gen: torch.Generator,
+        start: float,
+        before: int,
+    ) -> MetricResult:
+        from sharpkit.curvature.stochastic import smooth_density
+
+        deflation = _krylov(ctx, H, H.n, gen)
+        evals = np.linalg.eigvalsh(deflation.projected.numpy())[::-1].copy()
+        lo, hi = float(evals.min()), float(evals.max())
+        sigma = self.sigma or max(0.01 * (hi - lo), 1e-12 * max(abs(lo), abs(hi), 1.0))
+        grid = np.linspace(lo - 6 * sigma, hi + 6 * sigma, self.grid)
+        nodes = evals.reshape(1, -1)
+        weights = np.full_like(nodes, 1.0 / len(evals))
+        density = smooth_density(nodes, weights, grid, sigma)
+        return MetricResult(
+            value=float(evals.sum()),
+            stderr=0.0,
+            converged=True,
+            hvps=H.hvp_count - before,
+            seconds=time.perf_counter() - start,
+            arrays={
+                "nodes": nodes,
+                "weights": weights,
+                "grid": grid,
+                "density": density,
+            },
+            attrs={
+                "method": "exact",
+                "probes": 0,
+                "steps": int(H.n),
+                "sigma": sigma,
+                "value_is": "exact trace",
+                "hvp_method": H.method,
+            },
+        )
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        msg = f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        msg = f"{name} must be a positive number, got {value!r}"
+        raise ConfigError(msg)
+
+
+# ----------------------------------------------------------------------- registration
+
+
+@hookimpl
+def sharpkit_register_metrics() -> list[MetricSpec]:
+    """Register ``spectral``, ``frobenius``, ``trace`` and ``density``."""
+    exact_opt = Option(
+        name="exact_max",
+        type=int,
+        default=EXACT_MAX,
+        help="Compute exactly up to this many parameters.",
+    )
+    return [
+        MetricSpec(
+            name="spectral",
+            factory=Spectral,
+            description="Largest Hessian eigenvalue λ_max (or top-k) by Lanczos, "
+            "with a certified relative bound.",
+            options=(
+                Option(name="top_k", type=int, default=1, help="How many eigenvalues."),
+                Option(
+                    name="which",
+                    type=str,
+                    default="largest",
+                    choices=("largest", "smallest", "both"),
+                    help="Which end of the spectrum.",
+                ),
+                Option(
+                    name="method",
+                    type=str,
+                    default="lanczos",
+                    choices=("lanczos", "power"),
+                    help="Lanczos (certified) or power iteration (as PyHessian).",
+                ),
+                Option(
+                    name="bound",
+                    type=str,
+                    default="gap",
+                    choices=("gap", "residual"),
+                    help="Stopping bound: r²/gap estimate or rigorous residual.",
+                ),
+                Option(
+                    name="start",
+                    type=str,
+                    default="gradient",
+                    choices=("gradient", "random"),
+                    help="Start vector: gradient plus random, or random.",
+                ),
+            ),
+            stochastic=False,
+            unit="eigenvalue",
+        ),
+        MetricSpec(
+            name="frobenius",
+            factory=Frobenius,
+            description="Hessian Frobenius norm ‖H‖_F: exact on a Krylov subspace "
+            "plus a deflated Hutchinson estimate.",
+            options=(
+                Option(
+                    name="rel_stderr",
+                    type=float,
+                    default=0.003,
+                    help="Target relative standard error.",
+                ),
+                Option(
+                    name="deflation",
+                    type=int,
+                    default=25,
+                    help="Krylov dimension deflated exactly.",
+                ),
+                Option(
+                    name="probes",
+                    type=int,
+                    default=None,
+                    help="Fixed number of probes (overrides rel_stderr).",
+                ),
+                exact_opt,
+            ),
+            stochastic=True,
+            unit="norm",
+        ),
+        MetricSpec(
+            name="trace",
+            factory=Trace,
+            description="Hessian trace by Krylov-deflated Hutch++ (or Hutchinson), "
+            "with a standard error.",
+            options=(
+                Option(
+                    name="method",
+                    type=str,
+                    default="hutch++",
+                    choices=("hutch++", "hutchinson"),
+                    help="Estimator.",
+                ),
+                Option(
+                    name="rel_stderr",
+                    type=float,
+                    default=0.01,
+                    help="Target relative standard error.",
+                ),
+                Option(
+                    name="sketch",
+                    type=int,
+                    default=40,
+                    help="Dimension of the deflated subspace (Hutch++).",
+                ),
+                Option(
+                    name="sketch_method",
+                    type=str,
+                    default="lanczos",
+                    choices=("lanczos", "random"),
+                    help="Krylov basis or Meyer et al.'s random sketch.",
+                ),
+                Option(
+                    name="probes",
+                    type=int,
+                    default=None,
+                    help="Fixed number of probes (overrides rel_stderr).",
+                ),
+                exact_opt,
+            ),
+            stochastic=True,
+            unit="trace",
+        ),
+        MetricSpec(
+            name="density",
+            factory=Density,
+            description="Hessian eigenvalue density by stochastic Lanczos "
+            "quadrature; value: its trace estimate.",
+            options=(
+                Option(name="probes", type=int, default=4, help="Random probes."),
+                Option(
+                    name="steps", type=int, default=64, help="Lanczos steps per probe."
+                ),
+                Option(
+                    name="sigma",
+                    type=float,
+                    default=None,
+                    help="Gaussian smoothing width (default 1 % of the range).",
+                ),
+                Option(name="grid", type=int, default=256, help="Density grid points."),
+                exact_opt,
+            ),
+            stochastic=True,
+            unit="trace",
+        ),
+    ]
