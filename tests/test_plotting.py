@@ -127,7 +127,8 @@ def interp_run(lr_b: float, batch_b: int, shift: float = 0.0) -> dict[str, Any]:
                     "train_accuracy": np.exp(-loss),
                     "test_accuracy": 0.9 * np.exp(-loss),
                 },
-                summary={"width_0": 1.25, "width_1": 0.5},
+                summary={"width_0_outer": 1.0, "width_1_outer": 0.25},
+                attrs={"censored": ["width_0_outer"]},
             )
         },
     }
@@ -158,7 +159,9 @@ def test_fig2_twin_axes_curves_and_titles() -> None:
     assert "α=1: η=0.1, S=1024" in title
     assert "η/S=" in title
     texts = [t.get_text() for t in main[0].texts]
-    assert any("width at α=0: 1.25" in t for t in texts)
+    assert texts == [
+        "outer half-width (α units)\nα=0: ≥ 1.00 (left)\nα=1: 0.25 (right)"
+    ]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == [
         "train loss",

@@ -9,7 +9,8 @@ flatter minima with SGD", ICLR 2018 workshop track:
 * ``fig2`` / ``fig3``: interpolation curves, one panel per ``interpolate`` run:
   training and validation loss on the left axis and accuracy on a twin right axis,
   the two minima's η and S (``fig3``: β = S / 50, as in the paper's η = 0.1β,
-  S = 50β) in the panel title, and the width readouts in a corner.
+  S = 50β) in the panel title, and each minimum's outer half-width (the
+  ``interpolate`` readouts ``width_0_outer`` and ``width_1_outer``) in a corner.
 * ``fig4``: learning curves of several training runs overlaid, training and
   validation accuracy over epochs, labelled by η and S.
 
@@ -58,6 +59,7 @@ class _Curves:
     coords: Mapping[str, np.ndarray] = field(default_factory=dict)
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     summary: Mapping[str, float] = field(default_factory=dict)
+    censored: Sequence[str] = ()
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -379,9 +381,29 @@ def _interp_curves(runs: Sequence[Any], probe: str) -> list[_Curves]:
                     for k, v in (_get(result, "arrays", {}) or {}).items()
                 },
                 summary=dict(_get(result, "summary", {}) or {}),
+                censored=[str(c) for c in _censored(result)],
             )
         )
     return out
+
+
+def _censored(result: Any) -> list[Any]:
+    attrs = _get(result, "attrs", {}) or {}
+    value = attrs.get("censored") if isinstance(attrs, Mapping) else None
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _width_text(c: _Curves) -> str | None:
+    """The outer half-widths of both minima (≥ where the grid end was reached)."""
+    lines = []
+    for label, side in (("0", "left"), ("1", "right")):
+        key = f"width_{label}_outer"
+        value = _float(c.summary.get(key))
+        if value is None:
+            return None
+        sign = "≥ " if key in c.censored else ""
+        lines.append(f"α={label}: {sign}{value:.2f} ({side})")
+    return "outer half-width (α units)\n" + "\n".join(lines)
 
 
 def _end_label(
@@ -465,12 +487,12 @@ def _plot_interp(
         left = _end_label(c.attrs, 0, label, beta_base)
         right = _end_label(c.attrs, 1, label, beta_base)
         ax.set_title(f"α=0: {left}\nα=1: {right}", fontsize=9)
-        w0, w1 = _float(c.summary.get("width_0")), _float(c.summary.get("width_1"))
-        if w0 is not None and w1 is not None:
+        text = _width_text(c)
+        if text is not None:
             ax.text(
                 0.02,
                 0.97,
-                f"width at α=0: {w0:.2f}\nwidth at α=1: {w1:.2f}\n(α units)",
+                text,
                 transform=ax.transAxes,
                 va="top",
                 fontsize=7,
