@@ -110,6 +110,7 @@ _RESUME_FIELDS = (
     "schedule",
     "seed",
 )
+_TRACK_SUFFIXES = ("", "_stderr", "_bound", "_hvps")
 _PROGRESS_INTERVAL = 0.25  # seconds between progress reports inside an epoch
 
 
@@ -435,7 +436,7 @@ class SGDTrainer:
         order_gen = _generator(config.seed, "sgd:order")
         curves: dict[str, list[float]] = {k: [] for k in BASE_CURVES}
         for metric in config.track:
-            for suffix in ("", "_stderr", "_bound"):
+            for suffix in _TRACK_SUFFIXES:
                 curves[metric + suffix] = []
         warm_start: torch.Tensor | None = None
         first_epoch = 1
@@ -502,9 +503,9 @@ class SGDTrainer:
                     optimizer.zero_grad(set_to_none=True)
                     torch.autograd.backward(loss)
                     optimizer.step()
-                    with torch.no_grad():
-                        loss_sum += loss.detach().double() * len(y)
-                        correct += (out.argmax(1) == y).sum()
+                    # On-tensor running sums (no host sync; argmax builds no graph).
+                    loss_sum.add_(loss.detach(), alpha=len(y))
+                    correct.add_(out.argmax(1).eq(y).sum())
                     now = time.monotonic()
                     if now - last_report >= _PROGRESS_INTERVAL:
                         last_report = now
@@ -548,7 +549,7 @@ class SGDTrainer:
                         else ({}, warm_start)
                     )
                     for metric in config.track:
-                        for suffix in ("", "_stderr", "_bound"):
+                        for suffix in _TRACK_SUFFIXES:
                             row[metric + suffix] = tracked.get(
                                 metric + suffix, math.nan
                             )
@@ -640,6 +641,7 @@ class SGDTrainer:
                 math.nan if res.stderr is None else float(res.stderr)
             )
             out[name + "_bound"] = math.nan if res.bound is None else float(res.bound)
+            out[name + "_hvps"] = math.nan if res.hvps is None else float(res.hvps)
         return out, warm_start
 
     # ------------------------------------------------------------------ saving
