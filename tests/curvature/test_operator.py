@@ -260,3 +260,41 @@ def test_loss_independent_of_parameters_gives_zero_hessian() -> None:
 
     H = HessianOperator(model, linear_loss, [(x, torch.zeros(5))])
     assert torch.equal(H.to_dense(), torch.zeros(4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_buffers_are_not_even_touched(bn_mode: str) -> None:
+    """No in-place write to a buffer: another autograd graph that saved it (the
+    user's, or another tool's) stays valid."""
+    case = bn_mlp()
+    x, y = case.data.inputs, case.data.targets
+    foreign = torch.autograd.grad(
+        case.loss_fn(case.model(x), y), list(case.model.parameters()), create_graph=True
+    )
+    versions = {k: b._version for k, b in case.model.named_buffers()}
+    for method in ("graph", "double-backward", "forward-over-reverse"):
+        H = op(case, bn_mode=bn_mode, method=method)
+        H @ torch.ones(case.n, dtype=torch.float64)
+    assert {k: b._version for k, b in case.model.named_buffers()} == versions
+    torch.autograd.grad(foreign[0].sum(), next(iter(case.model.parameters())))
+
+
+def test_a_buffer_written_in_forward_is_restored() -> None:
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2).double()
+            self.register_buffer("calls", torch.zeros((), dtype=torch.float64))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.lin(x)
+
+    model = Counting()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    H = HessianOperator(
+        model, nn.functional.cross_entropy, [(x, torch.zeros(6, dtype=torch.long))]
+    )
+    H @ torch.ones(8, dtype=torch.float64)
+    H.to_dense()
+    assert float(model.calls) == 0.0

@@ -144,7 +144,11 @@ def analysis_mode(
             norm.track_running_stats = track
         with torch.no_grad():
             for b, saved in buffers:
-                b.copy_(saved)
+                # Copy only what changed: an in-place copy bumps the version
+                # counter and would invalidate autograd graphs (ours or the
+                # user's) that saved the buffer.
+                if not torch.equal(b, saved):
+                    b.copy_(saved)
 
 
 _FUSABLE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
