@@ -62,7 +62,7 @@ docs-cli: $(STAMP)
 	$(BIN)/typer sharpkit.cli utils docs --name sharpkit --output docs/cli.md
 
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

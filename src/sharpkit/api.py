@@ -689,6 +689,7 @@ def measure(
 
     ds_name: str | None = None
     train_split: DataSplit | None = None
+    train_subset: int | None = None
     if data is None:
         ds_name = meta.dataset
         if ds_name is None:
@@ -701,9 +702,17 @@ def measure(
             msg = f"split must be 'train' or 'test', got {split!r}"
             raise ConfigError(msg)
         ds_opts = dict(meta.dataset_options) if ds_name == meta.dataset else {}
-        ds_opts.pop("subset", None)
+        # The training loss is the loss on what the model was trained on: the
+        # same seeded subset when it was trained on one.
+        train_subset = ds_opts.pop("subset", None) if split == "train" else None
         ds = load_dataset(
-            ds_name, root=data_root, download=download, options=ds_opts, registry=reg
+            ds_name,
+            root=data_root,
+            download=download,
+            subset=train_subset,
+            seed=meta.seed or 0,
+            options=ds_opts,
+            registry=reg,
         )
         full = ds.train if split == "train" else ds.test
         analysis = full.head(samples or DEFAULT_SAMPLES)
@@ -732,6 +741,7 @@ def measure(
             "model_options": dict(meta.model_options),
             "dataset": ds_name,
             "split": split if ds_name is not None else None,
+            "train_subset": train_subset,
             "samples": len(analysis),
             "lr": meta.lr,
             "batch_size": meta.batch_size,
@@ -754,6 +764,7 @@ def measure(
             "checkpoint_sha256",
             "dataset",
             "split",
+            "train_subset",
             "samples",
             "seed",
             "tol",
@@ -1164,11 +1175,20 @@ def probe(
             msg = "no data given and the checkpoints do not name a dataset; pass --data"
             raise ConfigError(msg)
         ds_opts = dict(metas[0].dataset_options) if ds_name == metas[0].dataset else {}
-        ds_opts.pop("subset", None)
+        # "Training data" is what the first model was trained on: the same seeded
+        # subset when it was trained on one (the paper's train-loss curves).
+        train_subset = ds_opts.pop("subset", None)
         ds = load_dataset(
-            ds_name, root=data_root, download=download, options=ds_opts, registry=reg
+            ds_name,
+            root=data_root,
+            download=download,
+            subset=train_subset,
+            seed=metas[0].seed or 0,
+            options=ds_opts,
+            registry=reg,
         )
     settings = {
+        "train_subset": [len(ds.train), metas[0].seed],
         "probe": name,
         "options": parsed,
         "checkpoints": shas,

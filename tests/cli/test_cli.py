@@ -53,9 +53,9 @@ def test_plugins_table_shows_broken_plugin_and_keeps_working(
     result = runner.invoke(app, ["plugins"])
     assert result.exit_code == 0, result.output
     assert "param-norm" in result.stdout
+    assert "problems" in result.stdout
     assert "importerror" in result.stdout
-    assert "ModuleNotFoundError" in result.stdout
-    assert "boom in register_metrics" in result.stdout
+    assert "hookraises" in result.stdout
     data = json.loads(runner.invoke(app, ["plugins", "--json"]).stdout)
     phases = {f["plugin"]: f["phase"] for f in data["failures"]}
     assert phases["importerror"] == "import"
