@@ -504,7 +504,7 @@ def _plot_interp(
         legend_lines,
         [ln.get_label() for ln in legend_lines],
         loc="outside lower center",
-        ncols=4,
+        ncols=4 if ncols > 1 else 2,  # one panel is too narrow for four entries
         fontsize=8,
     )
     default = (
