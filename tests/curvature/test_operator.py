@@ -298,3 +298,13 @@ def test_a_buffer_written_in_forward_is_restored() -> None:
     H @ torch.ones(8, dtype=torch.float64)
     H.to_dense()
     assert float(model.calls) == 0.0
+
+
+@pytest.mark.slow
+def test_compiled_forward_over_reverse() -> None:
+    case = mlp()
+    ref = ref_h(case)
+    H = op(case, method="forward-over-reverse", compile=True)
+    v = torch.linspace(-1, 1, case.n, dtype=torch.float64)
+    assert rel(H @ v, ref @ v) < EXACT
+    assert rel(H.matvec(torch.stack([v, -v], 1)), ref @ torch.stack([v, -v], 1)) < EXACT
