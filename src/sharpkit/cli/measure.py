@@ -138,7 +138,7 @@ def measure(
         for name, r in result.items():
             rows.append(
                 {
-                    "checkpoint": path.name,
+                    "checkpoint": str(path),
                     "metric": name,
                     "value": r.value,
                     "uncertainty": _uncertainty(
@@ -167,8 +167,8 @@ def measure(
                 ("converged", "converged"),
                 ("hvps", "HVPs"),
                 ("seconds", "s"),
-                ("note", ""),
-            ],
+            ]
+            + ([("note", "note")] if any(r["note"] for r in rows) else []),
         )
     if failed:
         raise typer.Exit(1)
