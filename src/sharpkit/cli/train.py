@@ -150,7 +150,7 @@ def train(
             "--out",
             help=(
                 "Checkpoint directory "
-                "[default: runs/<model>_<data>_lr<η>_bs<S>_seed<seed>]."
+                "(default: runs/<model>_<data>_lr<η>_bs<S>_seed<seed>)."
             ),
         ),
     ] = None,
