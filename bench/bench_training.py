@@ -53,9 +53,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
-from sharpkit.builtin import datasets as D
-from sharpkit.builtin import models as M
-from sharpkit.builtin.trainer import SGDTrainer
+from sharpkit.builtin import _datasets as D
+from sharpkit.builtin import _models as M
+from sharpkit.builtin._trainer import SGDTrainer
 from sharpkit.interfaces import DataSplit, TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"

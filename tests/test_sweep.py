@@ -63,7 +63,7 @@ def test_bad_sweeps_are_config_errors(tmp_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match="needs 'lr'"):
         SweepConfig.from_dict(
-            {"train": {k: v for k, v in TRAIN.items()} | {"batch_size": 8}}
+            {"train": dict(TRAIN) | {"batch_size": 8}}
         )
     with pytest.raises(ConfigError, match="unknown sweep section"):
         SweepConfig.from_dict({"trian": {}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sharpkit.builtin import datasets as D
+from sharpkit.builtin import _datasets as D
 from sharpkit.errors import ConfigError, DataError
 from sharpkit.interfaces import Dataset
 from sharpkit.registry import Registry
@@ -84,7 +85,9 @@ def expected_gray(x: np.ndarray) -> torch.Tensor:
 
 def test_specs_register_cleanly() -> None:
     r = Registry(entry_points=False)
-    assert r.register_plugin(D, "builtin.datasets")
+    assert r.register_plugin(
+        importlib.import_module("sharpkit.builtin.datasets"), "builtin.datasets"
+    )
     assert r.failures == []
     assert r.names("dataset") == ["cifar10", "fashion-mnist", "synthetic"]
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import pytest
 import torch
 from torchvision.models import vgg
 
-from sharpkit.builtin import models
+from sharpkit.builtin import _models as models
 from sharpkit.errors import ConfigError
 from sharpkit.registry import Registry
 
@@ -20,7 +21,9 @@ def n_params(module: torch.nn.Module) -> int:
 @pytest.fixture(scope="module")
 def reg() -> Registry:
     r = Registry(entry_points=False)
-    assert r.register_plugin(models, "builtin.models")
+    assert r.register_plugin(
+        importlib.import_module("sharpkit.builtin.models"), "builtin.models"
+    )
     return r
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import sharpkit
-from sharpkit.builtin import datasets, probes
+from sharpkit.builtin import probes
 from sharpkit.builtin.probes import (
     Direction,
     Interpolate,
@@ -713,7 +714,9 @@ def test_interpolate_resume_dir_also_works(tmp_path: Path) -> None:
 def registry() -> Registry:
     reg = Registry(entry_points=False, warn=False)
     reg.register_plugin(probes, "builtin.probes")
-    reg.register_plugin(datasets, "builtin.datasets")
+    reg.register_plugin(
+        importlib.import_module("sharpkit.builtin.datasets"), "builtin.datasets"
+    )
     return reg
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import math
 import warnings
 from pathlib import Path
@@ -13,9 +14,8 @@ import torch
 from torch import nn
 
 import sharpkit
-from sharpkit.builtin import datasets as D
-from sharpkit.builtin import models as M
-from sharpkit.builtin import trainer as T
+from sharpkit.builtin import _datasets as D
+from sharpkit.builtin import _trainer as T
 from sharpkit.errors import ConfigError, NumericalError, SharpkitWarning
 from sharpkit.interfaces import DataSplit, TrainConfig
 from sharpkit.registry import Registry
@@ -26,12 +26,8 @@ FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(scope="module")
 def reg() -> Registry:
     r = Registry(entry_points=False)
-    for name, module in (
-        ("builtin.models", M),
-        ("builtin.datasets", D),
-        ("builtin.trainer", T),
-    ):
-        assert r.register_plugin(module, name)
+    for name in ("builtin.models", "builtin.datasets", "builtin.trainer"):
+        assert r.register_plugin(importlib.import_module(f"sharpkit.{name}"), name)
     return r
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 import sharpkit
 import sharpkit.registry
-from sharpkit.builtin import datasets, models, probes
+from sharpkit.builtin import probes
 from sharpkit.checkpoint import CheckpointMeta, save_checkpoint
 from sharpkit.cli import app
 from sharpkit.registry import Registry
@@ -28,8 +29,12 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
     """The built-ins these commands need, as the process-wide registry."""
     reg = Registry(entry_points=False, warn=False)
     reg.register_plugin(probes, "builtin.probes")
-    reg.register_plugin(datasets, "builtin.datasets")
-    reg.register_plugin(models, "builtin.models")
+    reg.register_plugin(
+        importlib.import_module("sharpkit.builtin.datasets"), "builtin.datasets"
+    )
+    reg.register_plugin(
+        importlib.import_module("sharpkit.builtin.models"), "builtin.models"
+    )
     monkeypatch.setattr(sharpkit.registry, "_REGISTRY", reg)
     return reg
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import sharpkit
 import sharpkit.registry as registry_module
-from sharpkit.builtin import datasets as D
+from sharpkit.builtin import _datasets as D
 from sharpkit.cli import app
 from sharpkit.registry import Registry
 

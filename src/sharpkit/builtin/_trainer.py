@@ -1,0 +1,711 @@
+"""Built-in trainer plugin ``sgd``: mini-batch SGD with the paper's schedules.
+
+Plain SGD (no momentum, no weight decay) is the default, because the η/S
+argument of Jastrzębski et al. (2017), "Finding flatter minima with SGD" (ICLR
+2018 workshop; the longer version is "Three Factors Influencing Minima in SGD",
+arXiv:1711.04623) is about vanilla SGD; momentum and weight decay are available.
+Learning-rate schedules (epochs are counted from 1):
+
+* ``constant``: η throughout.
+* ``step:M1,M2,...:F``: multiply η by ``F`` after each listed epoch, so with
+  ``step:60,100,140,180:0.1`` epochs 1-60 use η, 61-100 use η/10, and so on
+  (PyTorch's ``MultiStepLR`` stepped once per epoch). Preset ``resnet``: the
+  paper's ResNet-56 schedule (÷10 at 60, 100, 140, 180).
+* ``every:K:F``: multiply η by ``F`` every ``K`` epochs (``StepLR``): with
+  ``every:25:0.5`` epochs 1-25 use η, 26-50 use η/2, ... Preset ``vgg``: the
+  paper's VGG-11 schedule (÷2 every 25 epochs).
+
+The loop indexes the in-memory training tensors directly (one random permutation
+per epoch from a dedicated :class:`torch.Generator`, which also drives the
+augmentation), accumulates the running loss and accuracy on-tensor, and reads
+them back once per epoch, so it costs no more per step than a hand-written loop.
+Training loss and accuracy are the **running** means over the epoch's mini-batches
+(model in train mode, changing during the epoch); test loss and accuracy are
+computed after the epoch with the model in eval mode.
+
+Files in ``out_dir`` (each is a complete sharpkit checkpoint: weights, metadata
+and the training state needed to resume):
+
+* ``last.pt``: replaced atomically at the end of every epoch;
+* ``epoch-0010.pt``: kept every ``checkpoint_every`` epochs (if > 0);
+* ``final.pt``: written when the last epoch is done;
+* ``curves.csv``: the per-epoch curves so far, rewritten every epoch.
+
+Resuming (``resume=True``) reloads ``last.pt``: weights and batch-norm buffers,
+optimizer state, the shuffling generator, torch's global RNG (dropout) and the
+curves, so the continued run is bit-for-bit the run that was not interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sharpkit.checkpoint import (
+    CheckpointMeta,
+    load_checkpoint,
+    load_state_dict_into,
+    save_checkpoint,
+)
+from sharpkit.errors import ConfigError, NumericalError
+from sharpkit.interfaces import (
+    Dataset,
+    DataSplit,
+    Option,
+    ProgressCallback,
+    TrainConfig,
+    TrainerSpec,
+    TrainResult,
+    _no_progress,
+)
+
+__all__ = [
+    "SCHEDULE_PRESETS",
+    "SGDTrainer",
+    "Schedule",
+    "parse_schedule",
+    "sharpkit_register_trainers",
+]
+
+SCHEDULE_PRESETS = {
+    "resnet": "step:60,100,140,180:0.1",
+    "vgg": "every:25:0.5",
+}
+_FORMS = (
+    "constant, step:60,100,140,180:0.1, every:25:0.5, resnet (= step:60,100,140,"
+    "180:0.1) or vgg (= every:25:0.5)"
+)
+BASE_CURVES = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "seconds",
+)
+_RESUME_FIELDS = (
+    "model",
+    "model_options",
+    "dataset",
+    "dataset_options",
+    "lr",
+    "batch_size",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "seed",
+)
+_TRACK_SUFFIXES = ("", "_stderr", "_bound", "_hvps")
+_PROGRESS_INTERVAL = 0.25  # seconds between progress reports inside an epoch
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A learning-rate schedule: η for each epoch from the initial η.
+
+    Attributes:
+        kind: ``"constant"``, ``"step"`` or ``"every"``.
+        milestones: Epochs after which η is multiplied by ``factor`` (``step``).
+        period: Multiply η by ``factor`` every this many epochs (``every``).
+        factor: The multiplier.
+        text: The canonical spelling, e.g. ``"step:60,100,140,180:0.1"``.
+    """
+
+    kind: str
+    milestones: tuple[int, ...] = ()
+    period: int = 0
+    factor: float = 1.0
+    text: str = "constant"
+
+    def lr(self, base: float, epoch: int) -> float:
+        """Return η for ``epoch`` (counted from 1) given the initial ``base``."""
+        if epoch < 1:
+            msg = f"epochs are counted from 1, got {epoch}"
+            raise ConfigError(msg)
+        if self.kind == "step":
+            drops = sum(1 for m in self.milestones if m < epoch)
+        elif self.kind == "every":
+            drops = (epoch - 1) // self.period
+        else:
+            drops = 0
+        return base * self.factor**drops
+
+
+def _bad_schedule(text: str, why: str) -> ConfigError:
+    return ConfigError(f"bad schedule {text!r} ({why}); use {_FORMS}")
+
+
+def _factor(text: str, raw: str) -> float:
+    try:
+        factor = float(raw)
+    except ValueError:
+        raise _bad_schedule(text, f"factor {raw!r} is not a number") from None
+    if not (math.isfinite(factor) and factor > 0):
+        raise _bad_schedule(text, "the factor must be a positive number")
+    return factor
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Parse ``constant``, ``step:M1,M2,...:F``, ``every:K:F``, ``resnet`` or ``vgg``.
+
+    Raises:
+        ConfigError: Anything else; the message lists the accepted forms.
+    """
+    spelled = text.strip().lower()
+    spelled = SCHEDULE_PRESETS.get(spelled, spelled)
+    if spelled == "constant":
+        return Schedule("constant")
+    parts = spelled.split(":")
+    if parts[0] == "step":
+        if len(parts) != 3:
+            raise _bad_schedule(text, "step needs step:<epochs>:<factor>")
+        try:
+            milestones = tuple(int(m) for m in parts[1].split(","))
+        except ValueError:
+            raise _bad_schedule(text, "milestones must be whole epochs") from None
+        if any(m < 1 for m in milestones) or list(milestones) != sorted(
+            set(milestones)
+        ):
+            raise _bad_schedule(text, "milestones must be increasing positive epochs")
+        factor = _factor(text, parts[2])
+        canon = f"step:{','.join(map(str, milestones))}:{factor:g}"
+        return Schedule("step", milestones=milestones, factor=factor, text=canon)
+    if parts[0] == "every":
+        if len(parts) != 3:
+            raise _bad_schedule(text, "every needs every:<epochs>:<factor>")
+        try:
+            period = int(parts[1])
+        except ValueError:
+            raise _bad_schedule(text, "the period must be a whole number") from None
+        if period < 1:
+            raise _bad_schedule(text, "the period must be at least 1 epoch")
+        factor = _factor(text, parts[2])
+        return Schedule(
+            "every", period=period, factor=factor, text=f"every:{period}:{factor:g}"
+        )
+    raise _bad_schedule(text, "unknown form")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _generator(seed: int, stream: str) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(_derived_seed(seed, stream))
+    return gen
+
+
+def _derived_seed(seed: int, stream: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _version() -> str:
+    import sharpkit
+
+    return str(sharpkit.__version__)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: DataSplit, batch_size: int, device: torch.device
+) -> tuple[float, float]:
+    """Return mean cross-entropy and accuracy of ``model`` (as it is) on ``split``."""
+    n = len(split)
+    if n == 0:
+        return math.nan, math.nan
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in split.batches(batch_size, device=device):
+        out = model(x)
+        loss += nn.functional.cross_entropy(out, y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+    return float(loss) / n, int(correct) / n
+
+
+def _write_csv(path: Path, curves: Mapping[str, Sequence[float]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    keys = list(curves)
+    writer.writerow(keys)
+    for row in zip(*(curves[k] for k in keys), strict=True):
+        writer.writerow([f"{v:.10g}" if isinstance(v, float) else v for v in row])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class SGDTrainer:
+    """Mini-batch SGD over in-memory tensors (see the module docstring).
+
+    Args:
+        eval_batch_size: Batch size for test-set evaluation (no effect on values).
+        drop_last: Skip the last, shorter mini-batch of each epoch.
+    """
+
+    def __init__(self, *, eval_batch_size: int = 1024, drop_last: bool = False) -> None:
+        if eval_batch_size < 1:
+            msg = f"eval_batch_size must be >= 1, got {eval_batch_size}"
+            raise ConfigError(msg)
+        self.eval_batch_size = eval_batch_size
+        self.drop_last = drop_last
+
+    # ------------------------------------------------------------------ checks
+
+    @staticmethod
+    def _check(config: TrainConfig) -> Schedule:
+        schedule = parse_schedule(config.schedule)
+        checks = (
+            ("lr", config.lr > 0 and math.isfinite(config.lr), "must be positive"),
+            ("batch_size", config.batch_size >= 1, "must be >= 1"),
+            ("epochs", config.epochs >= 1, "must be >= 1"),
+            ("momentum", 0 <= config.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", config.weight_decay >= 0, "must be >= 0"),
+            ("checkpoint_every", config.checkpoint_every >= 0, "must be >= 0"),
+            ("track_every", config.track_every >= 1, "must be >= 1"),
+            ("track_samples", config.track_samples >= 1, "must be >= 1"),
+        )
+        for name, ok, why in checks:
+            if not ok:
+                msg = f"{name} {why}, got {getattr(config, name)!r}"
+                raise ConfigError(msg)
+        if config.resume and config.out_dir is None:
+            msg = "resume needs an output directory (--out) holding last.pt"
+            raise ConfigError(msg)
+        return schedule
+
+    def _meta(
+        self,
+        config: TrainConfig,
+        data: Dataset,
+        epoch: int,
+        row: Mapping[str, float],
+    ) -> CheckpointMeta:
+        return CheckpointMeta(
+            model=config.model_name or None,
+            model_options=dict(config.model_options),
+            dataset=config.dataset_name or data.name,
+            dataset_options=dict(config.dataset_options),
+            lr=config.lr,
+            batch_size=config.batch_size,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            schedule=config.schedule,
+            seed=config.seed,
+            epoch=epoch,
+            epochs=config.epochs,
+            sharpkit_version=_version(),
+            final={k: float(v) for k, v in row.items() if math.isfinite(v)},
+            extra={
+                "input_shape": [int(d) for d in data.input_shape],
+                "num_classes": int(data.num_classes),
+                "trainer": "sgd",
+                "trainer_options": self._options(),
+                "augment": config.augment,
+                "train_samples": len(data.train),
+                "train_metrics": "running mean over the epoch's mini-batches",
+                "track": list(config.track),
+                "track_every": config.track_every,
+                "track_samples": config.track_samples,
+            },
+        )
+
+    def _options(self) -> dict[str, Any]:
+        return {"eval_batch_size": self.eval_batch_size, "drop_last": self.drop_last}
+
+    def _check_resume(
+        self, meta: CheckpointMeta, config: TrainConfig, data: Dataset, path: Path
+    ) -> None:
+        want = self._meta(config, data, 0, {})
+        for name in _RESUME_FIELDS:
+            old, new = getattr(meta, name), getattr(want, name)
+            if name == "schedule" and isinstance(old, str):  # compare meanings
+                old, new = parse_schedule(old).text, parse_schedule(new).text
+            if not _same(old, new):
+                msg = (
+                    f"{path} was trained with {name}={old!r}, not {new!r}; resume "
+                    "with the same settings or choose another --out"
+                )
+                raise ConfigError(msg)
+        for name in ("augment", "trainer_options"):
+            old, new = meta.extra.get(name), want.extra.get(name)
+            if not _same(old, new):
+                msg = (
+                    f"{path} was trained with {name}={old!r}, not {new!r}; resume "
+                    "with the same settings or choose another --out"
+                )
+                raise ConfigError(msg)
+        if meta.epoch is not None and meta.epoch > config.epochs:
+            msg = (
+                f"{path} is already at epoch {meta.epoch}, past --epochs "
+                f"{config.epochs}; raise --epochs to continue it"
+            )
+            raise ConfigError(msg)
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        config: TrainConfig,
+        /,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> TrainResult:
+        """Train ``model`` on ``data.train`` with SGD, evaluating on ``data.test``.
+
+        Args:
+            model: The freshly initialised model (it is trained in place).
+            data: The dataset; ``data.train.augment`` is used if ``config.augment``.
+            config: Hyper-parameters, output directory, tracking.
+            progress: Called with ``(step, total_steps, description=..., loss=...,
+                samples_s=...)`` a few times per second.
+
+        Returns:
+            Per-epoch curves, the last epoch's values, and the final checkpoint.
+
+        Raises:
+            ConfigError: Bad settings, an output directory that already holds a
+                run (without ``resume``), or a resume with different settings.
+            NumericalError: The training loss became non-finite (divergence).
+        """
+        start_time = time.perf_counter()
+        progress = progress or _no_progress
+        schedule = self._check(config)
+        device = torch.device(config.device)
+        if config.augment and data.train.augment is None:
+            msg = f"dataset {data.name!r} has no training augmentation; drop --augment"
+            raise ConfigError(msg)
+        n = len(data.train)
+        size = config.batch_size
+        steps = n // size if self.drop_last else -(-n // size)
+        if steps == 0:
+            msg = (
+                f"batch_size {size} exceeds the {n} training examples with "
+                "drop_last; lower --batch-size"
+            )
+            raise ConfigError(msg)
+
+        out_dir = config.out_dir
+        last_path = out_dir / "last.pt" if out_dir is not None else None
+        model.to(device)
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        order_gen = _generator(config.seed, "sgd:order")
+        curves: dict[str, list[float]] = {k: [] for k in BASE_CURVES}
+        for metric in config.track:
+            for suffix in _TRACK_SUFFIXES:
+                curves[metric + suffix] = []
+        warm_start: torch.Tensor | None = None
+        first_epoch = 1
+        rng_devices = [device] if device.type == "cuda" else []
+
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(_derived_seed(config.seed, "sgd:global"))
+            if last_path is not None and last_path.exists():
+                if not config.resume:
+                    msg = (
+                        f"{out_dir} already holds a training run ({last_path.name}); "
+                        "pass --resume to continue it or choose another --out"
+                    )
+                    raise ConfigError(msg)
+                ckpt = load_checkpoint(last_path)
+                if ckpt.train_state is None:
+                    msg = f"{last_path} has no training state to resume from"
+                    raise ConfigError(msg)
+                self._check_resume(ckpt.meta, config, data, last_path)
+                state = ckpt.train_state
+                load_state_dict_into(model, ckpt.state_dict, source=str(last_path))
+                optimizer.load_state_dict(state["optimizer"])
+                order_gen.set_state(state["generator"])
+                torch.set_rng_state(state["torch_rng"])
+                if device.type == "cuda" and state.get("cuda_rng") is not None:
+                    torch.cuda.set_rng_state(state["cuda_rng"], device)
+                saved = state["curves"]
+                for key in curves:
+                    curves[key] = [float(v) for v in saved[key]]
+                warm_start = state.get("warm_start")
+                first_epoch = int(state["epoch"]) + 1
+            resumed_from = first_epoch - 1
+
+            x_train = data.train.inputs.to(device)
+            y_train = data.train.targets.to(device)
+            augment = data.train.augment if config.augment else None
+            analysis = DataSplit(
+                data.train.inputs[: config.track_samples],
+                data.train.targets[: config.track_samples],
+            )
+            total = config.epochs * steps
+            trained_samples = 0
+            train_seconds = 0.0
+
+            for epoch in range(first_epoch, config.epochs + 1):
+                epoch_start = time.perf_counter()
+                lr = schedule.lr(config.lr, epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                model.train()
+                order = torch.randperm(n, generator=order_gen).to(device)
+                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+                correct = torch.zeros((), dtype=torch.int64, device=device)
+                last_report = time.monotonic()
+                label = f"epoch {epoch}/{config.epochs}"
+                progress((epoch - 1) * steps, total, description=label)
+                for i in range(steps):
+                    idx = order[i * size : (i + 1) * size]
+                    x, y = x_train[idx], y_train[idx]
+                    if augment is not None:
+                        x = augment(x, order_gen)
+                    out = model(x)
+                    loss = nn.functional.cross_entropy(out, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.autograd.backward(loss)
+                    optimizer.step()
+                    # On-tensor running sums (no host sync; argmax builds no graph).
+                    loss_sum.add_(loss.detach(), alpha=len(y))
+                    correct.add_(out.argmax(1).eq(y).sum())
+                    now = time.monotonic()
+                    if now - last_report >= _PROGRESS_INTERVAL:
+                        last_report = now
+                        elapsed = time.perf_counter() - epoch_start
+                        progress(
+                            (epoch - 1) * steps + i + 1,
+                            total,
+                            loss=float(loss.detach()),
+                            samples_s=round(min((i + 1) * size, n) / elapsed),
+                        )
+                seen = min(steps * size, n)
+                train_loss = float(loss_sum) / seen
+                train_acc = int(correct) / seen
+                train_seconds += time.perf_counter() - epoch_start
+                trained_samples += seen
+                if not math.isfinite(train_loss):
+                    msg = (
+                        f"training diverged in epoch {epoch} (train loss "
+                        f"{train_loss}) at lr={lr:g}, batch_size={size}; lower --lr"
+                    )
+                    raise NumericalError(msg)
+                model.eval()
+                test_loss, test_acc = evaluate(
+                    model, data.test, self.eval_batch_size, device
+                )
+                row: dict[str, float] = {
+                    "epoch": float(epoch),
+                    "lr": lr,
+                    "train_loss": train_loss,
+                    "train_accuracy": train_acc,
+                    "test_loss": test_loss,
+                    "test_accuracy": test_acc,
+                }
+                if config.track:
+                    due = epoch % config.track_every == 0 or epoch == config.epochs
+                    tracked, warm_start = (
+                        self._track(
+                            model, analysis, config, device, warm_start, progress
+                        )
+                        if due
+                        else ({}, warm_start)
+                    )
+                    for metric in config.track:
+                        for suffix in _TRACK_SUFFIXES:
+                            row[metric + suffix] = tracked.get(
+                                metric + suffix, math.nan
+                            )
+                model.train()
+                row["seconds"] = time.perf_counter() - epoch_start
+                for key, values in curves.items():
+                    values.append(row[key])
+                progress(
+                    epoch * steps,
+                    total,
+                    description=label,
+                    loss=train_loss,
+                    acc=round(train_acc, 4),
+                    test_acc=round(test_acc, 4),
+                )
+                if out_dir is not None:
+                    self._save(
+                        out_dir, model, optimizer, order_gen, device, config, data,
+                        epoch, row, curves, warm_start,
+                    )  # fmt: skip
+
+        final_path: Path | None = None
+        if out_dir is not None:
+            final_path = out_dir / "final.pt"
+            if not final_path.exists() or resumed_from < config.epochs:
+                ckpt = load_checkpoint(out_dir / "last.pt")
+                save_checkpoint(
+                    final_path, ckpt.state_dict, ckpt.meta, train_state=ckpt.train_state
+                )
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in curves.items()}
+        arrays["epoch"] = arrays["epoch"].astype(np.int64)
+        final = {k: float(v[-1]) for k, v in curves.items() if v}
+        return TrainResult(
+            checkpoint=final_path,
+            curves=arrays,
+            final=final,
+            seconds=time.perf_counter() - start_time,
+            attrs={
+                "resumed_from_epoch": resumed_from,
+                "out_dir": str(out_dir) if out_dir is not None else None,
+                "steps_per_epoch": steps,
+                "samples_per_second": trained_samples / train_seconds
+                if train_seconds > 0
+                else None,
+                "train_metrics": "running mean over the epoch's mini-batches",
+                "device": str(device),
+            },
+        )
+
+    # ------------------------------------------------------------------ tracking
+
+    def _track(
+        self,
+        model: nn.Module,
+        analysis: DataSplit,
+        config: TrainConfig,
+        device: torch.device,
+        warm_start: torch.Tensor | None,
+        progress: ProgressCallback,
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Measure ``config.track`` on the analysis set; return values, warm start."""
+        from sharpkit.api import measure
+
+        # A fresh cache per measurement: entries such as eigenvectors belong to
+        # the model they were computed on. Only the warm start carries over.
+        cache: dict[str, Any] = {}
+        if warm_start is not None:
+            cache["spectral:warm_start"] = warm_start.to(device)
+        progress(0, None, description=f"measuring {', '.join(config.track)}")
+        model.eval()
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # leave training's RNG alone
+            result = measure(
+                model,
+                analysis,
+                metrics=list(config.track),
+                seed=config.seed,
+                cache=cache,
+                device=device,
+            )
+        model.train()
+        vectors = cache.get("spectral:eigenvectors")
+        if isinstance(vectors, torch.Tensor) and vectors.ndim == 2 and vectors.shape[1]:
+            warm_start = vectors[:, 0].detach().clone().cpu()
+        out: dict[str, float] = {}
+        for name, res in result.items():
+            out[name] = float(res.value)
+            out[name + "_stderr"] = (
+                math.nan if res.stderr is None else float(res.stderr)
+            )
+            out[name + "_bound"] = math.nan if res.bound is None else float(res.bound)
+            out[name + "_hvps"] = math.nan if res.hvps is None else float(res.hvps)
+        return out, warm_start
+
+    # ------------------------------------------------------------------ saving
+
+    def _save(
+        self,
+        out_dir: Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        order_gen: torch.Generator,
+        device: torch.device,
+        config: TrainConfig,
+        data: Dataset,
+        epoch: int,
+        row: Mapping[str, float],
+        curves: Mapping[str, list[float]],
+        warm_start: torch.Tensor | None,
+    ) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = self._meta(config, data, epoch, row)
+        state: dict[str, Any] = {
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "generator": order_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device)
+            if device.type == "cuda"
+            else None,
+            "curves": {k: list(v) for k, v in curves.items()},
+            "warm_start": warm_start,
+        }
+        save_checkpoint(out_dir / "last.pt", model, meta, train_state=state)
+        if config.checkpoint_every and epoch % config.checkpoint_every == 0:
+            save_checkpoint(
+                out_dir / f"epoch-{epoch:04d}.pt", model, meta, train_state=state
+            )
+        _write_csv(out_dir / "curves.csv", curves)
+
+
+# --------------------------------------------------------------------------- hook
+
+
+def sharpkit_register_trainers() -> list[TrainerSpec]:
+    """Register the ``sgd`` trainer."""
+    return [
+        TrainerSpec(
+            name="sgd",
+            factory=SGDTrainer,
+            description=(
+                "Mini-batch SGD (plain by default) with the paper's step schedules, "
+                "checkpoints and exact resume"
+            ),
+            options=(
+                Option(
+                    name="eval_batch_size",
+                    type=int,
+                    default=1024,
+                    help="Batch size for test-set evaluation",
+                ),
+                Option(
+                    name="drop_last",
+                    type=bool,
+                    default=False,
+                    help="Skip each epoch's last, shorter mini-batch",
+                ),
+            ),
+        )
+    ]
