@@ -34,6 +34,9 @@ from sharpkit.sweep import SweepConfig
 __all__ = ["EXPERIMENTS", "FIGURES", "experiment"]
 
 _MEASURE = {"metrics": ["spectral", "frobenius"], "samples": 2048}
+# CIFAR interpolations at quick scale: fewer examples per α for BN statistics and
+# for the losses (the probe's defaults, 4096 and 10000, suit the paper scale).
+_QUICK_PROBE = {"bn_samples": 2048, "eval_samples": 2000}
 
 _EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
@@ -88,8 +91,8 @@ _EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
                 "data": "cifar10",
                 "lr": [0.1, 0.1, 0.01],
                 "batch_size": [128, 1024, 128],
-                "epochs": 15,
-                "subset": 10000,
+                "epochs": 10,
+                "subset": 5000,
                 "augment": True,
                 "seed": 0,
             },
@@ -198,6 +201,10 @@ _EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
+
+for _name in ("fig2", "fig3"):
+    for _item in _EXPERIMENTS[_name]["quick"]["interpolate"]:
+        _item["options"] = dict(_QUICK_PROBE)
 
 EXPERIMENTS: tuple[str, ...] = tuple(_EXPERIMENTS)
 FIGURES: dict[str, tuple[str, ...]] = {
