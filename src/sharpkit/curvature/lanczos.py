@@ -4,9 +4,10 @@ The symmetric Lanczos process (Lanczos, 1950, J. Res. Nat. Bur. Standards)
 builds an orthonormal basis ``Q_m`` of the Krylov space
 ``span{v, Hv, ..., H^{m-1} v}`` and the tridiagonal ``T_m = Q_mᵀ H Q_m``, one
 matrix-vector product per step. Every new vector is reorthogonalised against all
-previous ones twice (classical Gram-Schmidt twice, "twice is enough": Giraud,
-Langou & Rozložník, 2005, Computers & Mathematics with Applications), so the
-basis stays orthonormal to working precision and no spurious copies of converged
+previous ones (the three-term recurrence, then one classical Gram-Schmidt pass
+against the whole basis: "twice is enough", Giraud, Langou & Rozložník, 2005,
+Computers & Mathematics with Applications), so the basis stays orthonormal to
+working precision and no spurious copies of converged
 eigenvalues appear (Parlett, 1998, *The Symmetric Eigenvalue Problem*, SIAM,
 ch. 13). The tridiagonal is kept in float64 and its small eigenproblem is solved
 with ``torch.linalg.eigh`` on the CPU, so no second BLAS thread pool competes
@@ -237,8 +238,17 @@ class LanczosProcess:
             raise NumericalError(msg)
         if j > 0:
             self.betas.append(self.beta)
-        w, h = self._orthogonalize(w, j + 1)
-        alpha = float(h[j])
+        # The three-term recurrence removes the large components; one classical
+        # Gram-Schmidt pass against the whole basis then removes what rounding
+        # left ("twice is enough", the recurrence being the first pass).
+        alpha0 = float(torch.dot(q, w))
+        w = w - alpha0 * q
+        if j > 0:
+            w = w - self.beta * self._Q[j - 1]
+        Q = self._Q[: j + 1]
+        h = Q @ w
+        w = w - Q.T @ h
+        alpha = alpha0 + float(h[j])
         self.alphas.append(alpha)
         self.m = j + 1
         self._scale = max(self._scale, abs(alpha), self.beta)
