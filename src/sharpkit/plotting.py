@@ -403,7 +403,7 @@ def _width_text(c: _Curves) -> str | None:
             return None
         sign = "≥ " if key in c.censored else ""
         lines.append(f"α={label}: {sign}{value:.2f} ({side})")
-    return "outer half-width (α units)\n" + "\n".join(lines)
+    return "outer half-width: " + ",  ".join(lines)
 
 
 def _end_label(
@@ -488,16 +488,8 @@ def _plot_interp(
         right = _end_label(c.attrs, 1, label, beta_base)
         ax.set_title(f"α=0: {left}\nα=1: {right}", fontsize=9)
         text = _width_text(c)
-        if text is not None:
-            ax.text(
-                0.02,
-                0.97,
-                text,
-                transform=ax.transAxes,
-                va="top",
-                fontsize=7,
-                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.7},
-            )
+        if text is not None:  # under the axis, where it cannot hide a curve
+            ax.set_xlabel(f"α\n{text}", fontsize=9)
         if k == 0:
             legend_lines = lines
     fig.legend(
