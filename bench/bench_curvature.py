@@ -766,6 +766,7 @@ def main() -> None:
     parser.add_argument("--resnet-seeds", type=int, default=2)
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--only-resnet", action="store_true")
     args = parser.parse_args()
     if args.seeds is None:
         args.seeds = 3 if args.quick else 20
@@ -777,13 +778,17 @@ def main() -> None:
         f"{THREADS} threads, {os.cpu_count()} CPUs; seeds {args.seeds}"
     )
     out: dict[str, Any] = {"torch": torch.__version__, "threads": THREADS}
-    out["mlp"] = mlp_section(args)
-    if not (args.quick or args.skip_resnet):
+    if not args.only_resnet:
+        out["mlp"] = mlp_section(args)
+    if args.only_resnet or not (args.quick or args.skip_resnet):
         out["resnet56"] = resnet_section(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    dest = RESULTS / (
-        "bench_curvature_quick.json" if args.quick else "bench_curvature.json"
-    )
+    name = "bench_curvature"
+    if args.quick:
+        name += "_quick"
+    elif args.only_resnet:
+        name += "_resnet"
+    dest = RESULTS / f"{name}.json"
     dest.write_text(json.dumps(out, indent=1, default=float))
     print(f"\nfigures written to {dest}")
 
