@@ -24,10 +24,10 @@ approximation) by one of these methods:
     batches use one of the two per-batch methods below.
 ``"double-backward"``
     The same, but the gradient graph is rebuilt per batch and per call
-    (3.0 gradients per product on that model).
+    (3.1 gradients per product on that model).
 ``"forward-over-reverse"``
-    ``torch.func.jvp`` of ``torch.func.grad`` per batch (3.6 gradients per
-    product); blocks of vectors are ``vmap``-ped (2.3 per vector for 8).
+    ``torch.func.jvp`` of ``torch.func.grad`` per batch (4.2 gradients per
+    product); blocks of vectors are ``vmap``-ped (3.5 per vector for 8 on that model).
 
 ``method="auto"`` keeps the gradient graph of as many batches as fit the memory
 budget (measured from the tensors autograd saves for the first batch) and times
