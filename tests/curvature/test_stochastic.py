@@ -360,3 +360,33 @@ def test_bad_arguments() -> None:
         slq_density(mv, 120, probes=0, vector_dtype=F64)
     with pytest.raises(ConfigError, match="sigma"):
         slq_density(mv, 120, sigma=-1.0, vector_dtype=F64)
+
+
+def test_slq_target_and_budget() -> None:
+    A = outlier_matrix()
+    mv = lambda v: A @ v  # noqa: E731
+    est = slq_density(
+        mv,
+        120,
+        probes=2,
+        steps=10,
+        target_rel_stderr=0.05,
+        generator=gen(0),
+        vector_dtype=F64,
+    )
+    assert est.trace_stderr <= 0.05 * abs(est.trace)
+    assert est.nodes.shape[0] == len(est.samples) >= 2
+    capped = slq_density(
+        mv,
+        120,
+        probes=2,
+        steps=10,
+        target_rel_stderr=1e-9,
+        max_matvecs=35,
+        generator=gen(0),
+        vector_dtype=F64,
+    )
+    assert capped.n_matvecs == 30  # a fourth probe could exceed the budget
+    assert capped.nodes.shape == (3, 10)
+    with pytest.raises(ConfigError, match="less than one probe"):
+        slq_density(mv, 120, steps=10, max_matvecs=5, vector_dtype=F64)

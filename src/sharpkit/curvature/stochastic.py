@@ -739,6 +739,8 @@ def slq_density(
     steps: int = 64,
     sigma: float | None = None,
     grid: np.ndarray | int = 512,
+    target_rel_stderr: float | None = None,
+    max_matvecs: int | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     vector_dtype: torch.dtype | None = None,
@@ -749,12 +751,16 @@ def slq_density(
     Args:
         matvec: ``v -> H v``.
         n: Dimension.
-        probes: Independent Rademacher probes (each ``steps`` products).
+        probes: Independent Rademacher probes (each ``steps`` products); with
+            ``target_rel_stderr``, the minimum number of probes.
         steps: Lanczos steps per probe (fewer if its Krylov space is exhausted).
         sigma: Width of the Gaussian smoothing (default: 1 % of the range of
             the nodes).
         grid: Points to evaluate the density at, or how many to spread over the
             nodes' range widened by ``6 sigma`` on both sides.
+        target_rel_stderr: Add probes until the trace estimate's standard
+            error is at most this fraction of it.
+        max_matvecs: Budget of products: no probe starts that could exceed it.
         generator: Random source of the probes.
         device: Device of the vectors.
         vector_dtype: Dtype of the vectors.
@@ -764,7 +770,7 @@ def slq_density(
         A :class:`DensityEstimate`.
 
     Raises:
-        ConfigError: A bad argument.
+        ConfigError: A bad argument, or a budget smaller than one probe.
     """
     start = time.perf_counter()
     if probes < 1 or steps < 1:
@@ -773,15 +779,30 @@ def slq_density(
     if sigma is not None and not sigma > 0:
         msg = f"sigma must be > 0, got {sigma}"
         raise ConfigError(msg)
+    _check_common(max_matvecs, target_rel_stderr, 2)
     dtype = operator_dtype(matvec, None, vector_dtype)
     dev = operator_device(matvec, None, device)
     m_max = min(steps, n)
-    nodes = np.full((probes, m_max), np.nan)
-    weights = np.zeros((probes, m_max))
-    samples = np.zeros(probes)
+    if max_matvecs is not None and max_matvecs < m_max:
+        msg = (
+            f"max_matvecs={max_matvecs} is less than one probe of {m_max} steps; "
+            "raise it or lower steps"
+        )
+        raise ConfigError(msg)
+    node_rows: list[np.ndarray] = []
+    weight_rows: list[np.ndarray] = []
+    values: list[float] = []
     used = 0
-    total = probes * m_max
-    for p in range(probes):
+    total = None if target_rel_stderr is not None else probes * m_max
+    while True:
+        if max_matvecs is not None and used + m_max > max_matvecs:
+            break
+        if len(values) >= probes:
+            if target_rel_stderr is None:
+                break
+            est, se = _mean_se(np.asarray(values))
+            if se <= target_rel_stderr * abs(est):
+                break
         z = random_vector(n, generator, dtype, dev, "rademacher")
         proc = LanczosProcess(
             matvec, n, v0=z, generator=generator, device=dev, restart=False
@@ -794,10 +815,16 @@ def slq_density(
                 progress(used + proc.n_matvecs, total)
         used += proc.n_matvecs
         evals, evecs = torch.linalg.eigh(proc.tridiagonal())
-        k = len(evals)
-        nodes[p, :k] = evals.numpy()
-        weights[p, :k] = (evecs[0] ** 2).numpy()
-        samples[p] = n * float(proc.alphas[0])  # n vᵀHv, v = z/‖z‖
+        row_nodes = np.full(m_max, np.nan)
+        row_weights = np.zeros(m_max)
+        row_nodes[: len(evals)] = evals.numpy()
+        row_weights[: len(evals)] = (evecs[0] ** 2).numpy()
+        node_rows.append(row_nodes)
+        weight_rows.append(row_weights)
+        values.append(n * float(proc.alphas[0]))  # n vᵀHv, v = z/‖z‖
+    nodes = np.stack(node_rows)
+    weights = np.stack(weight_rows)
+    samples = np.asarray(values)
     finite = nodes[np.isfinite(nodes)]
     lo, hi = float(finite.min()), float(finite.max())
     if sigma is None:
@@ -808,8 +835,6 @@ def slq_density(
         grid_pts = np.asarray(grid, dtype=np.float64)
     density = smooth_density(nodes, weights, grid_pts, sigma)
     trace, se = _mean_se(samples)
-    if probes == 1:
-        se = math.inf
     return DensityEstimate(
         nodes=nodes,
         weights=weights,
