@@ -242,12 +242,12 @@ class LanczosProcess:
         # Gram-Schmidt pass against the whole basis then removes what rounding
         # left ("twice is enough", the recurrence being the first pass).
         alpha0 = float(torch.dot(q, w))
-        w = w - alpha0 * q
+        w = w - alpha0 * q  # a copy: matvec's result may be someone else's
         if j > 0:
-            w = w - self.beta * self._Q[j - 1]
+            w.sub_(self._Q[j - 1], alpha=self.beta)
         Q = self._Q[: j + 1]
         h = Q @ w
-        w = w - Q.T @ h
+        w.sub_(Q.T @ h)
         alpha = alpha0 + float(h[j])
         self.alphas.append(alpha)
         self.m = j + 1

@@ -616,10 +616,18 @@ class HessianOperator:
     def _backward_columns(self, g: Tensor, v: Tensor, *, retain_last: bool) -> Tensor:
         """Return ``∂(g·v_j)/∂θ`` for each column ``v_j`` of ``v``."""
         k = v.shape[1]
-        out = torch.empty(self.n, k, dtype=self._dtype, device=self._device)
         if not g.requires_grad:  # the gradient does not depend on the parameters
-            out.zero_()
-            return out
+            return torch.zeros(self.n, k, dtype=self._dtype, device=self._device)
+        if k == 1:
+            cols = torch.autograd.grad(
+                g,
+                self.params,
+                grad_outputs=v[:, 0],
+                retain_graph=retain_last,
+                allow_unused=True,
+            )
+            return self._flat(cols).unsqueeze(1)
+        out = torch.empty(self.n, k, dtype=self._dtype, device=self._device)
         for j in range(k):
             cols = torch.autograd.grad(
                 g,
@@ -718,17 +726,19 @@ class HessianOperator:
         block = v.reshape(self.n, -1).to(device=self._device, dtype=self._dtype)
         k = block.shape[1]
         start = time.perf_counter()
-        with torch.no_grad():
-            out = torch.zeros(self.n, k, dtype=self._dtype, device=self._device)
+        out: Tensor | None = None  # every part is a fresh tensor: add in place
         if self._g_graph is not None:
-            out += self._backward_columns(self._g_graph, block, retain_last=True)
+            out = self._backward_columns(self._g_graph, block, retain_last=True)
         if self._kept < self._n_batches_local:
             with analysis_mode(self.model, self.bn_mode, fuse_bn=self.fuse_bn):
                 for i, (x, y, size) in enumerate(self._batches()):
                     if i < self._kept:
                         continue
-                    out += self._batch_hvp(self._fallback, x, y, size, block)
-        out = self._allreduce(out.detach()) / self._n_total
+                    part = self._batch_hvp(self._fallback, x, y, size, block)
+                    out = part if out is None else out.add_(part)
+        if out is None:  # a rank without data
+            out = torch.zeros(self.n, k, dtype=self._dtype, device=self._device)
+        out = self._allreduce(out.detach()).div_(self._n_total)
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
         self._hvp_seconds.append((time.perf_counter() - start) / k)
