@@ -62,9 +62,7 @@ def test_bad_sweeps_are_config_errors(tmp_path: Path) -> None:
             {"train": {**TRAIN, "lr": 0.1, "batch_size": 8, "epoch": 3}}
         )
     with pytest.raises(ConfigError, match="needs 'lr'"):
-        SweepConfig.from_dict(
-            {"train": dict(TRAIN) | {"batch_size": 8}}
-        )
+        SweepConfig.from_dict({"train": dict(TRAIN) | {"batch_size": 8}})
     with pytest.raises(ConfigError, match="unknown sweep section"):
         SweepConfig.from_dict({"trian": {}})
     bad_zip = SweepConfig.from_dict(
