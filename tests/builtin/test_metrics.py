@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from cases import CASES, Case, bn_mlp, conv_net
+from cases import CASES, Case, bn_mlp, conv_net, mlp
 from cases import reference_hessian as ref_h
 
 import sharpkit
@@ -269,7 +269,7 @@ def test_stochastic_targets_and_budget() -> None:
     assert res.stderr is not None
     assert res.stderr <= 0.05 * res.value
     with pytest.warns(sharpkit.ConvergenceWarning, match="trace"):
-        capped = M.Trace(exact_max=0, rel_stderr=1e-6).compute(
+        capped = M.Trace(method="hutch++", exact_max=0, rel_stderr=1e-6).compute(
             context(case, max_hvps=20)
         )
     assert capped.converged is False
@@ -301,14 +301,52 @@ def test_estimated_hvps_of_stochastic_metrics() -> None:
     ctx = context(bn_mlp())
     n = ctx.hessian.n
     assert M.Frobenius().estimated_hvps(ctx) == n
-    assert M.Trace(exact_max=0, sketch=10, probes=5).estimated_hvps(ctx) == 15
+    assert (
+        M.Trace(method="hutch++", exact_max=0, sketch=10, probes=5).estimated_hvps(ctx)
+        == 15
+    )
     assert M.Density(exact_max=0, probes=2, steps=7).estimated_hvps(ctx) == 14
 
 
 def test_deterministic_for_a_seed() -> None:
     case = bn_mlp()
-    a = M.Trace(exact_max=0, probes=6, sketch=4).compute(context(case, seed=5))
-    b = M.Trace(exact_max=0, probes=6, sketch=4).compute(context(case, seed=5))
-    c = M.Trace(exact_max=0, probes=6, sketch=4).compute(context(case, seed=6))
+    a = M.Trace(method="hutch++", exact_max=0, probes=6, sketch=4).compute(
+        context(case, seed=5)
+    )
+    b = M.Trace(method="hutch++", exact_max=0, probes=6, sketch=4).compute(
+        context(case, seed=5)
+    )
+    c = M.Trace(method="hutch++", exact_max=0, probes=6, sketch=4).compute(
+        context(case, seed=6)
+    )
     assert a.value == b.value
     assert a.value != c.value
+
+
+@pytest.mark.parametrize("make", [bn_mlp, conv_net], ids=["bn-mlp", "conv"])
+def test_trace_auto_is_exact_for_relu_bn_networks(make) -> None:
+    case = make()
+    _, tr, _ = truth(case)
+    res = M.Trace(exact_max=0).compute(context(case))
+    assert res.attrs["method"] == "exact-ggn"
+    assert res.stderr == 0.0
+    assert res.hvps == 0
+    # tr H = tr G exactly for these networks: float64 round-off only
+    assert res.value == pytest.approx(tr, rel=1e-10)
+    assert M.Trace(exact_max=0).estimated_hvps(context(case)) == 6
+
+
+def test_trace_auto_falls_back_where_the_identity_fails() -> None:
+    case = mlp()  # tanh: the network's own curvature contributes to tr H
+    res = M.Trace(exact_max=0, probes=8, sketch=4).compute(context(case))
+    assert res.attrs["method"] != "exact-ggn"
+    assert "Tanh" in str(res.attrs["exact_ggn_not_applicable"])
+    assert res.stderr is not None
+    assert res.stderr > 0
+    with pytest.raises(sharpkit.ConfigError, match="does not apply"):
+        M.Trace(method="exact-ggn", exact_max=0).compute(context(case))
+    bn = bn_mlp()
+    train_mode = M.Trace(exact_max=0, probes=8, sketch=4).compute(
+        context(bn, bn_mode="train")
+    )
+    assert "batch statistics" in str(train_mode.attrs["exact_ggn_not_applicable"])

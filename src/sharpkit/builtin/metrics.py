@@ -11,7 +11,10 @@ Each metric measures the Hessian of the mean loss over the analysis set
   et al., 2017, "Three factors influencing minima in SGD", Fig. 1a).
 * ``frobenius``: ‖H‖_F, exact on a Krylov subspace plus a Hutchinson estimate
   of the deflated remainder (paper Fig. 1b).
-* ``trace``: tr H by Hutch++ (Meyer, Musco, Musco & Woodruff, 2021, SOSA),
+* ``trace``: tr H exactly for networks that are piecewise multilinear in their
+  parameters (ReLU, linear/convolution layers, batch norm in eval mode: then
+  tr H = tr G, see :mod:`sharpkit.curvature.ggn`), else by Hutch++ (Meyer, Musco,
+  Musco & Woodruff, 2021, SOSA),
   deflated by a Lanczos basis (Chen & Hallman, 2023, SIAM J. Matrix Anal.
   Appl.), or plain Hutchinson (1990).
 * ``density``: the eigenvalue density by stochastic Lanczos quadrature (Ubaru,
@@ -421,10 +424,12 @@ class Frobenius:
 
 
 class Trace:
-    """tr H by Hutch++ (Krylov-deflated, the default) or plain Hutchinson.
+    """tr H: exact where the Gauss-Newton identity holds, else Hutch++ or Hutchinson.
 
     Args:
-        method: ``"hutch++"`` or ``"hutchinson"``.
+        method: ``"auto"`` (exact-ggn where it applies, else hutch++),
+            ``"exact-ggn"`` (an error where it does not apply), ``"hutch++"`` or
+            ``"hutchinson"``.
         rel_stderr: Stop once the standard error is at most this fraction of the
             value. The remainder after deflation has many mid-size eigenvalues
             (≈ 10 % relative spread per probe on a BN-MLP), so a tighter target
@@ -440,7 +445,7 @@ class Trace:
 
     def __init__(
         self,
-        method: str = "hutch++",
+        method: str = "auto",
         rel_stderr: float = 0.01,
         sketch: int = 40,
         sketch_method: str = "lanczos",
@@ -454,7 +459,7 @@ class Trace:
         if probes is not None and probes < 2:
             msg = f"probes must be >= 2 (a standard error needs two), got {probes}"
             raise ConfigError(msg)
-        _choice("method", method, ("hutch++", "hutchinson"))
+        _choice("method", method, ("auto", "exact-ggn", "hutch++", "hutchinson"))
         _choice("sketch_method", sketch_method, ("lanczos", "random"))
         self.method = method
         self.rel_stderr = rel_stderr
@@ -468,6 +473,8 @@ class Trace:
         H = ctx.hessian
         if H.n <= self.exact_max:
             guess = H.n
+        elif self.method in ("auto", "exact-ggn") and _ggn_obstacle(ctx) is None:
+            guess = 6  # one backward pass per class: a few products' worth
         elif self.method == "hutchinson":
             guess = self.probes or 150
         else:
@@ -486,7 +493,18 @@ class Trace:
         target = None if self.probes else self.rel_stderr
         if H.n <= self.exact_max:
             return self._exact(ctx, H, gen, start, before)
-        if self.method == "hutch++":
+        fallback = None
+        if self.method in ("auto", "exact-ggn"):
+            fallback = _ggn_obstacle(ctx)
+            if fallback is None:
+                return self._ggn(ctx, start)
+            if self.method == "exact-ggn":
+                msg = (
+                    f"trace method 'exact-ggn' does not apply: {fallback}; "
+                    "use -o trace.method=hutch++"
+                )
+                raise ConfigError(msg)
+        if self.method in ("auto", "hutch++"):
             deflation: Deflation | None = None
             size = self.sketch
             if self.sketch_method == "lanczos":
@@ -542,6 +560,31 @@ class Trace:
                 "probes": len(est.samples),
                 "rel_stderr_target": self.rel_stderr,
                 "hvp_method": H.method,
+                **({"exact_ggn_not_applicable": fallback} if fallback else {}),
+            },
+        )
+
+    def _ggn(self, ctx: AnalysisContext, start: float) -> MetricResult:
+        from sharpkit.curvature.ggn import ggn_trace
+
+        n = len(ctx.data)
+        value, _ = ggn_trace(
+            ctx.model,
+            ctx.data,
+            batch_size=ctx.batch_size,
+            progress=lambda done: ctx.progress(done, n),
+        )
+        return MetricResult(
+            value=value,
+            stderr=0.0,
+            converged=True,
+            hvps=0,
+            seconds=time.perf_counter() - start,
+            attrs={
+                "method": "exact-ggn",
+                "note": "tr H = tr G exactly: the network is piecewise multilinear "
+                "in its parameters and the loss is cross-entropy",
+                "rel_stderr_target": self.rel_stderr,
             },
         )
 
@@ -570,6 +613,30 @@ class Trace:
                 "hvp_method": H.method,
             },
         )
+
+
+def _ggn_obstacle(ctx: AnalysisContext) -> str | None:
+    """Why the exact Gauss-Newton trace does not apply to ``ctx`` (None: it does)."""
+    key = "trace:ggn_obstacle"
+    if key not in ctx.cache:
+        from sharpkit.curvature.ggn import (
+            is_cross_entropy,
+            multilinear_check,
+            supported_layers,
+        )
+
+        why: str | None = None
+        if ctx.bn_mode != "eval":
+            why = "batch norm uses batch statistics"
+        elif not is_cross_entropy(ctx.loss_fn):
+            why = "the loss is not plain cross-entropy"
+        else:
+            ok, reason = supported_layers(ctx.model)
+            if ok:
+                ok, reason = multilinear_check(ctx.model, ctx.data.inputs[:2])
+            why = None if ok else reason
+        ctx.cache[key] = why
+    return ctx.cache[key]  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- density
@@ -809,14 +876,14 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
         MetricSpec(
             name="trace",
             factory=Trace,
-            description="Hessian trace by Krylov-deflated Hutch++ (or Hutchinson), "
-            "with a standard error.",
+            description="Hessian trace: exact for ReLU/BN networks (Gauss-Newton "
+            "identity), else Krylov-deflated Hutch++ with a standard error.",
             options=(
                 Option(
                     name="method",
                     type=str,
-                    default="hutch++",
-                    choices=("hutch++", "hutchinson"),
+                    default="auto",
+                    choices=("auto", "exact-ggn", "hutch++", "hutchinson"),
                     help="Estimator.",
                 ),
                 Option(

@@ -1,0 +1,385 @@
+r"""Exact tr H for networks that are piecewise multilinear in their parameters.
+
+For a loss ``L = (1/N) Σ_i ℓ(f(θ, x_i), y_i)`` the Hessian splits into the
+generalised Gauss-Newton matrix and a curvature term of the network itself
+(Schraudolph, 2002, Neural Computation; Martens, 2020, JMLR):
+
+.. math::
+
+    H = \\frac{1}{N} \\sum_i J_i^\\top \\Lambda_i J_i
+      + \\frac{1}{N} \\sum_i \\sum_k \\frac{\\partial \\ell}{\\partial f_k}
+        \\nabla^2_\\theta f_k(\\theta, x_i),
+
+with ``J_i`` the Jacobian of the logits and ``Λ_i`` the Hessian of the loss with
+respect to them. When the network is built only from operations that are linear
+in each of their inputs (linear and convolution layers, batch norm in eval mode,
+sums, padding, pooling by averaging) and piecewise-linear activations (ReLU,
+max-pooling), with the inputs of every product depending on *disjoint* sets of
+parameters, every logit is a polynomial of degree at most one in each single
+parameter, almost everywhere. Then every diagonal entry of ``∇²_θ f_k`` is zero
+and
+
+.. math:: \\operatorname{tr} H = \\operatorname{tr} G
+    = \\frac{1}{N} \\sum_i \\sum_c p_{ic} \\lVert J_{ic} \\rVert^2
+      - \\lVert \\textstyle\\sum_c p_{ic} J_{ic} \\rVert^2
+
+for the cross-entropy loss, whose Hessian with respect to the logits is
+``diag(p) - p pᵀ`` for any target distribution (``J_ic`` is the gradient of logit
+``c`` of example ``i``). This is an exact trace — no probes, no standard error —
+for the ReLU and batch-norm networks of the paper (MLP, ResNet, VGG), at the cost
+of one backward pass per class (plus one) over the data.
+
+:func:`multilinear_check` decides whether the identity holds by walking the
+autograd graph of one forward pass; :func:`ggn_trace` computes the trace for
+networks whose parameters sit in linear, convolution and batch-norm layers
+(:func:`supported_layers`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sharpkit.interfaces import DataSplit
+
+__all__ = ["ggn_trace", "is_cross_entropy", "multilinear_check", "supported_layers"]
+
+# Operations linear in every input (products are checked for disjoint inputs).
+_LINEAR = {
+    "Add",
+    "Sub",
+    "Neg",
+    "Sum",
+    "Mean",
+    "View",
+    "Reshape",
+    "ReshapeAlias",
+    "UnsafeView",
+    "Alias",
+    "T",
+    "Transpose",
+    "Permute",
+    "Expand",
+    "Squeeze",
+    "Unsqueeze",
+    "Clone",
+    "ToCopy",
+    "Cat",
+    "Stack",
+    "Slice",
+    "Select",
+    "Index",
+    "Split",
+    "SplitWithSizes",
+    "Unbind",
+    "Narrow",
+    "ConstantPadNd",
+    "AvgPool1D",
+    "AvgPool2D",
+    "AvgPool3D",
+    "AdaptiveAvgPool1D",
+    "AdaptiveAvgPool2D",
+    "AdaptiveAvgPool3D",
+    "Flatten",
+    "AsStrided",
+}
+# Piecewise-linear activations of one input.
+_PIECEWISE = {
+    "Relu",
+    "Threshold",
+    "LeakyRelu",
+    "Hardtanh",
+    "Abs",
+    "Clamp",
+    "ClampMin",
+    "ClampMax",
+    "MaxPool1DWithIndices",
+    "MaxPool2DWithIndices",
+    "MaxPool3DWithIndices",
+    "AdaptiveMaxPool1D",
+    "AdaptiveMaxPool2D",
+    "AdaptiveMaxPool3D",
+}
+# Multilinear products: their differentiable inputs must depend on disjoint parameters.
+_PRODUCT = {
+    "Mm",
+    "Addmm",
+    "Bmm",
+    "Baddbmm",
+    "Mv",
+    "Addmv",
+    "Matmul",
+    "Mul",
+    "Convolution",
+    "MkldnnConvolution",
+    "CudnnConvolution",
+    "NativeBatchNorm",
+    "CudnnBatchNorm",
+    "NativeLayerNorm_never",  # layer norm normalises by data: never linear
+}
+_NAME = re.compile(r"^(.*?)Backward\d*$")
+
+
+def _base(node: Any) -> str:
+    name = type(node).__name__
+    found = _NAME.match(name)
+    return found.group(1) if found else name
+
+
+def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
+    """Decide whether tr H = tr G holds exactly for ``model`` (see the module doc).
+
+    Args:
+        model: The network, in the mode it will be analysed in.
+        example: A small input batch (one example is enough).
+
+    Returns:
+        ``(True, "")`` when every operation between the parameters and the logits
+        is linear or piecewise linear in each parameter; otherwise ``False`` and
+        the reason (the first operation that is not).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            return False, "batch norm uses batch statistics (bn_mode='train')"
+        if isinstance(m, nn.Dropout | nn.modules.dropout._DropoutNd) and m.training:
+            return False, "dropout is active"
+    with torch.enable_grad():
+        out = model(example)
+    if not isinstance(out, Tensor) or out.grad_fn is None:
+        return False, "the output does not depend on the parameters"
+    params = {id(p) for p in model.parameters() if p.requires_grad}
+    deps: dict[Any, frozenset[int]] = {}
+    order: list[Any] = []
+    stack: list[tuple[Any, bool]] = [(out.grad_fn, False)]
+    seen: set[Any] = set()
+    while stack:  # iterative post-order: deep ResNets exceed the recursion limit
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                stack.append((nxt, False))
+    for node in order:
+        inputs = [nxt for nxt, _ in node.next_functions if nxt is not None]
+        if type(node).__name__ == "AccumulateGrad":
+            var = node.variable
+            deps[node] = frozenset({id(var)} if id(var) in params else ())
+            continue
+        sets = [deps.get(n, frozenset()) for n in inputs]
+        union = frozenset().union(*sets)
+        deps[node] = union
+        if not union:
+            continue  # a constant branch: anything goes
+        base = _base(node)
+        if base in _LINEAR or base in _PIECEWISE:
+            continue
+        if base == "Div":
+            if len(sets) > 1 and sets[1]:
+                return False, "a division by a parameter-dependent tensor"
+            continue
+        if base in _PRODUCT and not base.endswith("_never"):
+            live = [s for s in sets if s]
+            for i, a in enumerate(live):
+                for b in live[i + 1 :]:
+                    if a & b:
+                        return False, f"{base} multiplies a parameter with itself"
+            continue
+        return False, f"operation {type(node).__name__} is not piecewise linear"
+    return True, ""
+
+
+def is_cross_entropy(loss_fn: Callable[..., Any]) -> bool:
+    """Whether ``loss_fn`` is plain mean cross-entropy (its logit Hessian is known)."""
+    if loss_fn is nn.functional.cross_entropy:
+        return True
+    return (
+        isinstance(loss_fn, nn.CrossEntropyLoss)
+        and loss_fn.weight is None
+        and loss_fn.reduction == "mean"
+    )
+
+
+_HOOKED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.modules.batchnorm._BatchNorm)
+
+
+def supported_layers(model: nn.Module) -> tuple[bool, str]:
+    """Whether every trainable parameter sits in a layer :func:`ggn_trace` handles.
+
+    Those are ``Linear``, ``Conv1d``/``Conv2d`` (one group) and batch norm in eval
+    mode, each holding only ``weight`` and ``bias``.
+    """
+    owned: set[int] = set()
+    for m in model.modules():
+        own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if not isinstance(m, _HOOKED):
+            return False, f"parameters in a {type(m).__name__} layer"
+        if isinstance(m, nn.Conv1d | nn.Conv2d):
+            if m.groups != 1:
+                return False, "a grouped convolution"
+            if isinstance(m.padding, str) or m.padding_mode != "zeros":
+                return False, "a convolution with non-zero or named padding"
+        owned.update(id(p) for p in own)
+    total = {id(p) for p in model.parameters() if p.requires_grad}
+    if owned != total:
+        return False, "parameters outside Linear/Conv/BatchNorm layers"
+    return True, ""
+
+
+def _trainable(p: object) -> bool:
+    return isinstance(p, Tensor) and p.requires_grad
+
+
+def _conv_unfold(m: nn.Conv1d | nn.Conv2d, a: Tensor) -> Tensor:
+    """Im2col of the layer's input: (B, C_in·k, L) (zero, numeric padding only)."""
+    pad = tuple(int(v) for v in m.padding)  # supported_layers refused named padding
+    if isinstance(m, nn.Conv1d):
+        return nn.functional.unfold(
+            a.unsqueeze(-1),
+            (m.kernel_size[0], 1),
+            dilation=(m.dilation[0], 1),
+            padding=(pad[0], 0),
+            stride=(m.stride[0], 1),
+        )
+    return nn.functional.unfold(
+        a, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride
+    )
+
+
+def _sq_norms(m: nn.Module, a: Tensor, d: Tensor) -> Tensor:
+    """Per-example squared norm of the gradient of ``m``'s parameters.
+
+    ``a`` is the layer's input and ``d`` the gradient of the scalar with respect
+    to the layer's output, both with the batch first (examples do not interact:
+    eval mode).
+    """
+    b = a.shape[0]
+    out = torch.zeros(b, dtype=torch.float64, device=a.device)
+    if isinstance(m, nn.Linear):
+        if a.dim() == 2:
+            if _trainable(m.weight):
+                out += (a * a).sum(-1).double() * (d * d).sum(-1).double()
+            if _trainable(m.bias):
+                out += (d * d).sum(-1).double()
+        else:  # (B, ..., in): the gradient sums outer products over positions
+            a3, d3 = a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1])
+            if _trainable(m.weight):
+                g = torch.einsum("bto,bti->boi", d3, a3)
+                out += g.double().pow(2).sum((1, 2))
+            if _trainable(m.bias):
+                out += d3.sum(1).double().pow(2).sum(-1)
+    elif isinstance(m, nn.Conv1d | nn.Conv2d):
+        d3 = d.reshape(b, d.shape[1], -1)
+        if _trainable(m.weight):
+            u = _conv_unfold(m, a)
+            g = torch.bmm(d3, u.transpose(1, 2))
+            out += g.double().pow(2).sum((1, 2))
+        if _trainable(m.bias):
+            out += d3.sum(-1).double().pow(2).sum(-1)
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        assert m.running_mean is not None
+        assert m.running_var is not None
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        xhat = (a - m.running_mean.reshape(shape)) / torch.sqrt(
+            m.running_var.reshape(shape) + m.eps
+        )
+        dims = tuple(range(2, a.dim()))
+        if _trainable(m.weight):
+            gw = (d * xhat).sum(dims) if dims else d * xhat
+            out += gw.double().pow(2).sum(-1)
+        if _trainable(m.bias):
+            gb = d.sum(dims) if dims else d
+            out += gb.double().pow(2).sum(-1)
+    return out
+
+
+def ggn_trace(
+    model: nn.Module,
+    data: DataSplit | Iterable[tuple[Tensor, Tensor]],
+    *,
+    batch_size: int = 512,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[float, int]:
+    """Return ``(tr G, examples)`` of the mean cross-entropy over ``data``.
+
+    ``tr G`` equals ``tr H`` when :func:`multilinear_check` passes. Per-example
+    gradient norms are computed from layer inputs and output gradients
+    (Goodfellow, 2015, "Efficient per-example gradient computations", arXiv:
+    1510.01799), one backward pass per class plus one, without materialising
+    per-example gradients of linear layers; accumulated in float64. The model
+    must pass :func:`supported_layers` and be in eval mode (examples must not
+    interact).
+
+    Args:
+        model: The network.
+        data: The analysis set.
+        batch_size: Examples per forward pass.
+        progress: Called with the number of examples done.
+    """
+    ok, why = supported_layers(model)
+    if not ok:
+        msg = f"ggn_trace cannot handle {why}"
+        raise NotImplementedError(msg)
+    layers = [
+        m
+        for m in model.modules()
+        if any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+    seen: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in layers}
+
+    def hook(m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        seen[m].append((inputs[0].detach(), output))
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    batches = data.batches(batch_size) if isinstance(data, DataSplit) else data
+    total = torch.zeros((), dtype=torch.float64)
+    count = 0
+    try:
+        for x, _ in batches:
+            for v in seen.values():
+                v.clear()
+            with torch.enable_grad():
+                logits = model(x)
+            if any(len(v) != 1 for v in seen.values()):
+                msg = "a layer is called more than once per forward pass"
+                raise NotImplementedError(msg)
+            ins = [seen[m][0][0] for m in layers]
+            outs = [seen[m][0][1] for m in layers]
+            probs = torch.softmax(logits.detach().double(), dim=-1)
+            classes = probs.shape[-1]
+            sq = torch.zeros(len(x), classes, dtype=torch.float64)
+            for c in range(classes + 1):
+                if c < classes:
+                    g = torch.zeros_like(logits)
+                    g[:, c] = 1
+                else:  # the probability-weighted logit: the cross term
+                    g = probs.to(logits.dtype)
+                grads = torch.autograd.grad(
+                    logits, outs, grad_outputs=g, retain_graph=c < classes
+                )
+                col = torch.zeros(len(x), dtype=torch.float64)
+                for m, a, d in zip(layers, ins, grads, strict=True):
+                    col += _sq_norms(m, a, d).cpu()
+                if c < classes:
+                    sq[:, c] = col
+                else:
+                    total += ((probs.cpu() * sq).sum(-1) - col).sum()
+            count += len(x)
+            if progress is not None:
+                progress(count)
+    finally:
+        for h in handles:
+            h.remove()
+        for v in seen.values():
+            v.clear()
+    return float(total / max(count, 1)), count
