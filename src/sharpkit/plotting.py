@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sharpkit.errors import ConfigError, DataError
+from sharpkit.store import _opt_float as _float
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -74,16 +75,6 @@ def _first(value: Any) -> Any:
 
 def _second(value: Any) -> Any:
     return value[1] if isinstance(value, list | tuple) and len(value) > 1 else None
-
-
-def _float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 def _open_store(source: Any) -> ResultStore | None:
