@@ -174,3 +174,30 @@ def test_help_works(args) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0
     assert "Usage" in result.stdout
+
+
+def test_measure_top_k_end_to_end(tmp_path: Path) -> None:
+    import sharpkit.builtin._models as models
+
+    # the synthetic dataset: 16 features, 4 classes by default
+    net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=2, width=6)
+    ckpt = tmp_path / "a.pt"
+    meta = sharpkit.CheckpointMeta(
+        model="mlp-bn", model_options={"depth": 2, "width": 6}, dataset="synthetic"
+    )
+    sharpkit.save_checkpoint(ckpt, net, meta)
+    result = runner.invoke(
+        app, ["measure", str(ckpt), "--top-k", "3", "--no-store", "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    spectral = json.loads(result.stdout)[0]["metrics"]["spectral"]
+    top = spectral["arrays"]["eigenvalues"]
+    assert len(top) == 3
+    assert top == sorted(top, reverse=True)
+    assert spectral["value"] == top[0]
+    line = one_line_error(
+        runner.invoke(
+            app, ["measure", str(ckpt), "--top-k", "3", "-m", "trace", "--no-store"]
+        )
+    )
+    assert "--top-k applies to the spectral metric" in line

@@ -54,6 +54,13 @@ def measure(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Examples per forward pass.")
     ] = 2048,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--top-k",
+            help="Eigenvalues spectral reports (as -o spectral.top_k=K).",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     tol: Annotated[
         float, typer.Option(help="Relative tolerance of iterative methods.")
@@ -91,13 +98,18 @@ def measure(
     a checkpoint measured before with the same settings is not measured again.
     """
     from sharpkit import api
-    from sharpkit.errors import SharpkitError
+    from sharpkit.errors import ConfigError, SharpkitError
     from sharpkit.registry import get_registry
 
     metrics = list(metric or ["spectral"])
     for name in metrics:
         get_registry().get("metric", name)  # fail fast with "did you mean"
     per_metric = distribute_options(option, "metric", metrics) if option else {}
+    if top_k is not None:
+        if "spectral" not in metrics:
+            msg = "--top-k applies to the spectral metric; add --metric spectral"
+            raise ConfigError(msg)
+        per_metric.setdefault("spectral", {})["top_k"] = str(top_k)
     model_opts = parse_pairs(model_option, "--model-option")
     target = None if no_store else store
     outputs: list[dict[str, Any]] = []
