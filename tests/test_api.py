@@ -190,3 +190,33 @@ def test_measurement_to_dict_is_json(reg) -> None:
     text = json.dumps(m.to_dict())
     assert "fisher-rao" in text
     assert "fisher-rao=" in repr(m)
+
+
+def test_cost_estimate_spends_no_extra_product(reg, monkeypatch) -> None:
+    """The time estimate comes from the metric's own first product, not an extra one."""
+    import sharpkit.builtin.metrics as builtin_metrics
+    from sharpkit.curvature.operator import HessianOperator
+
+    reg.register_plugin(builtin_metrics, "builtin.metrics", distribution="sharpkit")
+    seen: list[str] = []
+    products: list[int] = []
+    real = HessianOperator.matvec
+
+    def counting(self, v):
+        products.append(1 if v.dim() == 1 else v.shape[1])
+        return real(self, v)
+
+    monkeypatch.setattr(HessianOperator, "matvec", counting)
+
+    def progress(done, total=None, /, *, description=None, **info):
+        if description is not None:
+            seen.append(description)
+
+    m = sharpkit.measure(
+        tiny_model(), data(), ["spectral"], progress=progress, registry=reg
+    )
+    assert seen[0].startswith("spectral (≈"), seen
+    assert seen[0].endswith(" HVPs)"), seen
+    timed = [d for d in seen if d.startswith("spectral (≈") and d.endswith(" s)")]
+    assert len(timed) == 1, seen  # announced once, after the first product
+    assert m["spectral"].hvps == sum(products) > 0  # no product spent on timing

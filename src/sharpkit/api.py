@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -235,6 +236,17 @@ def load_dataset(
     if subset is not None and subset < 1:
         msg = f"subset must be a positive number of examples, got {subset}"
         raise ConfigError(msg)
+    cache = _DATASETS.get()
+    key = (
+        id(reg),
+        name,
+        None if root is None else str(Path(root).resolve()),
+        subset,
+        seed,
+        repr(sorted((options or {}).items())),
+    )
+    if cache is not None and key in cache:
+        return cache[key]
     ds = reg.create(
         "dataset",
         name,
@@ -247,7 +259,33 @@ def load_dataset(
     if not isinstance(ds, Dataset):
         msg = f"dataset {name!r} factory returned {type(ds).__name__}, not a Dataset"
         raise PluginContractError(msg)
+    if cache is not None:
+        cache[key] = ds
     return ds
+
+
+#: Datasets loaded inside a :func:`_reusing_datasets` block, by their arguments.
+_DATASETS: ContextVar[dict[tuple[Any, ...], Dataset] | None] = ContextVar(
+    "sharpkit_datasets", default=None
+)
+
+
+@contextmanager
+def _reusing_datasets() -> Iterator[None]:
+    """Inside the block, :func:`load_dataset` loads each dataset once.
+
+    For work that only reads the data (measuring several checkpoints, a model's
+    shape and then its analysis set): loading CIFAR-10 costs about a second
+    each time. Nested blocks share the outermost cache.
+    """
+    if _DATASETS.get() is not None:
+        yield
+        return
+    token = _DATASETS.set({})
+    try:
+        yield
+    finally:
+        _DATASETS.reset(token)
 
 
 def build_model(
@@ -566,6 +604,7 @@ def _model_and_meta(
     return net, attrs, meta
 
 
+@_reusing_datasets()
 def measure(
     model: ModelLike,
     data: DataLike = None,
@@ -859,22 +898,20 @@ def _run_metric(
         raise PluginContractError(msg)
     hvps_before = ctx._hessian.hvp_count if ctx._hessian is not None else 0
     estimate = getattr(metric, "estimated_hvps", None)
+    n_est = 0
     if callable(estimate):
         try:
-            n_est = estimate(ctx)
+            n_est = int(estimate(ctx) or 0)
         except SharpkitError:
             raise
         except Exception as exc:
             raise _fail_plugin(reg, "metric", name, "estimating its cost", exc) from exc
-        if n_est:
-            secs = float(n_est) * ctx.hessian.estimate_hvp_seconds()
-            ctx.progress(
-                0,
-                float(n_est),
-                description=f"{name} (≈{n_est} HVPs, ≈{_fmt_seconds(secs)})",
-            )
+    outer = ctx.progress
+    if n_est:
+        outer(0, float(n_est), description=f"{name} (≈{n_est} HVPs)")
+        ctx.progress = _CostAnnouncer(ctx, outer, name, n_est)
     else:
-        ctx.progress(0, None, description=name)
+        outer(0, None, description=name)
     start = time.perf_counter()
     try:
         result: object = metric.compute(ctx)
@@ -882,6 +919,8 @@ def _run_metric(
         raise
     except Exception as exc:
         raise _fail_plugin(reg, "metric", name, "computing", exc) from exc
+    finally:
+        ctx.progress = outer
     seconds = time.perf_counter() - start
     if not isinstance(result, MetricResult):
         msg = f"metric {name!r} returned {type(result).__name__}, expected MetricResult"
@@ -902,6 +941,44 @@ def _run_metric(
         hvps=result.hvps if result.hvps is not None else hvps_after - hvps_before,
         seconds=result.seconds if result.seconds is not None else seconds,
     )
+
+
+class _CostAnnouncer:
+    """Progress wrapper that adds the time estimate once a product has been timed.
+
+    The estimate is ``estimated_hvps × seconds per product``, shown in the task
+    description as soon as the metric's first product is done; no product is
+    spent on timing alone.
+    """
+
+    def __init__(
+        self, ctx: AnalysisContext, outer: ProgressCallback, name: str, n_est: int
+    ) -> None:
+        self._ctx = ctx
+        self._outer = outer
+        self._name = name
+        self._n_est = n_est
+        self._announced = False
+
+    def __call__(
+        self,
+        completed: float,
+        total: float | None = None,
+        /,
+        *,
+        description: str | None = None,
+        **info: Any,
+    ) -> None:
+        op = self._ctx._hessian
+        if not self._announced and description is None and op is not None:
+            per = op.mean_hvp_seconds
+            if per is not None:
+                self._announced = True
+                secs = self._n_est * per
+                description = (
+                    f"{self._name} (≈{self._n_est} HVPs, ≈{_fmt_seconds(secs)})"
+                )
+        self._outer(completed, total, description=description, **info)
 
 
 def _fmt_seconds(secs: float) -> str:

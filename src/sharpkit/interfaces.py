@@ -580,7 +580,12 @@ class TrainResult:
 
 @runtime_checkable
 class Metric(Protocol):
-    """A sharpness metric: one number (with its uncertainty) per model."""
+    """A sharpness metric: one number (with its uncertainty) per model.
+
+    Optionally also ``estimated_hvps(ctx) -> int | None``: the Hessian-vector
+    products the metric expects to need, shown in the progress display with the
+    expected time once the first product has been timed.
+    """
 
     def compute(self, ctx: AnalysisContext, /) -> MetricResult:
         """Measure the model in ``ctx``."""

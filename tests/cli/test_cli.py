@@ -201,3 +201,35 @@ def test_measure_top_k_end_to_end(tmp_path: Path) -> None:
         )
     )
     assert "--top-k applies to the spectral metric" in line
+
+
+def test_measure_loads_the_data_once_for_all_checkpoints(tmp_path, monkeypatch):
+    """Bare state_dicts need the dataset for their shape and for the analysis set;
+    several checkpoints in one call share one load."""
+    import sharpkit.builtin._datasets as datasets
+    import sharpkit.builtin._models as models
+
+    loads: list[str] = []
+    real = datasets._finish
+
+    def counting(ds, subset, seed):
+        loads.append(ds.name)
+        return real(ds, subset, seed)
+
+    monkeypatch.setattr(datasets, "_finish", counting)
+    paths = []
+    for i in range(3):
+        torch.manual_seed(i)
+        net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=2, width=6)
+        paths.append(tmp_path / f"bare{i}.pt")
+        torch.save(net.state_dict(), paths[-1])  # no metadata: shape from the data
+    args = ["--model", "mlp-bn", "--model-option", "depth=2"]
+    args += ["--model-option", "width=6", "--data", "synthetic", "--no-store", "--json"]
+    result = runner.invoke(app, ["measure", *map(str, paths), *args])
+    assert result.exit_code == 0, result.stderr
+    values = [r["metrics"]["spectral"]["value"] for r in json.loads(result.stdout)]
+    assert len(set(values)) == 3  # three different models were measured
+    assert loads == ["synthetic"]
+    # outside one call nothing is kept: a second call loads again
+    assert runner.invoke(app, ["measure", str(paths[0]), *args]).exit_code == 0
+    assert loads == ["synthetic", "synthetic"]

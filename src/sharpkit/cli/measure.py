@@ -115,56 +115,57 @@ def measure(
     outputs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     failed = 0
-    for path in checkpoints:
-        try:
-            with progress_display(path.name, enabled=not json_output) as cb:
-                result = api.measure(
-                    path,
-                    data,
-                    metrics,
-                    samples=samples,
-                    split=split,
-                    batch_size=batch_size,
-                    seed=seed,
-                    tol=tol,
-                    max_hvps=max_hvps,
-                    bn_mode=bn_mode.value,
-                    dtype=dtype.value if dtype is not None else None,
-                    device=device,
-                    options=per_metric,
-                    model_name=model,
-                    model_options=model_opts,
-                    data_root=data_root,
-                    download=download,
-                    progress=cb,
-                    store=target,
-                    force=force,
+    with api._reusing_datasets():  # the data are loaded once for all checkpoints
+        for path in checkpoints:
+            try:
+                with progress_display(path.name, enabled=not json_output) as cb:
+                    result = api.measure(
+                        path,
+                        data,
+                        metrics,
+                        samples=samples,
+                        split=split,
+                        batch_size=batch_size,
+                        seed=seed,
+                        tol=tol,
+                        max_hvps=max_hvps,
+                        bn_mode=bn_mode.value,
+                        dtype=dtype.value if dtype is not None else None,
+                        device=device,
+                        options=per_metric,
+                        model_name=model,
+                        model_options=model_opts,
+                        data_root=data_root,
+                        download=download,
+                        progress=cb,
+                        store=target,
+                        force=force,
+                    )
+            except SharpkitError as exc:
+                if len(checkpoints) == 1:
+                    raise
+                failed += 1
+                err_console.print(f"[red]error:[/] {path}: {exc}", highlight=False)
+                continue
+            outputs.append({"checkpoint": str(path), **result.to_dict()})
+            for name, r in result.items():
+                rows.append(
+                    {
+                        "checkpoint": str(path),
+                        "metric": name,
+                        "value": r.value,
+                        "uncertainty": _uncertainty(
+                            r.stderr if r.stderr is not None else r.bound
+                        ),
+                        "kind": "stderr"
+                        if r.stderr is not None
+                        else ("bound" if r.bound is not None else "-"),
+                        "converged": r.converged,
+                        "hvps": r.hvps,
+                        "seconds": r.seconds,
+                        "note": "stored" if name in result.reused else "",
+                    }
                 )
-        except SharpkitError as exc:
-            if len(checkpoints) == 1:
-                raise
-            failed += 1
-            err_console.print(f"[red]error:[/] {path}: {exc}", highlight=False)
-            continue
-        outputs.append({"checkpoint": str(path), **result.to_dict()})
-        for name, r in result.items():
-            rows.append(
-                {
-                    "checkpoint": str(path),
-                    "metric": name,
-                    "value": r.value,
-                    "uncertainty": _uncertainty(
-                        r.stderr if r.stderr is not None else r.bound
-                    ),
-                    "kind": "stderr"
-                    if r.stderr is not None
-                    else ("bound" if r.bound is not None else "-"),
-                    "converged": r.converged,
-                    "hvps": r.hvps,
-                    "seconds": r.seconds,
-                    "note": "stored" if name in result.reused else "",
-                }
-            )
     if json_output:
         print_json(outputs)
     elif rows:

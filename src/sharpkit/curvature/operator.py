@@ -763,19 +763,33 @@ class HessianOperator:
         assert self._loss is not None
         return self._loss
 
+    @property
+    def mean_hvp_seconds(self) -> float | None:
+        """Mean seconds per product so far (``None`` before the first product).
+
+        Costs nothing; the first product of a process includes one-off costs
+        (kernel selection, first touch of memory), so early means run high.
+        """
+        if not self._hvp_seconds:
+            return None
+        return float(sum(self._hvp_seconds) / len(self._hvp_seconds))
+
     def estimate_hvp_seconds(self) -> float:
         """Return the seconds one Hessian-vector product takes.
 
         The mean over the products done so far; if there were none, one product
         with a random vector is timed (and counted in :attr:`hvp_count`). The
-        first call also pays the set-up (see :attr:`setup_seconds`).
+        first call also pays the set-up (see :attr:`setup_seconds`). To avoid
+        that extra product, read :attr:`mean_hvp_seconds` once work has started.
         """
         self._setup()
         if not self._hvp_seconds:
             gen = torch.Generator(device="cpu").manual_seed(0)
             v = torch.randn(self.n, generator=gen, dtype=self._dtype)
             self.matvec(v.to(self._device))
-        return float(sum(self._hvp_seconds) / len(self._hvp_seconds))
+        mean = self.mean_hvp_seconds
+        assert mean is not None
+        return mean
 
     def to_dense(self) -> Tensor:
         """Return the Hessian as a dense symmetric ``(n, n)`` matrix (``n`` products).
