@@ -233,3 +233,31 @@ def test_measure_loads_the_data_once_for_all_checkpoints(tmp_path, monkeypatch):
     # outside one call nothing is kept: a second call loads again
     assert runner.invoke(app, ["measure", str(paths[0]), *args]).exit_code == 0
     assert loads == ["synthetic", "synthetic"]
+
+
+def test_measure_table_is_readable_when_piped(tmp_path: Path) -> None:
+    """Names below the common folder, exact values marked, no folded cells."""
+    import sharpkit.builtin._models as models
+
+    meta = sharpkit.CheckpointMeta(
+        model="mlp-bn", model_options={"depth": 2, "width": 6}, dataset="synthetic"
+    )
+    for run in ("run-a", "run-b"):
+        torch.manual_seed(len(run))
+        net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=2, width=6)
+        sharpkit.save_checkpoint(tmp_path / run / "final.pt", net, meta)
+    paths = [str(tmp_path / r / "final.pt") for r in ("run-a", "run-b")]
+    result = runner.invoke(
+        app, ["measure", *paths, "-m", "spectral", "-m", "trace", "--no-store"]
+    )
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert f"checkpoints under {tmp_path.resolve()}" in out
+    rows = [ln for ln in out.splitlines() if "final.pt" in ln]
+    assert len(rows) == 4  # one line per row: nothing folded
+    assert all(str(tmp_path) not in ln for ln in rows)
+    # ReLU + eval batch norm + cross-entropy: the trace is exact
+    trace = [ln for ln in rows if " trace " in ln]
+    assert len(trace) == 2
+    assert all(" exact " in ln for ln in trace)
+    assert all(" bound " in ln for ln in rows if " spectral " in ln)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 out_console = Console(soft_wrap=True)
@@ -55,4 +56,17 @@ def print_table(
         table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(*(fmt_number(row.get(key)) for key, _ in columns))
-    out_console.print(table)
+    if out_console.is_terminal:
+        out_console.print(table, soft_wrap=False)  # soft wrap: no centred title
+        return
+    # Piped or logged: there is no terminal to fit, so never fold a path or a
+    # number across lines (up to 200 columns).
+    natural = Measurement.get(
+        out_console, out_console.options.update(max_width=200), table
+    ).maximum
+    width = out_console.width
+    out_console.width = max(width, natural)
+    try:
+        out_console.print(table, soft_wrap=False)  # soft wrap: no centred title
+    finally:
+        out_console.width = width

@@ -35,6 +35,29 @@ def _uncertainty(value: Any) -> str:
     return "-" if value is None else f"±{fmt_number(value, 2)}"
 
 
+def _kind(stderr: float | None, bound: float | None) -> str:
+    """What the ± column is: a standard error, a bound, or nothing (exact)."""
+    err = stderr if stderr is not None else bound
+    if err is None:
+        return "-"
+    if err == 0:
+        return "exact"
+    return "stderr" if stderr is not None else "bound"
+
+
+def _labels(paths: list[Path]) -> tuple[list[str], str | None]:
+    """Short names for the table: paths below their common folder, and that folder."""
+    if len(paths) < 2:
+        return [str(p) for p in paths], None
+    import os
+
+    resolved = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    if common == Path(common.anchor):
+        return [str(p) for p in paths], None
+    return [str(p.relative_to(common)) for p in resolved], str(common)
+
+
 def measure(
     checkpoints: Annotated[
         list[Path],
@@ -157,9 +180,7 @@ def measure(
                         "uncertainty": _uncertainty(
                             r.stderr if r.stderr is not None else r.bound
                         ),
-                        "kind": "stderr"
-                        if r.stderr is not None
-                        else ("bound" if r.bound is not None else "-"),
+                        "kind": _kind(r.stderr, r.bound),
                         "converged": r.converged,
                         "hvps": r.hvps,
                         "seconds": r.seconds,
@@ -169,6 +190,13 @@ def measure(
     if json_output:
         print_json(outputs)
     elif rows:
+        measured = [Path(r["checkpoint"]) for r in outputs]
+        labels, common = _labels(measured)
+        short = dict(zip((str(p) for p in measured), labels, strict=True))
+        for row in rows:
+            row["checkpoint"] = short[row["checkpoint"]]
+            if isinstance(row["seconds"], float):
+                row["seconds"] = fmt_number(row["seconds"], 3)
         print_table(
             rows,
             [
@@ -182,6 +210,7 @@ def measure(
                 ("seconds", "s"),
             ]
             + ([("note", "note")] if any(r["note"] for r in rows) else []),
+            title=None if common is None else f"checkpoints under {common}",
         )
     if failed:
         raise typer.Exit(1)
