@@ -220,3 +220,50 @@ def test_cost_estimate_spends_no_extra_product(reg, monkeypatch) -> None:
     timed = [d for d in seen if d.startswith("spectral (≈") and d.endswith(" s)")]
     assert len(timed) == 1, seen  # announced once, after the first product
     assert m["spectral"].hvps == sum(products) > 0  # no product spent on timing
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import sharpkit.api
+
+    res = doctest.testmod(sharpkit.api, optionflags=doctest.ELLIPSIS)
+    assert res.attempted >= 5
+    assert res.failed == 0
+
+
+def test_reuse_datasets_shares_loads_inside_the_block_only() -> None:
+    with sharpkit.reuse_datasets():
+        a = sharpkit.load_dataset("synthetic", options={"classes": 3})
+        with sharpkit.reuse_datasets():  # nested: the same cache
+            assert sharpkit.load_dataset("synthetic", options={"classes": 3}) is a
+        other = sharpkit.load_dataset("synthetic", options={"classes": 5})
+        sub = sharpkit.load_dataset("synthetic", options={"classes": 3}, subset=30)
+    assert other is not a
+    assert sub is not a
+    assert len(sub.train) == 30
+    assert sharpkit.load_dataset("synthetic", options={"classes": 3}) is not a
+
+
+def test_passing_the_full_dataset_for_a_subset_trained_model_warns(tmp_path) -> None:
+    import sharpkit.builtin._models as models
+
+    net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=1, width=4)
+    meta = sharpkit.CheckpointMeta(
+        model="mlp-bn",
+        model_options={"depth": 1, "width": 4},
+        dataset="synthetic",
+        dataset_options={"subset": 64},
+        seed=0,
+    )
+    path = sharpkit.save_checkpoint(tmp_path / "a.pt", net, meta)
+    full = sharpkit.load_dataset("synthetic")
+    with pytest.warns(sharpkit.SharpkitWarning, match="64-example subset"):
+        a = sharpkit.measure(path, full, ["spectral"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sharpkit.SharpkitWarning)
+        b = sharpkit.measure(path, None, ["spectral"])  # the training subset itself
+    assert b.attrs["samples"] == 64
+    assert a.attrs["samples"] == 512

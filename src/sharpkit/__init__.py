@@ -18,6 +18,7 @@ from sharpkit.api import (
     measure,
     open_results,
     probe,
+    reuse_datasets,
     train,
 )
 from sharpkit.checkpoint import (
@@ -81,6 +82,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     "build_model",
     "load_dataset",
     "load_model",
+    "reuse_datasets",
     # plugin contract
     "hookimpl",
     "AnalysisContext",

@@ -37,6 +37,7 @@ from sharpkit.errors import (
     PluginContractError,
     PluginLoadError,
     SharpkitError,
+    SharpkitWarning,
 )
 from sharpkit.interfaces import (
     AnalysisContext,
@@ -69,6 +70,7 @@ __all__ = [
     "measure",
     "open_results",
     "probe",
+    "reuse_datasets",
     "train",
 ]
 
@@ -264,19 +266,33 @@ def load_dataset(
     return ds
 
 
-#: Datasets loaded inside a :func:`_reusing_datasets` block, by their arguments.
+#: Datasets loaded inside a :func:`reuse_datasets` block, by their arguments.
 _DATASETS: ContextVar[dict[tuple[Any, ...], Dataset] | None] = ContextVar(
     "sharpkit_datasets", default=None
 )
 
 
 @contextmanager
-def _reusing_datasets() -> Iterator[None]:
-    """Inside the block, :func:`load_dataset` loads each dataset once.
+def reuse_datasets() -> Iterator[None]:
+    """Inside the block, each dataset is loaded once and then shared.
 
-    For work that only reads the data (measuring several checkpoints, a model's
-    shape and then its analysis set): loading CIFAR-10 costs about a second
-    each time. Nested blocks share the outermost cache.
+    For scripts that measure many checkpoints: every :func:`measure`,
+    :func:`probe` or :func:`load_dataset` call in the block that asks for the
+    same dataset (name, root, subset, seed and options) gets the same in-memory
+    object instead of reading the files again (about a second for CIFAR-10).
+    The data are only read, never changed; they are released when the block
+    ends. Nested blocks share the outermost one. ``sharpkit measure`` with
+    several checkpoints does this for you.
+
+    Example:
+        >>> import sharpkit
+        >>> with sharpkit.reuse_datasets():
+        ...     a = sharpkit.load_dataset("synthetic")
+        ...     b = sharpkit.load_dataset("synthetic")
+        >>> a is b
+        True
+        >>> sharpkit.load_dataset("synthetic") is a
+        False
     """
     if _DATASETS.get() is not None:
         yield
@@ -604,7 +620,7 @@ def _model_and_meta(
     return net, attrs, meta
 
 
-@_reusing_datasets()
+@reuse_datasets()
 def measure(
     model: ModelLike,
     data: DataLike = None,
@@ -762,6 +778,21 @@ def measure(
         )
         train_split = data.train
         ds_name = data.name
+        trained_on = meta.dataset_options.get("subset")
+        if (
+            split == "train"
+            and trained_on is not None
+            and data.name == meta.dataset
+            and len(data.train) != int(trained_on)
+        ):
+            warnings.warn(
+                f"the model was trained on a {trained_on}-example subset of "
+                f"{data.name!r}, but the analysis set comes from the dataset "
+                f"passed in ({len(data.train)} training examples); pass data=None "
+                "to measure on the training subset",
+                SharpkitWarning,
+                stacklevel=2,
+            )
     else:
         analysis = _as_split(data, samples)
     if len(analysis) == 0:

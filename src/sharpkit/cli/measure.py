@@ -138,7 +138,7 @@ def measure(
     outputs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     failed = 0
-    with api._reusing_datasets():  # the data are loaded once for all checkpoints
+    with api.reuse_datasets():  # the data are loaded once for all checkpoints
         for path in checkpoints:
             try:
                 with progress_display(path.name, enabled=not json_output) as cb:
