@@ -298,3 +298,57 @@ def test_plot_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         plot_figure(42, "fig1", tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------------------------------ density
+
+
+def test_density_figure_from_real_measurements(tmp_path: Path) -> None:
+    """Measure two small checkpoints with spectral + density, plot the spectra."""
+    import torch
+
+    import sharpkit
+    import sharpkit.builtin._models as models
+
+    st = tmp_path / "results.zarr"
+    lams = {}
+    for lr, batch in ((0.1, 32), (0.02, 512)):
+        torch.manual_seed(batch)
+        net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=1, width=8)
+        meta = sharpkit.CheckpointMeta(
+            model="mlp-bn",
+            model_options={"depth": 1, "width": 8},
+            dataset="synthetic",
+            lr=lr,
+            batch_size=batch,
+        )
+        path = sharpkit.save_checkpoint(tmp_path / f"s{batch}.pt", net, meta)
+        m = sharpkit.measure(path, None, ["spectral", "density"], store=st)
+        lams[batch] = m["spectral"].value
+    # measured again: the newest run of a checkpoint is the one drawn
+    sharpkit.measure(path, None, ["spectral", "density"], store=st, force=True)
+
+    fig = build_figure(st, "density")
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "log"
+    curves = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    # ordered by η/S: 0.02/512 first
+    assert [c.get_label() for c in curves] == ["η=0.02, S=512", "η=0.1, S=32"]
+    for c in curves:
+        x, y = (np.asarray(a, dtype=float) for a in c.get_data())
+        assert np.all(np.diff(x) > 0)
+        integral = float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
+        assert integral == pytest.approx(1.0, rel=0.02)  # a density (floor aside)
+    dashed = sorted(
+        float(ln.get_xdata()[0])
+        for ln in ax.get_lines()
+        if ln.get_linestyle() == "--" and len(ln.get_xdata())
+    )
+    assert dashed == pytest.approx(sorted(lams.values()))
+    out = plot_figure(st, "density", tmp_path / "density.png")
+    assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_density_figure_needs_density_results(store: ResultStore) -> None:
+    with pytest.raises(DataError, match="-m density"):
+        build_figure(store, "density")

@@ -13,6 +13,10 @@ flatter minima with SGD", ICLR 2018 workshop track:
   ``interpolate`` readouts ``width_0_outer`` and ``width_1_outer``) in a corner.
 * ``fig4``: learning curves of several training runs overlaid, training and
   validation accuracy over epochs, labelled by η and S.
+* ``density``: not in the paper; the Hessian eigenvalue density of each measured
+  checkpoint (the ``density`` metric: stochastic Lanczos quadrature, smoothed
+  with a Gaussian) on a log scale, overlaid and labelled by η and S, with
+  λ_max as a dashed line where ``spectral`` was measured in the same run.
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no
 global backend state), imported only when a figure is drawn. The output format
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FIGURES", "build_figure", "plot_figure"]
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4")
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "density")
 """The figures :func:`plot_figure` draws."""
 
 _SUFFIXES = (".png", ".pdf", ".svg")
@@ -558,6 +562,87 @@ def _plot_fig4(curves: Sequence[_Curves], title: str | None) -> Figure:
 # --------------------------------------------------------------------------- public
 
 
+# --------------------------------------------------------------------------- density
+
+
+@dataclass
+class _Spectrum:
+    """One checkpoint's smoothed eigenvalue density."""
+
+    label: str
+    ratio: float | None
+    grid: np.ndarray
+    density: np.ndarray
+    sigma: float | None
+    lambda_max: float | None
+
+
+def _densities(runs: Sequence[Any]) -> list[_Spectrum]:
+    """The newest density per checkpoint, ordered by η/S (then by label)."""
+    newest: dict[str, tuple[str, _Spectrum]] = {}
+    for run in runs:
+        metrics = _get(run, "metrics", {}) or {}
+        dens = metrics.get("density")
+        if dens is None:
+            continue
+        arrays = _get(dens, "arrays", {}) or {}
+        if "grid" not in arrays or "density" not in arrays:
+            continue
+        attrs = dict(_get(run, "attrs", {}) or {})
+        lr, batch = _first(attrs.get("lr")), _first(attrs.get("batch_size"))
+        ckpt = attrs.get("checkpoint_path") or attrs.get("run_id") or "model"
+        name = Path(str(ckpt))
+        short = f"{name.parent.name}/{name.name}" if name.parent.name else name.name
+        label = _eta_s(lr, batch) if lr is not None and batch is not None else short
+        spectral = metrics.get("spectral")
+        lam = _float(_get(spectral, "value")) if spectral is not None else None
+        spectrum = _Spectrum(
+            label=label,
+            ratio=_ratio(lr, batch),
+            grid=np.asarray(arrays["grid"], dtype=float).ravel(),
+            density=np.asarray(arrays["density"], dtype=float).ravel(),
+            sigma=_float((_get(dens, "attrs", {}) or {}).get("sigma")),
+            lambda_max=lam,
+        )
+        key = str(attrs.get("checkpoint_sha256") or ckpt)
+        stamp = str(attrs.get("time") or "")  # runs come oldest first: ties go later
+        if key not in newest or stamp >= newest[key][0]:
+            newest[key] = (stamp, spectrum)
+    out = [sp for _, sp in newest.values()]
+    out.sort(key=lambda sp: (sp.ratio is None, sp.ratio or 0.0, sp.label))
+    return out
+
+
+def _plot_density(spectra: Sequence[_Spectrum], title: str | None) -> Figure:
+    from matplotlib import colormaps
+
+    fig = _figure(1, width=6.4, height=4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = colormaps["viridis"]
+    peak = max(float(np.max(sp.density)) for sp in spectra)
+    floor = peak * 1e-7  # below this a Gaussian tail is noise, not spectrum
+    for i, sp in enumerate(spectra):
+        color = cmap(0.9 * i / max(len(spectra) - 1, 1))
+        ax.semilogy(
+            sp.grid, np.maximum(sp.density, floor), color=color, lw=1.4, label=sp.label
+        )
+        if sp.lambda_max is not None:
+            ax.axvline(sp.lambda_max, color=color, ls="--", lw=0.9)
+    ax.set_ylim(floor, peak * 3)
+    ax.set_xlabel("eigenvalue λ of the Hessian")
+    sigmas = {round(sp.sigma, 6) for sp in spectra if sp.sigma is not None}
+    ylabel = "density"
+    if len(sigmas) == 1:
+        ylabel += f" (Gaussian σ = {_fmt(next(iter(sigmas)))})"
+    ax.set_ylabel(ylabel)
+    if any(sp.lambda_max is not None for sp in spectra):
+        ax.plot([], [], color="0.4", ls="--", lw=0.9, label="λ_max (spectral)")
+    ax.legend(fontsize="small", frameon=False)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title(title or "Hessian eigenvalue density (stochastic Lanczos quadrature)")
+    return fig
+
+
 def build_figure(
     source: Any,
     figure: str,
@@ -580,7 +665,7 @@ def build_figure(
             ``lr_over_batch``, ``test_accuracy``, ``checkpoint_sha256``); for the
             others a list of runs (``Run`` objects or dicts with ``attrs``,
             ``probes`` and/or ``training``).
-        figure: ``"fig1"``, ``"fig2"``, ``"fig3"`` or ``"fig4"``.
+        figure: ``"fig1"``, ``"fig2"``, ``"fig3"``, ``"fig4"`` or ``"density"``.
         filter: Row filters as for ``ResultStore.records`` (``["dataset=cifar10",
             "batch_size>=128"]`` or ``{"model": "mlp-bn"}``); for plain records,
             equality only.
@@ -621,6 +706,15 @@ def build_figure(
             )
             raise DataError(msg)
         fig = _plot_interp(curves, label, beta_base, title, figure)
+    elif figure == "density":
+        spectra = _densities(_runs(source, "measure", items))
+        if not spectra:
+            msg = (
+                "no density results in the selection; run `sharpkit measure CKPT "
+                "-m density --store STORE` first"
+            )
+            raise DataError(msg)
+        fig = _plot_density(spectra, title)
     else:
         curves = _train_curves(_runs(source, "train", items))
         if not curves:
@@ -659,7 +753,7 @@ def plot_figure(
             ``lr_over_batch``, ``test_accuracy``, ``checkpoint_sha256``); for the
             others a list of runs (``Run`` objects or dicts with ``attrs``,
             ``probes`` and/or ``training``).
-        figure: ``"fig1"``, ``"fig2"``, ``"fig3"`` or ``"fig4"``.
+        figure: ``"fig1"``, ``"fig2"``, ``"fig3"``, ``"fig4"`` or ``"density"``.
         path: Output file; ``.png``, ``.pdf`` or ``.svg``.
         filter: Row filters as for ``ResultStore.records`` (``["dataset=cifar10",
             "batch_size>=128"]`` or ``{"model": "mlp-bn"}``); for plain records,

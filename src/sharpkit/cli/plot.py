@@ -19,6 +19,7 @@ class FigureName(StrEnum):
     fig2 = "fig2"
     fig3 = "fig3"
     fig4 = "fig4"
+    density = "density"
 
 
 class EndLabel(StrEnum):
@@ -40,7 +41,8 @@ def plot(
         typer.Option(
             "--figure",
             help="fig1: λ_max, log ‖H‖_F and validation accuracy against η/S; "
-            "fig2/fig3: interpolation curves; fig4: learning curves.",
+            "fig2/fig3: interpolation curves; fig4: learning curves; density: "
+            "Hessian eigenvalue densities (measure -m density).",
             show_default=False,
         ),
     ],
