@@ -37,7 +37,7 @@ data:
 	  echo "note: no apt-get here; sharpkit will use --data-root, \$$SHARPKIT_DATA or --download"; \
 	fi
 
-# The main job on the embedded defaults (a few minutes on 2 CPU cores).
+# The main job on the embedded defaults (about 35 s on 2 CPU cores, after set-up).
 demo: $(STAMP)
 	$(BIN)/sharpkit reproduce demo --out $(DEMO)
 

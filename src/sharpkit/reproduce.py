@@ -13,7 +13,7 @@ flatter minima with SGD", ICLR 2018 workshop track:
 * ``fig4``: ResNet-56, baseline η=0.1, S=50 against S=500 with η ∈ {0.2, 0.316,
   0.5, 1, 1.2}; learning curves (η ÷10 at epochs 60, 100, 140, 180).
 * ``demo``: the README's main job: two MLPs with different η/S on Fashion-MNIST,
-  measured, interpolated and plotted in a few minutes on a laptop CPU.
+  measured, interpolated and plotted in under a minute on a laptop CPU.
 
 ``scale="paper"`` uses the paper's architectures, data and 200 epochs (days on a
 CPU, hours on a GPU); ``scale="quick"`` keeps each experiment's design — the same
