@@ -350,3 +350,19 @@ def test_trace_auto_falls_back_where_the_identity_fails() -> None:
         context(bn, bn_mode="train")
     )
     assert "batch statistics" in str(train_mode.attrs["exact_ggn_not_applicable"])
+
+
+def test_trace_auto_prefers_hutchpp_for_many_classes(monkeypatch) -> None:
+    """Exact costs one backward pass per class: past the limit auto samples instead,
+    and method=exact-ggn still gives the exact value."""
+    case = bn_mlp()
+    _, tr, _ = truth(case)
+    classes = int(case.model(case.data.inputs[:1]).shape[-1])
+    monkeypatch.setattr(M, "GGN_AUTO_MAX_CLASSES", classes - 1)
+    res = M.Trace(exact_max=0, probes=8, sketch=4).compute(context(case))
+    assert res.attrs["method"] != "exact-ggn"
+    assert f"{classes} classes" in str(res.attrs["exact_ggn_not_applicable"])
+    assert M.Trace(exact_max=0, probes=8, sketch=4).estimated_hvps(context(case)) == 12
+    forced = M.Trace(method="exact-ggn", exact_max=0).compute(context(case))
+    assert forced.attrs["method"] == "exact-ggn"
+    assert forced.value == pytest.approx(tr, rel=1e-10)

@@ -156,3 +156,31 @@ def test_unsupported_layers_and_losses() -> None:
     assert is_cross_entropy(nn.CrossEntropyLoss(label_smoothing=0.1))
     assert not is_cross_entropy(nn.CrossEntropyLoss(weight=torch.ones(3)))
     assert not is_cross_entropy(nn.functional.mse_loss)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "size"), [(2, 3, 9), (16, 32, 2)], ids=["direct", "ghost"]
+)
+def test_conv_per_example_norms_both_forms_and_chunks(monkeypatch, c_in, c_out, size):
+    """Per-example ‖∂/∂W‖² of a conv against autograd, one example at a time.
+
+    (2, 3, 9): many positions, few channels, so G is formed; (16, 32, 2): few
+    positions, so the Gram ("ghost") form is used. A tiny chunk size makes both
+    run over several chunks of examples.
+    """
+    import sharpkit.curvature.ggn as ggn
+
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, stride=1).to(DT)
+    a = torch.randn(5, c_in, size, size, generator=gen, dtype=DT)
+    d = torch.randn(5, c_out, size, size, generator=gen, dtype=DT)
+    expected = []
+    for i in range(5):
+        conv.zero_grad()
+        (conv(a[i : i + 1]) * d[i : i + 1]).sum().backward()
+        expected.append(float(conv.weight.grad.pow(2).sum()))
+    positions, k = size * size, c_in * 9
+    assert (positions * (k + c_out) < c_out * k) == (size == 2)  # the intended form
+    monkeypatch.setattr(ggn, "_CHUNK_ELEMENTS", 1)  # one example per chunk
+    got = ggn._conv_weight_sq_norms(conv, a, d.reshape(5, c_out, -1))
+    assert got.tolist() == pytest.approx(expected, rel=1e-12)

@@ -37,6 +37,7 @@ networks whose parameters sit in linear, convolution and batch-norm layers
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -256,6 +257,42 @@ def _conv_unfold(m: nn.Conv1d | nn.Conv2d, a: Tensor) -> Tensor:
     )
 
 
+#: Elements of the largest temporary a chunk of examples may create (256 MiB).
+_CHUNK_ELEMENTS = 64 * 2**20
+
+
+def _conv_weight_sq_norms(m: nn.Conv1d | nn.Conv2d, a: Tensor, d3: Tensor) -> Tensor:
+    """Per-example ``‖∂/∂W‖²`` of a convolution, in chunks of examples.
+
+    The per-example weight gradient is ``G = D Uᵀ`` with ``D`` the output
+    gradient (C_out × L positions) and ``U`` the unfolded input (K = C_in·k × L).
+    Either form ``G`` (C_out·K numbers per example, C_out·K·L work) or use
+    ``‖D Uᵀ‖² = Σ (DᵀD) ∘ (UᵀU)`` (L² numbers, L²·(C_out + K) work; the "ghost
+    norm" of Li et al., 2022, arXiv:2110.05679), whichever costs less: deep
+    layers have few positions and many channels, early layers the reverse.
+    """
+    b, c_out, positions = d3.shape
+    k = m.in_channels * math.prod(m.kernel_size)
+    ghost = positions * (k + c_out) < c_out * k
+    per_example = max(
+        k * positions,  # the unfolded input
+        positions * positions if ghost else c_out * k,
+    )
+    step = max(1, _CHUNK_ELEMENTS // per_example)
+    parts = []
+    for lo in range(0, b, step):
+        u = _conv_unfold(m, a[lo : lo + step])
+        dc = d3[lo : lo + step]
+        if ghost:
+            gram_u = torch.bmm(u.transpose(1, 2), u)
+            gram_d = torch.bmm(dc.transpose(1, 2), dc)
+            parts.append((gram_u.double() * gram_d.double()).sum((1, 2)))
+        else:
+            g = torch.bmm(dc, u.transpose(1, 2))
+            parts.append(g.double().pow(2).sum((1, 2)))
+    return torch.cat(parts)
+
+
 def _sq_norms(m: nn.Module, a: Tensor, d: Tensor) -> Tensor:
     """Per-example squared norm of the gradient of ``m``'s parameters.
 
@@ -281,9 +318,7 @@ def _sq_norms(m: nn.Module, a: Tensor, d: Tensor) -> Tensor:
     elif isinstance(m, nn.Conv1d | nn.Conv2d):
         d3 = d.reshape(b, d.shape[1], -1)
         if _trainable(m.weight):
-            u = _conv_unfold(m, a)
-            g = torch.bmm(d3, u.transpose(1, 2))
-            out += g.double().pow(2).sum((1, 2))
+            out += _conv_weight_sq_norms(m, a, d3)
         if _trainable(m.bias):
             out += d3.sum(-1).double().pow(2).sum(-1)
     elif isinstance(m, nn.modules.batchnorm._BatchNorm):
