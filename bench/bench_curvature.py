@@ -365,22 +365,29 @@ def run_pyhessian_top(model, x, y, seed, top_n, truth_ev):
     }
 
 
-def run_eigenthings_top(model, x, y, seed, k_report, truth_ev, k=5):
+def eigenthings_operator(model, x, y, counter: Counter) -> Any:
+    """hessian-eigenthings' operator on ``(x, y)``, counting its products."""
     from hessian_eigenthings import HessianOperator as EOp
-    from hessian_eigenthings import lanczos as elanczos
     from hessian_eigenthings import supervised_loss
+
+    op = EOp(model, [(x, y)], supervised_loss(LOSS))
+    orig = op.matvec
+
+    def counting(v):
+        counter.n += 1
+        return orig(v)
+
+    op.matvec = counting
+    return op
+
+
+def run_eigenthings_top(model, x, y, seed, k_report, truth_ev, k=5):
+    from hessian_eigenthings import lanczos as elanczos
 
     counter = Counter()
 
     def go():
-        op = EOp(model, [(x, y)], supervised_loss(LOSS))
-        orig = op.matvec
-
-        def counting(v):
-            counter.n += 1
-            return orig(v)
-
-        op.matvec = counting
+        op = eigenthings_operator(model, x, y, counter)
         return elanczos(op, k=k, which="LA", seed=seed)
 
     res, secs = timed(go)
@@ -477,21 +484,12 @@ def run_pyhessian_trace(model, x, y, seed, truth):
 
 
 def run_eigenthings_trace(model, x, y, seed, truth, matvecs=100):
-    from hessian_eigenthings import HessianOperator as EOp
-    from hessian_eigenthings import supervised_loss
     from hessian_eigenthings import trace as etrace
 
     counter = Counter()
 
     def go():
-        op = EOp(model, [(x, y)], supervised_loss(LOSS))
-        orig = op.matvec
-
-        def counting(v):
-            counter.n += 1
-            return orig(v)
-
-        op.matvec = counting
+        op = eigenthings_operator(model, x, y, counter)
         return etrace(op, num_matvecs=matvecs, method="hutch++", seed=seed)
 
     res, secs = timed(go)
