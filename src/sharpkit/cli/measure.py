@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,8 +50,6 @@ def _labels(paths: list[Path]) -> tuple[list[str], str | None]:
     """Short names for the table: paths below their common folder, and that folder."""
     if len(paths) < 2:
         return [str(p) for p in paths], None
-    import os
-
     resolved = [p.resolve() for p in paths]
     common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
     if common == Path(common.anchor):
