@@ -10,20 +10,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import math
 import os
-import platform
-import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from sharpkit._meta import json_safe, provenance, stable_key
+from sharpkit._seed import seeded
 from sharpkit.checkpoint import (
     Checkpoint,
     CheckpointMeta,
@@ -87,24 +85,6 @@ DEFAULT_SAMPLES = 2048
 # --------------------------------------------------------------------------- helpers
 
 
-def _version() -> str:
-    import sharpkit
-
-    return str(sharpkit.__version__)
-
-
-def _provenance() -> dict[str, Any]:
-    import torch
-
-    return {
-        "sharpkit_version": _version(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else "",
-    }
-
-
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     import torch
 
@@ -141,35 +121,6 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         msg = f"unsupported dtype {dtype!r}; use 'float32' or 'float64'"
         raise ConfigError(msg)
     return table[dtype]
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's global RNG inside the block without disturbing the caller's."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
-def _key(payload: Mapping[str, Any]) -> str:
-    text = json.dumps(_json_safe(payload), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _state_sha256(model: torch.nn.Module) -> str:
@@ -339,7 +290,7 @@ def build_model(
     if seed is None:
         model = make()
     else:
-        with _seeded(seed):
+        with seeded(seed):
             model = make()
     if not isinstance(model, torch.nn.Module):
         msg = f"model {name!r} factory returned {type(model).__name__}, not a Module"
@@ -501,19 +452,19 @@ class Measurement(Mapping[str, MetricResult]):
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-compatible dict (what ``--json`` prints)."""
-        out: dict[str, Any] = {"attrs": _json_safe(self.attrs), "run_id": self.run_id}
+        out: dict[str, Any] = {"attrs": json_safe(self.attrs), "run_id": self.run_id}
         out["metrics"] = {
             name: {
-                "value": _json_safe(r.value),
-                "stderr": _json_safe(r.stderr),
-                "bound": _json_safe(r.bound),
+                "value": json_safe(r.value),
+                "stderr": json_safe(r.stderr),
+                "bound": json_safe(r.bound),
                 "converged": r.converged,
                 "hvps": r.hvps,
-                "seconds": _json_safe(r.seconds),
+                "seconds": json_safe(r.seconds),
                 "reused": name in self.reused,
-                "attrs": _json_safe(dict(r.attrs)),
+                "attrs": json_safe(dict(r.attrs)),
                 "arrays": {
-                    k: _json_safe([float(x) for x in v.reshape(-1)])
+                    k: json_safe([float(x) for x in v.reshape(-1)])
                     for k, v in r.arrays.items()
                     if v.size <= 64
                 },
@@ -849,7 +800,9 @@ def measure(
     reused: list[str] = []
     keys: dict[str, str] = {}
     for name in names:
-        keys[name] = _key({"metric": name, "options": parsed_opts[name], **settings})
+        keys[name] = stable_key(
+            {"metric": name, "options": parsed_opts[name], **settings}
+        )
         if rs is not None and not force:
             found = rs.find_metric(keys[name])
             if found is not None:
@@ -888,8 +841,8 @@ def measure(
             )
             for n in todo
         }
-        run_attrs = {**attrs, **_provenance(), "kind": "measure"}
-        run_id = rs.write_run(kind="measure", attrs=_json_safe(run_attrs), metrics=new)
+        run_attrs = {**attrs, **provenance(), "kind": "measure"}
+        run_id = rs.write_run(kind="measure", attrs=json_safe(run_attrs), metrics=new)
         ordered.update(new)
     return Measurement(ordered, attrs, run_id=run_id, reused=reused)
 
@@ -1171,10 +1124,10 @@ def train(
             else None,
             "checkpoint_sha256": _file_sha(result.checkpoint),
             "final": dict(result.final),
-            **_provenance(),
+            **provenance(),
         }
         run_id = rs.write_run(
-            kind="train", attrs=_json_safe(attrs), training=dict(result.curves)
+            kind="train", attrs=json_safe(attrs), training=dict(result.curves)
         )
         result = dataclasses.replace(result, attrs={**result.attrs, "run_id": run_id})
     return result
@@ -1303,7 +1256,7 @@ def probe(
         "dataset": ds.name,
         "seed": seed,
     }
-    key = _key(settings)
+    key = stable_key(settings)
     rs = _open_store(store)
     if rs is not None and not force:
         found = rs.find_probe(key)
@@ -1354,10 +1307,10 @@ def probe(
             "batch_size": [m.batch_size for m in metas],
             "train_seed": [m.seed for m in metas],
             "seed": seed,
-            **_provenance(),
+            **provenance(),
         }
         run_id = rs.write_run(
-            kind="probe", attrs=_json_safe(attrs), probes={name: result}
+            kind="probe", attrs=json_safe(attrs), probes={name: result}
         )
         result = dataclasses.replace(result, attrs={**result.attrs, "run_id": run_id})
     return result

@@ -16,12 +16,12 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from sharpkit._fs import atomic_file
 from sharpkit.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -157,9 +157,7 @@ def save_checkpoint(
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     meta = meta or CheckpointMeta()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -184,10 +182,6 @@ def save_checkpoint(
             if train_state is not None:
                 payload["train_state"] = dict(train_state)
             torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

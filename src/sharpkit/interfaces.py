@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
+from sharpkit._data import DataSplit
+from sharpkit._seed import generator as _generator
 from sharpkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -215,87 +217,6 @@ class ProbeSpec(_Spec):
 # --------------------------------------------------------------------------- data
 
 
-@dataclass(eq=False, slots=True)
-class DataSplit:
-    """An in-memory split: inputs and integer class targets, iterated in batches.
-
-    Args:
-        inputs: ``(N, *input_shape)`` float tensor, already normalised.
-        targets: ``(N,)`` int64 tensor of class indices.
-        augment: Optional ``augment(batch, generator) -> batch`` applied on the fly
-            when :meth:`batches` is called with ``augment=True`` (training only).
-    """
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
-
-    def __post_init__(self) -> None:
-        if self.inputs.shape[0] != self.targets.shape[0]:
-            msg = (
-                f"inputs and targets differ in length "
-                f"({self.inputs.shape[0]} vs {self.targets.shape[0]})"
-            )
-            raise ConfigError(msg)
-
-    def __len__(self) -> int:
-        return int(self.inputs.shape[0])
-
-    def head(self, n: int) -> DataSplit:
-        """Return the first ``n`` examples (all of them if ``n`` exceeds the size)."""
-        return DataSplit(self.inputs[:n], self.targets[:n], self.augment)
-
-    def take(self, indices: torch.Tensor) -> DataSplit:
-        """Return the examples at ``indices``."""
-        return DataSplit(self.inputs[indices], self.targets[indices], self.augment)
-
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-        augment: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(inputs, targets)`` batches; the last one may be shorter.
-
-        Args:
-            batch_size: Examples per batch.
-            shuffle: Visit examples in a random order drawn from ``generator``.
-            generator: The random source for shuffling and augmentation.
-            drop_last: Skip a final batch shorter than ``batch_size``.
-            augment: Apply the split's augmentation (if any).
-            device: Move each batch there.
-            dtype: Cast the inputs to this floating dtype.
-        """
-        import torch
-
-        if batch_size < 1:
-            msg = f"batch_size must be >= 1, got {batch_size}"
-            raise ConfigError(msg)
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else None
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            if order is None:
-                x = self.inputs[start : start + batch_size]
-                y = self.targets[start : start + batch_size]
-            else:
-                idx = order[start : start + batch_size]
-                x, y = self.inputs[idx], self.targets[idx]
-            if augment and self.augment is not None:
-                gen = generator if generator is not None else torch.default_generator
-                x = self.augment(x, gen)
-            if dtype is not None:
-                x = x.to(dtype)
-            if device is not None:
-                x, y = x.to(device), y.to(device)
-            yield x, y
-
-
 @runtime_checkable
 class Dataset(Protocol):
     """A dataset as a dataset factory returns it: metadata and two splits."""
@@ -405,14 +326,7 @@ class AnalysisContext:
         Different metrics should use different stream names so that their random
         draws are independent yet each is reproducible on its own.
         """
-        import hashlib
-
-        import torch
-
-        digest = hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-        return gen
+        return _generator(self.seed, stream)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -441,14 +355,7 @@ class ProbeContext:
 
     def generator(self, stream: str = "") -> torch.Generator:
         """Return a fresh generator seeded from ``seed`` and a stream name."""
-        import hashlib
-
-        import torch
-
-        digest = hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-        return gen
+        return _generator(self.seed, stream)
 
 
 # --------------------------------------------------------------------------- results

@@ -59,6 +59,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from sharpkit._fs import atomic_write, is_temp
+from sharpkit._meta import version as sharpkit_version
 from sharpkit.errors import ConfigError, RunNotFoundError, SharpkitWarning, StoreError
 from sharpkit.interfaces import JSON, MetricResult, ProbeResult
 
@@ -167,7 +169,6 @@ _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _FILTER_RE: Final = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|==|=|>|<)\s*(.*?)\s*$"
 )
-_TMP_PREFIX: Final = ".sharpkit-tmp-"
 
 
 # --------------------------------------------------------------------------- records
@@ -282,29 +283,6 @@ def _group_doc(attrs: Mapping[str, JSON]) -> bytes:
     """The zarr v3 metadata document of a group with ``attrs``."""
     doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(attrs)}
     return json.dumps(doc, indent=2, allow_nan=False).encode()
-
-
-def _write_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write ``data`` to ``path`` through a temporary file in the same directory.
-
-    With ``exclusive`` the file is linked into place only if ``path`` does not
-    exist yet (first writer wins). Returns whether this call created ``path``.
-    """
-    tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            return True
-        os.replace(tmp, path)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _hostname() -> str:
@@ -581,9 +559,7 @@ class ResultStore:
         root_meta = self.path / "zarr.json"
         doc = self._read_root()
         if doc is None:
-            entries = [
-                e for e in os.listdir(self.path) if not e.startswith(_TMP_PREFIX)
-            ]
+            entries = [e for e in os.listdir(self.path) if not is_temp(e)]
             if entries:
                 v2 = any(e in (".zgroup", ".zarray", ".zattrs") for e in entries)
                 what = "a zarr v2 store" if v2 else "a non-empty directory"
@@ -598,11 +574,9 @@ class ResultStore:
                     "write results there first"
                 )
                 raise StoreError(msg)
-            import sharpkit
-
             attrs: dict[str, JSON] = {
                 "schema_version": SCHEMA_VERSION,
-                "sharpkit_version": str(sharpkit.__version__),
+                "sharpkit_version": sharpkit_version(),
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "description": (
                     "sharpkit results store: one group per run under runs/; "
@@ -611,7 +585,7 @@ class ResultStore:
             }
             try:
                 # First writer wins; a concurrent creator reads the winner's document.
-                _write_atomic(root_meta, _group_doc(attrs), exclusive=True)
+                atomic_write(root_meta, _group_doc(attrs), exclusive=True)
             except OSError as exc:
                 msg = (
                     f"cannot create a results store at {self._where()}: {exc.strerror}"
@@ -654,12 +628,10 @@ class ResultStore:
             )
             raise StoreError(msg)
         if version > SCHEMA_VERSION:
-            import sharpkit
-
             msg = (
                 f"{self._where()} was written by a newer sharpkit "
                 f"({attrs.get('sharpkit_version')}, store schema {version}); this "
-                f"sharpkit {sharpkit.__version__} reads schema {SCHEMA_VERSION} or "
+                f"sharpkit {sharpkit_version()} reads schema {SCHEMA_VERSION} or "
                 "older; upgrade with `pip install -U sharpkit`"
             )
             raise StoreError(msg)
@@ -676,7 +648,7 @@ class ResultStore:
             d = self.path / sub
             if not (d / "zarr.json").exists():
                 d.mkdir(exist_ok=True)
-                _write_atomic(d / "zarr.json", _group_doc({"description": text}))
+                atomic_write(d / "zarr.json", _group_doc({"description": text}))
         self._layout_ok = True
 
     # ------------------------------------------------------------------ writing

@@ -380,7 +380,7 @@ def test_evaluate_matches_a_direct_computation() -> None:
     torch.manual_seed(0)
     net = nn.Linear(16, 4)
     data = D.load_synthetic(n_test=100)
-    loss, acc = T.evaluate(net, data.test, 7, torch.device("cpu"))  # uneven batches
+    loss, acc = T._evaluate(net, data.test, 7, torch.device("cpu"))  # uneven batches
     with torch.no_grad():
         out = net(data.test.inputs)
     assert loss == pytest.approx(

@@ -40,7 +40,6 @@ loads in about 0.5 s and CIFAR-10 (compressed npz) in about 2 s.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sharpkit._seed import generator
 from sharpkit.errors import ConfigError, DataError
 from sharpkit.interfaces import DatasetSpec, DataSplit, Option
 
@@ -137,13 +137,6 @@ class InMemoryDataset:
 # --------------------------------------------------------------------------- subset
 
 
-def _derived_generator(seed: int, stream: str) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
-    gen = torch.Generator()
-    gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return gen
-
-
 def stratified_subset(
     targets: torch.Tensor, n: int, num_classes: int, seed: int
 ) -> torch.Tensor:
@@ -170,7 +163,7 @@ def stratified_subset(
     order = sorted(range(num_classes), key=lambda k: (-(exact[k] - quota[k]), k))
     for k in order[:left]:
         quota[k] += 1
-    gen = _derived_generator(seed, "subset")
+    gen = generator(seed, "subset")
     picked = []
     for k in range(num_classes):
         members = torch.nonzero(targets == k).flatten()
@@ -711,7 +704,7 @@ def load_synthetic(
             f"got {classes}, {n_train}, {n_test}, {noise}"
         )
         raise ConfigError(msg)
-    gen = _derived_generator(data_seed, "synthetic")
+    gen = generator(data_seed, "synthetic")
     means = torch.randn(classes, *dims, generator=gen)
 
     def make(n: int) -> DataSplit:

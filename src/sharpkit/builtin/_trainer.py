@@ -39,11 +39,8 @@ curves, so the continued run is bit-for-bit the run that was not interrupted.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +51,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from sharpkit._data import evaluate
+from sharpkit._fs import atomic_write
+from sharpkit._meta import version
+from sharpkit._seed import derived_seed, generator
 from sharpkit.checkpoint import (
     CheckpointMeta,
     load_checkpoint,
@@ -206,38 +207,19 @@ def parse_schedule(text: str) -> Schedule:
 # --------------------------------------------------------------------------- helpers
 
 
-def _generator(seed: int, stream: str) -> torch.Generator:
-    gen = torch.Generator()
-    gen.manual_seed(_derived_seed(seed, stream))
-    return gen
-
-
-def _derived_seed(seed: int, stream: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _version() -> str:
-    import sharpkit
-
-    return str(sharpkit.__version__)
-
-
-@torch.no_grad()
-def evaluate(
+def _evaluate(
     model: nn.Module, split: DataSplit, batch_size: int, device: torch.device
 ) -> tuple[float, float]:
     """Return mean cross-entropy and accuracy of ``model`` (as it is) on ``split``."""
-    n = len(split)
-    if n == 0:
+    if len(split) == 0:
         return math.nan, math.nan
-    loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in split.batches(batch_size, device=device):
-        out = model(x)
-        loss += nn.functional.cross_entropy(out, y, reduction="sum").double()
-        correct += (out.argmax(1) == y).sum()
-    return float(loss) / n, int(correct) / n
+    return evaluate(
+        model,
+        split,
+        nn.functional.cross_entropy,
+        batch_size=batch_size,
+        device=device,
+    )
 
 
 def _write_csv(path: Path, curves: Mapping[str, Sequence[float]]) -> None:
@@ -247,14 +229,7 @@ def _write_csv(path: Path, curves: Mapping[str, Sequence[float]]) -> None:
     writer.writerow(keys)
     for row in zip(*(curves[k] for k in keys), strict=True):
         writer.writerow([f"{v:.10g}" if isinstance(v, float) else v for v in row])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, buf.getvalue())
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -330,7 +305,7 @@ class SGDTrainer:
             seed=config.seed,
             epoch=epoch,
             epochs=config.epochs,
-            sharpkit_version=_version(),
+            sharpkit_version=version(),
             final={k: float(v) for k, v in row.items() if math.isfinite(v)},
             extra={
                 "input_shape": [int(d) for d in data.input_shape],
@@ -432,7 +407,7 @@ class SGDTrainer:
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
-        order_gen = _generator(config.seed, "sgd:order")
+        order_gen = generator(config.seed, "sgd:order")
         curves: dict[str, list[float]] = {k: [] for k in BASE_CURVES}
         for metric in config.track:
             for suffix in _TRACK_SUFFIXES:
@@ -442,7 +417,7 @@ class SGDTrainer:
         rng_devices = [device] if device.type == "cuda" else []
 
         with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(_derived_seed(config.seed, "sgd:global"))
+            torch.manual_seed(derived_seed(config.seed, "sgd:global"))
             if last_path is not None and last_path.exists():
                 if not config.resume:
                     msg = (
@@ -527,7 +502,7 @@ class SGDTrainer:
                     )
                     raise NumericalError(msg)
                 model.eval()
-                test_loss, test_acc = evaluate(
+                test_loss, test_acc = _evaluate(
                     model, data.test, self.eval_batch_size, device
                 )
                 row: dict[str, float] = {

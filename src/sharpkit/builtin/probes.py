@@ -46,8 +46,6 @@ import copy
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -56,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sharpkit._data import evaluate
+from sharpkit._fs import atomic_file
 from sharpkit.errors import ConfigError, DataError
 from sharpkit.hookspecs import hookimpl
 from sharpkit.interfaces import DataSplit, Option, ProbeContext, ProbeResult, ProbeSpec
@@ -172,59 +172,6 @@ def _subset(split: DataSplit, n: int, gen: torch.Generator) -> DataSplit:
         return split
     idx = torch.randperm(len(split), generator=gen)[:n].sort().values
     return split.take(idx)
-
-
-def evaluate(
-    model: torch.nn.Module,
-    split: DataSplit,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    *,
-    batch_size: int,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` over ``split``, batches weighted by size.
-
-    Accuracy is the fraction of examples whose arg-max output equals the integer
-    target; it is NaN when the outputs are not ``(batch, classes ≥ 2)`` logits
-    with integer targets (e.g. a regression model).
-
-    Returns:
-        ``(loss, accuracy)``.
-    """
-    import torch
-
-    if len(split) == 0:
-        msg = "cannot evaluate on an empty split"
-        raise DataError(msg)
-    total = 0.0
-    correct = 0
-    count = 0
-    has_accuracy = True
-    with torch.no_grad():
-        for x, y in split.batches(batch_size, device=device, dtype=dtype):
-            out = model(x)
-            loss = loss_fn(out, y)
-            if loss.ndim != 0:
-                msg = (
-                    "the loss must return a scalar (mean reduction), got shape "
-                    f"{tuple(loss.shape)}"
-                )
-                raise ConfigError(msg)
-            total += float(loss) * len(x)
-            count += len(x)
-            if (
-                has_accuracy
-                and out.ndim == 2
-                and out.shape[1] >= 2
-                and y.ndim == 1
-                and not y.is_floating_point()
-                and out.shape[0] == y.shape[0]
-            ):
-                correct += int((out.argmax(dim=1) == y).sum())
-            else:
-                has_accuracy = False
-    return total / count, (correct / count if has_accuracy else math.nan)
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -550,21 +497,10 @@ class _Checkpointer:
 
     def save(self, arrays: Mapping[str, np.ndarray], done: np.ndarray) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.dir
-        )
-        try:
-            payload: dict[str, Any] = {
-                "key": np.array(self.key),
-                "done": done,
-            }
-            payload.update({f"array_{n}": a for n, a in arrays.items()})
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **payload)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        payload: dict[str, Any] = {"key": np.array(self.key), "done": done}
+        payload.update({f"array_{n}": a for n, a in arrays.items()})
+        with atomic_file(self.path) as tmp, tmp.open("wb") as fh:
+            np.savez(fh, **payload)
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sharpkit._data import DataSplit
 from sharpkit.curvature.operator import HessianOperator
-from sharpkit.interfaces import DataSplit
 
 __all__ = ["ExactSpectrum", "dense_hessian", "exact_spectrum"]
 

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sharpkit.interfaces import DataSplit
+from sharpkit._data import DataSplit
 
 __all__ = ["ggn_trace", "is_cross_entropy", "multilinear_check", "supported_layers"]
 

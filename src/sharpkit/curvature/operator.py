@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from sharpkit._data import DataSplit
 from sharpkit.errors import ConfigError, DataError
-from sharpkit.interfaces import DataSplit
 
 if TYPE_CHECKING:
     import torch.distributed as dist_t
