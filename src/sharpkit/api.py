@@ -503,24 +503,6 @@ def _prepare_model(
     return out.to(device)
 
 
-@contextmanager
-def _analysis_mode(model: torch.nn.Module, bn_mode: str) -> Iterator[torch.nn.Module]:
-    """Put the model in eval mode (BN in train mode if asked); restore it after."""
-    import torch
-
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    if bn_mode == "train":
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.train()
-    try:
-        yield model
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
 def _model_and_meta(
     model: ModelLike,
     *,
@@ -811,7 +793,9 @@ def measure(
 
     todo = [n for n in names if n not in results]
     if todo:
-        with _analysis_mode(work, bn_mode):
+        from sharpkit.curvature.operator import analysis_mode
+
+        with analysis_mode(work, bn_mode, fuse_bn=False):
             ctx = AnalysisContext(
                 model=work,
                 loss_fn=loss_fn,

@@ -131,6 +131,8 @@ def analysis_mode(
                     isinstance(module, nn.modules.batchnorm._BatchNorm)
                     and type(module) in _FUSABLE
                     and module.running_mean is not None
+                    # already fused by an enclosing analysis_mode block
+                    and "forward" not in module.__dict__
                 ):
                     module.forward = _EvalBatchNorm(module)  # type: ignore[method-assign,assignment]
                     fused.append(module)
