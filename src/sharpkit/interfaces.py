@@ -195,11 +195,16 @@ class MetricSpec(_Spec):
     Attributes:
         stochastic: Whether the metric is a random estimate; then its result
             must carry a standard error and be reproducible from the seed.
-        unit: What the value measures (for tables and stored attributes).
+        unit: The value's unit (e.g. ``"loss / parameter²"``), stored with every
+            result as the ``units`` attribute.
+        long_name: What the value is, for tables, figures and the stored
+            ``long_name`` attribute (e.g. ``"largest Hessian eigenvalue λ_max"``);
+            default: the name.
     """
 
     stochastic: bool = False
     unit: str = ""
+    long_name: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,8 +291,14 @@ class AnalysisContext:
         progress: Progress callback; call it as work advances.
         train_data: The training split, where known (BN re-estimation, probes).
         cache: Shared between metrics measured in one call on one model, so that
-            e.g. ``frobenius`` can reuse the eigenspace ``spectral`` found. Keys
+            e.g. ``frobenius`` can reuse the Krylov space ``spectral`` built. Keys
             are owned by whoever writes them; prefix them with the plugin name.
+        warm_start: A flat, parameter-sized start vector for iterative
+            eigensolvers (e.g. the top eigenvector of the previous measurement
+            while tracking during training), or ``None``.
+        eigenvectors: Hessian eigenvectors ``(n_params, k)``, largest first, set
+            by a metric that finds them; ``sharpkit.measure`` returns the first
+            as :attr:`~sharpkit.Measurement.warm_start` for the next measurement.
     """
 
     model: torch.nn.Module
@@ -303,6 +314,8 @@ class AnalysisContext:
     progress: ProgressCallback = _no_progress
     train_data: DataSplit | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    warm_start: torch.Tensor | None = field(default=None, repr=False)
+    eigenvectors: torch.Tensor | None = field(default=None, repr=False)
     _hessian: HessianOperator | None = field(default=None, repr=False)
 
     @property

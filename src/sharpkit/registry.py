@@ -17,7 +17,7 @@ import inspect
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
@@ -525,18 +525,30 @@ class Registry:
         parsed = self.parse_options(spec, options or {})
         if isinstance(spec, ModelSpec) and spec.prefix:
             context["variant"] = name.split(":", 1)[1]
-        try:
+        with self.guard(kind, name, "being created"):
             return spec.factory(**context, **parsed)
+
+    @contextlib.contextmanager
+    def guard(self, kind: str, name: str, action: str) -> Iterator[None]:
+        """Run plugin code; turn its own exceptions into one-line plugin errors.
+
+        A :class:`~sharpkit.SharpkitError` passes through unchanged (it already
+        says what to do); any other exception becomes a
+        :class:`~sharpkit.PluginLoadError` naming the component, its provider and
+        ``action``, with the original as ``__cause__`` for ``--debug``.
+        """
+        try:
+            yield
         except SharpkitError:
             raise
         except Exception as exc:
             rec = self.provider(kind, name)
             msg = (
-                f"{kind} {name!r} ({rec.provider}) could not be created: "
-                f"{_one_line(exc)}"
+                f"{kind} {name!r} ({rec.provider}) failed while {action}: "
+                f"{_one_line(exc)}; rerun with --debug for the traceback"
             )
             raise PluginLoadError(
-                msg, plugin=rec.name, distribution=rec.distribution, phase="factory"
+                msg, plugin=rec.name, distribution=rec.distribution, phase=action
             ) from exc
 
     # ------------------------------------------------------------------ commands

@@ -293,7 +293,8 @@ def _run_point(
     A :class:`~sharpkit.SharpkitError` is caught and returned as the outcome's
     ``error``, so one bad point never stops a sweep.
     """
-    import sharpkit
+    from sharpkit import api
+    from sharpkit.checkpoint import load_checkpoint
 
     if threads is not None:
         import torch
@@ -305,7 +306,7 @@ def _run_point(
     try:
         if not final.is_file():
             resume = (point.out_dir / "last.pt").is_file()
-            sharpkit.train(
+            api.train(
                 **dict(point.train),
                 out_dir=point.out_dir,
                 resume=resume,
@@ -313,12 +314,12 @@ def _run_point(
                 store=store,
             )
             trained = True
-        ckpt = sharpkit.load_checkpoint(final)
+        ckpt = load_checkpoint(final)
         values: dict[str, float] = {}
         if measure:
             m = dict(measure)
             metrics = m.pop("metrics", ["spectral"])
-            result = sharpkit.measure(
+            result = api.measure(
                 final, None, metrics, data_root=data_root, store=store, **m
             )
             values = {name: r.value for name, r in result.items()}
@@ -459,7 +460,7 @@ def _run_interpolations(
     store: str | None,
     progress: ProgressCallback,
 ) -> list[Mapping[str, Any]]:
-    import sharpkit
+    from sharpkit import api
 
     results: list[Mapping[str, Any]] = []
     for item in config.interpolate:
@@ -473,7 +474,7 @@ def _run_interpolations(
         progress(0, None, description=f"interpolate {a.point.label} -> {b.point.label}")
         extra = {k: v for k, v in item.items() if k not in ("a", "b")}
         try:
-            probe = sharpkit.interpolate(
+            probe = api.interpolate(
                 a.checkpoint,
                 b.checkpoint,
                 data_root=config.data_root,

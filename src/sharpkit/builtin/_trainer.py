@@ -585,13 +585,8 @@ class SGDTrainer:
         progress: ProgressCallback,
     ) -> tuple[dict[str, float], torch.Tensor | None]:
         """Measure ``config.track`` on the analysis set; return values, warm start."""
-        from sharpkit.api import measure
+        from sharpkit import measure
 
-        # A fresh cache per measurement: entries such as eigenvectors belong to
-        # the model they were computed on. Only the warm start carries over.
-        cache: dict[str, Any] = {}
-        if warm_start is not None:
-            cache["spectral:warm_start"] = warm_start.to(device)
         progress(0, None, description=f"measuring {', '.join(config.track)}")
         model.eval()
         devices = [device] if device.type == "cuda" else []
@@ -601,13 +596,12 @@ class SGDTrainer:
                 analysis,
                 metrics=list(config.track),
                 seed=config.seed,
-                cache=cache,
+                warm_start=warm_start,
                 device=device,
             )
         model.train()
-        vectors = cache.get("spectral:eigenvectors")
-        if isinstance(vectors, torch.Tensor) and vectors.ndim == 2 and vectors.shape[1]:
-            warm_start = vectors[:, 0].detach().clone().cpu()
+        if result.warm_start is not None:
+            warm_start = result.warm_start
         out: dict[str, float] = {}
         for name, res in result.items():
             out[name] = float(res.value)

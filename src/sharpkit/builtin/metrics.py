@@ -21,14 +21,14 @@ Each metric measures the Hessian of the mean loss over the analysis set
   Chen & Saad, 2017, SIAM J. Matrix Anal. Appl.; Ghorbani, Krishnan & Xiao, 2019,
   ICML); its value is the quadrature's trace estimate.
 
-Sharing within one measurement (``ctx.cache``): ``spectral`` stores its Ritz
-vectors and values under ``"spectral:eigenvectors"`` / ``"spectral:eigenvalues"``,
-its :class:`~sharpkit.curvature.lanczos.LanczosResult` under ``"spectral:lanczos"``
-and warm-starts from ``"spectral:warm_start"`` when present (a flat vector, e.g.
-the previous epoch's top eigenvector). The Lanczos process behind it is kept
-under ``"krylov:process"``; ``frobenius`` and ``trace`` extend that process to the
-Krylov dimension they deflate instead of starting a new one, so the products
-``spectral`` spent are not repeated.
+Sharing within one measurement: ``spectral`` (with ``which="largest"``) sets
+``ctx.eigenvectors`` to the Ritz vectors it found, which ``sharpkit.measure``
+returns as ``Measurement.warm_start``, and starts from ``ctx.warm_start`` when
+one is given (a flat vector, e.g. the previous epoch's top eigenvector). The
+Lanczos process behind it is kept under ``ctx.cache["krylov:process"]``;
+``frobenius`` and ``trace`` extend that process to the Krylov dimension they
+deflate instead of starting a new one, so the products ``spectral`` spent are
+not repeated.
 
 Heavy modules (torch, the engine) are imported inside the methods so that
 loading the plugin (``sharpkit --help``, ``sharpkit plugins``) stays cheap.
@@ -149,8 +149,8 @@ class Spectral:
             (``r``, rigorous but pessimistic); see
             :mod:`sharpkit.curvature.lanczos`.
         start: ``"gradient"`` (the loss gradient plus an equal random part; the
-            gradient lies mostly in the top eigenspace) or ``"random"``. A
-            cached ``"spectral:warm_start"`` takes the gradient's place.
+            gradient lies mostly in the top eigenspace) or ``"random"``. The
+            context's ``warm_start`` vector, if any, takes the gradient's place.
     """
 
     def __init__(
@@ -190,8 +190,8 @@ class Spectral:
         import torch
 
         like = torch.empty(0, dtype=H.dtype, device=H.device)
-        warm = ctx.cache.get("spectral:warm_start")
-        if isinstance(warm, torch.Tensor):
+        warm = ctx.warm_start
+        if warm is not None:
             v0 = _mixed_start(warm, H.n, gen, like)
             if v0 is not None:
                 return v0, "warm"
@@ -224,9 +224,8 @@ class Spectral:
             progress=_progress(ctx),
             bound=self.bound,
         )
-        ctx.cache["spectral:eigenvectors"] = res.eigenvectors
-        ctx.cache["spectral:eigenvalues"] = res.eigenvalues
-        ctx.cache["spectral:lanczos"] = res
+        if self.which == "largest":
+            ctx.eigenvectors = res.eigenvectors
         if res.process is not None:
             ctx.cache[KRYLOV_KEY] = res.process
         if not res.converged:
@@ -296,8 +295,7 @@ class Spectral:
             generator=gen,
             progress=_progress(ctx),
         )
-        ctx.cache["spectral:eigenvectors"] = res.eigenvector.reshape(-1, 1)
-        ctx.cache["spectral:eigenvalues"] = np.array([res.eigenvalue])
+        ctx.eigenvectors = res.eigenvector.reshape(-1, 1)
         if not res.converged:
             _warn(
                 "spectral",

@@ -1,0 +1,580 @@
+"""``sharpkit.measure``: a model's sharpness metrics, reused from a store if there.
+
+The steps, each its own function below: check the arguments, resolve the model
+and the analysis data, compute a reuse key per metric, take what the store
+already has, compute the rest in analysis mode (dropout off; batch norm in the
+requested mode; the caller's model left exactly as it was), and write the new
+results as one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sharpkit._data import DataSplit, evaluate
+from sharpkit._meta import json_safe
+from sharpkit.api.provenance import result_key, run_attrs
+from sharpkit.api.resolve import (
+    DEFAULT_SAMPLES,
+    DataLike,
+    ModelLike,
+    ResolvedModel,
+    StoreLike,
+    as_split,
+    check_finite,
+    load_training_data,
+    open_store,
+    prepare_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+    reuse_datasets,
+)
+from sharpkit.errors import (
+    ConfigError,
+    DataError,
+    NumericalError,
+    PluginContractError,
+    SharpkitWarning,
+)
+from sharpkit.interfaces import (
+    AnalysisContext,
+    Dataset,
+    Metric,
+    MetricResult,
+    ProgressCallback,
+    _no_progress,
+)
+from sharpkit.registry import Registry, get_registry
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Measurement", "measure"]
+
+# The run attributes that can change a metric's value: part of its reuse key.
+_KEY_SETTINGS = (
+    "checkpoint_sha256",
+    "dataset",
+    "split",
+    "train_subset",
+    "samples",
+    "seed",
+    "tol",
+    "max_hvps",
+    "bn_mode",
+    "dtype",
+    "loss",
+)
+
+
+class Measurement(Mapping[str, MetricResult]):
+    """The results of :func:`measure`: ``{metric name: MetricResult}`` plus provenance.
+
+    Attributes:
+        attrs: Provenance (checkpoint sha256/path, model, dataset, η, S, seed, ...).
+        run_id: The id of the run written to the store, if one was written.
+        reused: Names of metrics taken from the store instead of recomputed.
+        warm_start: The top Hessian eigenvector a metric found (flat, on the
+            CPU), to pass as ``warm_start`` when measuring a nearby model next
+            (e.g. the same model a few steps later); ``None`` if none was found.
+    """
+
+    def __init__(
+        self,
+        results: Mapping[str, MetricResult],
+        attrs: Mapping[str, Any],
+        run_id: str | None = None,
+        reused: Sequence[str] = (),
+        warm_start: torch.Tensor | None = None,
+    ) -> None:
+        self._results = dict(results)
+        self.attrs = dict(attrs)
+        self.run_id = run_id
+        self.reused = tuple(reused)
+        self.warm_start = warm_start
+
+    def __getitem__(self, key: str) -> MetricResult:
+        return self._results[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{k}={v.value:.6g}" + (f"±{v.stderr:.2g}" if v.stderr is not None else "")
+            for k, v in self._results.items()
+        )
+        return f"Measurement({parts})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-compatible dict (what ``--json`` prints)."""
+        out: dict[str, Any] = {"attrs": json_safe(self.attrs), "run_id": self.run_id}
+        out["metrics"] = {
+            name: {
+                "value": json_safe(r.value),
+                "stderr": json_safe(r.stderr),
+                "bound": json_safe(r.bound),
+                "converged": r.converged,
+                "hvps": r.hvps,
+                "seconds": json_safe(r.seconds),
+                "reused": name in self.reused,
+                "attrs": json_safe(dict(r.attrs)),
+                "arrays": {
+                    k: json_safe([float(x) for x in v.reshape(-1)])
+                    for k, v in r.arrays.items()
+                    if v.size <= 64
+                },
+            }
+            for name, r in self._results.items()
+        }
+        return out
+
+
+@reuse_datasets()
+def measure(
+    model: ModelLike,
+    data: DataLike = None,
+    metrics: str | Sequence[str] = ("spectral",),
+    *,
+    loss: Any = None,
+    samples: int | None = None,
+    split: str = "train",
+    batch_size: int = 2048,
+    seed: int = 0,
+    tol: float = 1e-3,
+    max_hvps: int | None = None,
+    bn_mode: str = "eval",
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    model_name: str | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    progress: ProgressCallback | None = None,
+    cache: dict[str, Any] | None = None,
+    warm_start: torch.Tensor | None = None,
+    store: StoreLike = None,
+    force: bool = False,
+    registry: Registry | None = None,
+) -> Measurement:
+    """Measure the sharpness of a model's minimum.
+
+    Example:
+        >>> import torch, sharpkit
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> m = sharpkit.measure(net, (x, y), metrics=["spectral"])
+        >>> m["spectral"].converged
+        True
+
+    Args:
+        model: A ``torch.nn.Module``, or a checkpoint path (its metadata names the
+            architecture; else give ``model_name``).
+        data: A registered dataset name, a :class:`~sharpkit.DataSplit`, an
+            ``(inputs, targets)`` pair of tensors, a torch ``Dataset`` or a
+            ``DataLoader``. ``None``: the dataset the checkpoint was trained on.
+        metrics: Metric names (``sharpkit plugins`` lists them).
+        loss: ``loss(outputs, targets) -> scalar`` with mean reduction; default
+            cross-entropy. Any differentiable callable works.
+        samples: Use the first ``samples`` examples of the data (default: 2048 for
+            a dataset given by name, all of it for data given directly).
+        split: ``"train"`` or ``"test"``, for a dataset given by name.
+        batch_size: Examples per forward pass (never changes the value).
+        seed: Seed for every random choice; results are reproducible from it.
+        tol: Relative tolerance for iterative methods.
+        max_hvps: Hessian-vector-product budget per metric.
+        bn_mode: ``"eval"`` (running statistics, default) or ``"train"`` (batch
+            statistics: the Hessian of the loss as seen during training).
+        dtype: ``"float32"`` or ``"float64"`` (default: the model's).
+        device: ``"cpu"``, ``"cuda"``, ... (default: where the model is, or CPU).
+        options: ``{metric name: {option: value}}``.
+        model_name: Architecture of a bare ``state_dict`` checkpoint.
+        model_options: Options for that architecture.
+        data_root: Where dataset files are looked for first.
+        download: Let a named dataset download its files if missing.
+        progress: Progress callback.
+        cache: State shared by the metrics of this call (see
+            :attr:`~sharpkit.AnalysisContext.cache`); a fresh dict by default.
+        warm_start: A start vector for iterative eigensolvers, e.g. the
+            ``warm_start`` of the measurement of a nearby model.
+        store: A results store path: results are written there, and metrics already
+            measured with the same checkpoint and settings are reused.
+        force: Recompute even what the store already has.
+        registry: The registry to use (default: the process-wide one).
+
+    Returns:
+        ``{metric name: MetricResult}`` with provenance in ``.attrs``.
+    """
+    import torch
+
+    reg = registry or get_registry()
+    names = _check_arguments(
+        metrics, bn_mode, tol, max_hvps, samples, batch_size, options or {}
+    )
+    specs = {n: reg.get("metric", n) for n in names}  # unknown names fail early
+    parsed = {n: reg.parse_options(specs[n], (options or {}).get(n, {})) for n in names}
+    dev = resolve_device(device)
+    want_dtype = resolve_dtype(dtype)
+
+    source = resolve_model(
+        model,
+        data=data,
+        model_name=model_name,
+        model_options=model_options,
+        data_root=data_root,
+        registry=reg,
+    )
+    check_finite(source.net, source.path or "the model")
+    data_info = _analysis_data(
+        data, source, split=split, samples=samples, root=data_root,
+        download=download, registry=reg,
+    )  # fmt: skip
+    if want_dtype is None:
+        want_dtype = next(source.net.parameters()).dtype
+    work = prepare_model(source.net, dev, want_dtype)
+    loss_fn = loss or torch.nn.functional.cross_entropy
+    attrs = _run_attributes(
+        source, data_info, model_name=model_name, seed=seed, tol=tol,
+        max_hvps=max_hvps, bn_mode=bn_mode, dtype=want_dtype, device=dev,
+        loss=getattr(loss_fn, "__qualname__", type(loss_fn).__name__),
+    )  # fmt: skip
+    settings = {k: attrs[k] for k in _KEY_SETTINGS}
+    keys = {n: result_key("metric", n, options=parsed[n], **settings) for n in names}
+    rs = open_store(store)
+    results: dict[str, MetricResult] = {}
+    if rs is not None and not force:
+        for name in names:
+            found = rs.find_metric(keys[name])
+            if found is not None:
+                results[name] = found
+    reused = list(results)
+    todo = [n for n in names if n not in results]
+    if todo:
+        from sharpkit.curvature.operator import analysis_mode
+
+        with analysis_mode(work, bn_mode, fuse_bn=False):
+            ctx = AnalysisContext(
+                model=work,
+                loss_fn=loss_fn,
+                data=DataSplit(
+                    data_info.analysis.inputs.to(dev, want_dtype),
+                    data_info.analysis.targets.to(dev),
+                ),
+                batch_size=batch_size,
+                device=dev,
+                dtype=want_dtype,
+                seed=seed,
+                bn_mode=bn_mode,
+                tol=tol,
+                max_hvps=max_hvps,
+                progress=progress or _no_progress,
+                train_data=data_info.train,
+                cache=cache if cache is not None else {},
+                warm_start=warm_start,
+            )
+            _check_loss(ctx)
+            for name in todo:
+                results[name] = _run_metric(reg, name, parsed[name], ctx)
+            vectors = ctx.eigenvectors
+            if vectors is not None and vectors.ndim == 2 and vectors.shape[1]:
+                warm_start = vectors[:, 0].detach().clone().cpu()
+    ordered = {n: results[n] for n in names}
+    run_id = None
+    if rs is not None and todo:
+        new = {
+            n: dataclasses.replace(
+                ordered[n], attrs={**ordered[n].attrs, "key": keys[n]}
+            )
+            for n in todo
+        }
+        run_id = rs.write_run(
+            kind="measure",
+            attrs=run_attrs("measure", attrs),
+            metrics=new,
+        )
+        ordered.update(new)
+    return Measurement(
+        ordered, attrs, run_id=run_id, reused=reused, warm_start=warm_start
+    )
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _check_arguments(
+    metrics: str | Sequence[str],
+    bn_mode: str,
+    tol: float,
+    max_hvps: int | None,
+    samples: int | None,
+    batch_size: int,
+    options: Mapping[str, Any],
+) -> list[str]:
+    """Validate :func:`measure`'s plain arguments; return the metric names."""
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not names:
+        msg = "no metric requested; pass at least one, e.g. metrics=['spectral']"
+        raise ConfigError(msg)
+    if len(set(names)) != len(names):
+        msg = f"metric listed twice in {names!r}"
+        raise ConfigError(msg)
+    if bn_mode not in ("eval", "train"):
+        msg = f"bn_mode must be 'eval' or 'train', got {bn_mode!r}"
+        raise ConfigError(msg)
+    if not (0 < tol < 1):
+        msg = f"tol must be in (0, 1), got {tol}"
+        raise ConfigError(msg)
+    for label, value in (
+        ("max_hvps", max_hvps),
+        ("samples", samples),
+        ("batch_size", batch_size),
+    ):
+        if value is not None and value < 1:
+            msg = f"{label} must be positive, got {value}"
+            raise ConfigError(msg)
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        msg = f"options given for {unknown[0]!r}, which is not one of {names!r}"
+        raise ConfigError(msg)
+    return names
+
+
+@dataclass(frozen=True, kw_only=True)
+class _AnalysisData:
+    """The analysis set, the training split (if known) and how they were chosen."""
+
+    analysis: DataSplit
+    train: DataSplit | None = None
+    dataset: str | None = None
+    split: str | None = None
+    train_subset: int | None = None
+
+
+def _analysis_data(
+    data: DataLike,
+    source: ResolvedModel,
+    *,
+    split: str,
+    samples: int | None,
+    root: str | os.PathLike[str] | None,
+    download: bool,
+    registry: Registry,
+) -> _AnalysisData:
+    """Return the analysis set that ``data`` names for the model in ``source``."""
+    meta = source.meta
+    name = meta.dataset if data is None else data if isinstance(data, str) else None
+    if data is None and name is None:
+        msg = "no data given and the model does not name its dataset; pass --data"
+        raise ConfigError(msg)
+    if name is not None:
+        if split not in ("train", "test"):
+            msg = f"split must be 'train' or 'test', got {split!r}"
+            raise ConfigError(msg)
+        ds, train_subset = load_training_data(
+            name, meta, root=root, download=download, registry=registry,
+            with_subset=split == "train",
+        )  # fmt: skip
+        out = _AnalysisData(
+            analysis=(ds.train if split == "train" else ds.test).head(
+                samples or DEFAULT_SAMPLES
+            ),
+            train=ds.train,
+            dataset=name,
+            split=split,
+            train_subset=train_subset,
+        )
+    elif isinstance(data, Dataset):
+        _warn_if_not_the_training_subset(data, source, split)
+        out = _AnalysisData(
+            analysis=(data.train if split == "train" else data.test).head(
+                samples or DEFAULT_SAMPLES
+            ),
+            train=data.train,
+            dataset=data.name,
+            split=split,
+        )
+    else:
+        out = _AnalysisData(analysis=as_split(data, samples))
+    if len(out.analysis) == 0:
+        msg = "the analysis data is empty"
+        raise DataError(msg)
+    return out
+
+
+def _warn_if_not_the_training_subset(
+    data: Dataset, source: ResolvedModel, split: str
+) -> None:
+    trained_on = source.meta.dataset_options.get("subset")
+    if (
+        split == "train"
+        and trained_on is not None
+        and data.name == source.meta.dataset
+        and len(data.train) != int(trained_on)
+    ):
+        warnings.warn(
+            f"the model was trained on a {trained_on}-example subset of "
+            f"{data.name!r}, but the analysis set comes from the dataset "
+            f"passed in ({len(data.train)} training examples); pass data=None "
+            "to measure on the training subset",
+            SharpkitWarning,
+            stacklevel=4,
+        )
+
+
+def _run_attributes(
+    source: ResolvedModel,
+    data: _AnalysisData,
+    *,
+    model_name: str | None,
+    seed: int,
+    tol: float,
+    max_hvps: int | None,
+    bn_mode: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    loss: str,
+) -> dict[str, Any]:
+    """Return the provenance of a measurement (what its stored run records)."""
+    meta = source.meta
+    return {
+        **source.attrs(),
+        "model": meta.model or model_name or type(source.net).__name__,
+        "model_options": dict(meta.model_options),
+        "dataset": data.dataset,
+        "split": data.split,
+        "train_subset": data.train_subset,
+        "samples": len(data.analysis),
+        "lr": meta.lr,
+        "batch_size": meta.batch_size,
+        "momentum": meta.momentum,
+        "train_seed": meta.seed,
+        "epoch": meta.epoch,
+        "seed": seed,
+        "tol": tol,
+        "max_hvps": max_hvps,
+        "bn_mode": bn_mode,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "loss": loss,
+        "final": dict(meta.final),
+    }
+
+
+def _check_loss(ctx: AnalysisContext) -> None:
+    """Check the loss is a finite scalar on the analysis set; cache its value."""
+    loss, _ = evaluate(ctx.model, ctx.data, ctx.loss_fn, batch_size=ctx.batch_size)
+    if not math.isfinite(loss):
+        msg = (
+            "the loss is not finite on the analysis data; check the "
+            "checkpoint, the data normalisation and the loss function"
+        )
+        raise DataError(msg)
+    ctx.cache.setdefault("loss", loss)
+
+
+def _run_metric(
+    reg: Registry, name: str, options: Mapping[str, Any], ctx: AnalysisContext
+) -> MetricResult:
+    """Create and run one metric; fill in its name, products and time."""
+    metric = reg.create("metric", name, options)
+    if not isinstance(metric, Metric):
+        got = type(metric).__name__
+        msg = f"metric {name!r} factory returned {got} without compute()"
+        raise PluginContractError(msg)
+    hvps_before = ctx._hessian.hvp_count if ctx._hessian is not None else 0
+    estimate = getattr(metric, "estimated_hvps", None)
+    n_est = 0
+    if callable(estimate):
+        with reg.guard("metric", name, "estimating its cost"):
+            n_est = int(estimate(ctx) or 0)
+    outer = ctx.progress
+    if n_est:
+        outer(0, float(n_est), description=f"{name} (≈{n_est} HVPs)")
+        ctx.progress = _CostAnnouncer(ctx, outer, name, n_est)
+    else:
+        outer(0, None, description=name)
+    start = time.perf_counter()
+    try:
+        with reg.guard("metric", name, "computing"):
+            result: object = metric.compute(ctx)
+    finally:
+        ctx.progress = outer
+    seconds = time.perf_counter() - start
+    if not isinstance(result, MetricResult):
+        msg = f"metric {name!r} returned {type(result).__name__}, expected MetricResult"
+        raise PluginContractError(msg)
+    if not math.isfinite(result.value):
+        msg = f"metric {name!r} returned a non-finite value ({result.value})"
+        raise NumericalError(msg)
+    if reg.get("metric", name).stochastic and result.stderr is None:
+        warnings.warn(
+            f"metric {name!r} is stochastic but reported no standard error",
+            stacklevel=2,
+        )
+    hvps_after = ctx._hessian.hvp_count if ctx._hessian is not None else 0
+    return dataclasses.replace(
+        result,
+        metric=name,
+        hvps=result.hvps if result.hvps is not None else hvps_after - hvps_before,
+        seconds=result.seconds if result.seconds is not None else seconds,
+    )
+
+
+class _CostAnnouncer:
+    """Progress wrapper that adds the time estimate once a product has been timed.
+
+    The estimate is ``estimated_hvps × seconds per product``, shown in the task
+    description as soon as the metric's first product is done; no product is
+    spent on timing alone.
+    """
+
+    def __init__(
+        self, ctx: AnalysisContext, outer: ProgressCallback, name: str, n_est: int
+    ) -> None:
+        self._ctx = ctx
+        self._outer = outer
+        self._name = name
+        self._n_est = n_est
+        self._announced = False
+
+    def __call__(
+        self,
+        completed: float,
+        total: float | None = None,
+        /,
+        *,
+        description: str | None = None,
+        **info: Any,
+    ) -> None:
+        op = self._ctx._hessian
+        if not self._announced and description is None and op is not None:
+            per = op.mean_hvp_seconds
+            if per is not None:
+                self._announced = True
+                secs = self._n_est * per
+                description = (
+                    f"{self._name} (≈{self._n_est} HVPs, ≈{_fmt_seconds(secs)})"
+                )
+        self._outer(completed, total, description=description, **info)
+
+
+def _fmt_seconds(secs: float) -> str:
+    if secs < 60:
+        return f"{secs:.1f} s"
+    if secs < 3600:
+        return f"{secs / 60:.1f} min"
+    return f"{secs / 3600:.1f} h"

@@ -1,0 +1,49 @@
+"""What a stored run records about how it was made, and the keys results are reused by.
+
+A result read back from the store must be exactly what a fresh computation
+would give now, so everything that could change it is part of its key: the
+model's bytes, the data, the options, and the component that computed it (its
+provider and version). :func:`result_key` builds that key; :func:`run_attrs`
+the provenance attributes every stored run carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sharpkit._meta import json_safe, provenance, stable_key
+from sharpkit.checkpoint import file_sha256
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["file_sha", "result_key", "run_attrs", "state_sha256"]
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """Return the sha256 of a module's state (names, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha(path: Path | None) -> str | None:
+    """Return the sha256 of a file, or ``None`` when there is none."""
+    return file_sha256(path) if path is not None and path.is_file() else None
+
+
+def result_key(kind: str, name: str, **settings: Any) -> str:
+    """Return the reuse key of the ``kind`` component ``name`` under ``settings``."""
+    return stable_key({kind: name, **settings})
+
+
+def run_attrs(kind: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``attrs`` with the run's kind and provenance, as JSON."""
+    out: dict[str, Any] = json_safe({**attrs, **provenance(), "kind": kind})
+    return out
