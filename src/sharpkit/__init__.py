@@ -1,13 +1,19 @@
 """sharpkit: how sharp or flat is the minimum your model found?
 
-Everything public is importable from here; other modules are private and may
-change in any release (``sharpkit.hookspecs`` is the plugin reference and
-``sharpkit.testing`` the conformance suite for plugin authors).
+Everything public is importable from here, and only from here: the names in
+``__all__`` are the API that semantic versioning protects. Two modules are
+public as a whole: ``sharpkit.hookspecs`` (the plugin hooks) and
+``sharpkit.testing`` (the conformance suites for plugin authors). Every other
+module is internal and may change in any release, whatever its name.
+
+The curvature engine, the results store, sweeps and figures load on first use
+(``sharpkit.HessianOperator`` imports torch), so ``import sharpkit`` stays fast.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from sharpkit.api import (
     Measurement,
@@ -71,18 +77,94 @@ from sharpkit.interfaces import (
     TrainResult,
 )
 
-__all__ = [  # noqa: RUF022 - grouped by purpose
+if TYPE_CHECKING:
+    from sharpkit.curvature import (
+        DensityEstimate,
+        Estimate,
+        HessianOperator,
+        LanczosResult,
+        PowerResult,
+        analysis_mode,
+        dense_hessian,
+        frobenius_norm,
+        hutchinson_trace,
+        hutchpp_trace,
+        lanczos,
+        power_iteration,
+        slq_density,
+    )
+    from sharpkit.plotting import build_figure, plot_figure
+    from sharpkit.reproduce import experiment
+    from sharpkit.store import ResultStore, Run, RunInfo
+    from sharpkit.sweep import SweepConfig, SweepResult, load_sweep, run_sweep
+
+# Public names whose modules are imported on first access (torch, zarr, matplotlib).
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "DensityEstimate",
+            "Estimate",
+            "HessianOperator",
+            "LanczosResult",
+            "PowerResult",
+            "analysis_mode",
+            "dense_hessian",
+            "frobenius_norm",
+            "hutchinson_trace",
+            "hutchpp_trace",
+            "lanczos",
+            "power_iteration",
+            "slq_density",
+        ),
+        "sharpkit.curvature",
+    ),
+    **dict.fromkeys(("ResultStore", "Run", "RunInfo"), "sharpkit.store"),
+    **dict.fromkeys(
+        ("SweepConfig", "SweepResult", "load_sweep", "run_sweep"), "sharpkit.sweep"
+    ),
+    **dict.fromkeys(("build_figure", "plot_figure"), "sharpkit.plotting"),
+    "experiment": "sharpkit.reproduce",
+}
+
+__all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     # analysis
     "measure",
     "Measurement",
     "train",
     "interpolate",
     "probe",
-    "open_results",
     "build_model",
     "load_dataset",
     "load_model",
     "reuse_datasets",
+    # results store
+    "open_results",
+    "ResultStore",
+    "Run",
+    "RunInfo",
+    # sweeps and the paper's experiments
+    "load_sweep",
+    "run_sweep",
+    "SweepConfig",
+    "SweepResult",
+    "experiment",
+    # figures
+    "plot_figure",
+    "build_figure",
+    # curvature engine
+    "HessianOperator",
+    "analysis_mode",
+    "lanczos",
+    "LanczosResult",
+    "power_iteration",
+    "PowerResult",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "frobenius_norm",
+    "slq_density",
+    "Estimate",
+    "DensityEstimate",
+    "dense_hessian",
     # plugin contract
     "hookimpl",
     "AnalysisContext",
@@ -135,11 +217,16 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+        from sharpkit._meta import version
 
-        try:
-            return version("sharpkit")
-        except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            return "0.0.0+unknown"
+        return version()
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     msg = f"module 'sharpkit' has no attribute {name!r}"
     raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "__version__"})
