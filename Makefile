@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.sharpkit-installed
 DEMO   ?= demo
 JOBS   ?= 2
 
-.PHONY: setup data demo test test-fast lint format typecheck docs docs-cli bench check clean
+.PHONY: setup data demo test test-fast lint format typecheck docs docs-cli docs-api bench check clean
 
 $(STAMP): pyproject.toml plugins/sharpkit-fisher-rao/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3"; exit 1; }
@@ -48,18 +48,22 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not distributed"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests plugins bench
-	$(BIN)/ruff format --check src tests plugins bench
+	$(BIN)/ruff check src tests plugins bench docs/gen_api.py
+	$(BIN)/ruff format --check src tests plugins bench docs/gen_api.py
+	$(BIN)/lint-imports
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests plugins bench
-	$(BIN)/ruff format src tests plugins bench
+	$(BIN)/ruff check --fix src tests plugins bench docs/gen_api.py
+	$(BIN)/ruff format src tests plugins bench docs/gen_api.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 docs-cli: $(STAMP)
 	$(BIN)/typer sharpkit.cli utils docs --name sharpkit --output docs/cli.md
+
+docs-api: $(STAMP)
+	$(PY) docs/gen_api.py
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
