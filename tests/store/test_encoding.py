@@ -195,6 +195,63 @@ def test_xarray_reads_metric_arrays(store: ResultStore) -> None:
     assert ds.attrs["value"] == 12.5
 
 
+# ------------------------------------------------------------ metric labels
+
+
+def test_metric_labels_round_trip(store: ResultStore) -> None:
+    labels = {
+        "spectral": {
+            "long_name": "largest Hessian eigenvalue λ_max",
+            "units": "loss / parameter²",
+        },
+        # a plugin's metric, whose name and unit the store has never heard of
+        "fisher-rao": {"long_name": "Fisher-Rao norm", "units": "nats^(1/2)"},
+        "frobenius": {"long_name": "", "units": ""},  # empty labels are left out
+        "not-measured": {"units": "s"},  # labels of absent metrics are ignored
+    }
+    metrics = {
+        "spectral": spectral(),
+        "fisher-rao": MetricResult(value=0.75, stderr=0.01, metric="fisher-rao"),
+        "frobenius": frobenius(),
+    }
+    rid = store.write_run(
+        kind="measure", attrs=measure_attrs(), metrics=metrics, metric_labels=labels
+    )
+    run = store.run(rid)
+    assert run.metric_labels == {
+        "spectral": labels["spectral"],
+        "fisher-rao": labels["fisher-rao"],
+    }
+    for name in metrics:  # the labels are not the result's attributes
+        assert_metric_equal(run.metrics[name], metrics[name])
+    (info,) = store.runs()
+    assert info.metrics["fisher-rao"]["long_name"] == "Fisher-Rao norm"
+    assert info.metrics["fisher-rao"]["units"] == "nats^(1/2)"
+    assert "units" not in info.metrics["frobenius"]
+    assert "long_name" not in info.metrics["frobenius"]
+    units = {r["metric"]: r["unit"] for r in store.records()}
+    assert units == {
+        "spectral": "loss / parameter²",
+        "fisher-rao": "nats^(1/2)",
+        "frobenius": None,
+    }
+    group = zarr.open_group(store.path / "runs" / rid / "metrics" / "fisher-rao")
+    assert group.attrs["units"] == "nats^(1/2)"  # plain zarr (and xarray) see them
+
+
+def test_a_metrics_own_label_attribute_wins(store: ResultStore) -> None:
+    r = MetricResult(value=1.0, attrs={"units": "mine"})
+    rid = store.write_run(
+        kind="measure",
+        attrs={},
+        metrics={"m": r},
+        metric_labels={"m": {"long_name": "M", "units": "the spec's"}},
+    )
+    run = store.run(rid)
+    assert run.metrics["m"].attrs == {"units": "mine"}
+    assert run.metric_labels == {"m": {"long_name": "M", "units": "mine"}}
+
+
 # ------------------------------------------------------------ bad input
 
 
@@ -230,3 +287,15 @@ def test_store_owned_attrs_cannot_be_overridden(store: ResultStore) -> None:
     )
     attrs = store.run(rid).attrs
     assert (attrs["kind"], attrs["complete"], attrs["run_id"]) == ("train", True, rid)
+
+
+def test_unknown_metric_label_writes_nothing(store: ResultStore) -> None:
+    with pytest.raises(StoreError, match="metric label 'unit' of 'm'") as info:
+        store.write_run(
+            kind="measure",
+            attrs={},
+            metrics={"m": MetricResult(value=1.0)},
+            metric_labels={"m": {"unit": "s"}},
+        )
+    assert "\n" not in str(info.value)
+    assert store.runs() == []

@@ -35,7 +35,10 @@ from sharpkit.store import SCHEMA_VERSION, ResultStore
 
 def test_new_store_layout_is_plain_zarr_v3(store: ResultStore) -> None:
     rid = store.write_run(
-        kind="measure", attrs=measure_attrs(), metrics={"spectral": spectral()}
+        kind="measure",
+        attrs=measure_attrs(),
+        metrics={"spectral": spectral()},
+        metric_labels={"spectral": {"units": "loss / parameter²"}},
     )
     root = zarr.open_group(store.path, mode="r")
     assert root.metadata.zarr_format == 3
@@ -52,7 +55,7 @@ def test_new_store_layout_is_plain_zarr_v3(store: ResultStore) -> None:
     assert m.attrs["value"] == 12.5
     assert m.attrs["hvps"] == 42
     assert m.attrs["key"] == "k-spectral"
-    assert m.attrs["unit"] == "loss / parameter²"
+    assert m.attrs["units"] == "loss / parameter²"
     ritz = m["ritz_values"]
     assert ritz.metadata.dimension_names == ("ritz_values_index",)
     assert "long_name" in ritz.attrs

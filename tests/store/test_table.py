@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def test_records_are_rectangular_and_typed(filled: ResultStore) -> None:
     assert first["train_seed"] == 3
     assert first["epoch"] == 200
     assert measure[1]["stderr"] == 0.25
+    assert first["unit"] is None  # written without metric_labels
 
 
 def test_records_train_rows_from_final_epoch(filled: ResultStore) -> None:
@@ -117,6 +119,18 @@ def test_records_probe_rows_carry_both_models(filled: ResultStore) -> None:
     assert (r["checkpoint"], r["checkpoint_b"]) == ("/a.pt", "/b.pt")
     assert (r["train_seed"], r["train_seed_b"]) == (3, 4)
     assert r["value"] == 1.25
+
+
+def test_unit_column_reads_stores_written_before_units(store: ResultStore) -> None:
+    rid = store.write_run(kind="measure", attrs={}, metrics={"spectral": spectral()})
+    meta = store.path / "runs" / rid / "metrics" / "spectral" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["unit"] = "loss / parameter²"  # as sharpkit wrote it before
+    meta.write_text(json.dumps(doc))
+    fresh = ResultStore(store.path)
+    assert [r["unit"] for r in fresh.records()] == ["loss / parameter²"]
+    assert fresh.run(rid).metric_labels == {"spectral": {"units": "loss / parameter²"}}
+    assert fresh.records(["unit=loss*"]) == fresh.records()
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     import zarr
 
 __all__ = [
+    "LABEL_KEYS",
     "Plan",
     "Run",
+    "labels_of",
     "metric_from_group",
     "open_group",
     "opt_float",
@@ -38,6 +40,9 @@ __all__ = [
     "probe_from_group",
     "run_from_group",
 ]
+
+LABEL_KEYS: Final = ("long_name", "units")
+"""The label attributes a writer may give each metric group (``metric_labels``)."""
 
 # Keys the store owns in a metric / probe group; a result attribute with one of
 # these names is stored as "attr_<name>" (see ``result_attrs``).
@@ -68,17 +73,6 @@ _ARRAY_LABELS: Final[Mapping[str, Mapping[str, str]]] = {
     "eigenvalues": {"long_name": "Hessian eigenvalues", "units": "loss / parameter²"},
     "seconds": {"long_name": "wall time", "units": "s"},
 }
-_METRIC_LABELS: Final[Mapping[str, Mapping[str, str]]] = {
-    "spectral": {
-        "long_name": "largest Hessian eigenvalue λ_max",
-        "unit": "loss / parameter²",
-    },
-    "frobenius": {
-        "long_name": "Hessian Frobenius norm ‖H‖_F",
-        "unit": "loss / parameter²",
-    },
-    "trace": {"long_name": "Hessian trace tr(H)", "unit": "loss / parameter²"},
-}
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -94,6 +88,8 @@ class Run:
         metrics: ``{name: MetricResult}`` (arrays loaded).
         probes: ``{name: ProbeResult}`` (coordinates and values loaded).
         training: ``{curve name: 1-D array over epochs}``.
+        metric_labels: ``{name: {"long_name": ..., "units": ...}}`` of each
+            metric that has labels (only the non-empty ones).
     """
 
     run_id: str
@@ -102,6 +98,7 @@ class Run:
     metrics: Mapping[str, MetricResult] = field(default_factory=dict)
     probes: Mapping[str, ProbeResult] = field(default_factory=dict)
     training: Mapping[str, np.ndarray] = field(default_factory=dict)
+    metric_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- values
@@ -150,6 +147,22 @@ def opt_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def labels_of(stored: Mapping[str, Any]) -> dict[str, str]:
+    """The non-empty ``long_name`` / ``units`` of a stored metric group.
+
+    Stores written before ``metric_labels`` existed may carry ``unit`` instead
+    of ``units``; it is read as ``units``.
+    """
+    out: dict[str, str] = {}
+    for key in LABEL_KEYS:
+        value = stored.get(key)
+        if key == "units" and not value:
+            value = stored.get("unit")
+        if isinstance(value, str) and value:
+            out[key] = value
+    return out
 
 
 def _check_name(what: str, name: str) -> None:
@@ -213,6 +226,21 @@ def _last_value(arr: np.ndarray) -> JSON:
     return _jsonable(arr[-1])
 
 
+def _check_labels(name: str, labels: Mapping[str, str] | None) -> dict[str, JSON]:
+    """The non-empty labels of metric ``name``, checked to be :data:`LABEL_KEYS`."""
+    out: dict[str, JSON] = {}
+    for key, value in (labels or {}).items():
+        if key not in LABEL_KEYS:
+            msg = (
+                f"metric label {key!r} of {name!r} cannot be stored; give "
+                f"{' and '.join(LABEL_KEYS)}"
+            )
+            raise StoreError(msg)
+        if value:
+            out[key] = str(value)
+    return out
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -252,11 +280,12 @@ class Plan:
         metrics: Mapping[str, MetricResult],
         probes: Mapping[str, ProbeResult],
         training: Mapping[str, np.ndarray],
+        metric_labels: Mapping[str, Mapping[str, str]],
     ) -> Plan:
         """Convert and check a run (arguments as for :meth:`ResultStore.write_run`).
 
         Raises:
-            StoreError: A name or array cannot be stored.
+            StoreError: A name, label or array cannot be stored.
         """
         run_attrs: dict[str, JSON] = {
             str(k): _jsonable(v) for k, v in attrs.items() if k not in _RUN_RESERVED
@@ -269,7 +298,8 @@ class Plan:
             groups.append(_GroupSpec("metrics", {"order": list(metrics)}))
             for name, mres in metrics.items():
                 _check_name("metric", name)
-                groups.append(_metric_group(name, mres))
+                labels = _check_labels(name, metric_labels.get(name))
+                groups.append(_metric_group(name, mres, labels))
         if probes:
             groups.append(_GroupSpec("probes", {"order": list(probes)}))
             for name, pres in probes.items():
@@ -315,11 +345,10 @@ def _write_array(group: zarr.Group, spec: _ArraySpec) -> None:
         target[...] = data
 
 
-def _metric_group(name: str, result: MetricResult) -> _GroupSpec:
+def _metric_group(
+    name: str, result: MetricResult, labels: Mapping[str, JSON]
+) -> _GroupSpec:
     result_attrs, mapping = _store_attrs(result.attrs, _METRIC_RESERVED)
-    defaults = {
-        k: v for k, v in _METRIC_LABELS.get(name, {}).items() if k not in result_attrs
-    }
     stored: dict[str, JSON] = {
         "metric": name,
         "value": _jsonable(float(result.value)),
@@ -328,7 +357,8 @@ def _metric_group(name: str, result: MetricResult) -> _GroupSpec:
         "converged": None if result.converged is None else bool(result.converged),
         "hvps": None if result.hvps is None else int(result.hvps),
         "seconds": _jsonable(result.seconds),
-        **defaults,
+        # the metric's own attributes of the same name win over the writer's labels
+        **{k: v for k, v in labels.items() if k not in result_attrs},
         **result_attrs,
         "result_attrs": dict(mapping),
         "arrays": sorted(result.arrays),
@@ -427,12 +457,17 @@ def run_from_group(run_id: str, group: zarr.Group) -> Run:
     attrs = dict(group.attrs.asdict())
     member_names = {name for name, _ in group.groups()}
     metrics: dict[str, MetricResult] = {}
+    labels: dict[str, dict[str, str]] = {}
     probes: dict[str, ProbeResult] = {}
     training: dict[str, np.ndarray] = {}
     if "metrics" in member_names:
         mgroup = _subgroup(group, "metrics")
         for name in _ordered_members(mgroup):
-            metrics[name] = metric_from_group(name, _subgroup(mgroup, name))
+            member = _subgroup(mgroup, name)
+            metrics[name] = metric_from_group(name, member)
+            found = labels_of(member.attrs.asdict())
+            if found:
+                labels[name] = found
     if "probes" in member_names:
         pgroup = _subgroup(group, "probes")
         for name in _ordered_members(pgroup):
@@ -446,6 +481,7 @@ def run_from_group(run_id: str, group: zarr.Group) -> Run:
         metrics=metrics,
         probes=probes,
         training=training,
+        metric_labels=labels,
     )
 
 

@@ -75,7 +75,7 @@ class RunInfo:
         attrs: The run group's attributes (provenance; ``complete`` is true).
         metrics: ``{name: stored attributes}`` of each ``metrics/<name>`` group
             (``value``, ``stderr``, ``bound``, ``converged``, ``hvps``, ``seconds``,
-            ``key``, ...), in the order they were written.
+            ``long_name``, ``units``, ``key``, ...), in the order they were written.
         probes: ``{name: stored attributes}`` of each ``probes/<name>`` group.
         training: The ``training`` group's attributes (``variables``, ``final``),
             or ``None`` if the run has no curves.
@@ -171,9 +171,10 @@ class ResultStore:
         ...     kind="measure",
         ...     attrs={"model": "mlp-bn", "lr": 0.1, "batch_size": 128},
         ...     metrics={"spectral": sharpkit.MetricResult(value=12.5, stderr=None)},
+        ...     metric_labels={"spectral": {"units": "loss / parameter²"}},
         ... )
-        >>> [(r["metric"], r["value"], r["lr_over_batch"]) for r in store.records()]
-        [('spectral', 12.5, 0.00078125)]
+        >>> [(r["metric"], r["value"], r["unit"]) for r in store.records()]
+        [('spectral', 12.5, 'loss / parameter²')]
 
     Args:
         path: The store directory (conventionally ending in ``.zarr``).
@@ -340,6 +341,7 @@ class ResultStore:
         metrics: Mapping[str, MetricResult] | None = None,
         probes: Mapping[str, ProbeResult] | None = None,
         training: Mapping[str, np.ndarray] | None = None,
+        metric_labels: Mapping[str, Mapping[str, str]] | None = None,
     ) -> str:
         """Write one run; it becomes visible to readers only once complete.
 
@@ -352,13 +354,18 @@ class ResultStore:
             probes: ``{name: ProbeResult}``; each becomes ``probes/<name>``.
             training: Per-epoch curves, all of the same length; ``epoch`` is the
                 coordinate.
+            metric_labels: ``{name: {"long_name": ..., "units": ...}}`` for the
+                metrics: what the value is and its unit, stored as the metric
+                group's ``long_name`` / ``units`` attributes (empty ones are
+                left out; a metric's own attribute of that name wins). Names
+                that are not in ``metrics`` are ignored.
 
         Returns:
             The new run's id.
 
         Raises:
-            StoreError: A name or array cannot be stored, or the filesystem
-                refused the write (nothing is left visible in that case).
+            StoreError: A name, label or array cannot be stored, or the
+                filesystem refused the write (nothing is left visible then).
         """
         _check_kind(kind, StoreError)
         plan = Plan.build(
@@ -367,6 +374,7 @@ class ResultStore:
             metrics or {},
             probes or {},
             training or {},
+            metric_labels or {},
         )
         run_id = _new_run_id()
         plan.run_attrs["run_id"] = run_id
@@ -605,7 +613,8 @@ class ResultStore:
     ) -> list[dict[str, Any]]:
         """The tidy table: one row per run × metric (see :data:`COLUMNS`).
 
-        * measure runs: one row per metric (``value``, ``stderr``, ``bound``, ...);
+        * measure runs: one row per metric (``value``, ``stderr``, ``bound``,
+          ``unit``, ...);
         * train runs: one row per final-epoch scalar (``train_accuracy``,
           ``test_loss``, tracked metrics, ...), ``value`` holding it;
         * probe runs: one row per summary readout, ``metric`` =

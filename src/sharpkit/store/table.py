@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from sharpkit.errors import ConfigError
-from sharpkit.store.encoding import opt_float, opt_int
+from sharpkit.store.encoding import labels_of, opt_float, opt_int
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,6 +48,7 @@ COLUMNS: Final = (
     "value",
     "stderr",
     "bound",
+    "unit",
     "converged",
     "hvps",
     "seconds",
@@ -257,6 +258,7 @@ def _base_row(info: RunInfo, final: Mapping[str, Any]) -> dict[str, Any]:
         "value": None,
         "stderr": None,
         "bound": None,
+        "unit": None,
         "converged": None,
         "hvps": None,
         "seconds": None,
@@ -283,6 +285,7 @@ def _metric_rows(info: RunInfo, base: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": opt_float(m.get("value")),
                 "stderr": opt_float(m.get("stderr")),
                 "bound": opt_float(m.get("bound")),
+                "unit": labels_of(m).get("units"),
                 "converged": converged if isinstance(converged, bool) else None,
                 "hvps": opt_int(m.get("hvps")),
                 "seconds": opt_float(m.get("seconds")),
