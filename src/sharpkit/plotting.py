@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sharpkit.errors import ConfigError, DataError
-from sharpkit.store import _opt_float as _float
+from sharpkit.store.encoding import opt_float
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -116,7 +116,7 @@ def _match(row: Mapping[str, Any], items: Sequence[str]) -> bool:
         cell = row.get(key)
         if cell is None:
             return False
-        number = _float(cell)
+        number = opt_float(cell)
         if number is not None and not isinstance(cell, str):
             try:
                 want = float(text)
@@ -188,14 +188,14 @@ def _figure(
 
 
 def _fmt(value: Any) -> str:
-    number = _float(value)
+    number = opt_float(value)
     if number is None:
         return "?"
     return f"{number:.3g}"
 
 
 def _fmt_batch(value: Any) -> str:
-    number = _float(value)
+    number = opt_float(value)
     if number is None:
         return "?"
     return str(int(number)) if number.is_integer() else f"{number:.4g}"
@@ -206,7 +206,7 @@ def _eta_s(lr: Any, batch: Any) -> str:
 
 
 def _ratio(lr: Any, batch: Any) -> float | None:
-    a, b = _float(lr), _float(batch)
+    a, b = opt_float(lr), opt_float(batch)
     return a / b if a is not None and b else None
 
 
@@ -252,7 +252,7 @@ def _fig1_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, 
         kind = str(row.get("kind"))
         if kind not in rank:
             continue
-        x = _float(row.get("lr_over_batch"))
+        x = opt_float(row.get("lr_over_batch"))
         batch = row.get("batch_size")
         if x is None or batch is None:
             continue
@@ -261,10 +261,10 @@ def _fig1_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, 
         entries: list[tuple[str, float | None, float | None]] = []
         if metric in ("spectral", "frobenius"):
             entries.append(
-                (str(metric), _float(row.get("value")), _float(row.get("stderr")))
+                (str(metric), opt_float(row.get("value")), opt_float(row.get("stderr")))
             )
-        if _float(row.get("test_accuracy")) is not None:
-            entries.append(("test_accuracy", _float(row.get("test_accuracy")), None))
+        if opt_float(row.get("test_accuracy")) is not None:
+            entries.append(("test_accuracy", opt_float(row.get("test_accuracy")), None))
         for name, value, err in entries:
             if value is None:
                 continue
@@ -276,7 +276,7 @@ def _fig1_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, 
                 "y": value,
                 "err": err,
                 "batch_size": int(batch),
-                "lr": _float(row.get("lr")),
+                "lr": opt_float(row.get("lr")),
                 "kind": kind,
             }
     return {k: list(v.values()) for k, v in points.items()}
@@ -393,7 +393,7 @@ def _width_text(c: _Curves) -> str | None:
     lines = []
     for label, side in (("0", "left"), ("1", "right")):
         key = f"width_{label}_outer"
-        value = _float(c.summary.get(key))
+        value = opt_float(c.summary.get(key))
         if value is None:
             return None
         sign = "≥ " if key in c.censored else ""
@@ -407,7 +407,7 @@ def _end_label(
     pick = _first if which == 0 else _second
     lr, batch = pick(attrs.get("lr")), pick(attrs.get("batch_size"))
     if label == "beta":
-        b = _float(batch)
+        b = opt_float(batch)
         beta = "?" if b is None else f"{b / beta_base:.3g}"
         return f"β={beta}"
     ratio = _ratio(lr, batch)
@@ -532,8 +532,8 @@ def _plot_fig4(curves: Sequence[_Curves], title: str | None) -> Figure:
     order = sorted(
         range(len(curves)),
         key=lambda i: (
-            _float(curves[i].attrs.get("batch_size")) or 0.0,
-            _float(curves[i].attrs.get("lr")) or 0.0,
+            opt_float(curves[i].attrs.get("batch_size")) or 0.0,
+            opt_float(curves[i].attrs.get("lr")) or 0.0,
         ),
     )
     for n, i in enumerate(order):
@@ -595,13 +595,13 @@ def _densities(runs: Sequence[Any]) -> list[_Spectrum]:
         short = f"{name.parent.name}/{name.name}" if name.parent.name else name.name
         label = _eta_s(lr, batch) if lr is not None and batch is not None else short
         spectral = metrics.get("spectral")
-        lam = _float(_get(spectral, "value")) if spectral is not None else None
+        lam = opt_float(_get(spectral, "value")) if spectral is not None else None
         spectrum = _Spectrum(
             label=label,
             ratio=_ratio(lr, batch),
             grid=np.asarray(arrays["grid"], dtype=float).ravel(),
             density=np.asarray(arrays["density"], dtype=float).ravel(),
-            sigma=_float((_get(dens, "attrs", {}) or {}).get("sigma")),
+            sigma=opt_float((_get(dens, "attrs", {}) or {}).get("sigma")),
             lambda_max=lam,
         )
         key = str(attrs.get("checkpoint_sha256") or ckpt)
