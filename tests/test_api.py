@@ -273,3 +273,24 @@ def test_passing_the_full_dataset_for_a_subset_trained_model_warns(tmp_path) -> 
         b = sharpkit.measure(path, None, ["spectral"])  # the training subset itself
     assert b.attrs["samples"] == 64
     assert a.attrs["samples"] == 512
+
+
+def test_stored_metrics_carry_their_specs_label_and_unit(reg, tmp_path) -> None:
+    """Labels and units come from each MetricSpec, a plugin's included."""
+    import sharpkit.builtin.metrics as builtin_metrics
+    from sharpkit.store import ResultStore
+
+    reg.register_plugin(builtin_metrics, "builtin.metrics")
+    net = tiny_model()
+    m = sharpkit.measure(
+        net, data(), ["spectral", "fisher-rao"], store=tmp_path / "s.zarr", registry=reg
+    )
+    run = ResultStore(tmp_path / "s.zarr").run(m.run_id)
+    assert run.metric_labels["fisher-rao"] == {
+        "long_name": "Fisher-Rao norm ‖θ‖_fr",
+        "units": "nats^(1/2)",
+    }
+    assert run.metric_labels["spectral"]["units"] == "loss / parameter²"
+    rows = sharpkit.open_results(tmp_path / "s.zarr", as_frame=False)
+    units = {r["metric"]: r["unit"] for r in rows}
+    assert units == {"spectral": "loss / parameter²", "fisher-rao": "nats^(1/2)"}

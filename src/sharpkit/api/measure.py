@@ -49,6 +49,7 @@ from sharpkit.interfaces import (
     Dataset,
     Metric,
     MetricResult,
+    MetricSpec,
     ProgressCallback,
     _no_progress,
 )
@@ -305,6 +306,7 @@ def measure(
             kind="measure",
             attrs=run_attrs("measure", attrs),
             metrics=new,
+            metric_labels={n: _labels(specs[n]) for n in todo},
         )
         ordered.update(new)
     return Measurement(
@@ -472,6 +474,11 @@ def _run_attributes(
         "loss": loss,
         "final": dict(meta.final),
     }
+
+
+def _labels(spec: MetricSpec) -> dict[str, str]:
+    """The long name and unit a stored metric carries, from its spec."""
+    return {"long_name": spec.long_name or spec.name, "units": spec.unit}
 
 
 def _check_loss(ctx: AnalysisContext) -> None:

@@ -880,7 +880,8 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
                 ),
             ),
             stochastic=False,
-            unit="eigenvalue",
+            unit="loss / parameter²",
+            long_name="largest Hessian eigenvalue λ_max",
         ),
         MetricSpec(
             name="frobenius",
@@ -909,7 +910,8 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
                 exact_opt,
             ),
             stochastic=True,
-            unit="norm",
+            unit="loss / parameter²",
+            long_name="Hessian Frobenius norm ‖H‖_F",
         ),
         MetricSpec(
             name="trace",
@@ -952,7 +954,8 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
                 exact_opt,
             ),
             stochastic=True,
-            unit="trace",
+            unit="loss / parameter²",
+            long_name="Hessian trace tr(H)",
         ),
         MetricSpec(
             name="density",
@@ -974,6 +977,7 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
                 exact_opt,
             ),
             stochastic=True,
-            unit="trace",
+            unit="loss / parameter²",
+            long_name="Hessian trace tr(H) from the eigenvalue density",
         ),
     ]

@@ -559,6 +559,7 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             ),
             stochastic=False,
             unit="% of 1+L",
+            long_name="ε-sharpness (Keskar et al., 2017)",
         ),
         MetricSpec(
             name="adaptive",
@@ -608,5 +609,6 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             ),
             stochastic=False,
             unit="loss increase",
+            long_name="adaptive sharpness (Kwon et al., 2021)",
         ),
     ]

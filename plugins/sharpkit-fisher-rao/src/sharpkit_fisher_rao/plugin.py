@@ -24,5 +24,6 @@ def sharpkit_register_metrics() -> list[sharpkit.MetricSpec]:
                 ),
             ),
             unit="nats^(1/2)",
+            long_name="Fisher-Rao norm ‖θ‖_fr",
         )
     ]
