@@ -11,11 +11,11 @@ import functools
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 __all__ = ["json_safe", "provenance", "stable_key", "version"]
@@ -36,14 +36,22 @@ def version() -> str:
 def json_safe(value: Any) -> Any:
     """Return ``value`` as JSON: mappings, lists, str, int, finite float, bool, None.
 
-    Paths and other objects become strings; non-finite floats become ``None``.
+    NumPy scalars and arrays become Python numbers and lists, paths become
+    strings, non-finite floats become ``None``, and any other object its ``str``.
+
+    Example:
+        >>> import numpy as np
+        >>> json_safe({"a": np.float32(0.5), "b": np.arange(2), "c": float("nan")})
+        {'a': 0.5, 'b': [0, 1], 'c': None}
     """
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        value = value.tolist()  # numpy scalars and arrays, without importing numpy
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if value is None or isinstance(value, str | int | float | bool):

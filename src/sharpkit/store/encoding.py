@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from sharpkit._meta import json_safe
 from sharpkit.errors import StoreError
 from sharpkit.interfaces import JSON, MetricResult, ProbeResult
 
@@ -102,25 +102,6 @@ class Run:
 
 
 # --------------------------------------------------------------------------- values
-
-
-def _jsonable(value: Any) -> JSON:
-    """Return ``value`` as JSON (non-finite floats become ``None``)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    elif isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if isinstance(value, bool) or value is None or isinstance(value, str | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    return str(value)
 
 
 def opt_float(value: Any) -> float | None:
@@ -208,7 +189,7 @@ def _store_attrs(
         target = name
         while target in reserved or target in mapping.values():
             target = f"attr_{target}"
-        stored[target] = _jsonable(value)
+        stored[target] = json_safe(value)
         mapping[name] = target
     return stored, mapping
 
@@ -223,7 +204,8 @@ def _restore_attrs(stored: Mapping[str, Any]) -> dict[str, JSON]:
 def _last_value(arr: np.ndarray) -> JSON:
     if arr.ndim != 1 or arr.size == 0:
         return None
-    return _jsonable(arr[-1])
+    out: JSON = json_safe(arr[-1])
+    return out
 
 
 def _check_labels(name: str, labels: Mapping[str, str] | None) -> dict[str, JSON]:
@@ -288,7 +270,7 @@ class Plan:
             StoreError: A name, label or array cannot be stored.
         """
         run_attrs: dict[str, JSON] = {
-            str(k): _jsonable(v) for k, v in attrs.items() if k not in _RUN_RESERVED
+            str(k): json_safe(v) for k, v in attrs.items() if k not in _RUN_RESERVED
         }
         run_attrs.setdefault("time", datetime.now(UTC).isoformat(timespec="seconds"))
         run_attrs["kind"] = kind
@@ -311,7 +293,7 @@ class Plan:
             json.dumps(run_attrs, allow_nan=False)
             for g in groups:
                 json.dumps(g.attrs, allow_nan=False)
-        except (TypeError, ValueError) as exc:  # pragma: no cover - _jsonable guards
+        except (TypeError, ValueError) as exc:  # pragma: no cover - json_safe guards
             msg = f"run attributes are not JSON-compatible: {exc}"
             raise StoreError(msg) from exc
         return cls(run_attrs, groups)
@@ -351,12 +333,12 @@ def _metric_group(
     result_attrs, mapping = _store_attrs(result.attrs, _METRIC_RESERVED)
     stored: dict[str, JSON] = {
         "metric": name,
-        "value": _jsonable(float(result.value)),
-        "stderr": _jsonable(result.stderr),
-        "bound": _jsonable(result.bound),
+        "value": json_safe(float(result.value)),
+        "stderr": json_safe(result.stderr),
+        "bound": json_safe(result.bound),
         "converged": None if result.converged is None else bool(result.converged),
         "hvps": None if result.hvps is None else int(result.hvps),
-        "seconds": _jsonable(result.seconds),
+        "seconds": json_safe(result.seconds),
         # the metric's own attributes of the same name win over the writer's labels
         **{k: v for k, v in labels.items() if k not in result_attrs},
         **result_attrs,
@@ -388,8 +370,8 @@ def _probe_group(name: str, result: ProbeResult) -> _GroupSpec:
     result_attrs, mapping = _store_attrs(result.attrs, _PROBE_RESERVED)
     stored: dict[str, JSON] = {
         "probe": name,
-        "seconds": _jsonable(result.seconds),
-        "summary": {str(k): _jsonable(float(v)) for k, v in result.summary.items()},
+        "seconds": json_safe(result.seconds),
+        "summary": {str(k): json_safe(float(v)) for k, v in result.summary.items()},
         "coords": list(result.coords),
         "variables": list(result.arrays),
         **result_attrs,
