@@ -7,7 +7,8 @@ import pytest
 import torch
 from landscape_cases import bn_mlp, classification_data, context
 
-from sharpkit.builtin.probes import Interpolate, reestimate_bn
+from sharpkit.builtin._landscape.evaluation import reestimate_bn
+from sharpkit.builtin._landscape.probes import Interpolate
 
 
 def test_reestimate_bn_single_and_several_batches() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from landscape_cases import F64
 
-from sharpkit.builtin.probes import filter_normalized_direction
+from sharpkit.builtin._landscape.geometry import filter_normalized_direction
 from sharpkit.errors import ConfigError
 
 

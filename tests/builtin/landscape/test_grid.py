@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from landscape_cases import bn_mlp, classification_data, context
 
-from sharpkit.builtin.probes import Interpolate, Plane, parse_grid
+from sharpkit.builtin._landscape.grid import parse_grid
+from sharpkit.builtin._landscape.probes import Interpolate, Plane
 from sharpkit.errors import ConfigError
 
 

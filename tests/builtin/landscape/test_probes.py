@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +27,12 @@ from landscape_cases import (
 import sharpkit
 from sharpkit._data import evaluate
 from sharpkit.builtin import probes
-from sharpkit.builtin.probes import (
+from sharpkit.builtin._landscape.geometry import filter_normalized_direction
+from sharpkit.builtin._landscape.probes import (
     Direction,
     Interpolate,
     Plane,
     PlaneBetween,
-    filter_normalized_direction,
 )
 from sharpkit.errors import ConfigError
 from sharpkit.interfaces import DataSplit
@@ -333,6 +335,23 @@ def test_plane_between_direction_orthogonal() -> None:
 
 
 # --------------------------------------------------------------------- registry and API
+
+
+def test_entry_module_imports_neither_torch_nor_the_implementation() -> None:
+    # sharpkit.builtin.probes is loaded with every plugin (`sharpkit --version`,
+    # `sharpkit results`): the probes and torch come only with the probe table.
+    code = (
+        "import sys, sharpkit.builtin.probes as p; "
+        "assert 'torch' not in sys.modules, 'torch'; "
+        "assert 'sharpkit.builtin._landscape' not in sys.modules, '_landscape'; "
+        "specs = p.sharpkit_register_probes(); "
+        "assert 'sharpkit.builtin._landscape.probes' in sys.modules; "
+        "print(' '.join(s.name for s in specs))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["interpolate", "direction", "plane", "plane-between"]
 
 
 def registry() -> Registry:

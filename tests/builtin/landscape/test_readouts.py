@@ -9,7 +9,8 @@ import pytest
 import torch
 from landscape_cases import context, linear, mse, regression_data
 
-from sharpkit.builtin.probes import Interpolate, basin_edges
+from sharpkit.builtin._landscape.probes import Interpolate
+from sharpkit.builtin._landscape.readouts import basin_edges
 from sharpkit.errors import ConfigError
 
 
