@@ -1,174 +1,42 @@
-"""Landscape probes against ground truth: closed forms, hand-built models, BN stats."""
+"""The four probes against closed forms and hand-built models; registry and API."""
 
 from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Sequence
+import subprocess
+import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from landscape_cases import (
+    CPU,
+    F64,
+    bn_mlp,
+    classification_data,
+    context,
+    linear,
+    mse,
+    quad_coeffs,
+    regression_data,
+)
 
 import sharpkit
+from sharpkit._data import evaluate
 from sharpkit.builtin import probes
-from sharpkit.builtin.probes import (
+from sharpkit.builtin._landscape.geometry import filter_normalized_direction
+from sharpkit.builtin._landscape.probes import (
     Direction,
     Interpolate,
     Plane,
     PlaneBetween,
-    basin_edges,
-    evaluate,
-    filter_normalized_direction,
-    parse_grid,
-    reestimate_bn,
 )
 from sharpkit.errors import ConfigError
-from sharpkit.interfaces import DataSplit, ProbeContext
+from sharpkit.interfaces import DataSplit
 from sharpkit.registry import Registry
-
-F64 = torch.float64
-CPU = torch.device("cpu")
-
-
-def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((out - y.to(out.dtype).unsqueeze(1)) ** 2).mean()
-
-
-def linear(seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    net = torch.nn.Linear(3, 1, bias=False).double()
-    with torch.no_grad():
-        net.weight.copy_(torch.randn(1, 3, generator=gen, dtype=F64))
-    return net.eval()
-
-
-def bn_mlp(seed: int, *, classes: int = 3) -> torch.nn.Sequential:
-    gen = torch.Generator().manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(4, 6),
-        torch.nn.BatchNorm1d(6),
-        torch.nn.ReLU(),
-        torch.nn.Linear(6, 5),
-        torch.nn.BatchNorm1d(5),
-        torch.nn.ReLU(),
-        torch.nn.Linear(5, classes),
-    ).double()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=F64) * 0.8)
-        for m in (net[1], net[4]):
-            assert isinstance(m, torch.nn.BatchNorm1d)
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen, dtype=F64))
-            m.running_var.copy_(
-                0.5 + torch.rand(m.num_features, generator=gen, dtype=F64)
-            )
-    return net.eval()
-
-
-def classification_data(n: int, seed: int, dim: int = 4) -> DataSplit:
-    gen = torch.Generator().manual_seed(seed)
-    return DataSplit(
-        torch.randn(n, dim, generator=gen, dtype=F64),
-        torch.randint(0, 3, (n,), generator=gen),
-    )
-
-
-def regression_data(n: int, seed: int) -> DataSplit:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, generator=gen, dtype=F64)
-    # Integer-valued targets keep the DataSplit contract; mse casts them.
-    y = torch.randint(-2, 3, (n,), generator=gen)
-    return DataSplit(x, y)
-
-
-def context(
-    models: Sequence[torch.nn.Module],
-    train: DataSplit,
-    test: DataSplit | None = None,
-    *,
-    loss: Any = torch.nn.functional.cross_entropy,
-    seed: int = 0,
-    batch_size: int = 7,
-    progress: Any = None,
-) -> ProbeContext:
-    kw: dict[str, Any] = {}
-    if progress is not None:
-        kw["progress"] = progress
-    return ProbeContext(
-        models=list(models),
-        loss_fn=loss,
-        train_data=train,
-        test_data=test,
-        batch_size=batch_size,
-        device=CPU,
-        seed=seed,
-        **kw,
-    )
-
-
-def quad_coeffs(
-    w1: torch.Tensor, w2: torch.Tensor, split: DataSplit
-) -> tuple[float, float, float]:
-    """L(α) = aα² + bα + c for the linear model along (1-α)w1 + αw2 with MSE."""
-    x = split.inputs.numpy()
-    t = split.targets.numpy().astype(np.float64)
-    r = x @ w1.numpy().ravel() - t  # residual at α = 0
-    s = x @ (w2 - w1).numpy().ravel()  # change of the output per unit α
-    return float((s**2).mean()), float(2 * (r * s).mean()), float((r**2).mean())
-
-
-# -------------------------------------------------------------------------------- grids
-
-
-def test_parse_grid_forms() -> None:
-    g = parse_grid("-1:2:31")
-    assert g.shape == (31,)
-    assert g[0] == -1.0
-    assert g[-1] == 2.0
-    assert (g == 0.0).sum() == 1
-    assert (g == 1.0).sum() == 1
-    np.testing.assert_array_equal(parse_grid("0, 0.5,1"), [0.0, 0.5, 1.0])
-    np.testing.assert_array_equal(parse_grid("0.3:0.3:1"), [0.3])
-    # linspace(-0.7, 1.3, 21) passes within rounding of 0 and 1: snapped exactly.
-    g = parse_grid("-0.7:1.3:21")
-    assert 0.0 in g
-    assert 1.0 in g
-
-
-@pytest.mark.parametrize(
-    "text", ["", "a:b:c", "0:1", "0:1:0", "1,0", "0,0", "0,nan", "0:1:2:3", "0:inf:3"]
-)
-def test_parse_grid_rejects(text: str) -> None:
-    with pytest.raises(ConfigError, match="option 'alpha'"):
-        parse_grid(text)
-
-
-# ----------------------------------------------------------------------------- readouts
-
-
-def test_basin_edges_exact_on_piecewise_linear() -> None:
-    a = np.linspace(-1, 1, 21)
-    loss = 2 * np.abs(a) + 0.5  # piecewise linear: interpolation is exact
-    left, right, lc, rc = basin_edges(a, loss, 0.0, 0.5 + 0.3)
-    assert left == pytest.approx(-0.15, abs=1e-12)
-    assert right == pytest.approx(0.15, abs=1e-12)
-    assert not lc
-    assert not rc
-
-
-def test_basin_edges_censored_and_nonfinite() -> None:
-    a = np.linspace(-1, 1, 5)
-    loss = np.array([0.1, 0.1, 0.0, np.inf, 9.0])
-    left, right, lc, rc = basin_edges(a, loss, 0.0, 1.0)
-    assert (left, lc) == (-1.0, True)  # never crosses: grid end, censored
-    assert (right, rc) == (0.0, False)  # a non-finite neighbour ends it at once
-    with pytest.raises(ConfigError):
-        basin_edges(a, loss, 0.25, 1.0)
-
 
 # -------------------------------------------------------------------------- interpolate
 
@@ -252,103 +120,6 @@ def test_interpolate_matches_hand_built_model_with_interpolated_buffers() -> Non
         assert torch.equal(m1.state_dict()[k], v)
 
 
-def test_interpolate_bn_reestimation_matches_direct_statistics() -> None:
-    """At each α the probe's BN statistics are the pre-BN activation moments."""
-    m1, m2 = bn_mlp(3), bn_mlp(4)
-    train, test = classification_data(64, 2), classification_data(16, 3)
-    # bn_samples=0 (all), one batch of all 64: running stats are exactly the sample
-    # mean and unbiased variance of the pre-BN activations of these 64 inputs.
-    probe = Interpolate(
-        alpha="-0.5,0,0.5,1,1.5", bn_samples=0, bn_batch_size=64, eval_samples=0
-    )
-    result = probe.run(context([m1, m2], train, test))
-    s1, s2 = m1.state_dict(), m2.state_dict()
-    x = train.inputs
-    for i, a in enumerate(result.coords["alpha"]):
-        p = {
-            k: (1 - a) * s1[k] + a * s2[k]
-            for k in s1
-            if "running" not in k and "num" not in k
-        }
-        h1 = x @ p["0.weight"].T + p["0.bias"]
-        mu1, var1 = h1.mean(0), h1.var(0, unbiased=True)
-        n1 = (h1 - mu1) / torch.sqrt(h1.var(0, unbiased=False) + 1e-5) * p[
-            "1.weight"
-        ] + p["1.bias"]
-        h2 = torch.relu(n1) @ p["3.weight"].T + p["3.bias"]
-        mu2, var2 = h2.mean(0), h2.var(0, unbiased=True)
-
-        def bn_eval(
-            h: torch.Tensor,
-            mu: torch.Tensor,
-            var: torch.Tensor,
-            w: str,
-            b: str,
-            p: dict[str, torch.Tensor] = p,
-        ) -> torch.Tensor:
-            return (h - mu) / torch.sqrt(var + 1e-5) * p[w] + p[b]
-
-        z = torch.relu(bn_eval(h1, mu1, var1, "1.weight", "1.bias"))
-        z = torch.relu(
-            bn_eval(z @ p["3.weight"].T + p["3.bias"], mu2, var2, "4.weight", "4.bias")
-        )
-        out = z @ p["6.weight"].T + p["6.bias"]
-        loss = float(torch.nn.functional.cross_entropy(out, train.targets))
-        # Hand-written BN vs torch's kernels in float64: 1e-10 relative.
-        assert result.arrays["train_loss"][i] == pytest.approx(loss, rel=1e-10)
-    assert result.attrs["bn_samples"] == 64
-    assert result.attrs["bn_batches"] == 1
-
-
-def test_reestimate_bn_single_and_several_batches() -> None:
-    net = bn_mlp(5)
-    x = classification_data(60, 4).inputs
-    n = reestimate_bn(net, [x])
-    assert n == 2
-    h = net[0](x)
-    bn = net[1]
-    assert isinstance(bn, torch.nn.BatchNorm1d)
-    # One batch: the sample mean and unbiased variance (float64 rounding).
-    torch.testing.assert_close(bn.running_mean, h.mean(0), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(
-        bn.running_var, h.var(0, unbiased=True), rtol=1e-12, atol=1e-12
-    )
-    assert bn.momentum == 0.1  # restored
-    assert not bn.training
-    # Three batches: the equal-weight average of per-batch moments (momentum=None).
-    chunks = torch.tensor_split(x, 3)
-    reestimate_bn(net, chunks)
-    hs = [net[0](c) for c in chunks]
-    torch.testing.assert_close(
-        bn.running_mean,
-        torch.stack([hc.mean(0) for hc in hs]).mean(0),
-        rtol=1e-12,
-        atol=1e-12,
-    )
-    torch.testing.assert_close(
-        bn.running_var,
-        torch.stack([hc.var(0, unbiased=True) for hc in hs]).mean(0),
-        rtol=1e-12,
-        atol=1e-12,
-    )
-    assert int(bn.num_batches_tracked) == 3
-
-
-def test_reestimate_bn_keeps_dropout_off_and_modes() -> None:
-    net = torch.nn.Sequential(
-        torch.nn.Linear(4, 8), torch.nn.Dropout(0.9), torch.nn.BatchNorm1d(8)
-    ).double()
-    net.eval()
-    x = classification_data(32, 5).inputs
-    reestimate_bn(net, [x])
-    # Dropout stayed in eval mode: the statistics are those of the plain Linear.
-    torch.testing.assert_close(
-        net[2].running_mean, net[0](x).mean(0), rtol=1e-12, atol=1e-12
-    )
-    assert not any(m.training for m in net.modules())
-    assert reestimate_bn(torch.nn.Linear(2, 2), [x[:, :2]]) == 0
-
-
 def test_interpolate_extra_points_when_grid_misses_minima() -> None:
     m1, m2 = linear(5), linear(6)
     train = regression_data(20, 7)
@@ -362,20 +133,6 @@ def test_interpolate_extra_points_when_grid_misses_minima() -> None:
     assert result.summary["train_loss_at_0"] == pytest.approx(c, rel=1e-12)
     assert result.summary["train_loss_at_1"] == pytest.approx(a + b + c, rel=1e-12)
     assert "test_loss" not in result.arrays  # no test split given
-
-
-def test_interpolate_censored_width() -> None:
-    m1 = linear(8)
-    m2 = copy.deepcopy(m1)
-    with torch.no_grad():
-        m2.weight.add_(1e-3)
-    result = Interpolate(alpha="-1:2:7", bn_reestimate=False).run(
-        context([m1, m2], regression_data(20, 9), loss=mse)
-    )
-    # Minima 1e-3 apart: the loss hardly moves over α ∈ [-1, 2]; every edge censored.
-    assert result.summary["width_0_left"] == -1.0
-    assert result.summary["width_0_right"] == 2.0
-    assert set(result.attrs["censored"]) >= {"width_0", "width_0_left", "width_0_right"}
 
 
 def test_interpolate_progress_and_seconds() -> None:
@@ -410,21 +167,6 @@ def test_interpolate_accuracy_counts() -> None:
     assert result.arrays["train_accuracy"][1] == acc
 
 
-def test_interpolate_deterministic_and_subsets_seeded() -> None:
-    train, test = classification_data(300, 0), classification_data(100, 1)
-
-    def run(seed: int) -> dict[str, np.ndarray]:
-        ctx = context([bn_mlp(1), bn_mlp(2)], train, test, seed=seed)
-        return dict(
-            Interpolate(alpha="-1:2:4", eval_samples=50, bn_samples=40).run(ctx).arrays
-        )
-
-    a, b, c = run(0), run(0), run(1)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-    assert not np.array_equal(a["train_loss"], c["train_loss"])
-
-
 def test_interpolate_rejects_wrong_models_and_options() -> None:
     train = classification_data(10, 0)
     with pytest.raises(ConfigError, match="takes 2 model"):
@@ -444,50 +186,7 @@ def test_interpolate_rejects_wrong_models_and_options() -> None:
         Interpolate(bn_samples=1).run(context([bn_mlp(1), bn_mlp(2)], train))
 
 
-# --------------------------------------------------------------------------- directions
-
-
-def test_filter_normalisation_properties() -> None:
-    conv = torch.nn.Conv2d(3, 5, 3).double()
-    lin = torch.nn.Linear(7, 4).double()
-    bn = torch.nn.BatchNorm2d(5).double()
-    params = [conv.weight, conv.bias, lin.weight, lin.bias, bn.weight, bn.bias]
-    params = [p.detach() for p in params]
-    d = filter_normalized_direction(params, torch.Generator().manual_seed(0))
-    for p, di in zip(params, d, strict=True):
-        assert di.shape == p.shape
-        assert di.dtype == p.dtype
-        if p.ndim > 1:
-            # Each filter (output neuron / channel) has the norm of θ's filter.
-            torch.testing.assert_close(
-                di.flatten(1).norm(dim=1), p.flatten(1).norm(dim=1), rtol=1e-12, atol=0
-            )
-            assert not torch.allclose(di, p)  # random, not a copy
-        else:
-            assert torch.equal(di, torch.zeros_like(p))
-    d_copy = filter_normalized_direction(
-        params, torch.Generator().manual_seed(0), bias_bn="copy"
-    )
-    for p, di, dc in zip(params, d, d_copy, strict=True):
-        if p.ndim <= 1:
-            assert torch.equal(dc, p)
-        else:
-            assert torch.equal(dc, di)  # same draws for the weights
-    # Seeded: same seed, same direction; float32 gets the same draws rounded.
-    again = filter_normalized_direction(params, torch.Generator().manual_seed(0))
-    assert all(torch.equal(a, b) for a, b in zip(d, again, strict=True))
-    p32 = [p.float() for p in params]
-    d32 = filter_normalized_direction(p32, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(d32[0].double(), d[0], rtol=1e-5, atol=1e-6)
-    with pytest.raises(ConfigError):
-        filter_normalized_direction(params, torch.Generator(), bias_bn="keep")
-
-
-def test_filter_normalisation_dead_filter_stays_zero() -> None:
-    w = torch.randn(3, 4, dtype=F64)
-    w[1] = 0.0
-    d = filter_normalized_direction([w], torch.Generator().manual_seed(1))[0]
-    assert torch.equal(d[1], torch.zeros(4, dtype=F64))
+# ---------------------------------------------------------------------------- direction
 
 
 def test_direction_matches_hand_evaluation() -> None:
@@ -635,80 +334,24 @@ def test_plane_between_direction_orthogonal() -> None:
     np.testing.assert_allclose(g[:, 0], g[1, 0], rtol=1e-12, atol=1e-12)
 
 
-# ------------------------------------------------------------------------------- resume
-
-
-class Stop(Exception):
-    pass
-
-
-def test_plane_resumes_point_by_point(tmp_path: Path) -> None:
-    model = bn_mlp(9)
-    train = classification_data(20, 0)
-    probe_kw = {
-        "x": "-1:1:3",
-        "y": "-1:1:3",
-        "resume_dir": str(tmp_path),
-        "test": False,
-    }
-    full = Plane(x="-1:1:3", y="-1:1:3", test=False).run(
-        context([model], train, seed=5)
-    )
-
-    def stop_after(k: int) -> Any:
-        def progress(done: float, total: float | None = None, /, **info: Any) -> None:
-            if done >= k:
-                raise Stop
-
-        return progress
-
-    with pytest.raises(Stop):
-        Plane(**probe_kw).run(context([model], train, seed=5, progress=stop_after(4)))
-    files = list(tmp_path.glob("plane-*.npz"))
-    assert len(files) == 1
-    # A different seed (other directions) must not pick up this partial grid.
-    with pytest.raises(Stop):
-        Plane(**probe_kw).run(context([model], train, seed=6, progress=stop_after(1)))
-    assert len(list(tmp_path.glob("plane-*.npz"))) == 2
-    done_points: list[float] = []
-
-    def record(done: float, total: float | None = None, /, **info: Any) -> None:
-        done_points.append(done)
-
-    resumed = Plane(**probe_kw).run(context([model], train, seed=5, progress=record))
-    assert resumed.attrs["resumed_points"] == 4
-    assert done_points[0] == 4  # starts where it stopped
-    np.testing.assert_array_equal(
-        resumed.arrays["train_loss"], full.arrays["train_loss"]
-    )
-    np.testing.assert_array_equal(
-        resumed.arrays["train_accuracy"], full.arrays["train_accuracy"]
-    )
-    assert len(list(tmp_path.glob("plane-*.npz"))) == 1  # the finished one is removed
-
-
-def test_interpolate_resume_dir_also_works(tmp_path: Path) -> None:
-    m1, m2 = bn_mlp(1), bn_mlp(2)
-    train = classification_data(20, 0)
-
-    def stop(done: float, total: float | None = None, /, **info: Any) -> None:
-        if done >= 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        Interpolate(alpha="-1:2:5", resume_dir=str(tmp_path)).run(
-            context([m1, m2], train, progress=stop)
-        )
-    out = Interpolate(alpha="-1:2:5", resume_dir=str(tmp_path)).run(
-        context([m1, m2], train)
-    )
-    ref = Interpolate(alpha="-1:2:5").run(context([m1, m2], train))
-    assert out.attrs["resumed_points"] == 2
-    np.testing.assert_array_equal(out.arrays["train_loss"], ref.arrays["train_loss"])
-    assert not list(tmp_path.glob("*.npz"))
-
-
 # --------------------------------------------------------------------- registry and API
+
+
+def test_entry_module_imports_neither_torch_nor_the_implementation() -> None:
+    # sharpkit.builtin.probes is loaded with every plugin (`sharpkit --version`,
+    # `sharpkit results`): the probes and torch come only with the probe table.
+    code = (
+        "import sys, sharpkit.builtin.probes as p; "
+        "assert 'torch' not in sys.modules, 'torch'; "
+        "assert 'sharpkit.builtin._landscape' not in sys.modules, '_landscape'; "
+        "specs = p.sharpkit_register_probes(); "
+        "assert 'sharpkit.builtin._landscape.probes' in sys.modules; "
+        "print(' '.join(s.name for s in specs))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["interpolate", "direction", "plane", "plane-between"]
 
 
 def registry() -> Registry:
