@@ -23,7 +23,8 @@ are not the paper's numbers.
 
 Each experiment at each scale is a sweep file shipped with the package,
 ``sharpkit/experiments/<name>-<scale>.toml``, in the format of
-:mod:`sharpkit.sweep`; the experiments are the files present.
+:mod:`sharpkit.sweep`; the experiments are the files present. ``sharpkit
+reproduce fig1 --show`` prints one, as a starting point for a sweep of your own.
 """
 
 from __future__ import annotations

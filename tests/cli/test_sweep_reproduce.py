@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import sharpkit.reproduce
 from sharpkit.cli import app
+from sharpkit.reproduce import preset_text
 from sharpkit.sweep import SweepConfig, load_sweep
 
 runner = CliRunner()
@@ -61,3 +62,23 @@ def test_reproduce_runs_the_preset_and_draws_its_figure(
     figures = f"figures: {out / 'fig2.png'}"
     assert figures in " ".join(result.stderr.split())  # rich wraps long lines
     assert (out / "fig2.png").stat().st_size > 10_000
+
+
+def test_reproduce_show_prints_the_preset_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["reproduce", "fig1", "--show", "--scale", "paper"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == preset_text("fig1", scale="paper")
+    assert list(tmp_path.iterdir()) == []  # nothing ran
+    (tmp_path / "fig1.toml").write_text(result.stdout)
+    assert load_sweep(tmp_path / "fig1.toml").train["epochs"] == 200
+
+
+def test_reproduce_show_unknown_scale_is_one_line() -> None:
+    result = runner.invoke(app, ["reproduce", "demo", "--show", "--scale", "paper"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: experiment 'demo' has no scale 'paper'; one of quick"
+    )

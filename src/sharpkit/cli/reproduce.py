@@ -67,6 +67,14 @@ def reproduce(
     jobs: JobsOpt = 1,
     scheduler: SchedulerOpt = None,
     data_root: DataRootOpt = None,
+    show: Annotated[
+        bool,
+        typer.Option(
+            "--show",
+            help="Print the experiment's sweep file for --scale and exit "
+            "(a starting point for `sharpkit sweep`).",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Reproduce one of the paper's experiments: train, measure, store, plot.
@@ -74,9 +82,12 @@ def reproduce(
     Resumable: run the same command again after an interruption.
     """
     from sharpkit.plotting import plot_figure
-    from sharpkit.reproduce import FIGURES
+    from sharpkit.reproduce import FIGURES, preset_text
     from sharpkit.reproduce import experiment as get_experiment
 
+    if show:
+        typer.echo(preset_text(experiment, scale=scale.value), nl=False)
+        return
     folder = out or Path(f"reproduce-{experiment}-{scale.value}")
     cfg = get_experiment(experiment, scale=scale.value, out=folder, epochs=epochs)
     result = run_and_report(
