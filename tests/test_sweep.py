@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import textwrap
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ import sharpkit
 from sharpkit.errors import ConfigError
 from sharpkit.sweep import SweepConfig, load_sweep, run_sweep
 
+SMALL_SWEEP = Path(__file__).parent / "data" / "small-sweep.toml"
 TRAIN = {
     "model": "mlp-bn",
     "model_options": {"depth": 2, "width": 16},
@@ -83,36 +84,7 @@ def test_bad_sweeps_are_config_errors(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sweep_runs_resumes_and_interpolates(tmp_path: Path) -> None:
     toml = tmp_path / "sweep.toml"
-    toml.write_text(
-        textwrap.dedent(
-            """
-            [sweep]
-            name = "small"
-            out = "runs"
-            store = "results.zarr"
-            grid = "zip"
-
-            [train]
-            model = "mlp-bn"
-            model_options = { depth = 2, width = 16 }
-            data = "synthetic"
-            data_options = { n_train = 96, n_test = 48, shape = "8" }
-            epochs = 2
-            lr = [0.1, 0.02]
-            batch_size = [16, 48]
-            seed = 0
-
-            [measure]
-            metrics = ["fisher-rao"]
-            samples = 64
-
-            [[interpolate]]
-            a = { batch_size = 16 }
-            b = { batch_size = 48 }
-            alpha = "0:1:3"
-            """
-        )
-    )
+    shutil.copy(SMALL_SWEEP, toml)
     cfg = load_sweep(toml)
     first = run_sweep(cfg)
     assert not first.failures

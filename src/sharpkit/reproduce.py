@@ -20,200 +20,73 @@ CPU, hours on a GPU); ``scale="quick"`` keeps each experiment's design — the s
 η/S contrasts — but trains smaller models (ResNet-20 for ResNet-56) on subsets for
 fewer epochs, so it runs in minutes. Quick results show the paper's trends; they
 are not the paper's numbers.
+
+Each experiment at each scale is a sweep file shipped with the package,
+``sharpkit/experiments/<name>-<scale>.toml``, in the format of
+:mod:`sharpkit.sweep`; the experiments are the files present. ``sharpkit
+reproduce fig1 --show`` prints one, as a starting point for a sweep of your own.
 """
 
 from __future__ import annotations
 
-import copy
+import tomllib
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sharpkit.errors import ConfigError
 from sharpkit.sweep import SweepConfig
 
-__all__ = ["EXPERIMENTS", "FIGURES", "experiment"]
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
-_MEASURE = {"metrics": ["spectral", "frobenius"], "samples": 2048}
-# CIFAR interpolations at quick scale: fewer examples per α for BN statistics and
-# for the losses (the probe's defaults, 4096 and 10000, suit the paper scale).
-_QUICK_PROBE = {"bn_samples": 2048, "eval_samples": 2000}
+__all__ = ["EXPERIMENTS", "FIGURES", "SCALES", "experiment", "preset_text"]
 
-_EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
-    "demo": {
-        "quick": {
-            "sweep": {"grid": "zip"},
-            "train": {
-                "model": "mlp-bn",
-                "data": "fashion-mnist",
-                "lr": [0.1, 0.02],
-                "batch_size": [32, 512],
-                "epochs": 8,
-                "subset": 20000,
-                "seed": 0,
-            },
-            "measure": _MEASURE,
-            "interpolate": [
-                {"a": {"batch_size": 32}, "b": {"batch_size": 512}},
-            ],
-        },
-    },
-    "fig1": {
-        "quick": {
-            "train": {
-                "model": "mlp-bn",
-                "data": "fashion-mnist",
-                "lr": [0.005, 0.02, 0.1],
-                "batch_size": [32, 128, 512],
-                "epochs": 10,
-                "subset": 20000,
-                "seed": 0,
-            },
-            "measure": _MEASURE,
-        },
-        "paper": {
-            "train": {
-                "model": "mlp-bn",
-                "data": "fashion-mnist",
-                "lr": [0.005, 0.01, 0.025, 0.05, 0.1],
-                "batch_size": [25, 50, 100, 250, 500, 1000],
-                "epochs": 200,
-                "seed": 0,
-            },
-            "measure": _MEASURE,
-        },
-    },
-    "fig2": {
-        "quick": {
-            "sweep": {"grid": "zip"},
-            "train": {
-                "model": "resnet-cifar",
-                "model_options": {"depth": 20},
-                "data": "cifar10",
-                "lr": [0.1, 0.1, 0.01],
-                "batch_size": [128, 1024, 128],
-                "epochs": 10,
-                "subset": 5000,
-                "augment": True,
-                "seed": 0,
-            },
-            "interpolate": [
-                {
-                    "a": {"lr": 0.1, "batch_size": 128},
-                    "b": {"lr": 0.1, "batch_size": 1024},
-                },
-                {
-                    "a": {"lr": 0.1, "batch_size": 128},
-                    "b": {"lr": 0.01, "batch_size": 128},
-                },
-            ],
-        },
-        "paper": {
-            "sweep": {"grid": "zip"},
-            "train": {
-                "model": "resnet-cifar",
-                "model_options": {"depth": 56},
-                "data": "cifar10",
-                "lr": [0.1, 0.1, 0.01],
-                "batch_size": [128, 1024, 128],
-                "epochs": 200,
-                "schedule": "resnet",
-                "augment": True,
-                "seed": 0,
-            },
-            "interpolate": [
-                {
-                    "a": {"lr": 0.1, "batch_size": 128},
-                    "b": {"lr": 0.1, "batch_size": 1024},
-                },
-                {
-                    "a": {"lr": 0.1, "batch_size": 128},
-                    "b": {"lr": 0.01, "batch_size": 128},
-                },
-            ],
-        },
-    },
-    "fig3": {
-        "quick": {
-            "sweep": {"grid": "zip"},
-            "train": {
-                "model": "vgg-cifar",
-                "model_options": {"depth": 11},
-                "data": "cifar10",
-                "lr": [0.1, 0.4, 0.025],
-                "batch_size": [50, 200, 12],
-                "epochs": 5,
-                "subset": 5000,
-                "augment": True,
-                "seed": 0,
-            },
-            "interpolate": [
-                {"a": {"batch_size": 50}, "b": {"batch_size": 200}},
-                {"a": {"batch_size": 50}, "b": {"batch_size": 12}},
-            ],
-        },
-        "paper": {
-            "sweep": {"grid": "zip"},
-            "train": {
-                "model": "vgg-cifar",
-                "model_options": {"depth": 11},
-                "data": "cifar10",
-                "lr": [0.1, 0.4, 0.025],
-                "batch_size": [50, 200, 12],
-                "epochs": 200,
-                "schedule": "vgg",
-                "augment": True,
-                "seed": 0,
-            },
-            "interpolate": [
-                {"a": {"batch_size": 50}, "b": {"batch_size": 200}},
-                {"a": {"batch_size": 50}, "b": {"batch_size": 12}},
-            ],
-        },
-    },
-    "fig4": {
-        "quick": {
-            "sweep": {"grid": "zip"},
-            "train": {
-                "model": "resnet-cifar",
-                "model_options": {"depth": 20},
-                "data": "cifar10",
-                "lr": [0.1, 0.2, 0.316, 0.5, 1.0, 1.2],
-                "batch_size": [50, 500, 500, 500, 500, 500],
-                "epochs": 10,
-                "subset": 5000,
-                "augment": True,
-                "seed": 0,
-            },
-        },
-        "paper": {
-            "sweep": {"grid": "zip"},
-            "train": {
-                "model": "resnet-cifar",
-                "model_options": {"depth": 56},
-                "data": "cifar10",
-                "lr": [0.1, 0.2, 0.316, 0.5, 1.0, 1.2],
-                "batch_size": [50, 500, 500, 500, 500, 500],
-                "epochs": 200,
-                "schedule": "resnet",
-                "augment": True,
-                "seed": 0,
-            },
-        },
-    },
-}
+_PRESETS = files("sharpkit") / "experiments"
 
-for _name in ("fig2", "fig3"):
-    for _item in _EXPERIMENTS[_name]["quick"]["interpolate"]:
-        _item["options"] = dict(_QUICK_PROBE)
 
-EXPERIMENTS: tuple[str, ...] = tuple(_EXPERIMENTS)
+def _scales_by_experiment() -> dict[str, tuple[str, ...]]:
+    """Read ``<name>-<scale>.toml`` file names into ``{name: (scale, ...)}``."""
+    found: dict[str, list[str]] = {}
+    for item in _PRESETS.iterdir():
+        name, dash, scale = item.name.removesuffix(".toml").rpartition("-")
+        if item.name.endswith(".toml") and dash:
+            found.setdefault(name, []).append(scale)
+    return {name: tuple(sorted(found[name])) for name in sorted(found)}
+
+
+SCALES: dict[str, tuple[str, ...]] = _scales_by_experiment()
+EXPERIMENTS: tuple[str, ...] = tuple(SCALES)
+# The figures an experiment draws: its own, unless it is not named after one.
 FIGURES: dict[str, tuple[str, ...]] = {
-    "demo": ("fig1", "fig2"),
-    "fig1": ("fig1",),
-    "fig2": ("fig2",),
-    "fig3": ("fig3",),
-    "fig4": ("fig4",),
+    name: {"demo": ("fig1", "fig2")}.get(name, (name,)) for name in EXPERIMENTS
 }
+
+
+def _preset(name: str, scale: str) -> Traversable:
+    if name not in SCALES:
+        msg = f"unknown experiment {name!r}; one of {', '.join(EXPERIMENTS)}"
+        raise ConfigError(msg)
+    if scale not in SCALES[name]:
+        msg = (
+            f"experiment {name!r} has no scale {scale!r}; "
+            f"one of {', '.join(SCALES[name])}"
+        )
+        raise ConfigError(msg)
+    return _PRESETS / f"{name}-{scale}.toml"
+
+
+def preset_text(name: str, *, scale: str = "quick") -> str:
+    """Return the sweep file of one experiment at one scale, as shipped.
+
+    Args:
+        name: ``demo``, ``fig1``, ``fig2``, ``fig3`` or ``fig4``.
+        scale: ``quick`` or ``paper``.
+
+    Raises:
+        ConfigError: Unknown experiment or scale.
+    """
+    return _preset(name, scale).read_text(encoding="utf-8")
 
 
 def experiment(
@@ -230,14 +103,7 @@ def experiment(
     Raises:
         ConfigError: Unknown experiment or scale.
     """
-    if name not in _EXPERIMENTS:
-        msg = f"unknown experiment {name!r}; one of {', '.join(EXPERIMENTS)}"
-        raise ConfigError(msg)
-    scales = _EXPERIMENTS[name]
-    if scale not in scales:
-        msg = f"experiment {name!r} has no scale {scale!r}; one of {', '.join(scales)}"
-        raise ConfigError(msg)
-    data = copy.deepcopy(scales[scale])
+    data = tomllib.loads(preset_text(name, scale=scale))
     data.setdefault("sweep", {})
     data["sweep"].update(
         {

@@ -127,16 +127,26 @@ def _root(
 
 
 def _add_builtin_commands() -> None:
-    from sharpkit.cli import interpolate, measure, plot, plugins, results, sweep, train
+    from sharpkit.cli import (
+        interpolate,
+        measure,
+        plot,
+        plugins,
+        probe,
+        reproduce,
+        results,
+        sweep,
+        train,
+    )
 
     app.command("measure", no_args_is_help=True)(measure.measure)
     app.command("train")(train.train)
     app.command("interpolate", no_args_is_help=True)(interpolate.interpolate)
-    app.command("probe", no_args_is_help=True)(interpolate.probe)
+    app.command("probe", no_args_is_help=True)(probe.probe)
     app.command("results")(results.results)
     app.command("plot", no_args_is_help=True)(plot.plot)
     app.command("sweep", no_args_is_help=True)(sweep.sweep)
-    app.command("reproduce", no_args_is_help=True)(sweep.reproduce)
+    app.command("reproduce", no_args_is_help=True)(reproduce.reproduce)
     app.command("plugins")(plugins.plugins)
 
 

@@ -1,10 +1,20 @@
-"""Options shared by several commands, as ``Annotated`` aliases (defined once)."""
+"""Options shared by several commands, as ``Annotated`` aliases (defined once).
+
+The options of the analysis commands (``measure``, ``interpolate``, ``probe``)
+that say where checkpoints and data come from and where results go are one
+group, :class:`AnalysisOptions`, which a command takes as a single parameter.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -49,6 +59,11 @@ def complete_model(incomplete: str) -> list[str]:
 def complete_dataset(incomplete: str) -> list[str]:
     """Complete dataset names from the registry."""
     return [n for n in _names("dataset") if n.startswith(incomplete)]
+
+
+def complete_probe(incomplete: str) -> list[str]:
+    """Complete probe names from the registry."""
+    return [n for n in _names("probe") if n.startswith(incomplete)]
 
 
 JsonOpt = Annotated[
@@ -105,8 +120,21 @@ ForceOpt = Annotated[
     typer.Option("--force", help="Recompute even what the store already holds."),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", help="Examples per forward pass.")
+]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'.")
+]
+JobsOpt = Annotated[
+    int, typer.Option("--jobs", "-j", help="Grid points run at once (processes).")
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="'dask' starts a Dask LocalCluster; tcp://HOST:PORT uses a running one.",
+    ),
 ]
 OptionOpt = Annotated[
     list[str] | None,
@@ -206,3 +234,80 @@ def parse_pairs(items: list[str] | None, what: str = "option") -> dict[str, str]
             raise ConfigError(msg)
         out[key] = value
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisOptions:
+    """Where an analysis command's models and data come from, and where results go.
+
+    A command takes the group as one keyword-only parameter, ``analysis``, and is
+    wrapped in :func:`with_analysis_options`, which gives typer the fields below
+    as ordinary options in its place.
+    """
+
+    data: DataOpt = None
+    model: ModelOpt = None
+    model_option: ModelOptionOpt = None
+    seed: SeedOpt = 0
+    device: DeviceOpt = "cpu"
+    data_root: DataRootOpt = None
+    download: DownloadOpt = False
+    store: StoreOpt = DEFAULT_STORE
+    no_store: NoStoreOpt = False
+    force: ForceOpt = False
+
+    def api_kwargs(self) -> dict[str, Any]:
+        """Return the keyword arguments of ``sharpkit.measure`` / ``probe`` they set.
+
+        Raises:
+            ConfigError: A ``--model-option`` that is not ``key=value``.
+        """
+        return {
+            "data": self.data,
+            "seed": self.seed,
+            "device": self.device,
+            "model_name": self.model,
+            "model_options": parse_pairs(self.model_option, "--model-option"),
+            "data_root": self.data_root,
+            "download": self.download,
+            "store": None if self.no_store else self.store,
+            "force": self.force,
+        }
+
+
+def with_analysis_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give typer the :class:`AnalysisOptions` fields in place of ``analysis``.
+
+    typer reads a command's options from its signature, so the wrapper carries
+    the command's signature with the ``analysis`` parameter replaced by the
+    fields of the group, and builds the group from them when it is called
+    (typer passes every parameter by keyword; tests/cli/test_options.py holds
+    it to that).
+
+    Raises:
+        TypeError: ``command`` has no ``analysis`` parameter.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    if "analysis" not in signature.parameters:
+        msg = f"{command.__name__} has no 'analysis' parameter to expand"
+        raise TypeError(msg)
+    hints = typing.get_type_hints(AnalysisOptions, include_extras=True)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    group = [
+        inspect.Parameter(f.name, keyword, default=f.default, annotation=hints[f.name])
+        for f in dataclasses.fields(AnalysisOptions)
+    ]
+    params: list[inspect.Parameter] = []
+    for param in signature.parameters.values():
+        params += group if param.name == "analysis" else [param.replace(kind=keyword)]
+
+    def wrapper(**kwargs: Any) -> None:
+        names = [f.name for f in dataclasses.fields(AnalysisOptions)]
+        analysis = AnalysisOptions(**{name: kwargs.pop(name) for name in names})
+        command(**kwargs, analysis=analysis)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(wrapper, attr, getattr(command, attr))
+    return wrapper

@@ -9,24 +9,15 @@ from typing import Annotated, Any
 import typer
 
 from sharpkit.cli._options import (
-    DEFAULT_STORE,
+    AnalysisOptions,
+    BatchSizeOpt,
     BNMode,
-    DataOpt,
-    DataRootOpt,
-    DeviceOpt,
-    DownloadOpt,
     DType,
-    ForceOpt,
     JsonOpt,
     MetricOpt,
-    ModelOpt,
-    ModelOptionOpt,
-    NoStoreOpt,
     OptionOpt,
-    SeedOpt,
-    StoreOpt,
     distribute_options,
-    parse_pairs,
+    with_analysis_options,
 )
 from sharpkit.cli._progress import err_console, progress_display
 from sharpkit.cli._render import fmt_number, print_json, print_table
@@ -57,6 +48,7 @@ def _labels(paths: list[Path]) -> tuple[list[str], str | None]:
     return [str(p.relative_to(common)) for p in resolved], str(common)
 
 
+@with_analysis_options
 def measure(
     checkpoints: Annotated[
         list[Path],
@@ -65,7 +57,6 @@ def measure(
         ),
     ],
     metric: MetricOpt = None,
-    data: DataOpt = None,
     samples: Annotated[
         int | None,
         typer.Option(help="Analysis-set size: the first N examples (default 2048)."),
@@ -73,9 +64,7 @@ def measure(
     split: Annotated[
         str, typer.Option(help="Dataset split to analyse: train or test.")
     ] = "train",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Examples per forward pass.")
-    ] = 2048,
+    batch_size: BatchSizeOpt = 2048,
     top_k: Annotated[
         int | None,
         typer.Option(
@@ -83,7 +72,6 @@ def measure(
             help="Eigenvalues spectral reports (as -o spectral.top_k=K).",
         ),
     ] = None,
-    seed: SeedOpt = 0,
     tol: Annotated[
         float, typer.Option(help="Relative tolerance of iterative methods.")
     ] = 1e-3,
@@ -102,15 +90,9 @@ def measure(
     dtype: Annotated[
         DType | None, typer.Option(help="Compute in this dtype (default: the model's).")
     ] = None,
-    device: DeviceOpt = "cpu",
-    model: ModelOpt = None,
-    model_option: ModelOptionOpt = None,
+    *,
+    analysis: AnalysisOptions,
     option: OptionOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    store: StoreOpt = DEFAULT_STORE,
-    no_store: NoStoreOpt = False,
-    force: ForceOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Measure sharpness (λ_max, ‖H‖_F, trace, ...) of trained checkpoints.
@@ -132,8 +114,7 @@ def measure(
             msg = "--top-k applies to the spectral metric; add --metric spectral"
             raise ConfigError(msg)
         per_metric.setdefault("spectral", {})["top_k"] = str(top_k)
-    model_opts = parse_pairs(model_option, "--model-option")
-    target = None if no_store else store
+    kwargs = analysis.api_kwargs()
     outputs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     failed = 0
@@ -143,25 +124,17 @@ def measure(
                 with progress_display(path.name, enabled=not json_output) as cb:
                     result = api.measure(
                         path,
-                        data,
-                        metrics,
+                        metrics=metrics,
                         samples=samples,
                         split=split,
                         batch_size=batch_size,
-                        seed=seed,
                         tol=tol,
                         max_hvps=max_hvps,
                         bn_mode=bn_mode.value,
                         dtype=dtype.value if dtype is not None else None,
-                        device=device,
                         options=per_metric,
-                        model_name=model,
-                        model_options=model_opts,
-                        data_root=data_root,
-                        download=download,
                         progress=cb,
-                        store=target,
-                        force=force,
+                        **kwargs,
                     )
             except SharpkitError as exc:
                 if len(checkpoints) == 1:

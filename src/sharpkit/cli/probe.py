@@ -1,0 +1,66 @@
+"""``sharpkit probe``: any registered loss-landscape probe of one or two checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sharpkit.cli._options import (
+    AnalysisOptions,
+    BatchSizeOpt,
+    JsonOpt,
+    OptionOpt,
+    complete_probe,
+    with_analysis_options,
+)
+from sharpkit.cli._probe_run import probe_options, run_probe
+
+
+@with_analysis_options
+def probe(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Probe: interpolate, direction, plane, plane-between, ...",
+            autocompletion=complete_probe,
+            show_default=False,
+        ),
+    ],
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(help="The checkpoint(s) the probe takes.", show_default=False),
+    ],
+    option: OptionOpt = None,
+    *,
+    analysis: AnalysisOptions,
+    batch_size: BatchSizeOpt = 1024,
+    json_output: JsonOpt = False,
+) -> None:
+    """Run a loss-landscape probe on one or two checkpoints.
+
+    E.g. `sharpkit probe direction ckpt.pt -o alpha=-1:1:41` (loss along a random
+    filter-normalised direction) or `sharpkit probe plane ckpt.pt -o x=-1:1:21 -o
+    y=-1:1:21 -o resume_dir=partial/` (a resumable 2-D grid).
+    """
+    from sharpkit import api
+    from sharpkit.registry import get_registry
+
+    get_registry().get("probe", name)  # fail fast with "did you mean"
+    extra = probe_options(option, name)
+    kwargs = analysis.api_kwargs()
+    run_probe(
+        name,
+        lambda cb: api.probe(
+            name,
+            list(checkpoints),
+            options=extra,
+            batch_size=batch_size,
+            progress=cb,
+            **kwargs,
+        ),
+        checkpoints=checkpoints,
+        title=f"{name} {' '.join(p.name for p in checkpoints)}",
+        json_output=json_output,
+    )

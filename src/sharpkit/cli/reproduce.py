@@ -1,0 +1,110 @@
+"""``sharpkit reproduce``: one of the paper's experiments, run and plotted."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sharpkit.cli._options import DataRootOpt, JobsOpt, JsonOpt, SchedulerOpt
+from sharpkit.cli._progress import err_console
+from sharpkit.cli._render import print_table
+from sharpkit.cli._sweep_run import run_and_report
+from sharpkit.reproduce import EXPERIMENTS
+
+
+class Scale(StrEnum):
+    """How big a reproduction to run."""
+
+    quick = "quick"
+    paper = "paper"
+
+
+def _complete_experiment(incomplete: str) -> list[str]:
+    return [n for n in EXPERIMENTS if n.startswith(incomplete)]
+
+
+def _print_measurements(store: Path) -> None:
+    from sharpkit.api import open_results
+
+    table = open_results(store, kind="measure", as_frame=False)
+    if table:
+        print_table(
+            table,
+            [
+                ("lr", "η"),
+                ("batch_size", "S"),
+                ("lr_over_batch", "η/S"),
+                ("metric", "metric"),
+                ("value", "value"),
+                ("stderr", "stderr"),
+                ("bound", "bound"),
+            ],
+            title=f"{store}",
+        )
+
+
+def reproduce(
+    experiment: Annotated[
+        str,
+        typer.Argument(
+            help=f"{', '.join(EXPERIMENTS[:-1])} or {EXPERIMENTS[-1]}.",
+            autocompletion=_complete_experiment,
+        ),
+    ],
+    scale: Annotated[
+        Scale, typer.Option(help="quick: minutes on a CPU; paper: the paper's runs.")
+    ] = Scale.quick,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for runs, store and figures."),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Override the number of epochs.")
+    ] = None,
+    jobs: JobsOpt = 1,
+    scheduler: SchedulerOpt = None,
+    data_root: DataRootOpt = None,
+    show: Annotated[
+        bool,
+        typer.Option(
+            "--show",
+            help="Print the experiment's sweep file for --scale and exit "
+            "(a starting point for `sharpkit sweep`).",
+        ),
+    ] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Reproduce one of the paper's experiments: train, measure, store, plot.
+
+    Resumable: run the same command again after an interruption.
+    """
+    from sharpkit.plotting import plot_figure
+    from sharpkit.reproduce import FIGURES, preset_text
+    from sharpkit.reproduce import experiment as get_experiment
+
+    if show:
+        typer.echo(preset_text(experiment, scale=scale.value), nl=False)
+        return
+    folder = out or Path(f"reproduce-{experiment}-{scale.value}")
+    cfg = get_experiment(experiment, scale=scale.value, out=folder, epochs=epochs)
+    result = run_and_report(
+        cfg,
+        jobs=jobs,
+        scheduler=scheduler,
+        data_root=data_root,
+        json_output=json_output,
+    )
+    assert cfg.store is not None
+    figures = []
+    for fig in FIGURES[experiment]:
+        path = folder / f"{fig}.png"
+        plot_figure(cfg.store, fig, path)
+        figures.append(str(path))
+    if not json_output:
+        _print_measurements(cfg.store)
+        err_console.print("figures: " + ", ".join(figures))
+    if result.failures:
+        raise typer.Exit(1)

@@ -1,0 +1,84 @@
+"""``sharpkit sweep`` and ``sharpkit reproduce`` through the CLI, on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import sharpkit.reproduce
+from sharpkit.cli import app
+from sharpkit.reproduce import preset_text
+from sharpkit.sweep import SweepConfig, load_sweep
+
+runner = CliRunner()
+
+SMALL_SWEEP = Path(__file__).parents[1] / "data" / "small-sweep.toml"
+
+
+@pytest.mark.slow
+def test_sweep_json_then_resume(tmp_path: Path) -> None:
+    shutil.copy(SMALL_SWEEP, tmp_path / "small.toml")
+    args = ["sweep", str(tmp_path / "small.toml"), "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert [p["point"] for p in report["points"]] == [
+        "lr=0.1 batch_size=16 seed=0",
+        "lr=0.02 batch_size=48 seed=0",
+    ]
+    assert all(p["trained"] and p["fisher-rao"] > 0 for p in report["points"])
+    assert "summary" in report["probes"][0]
+    again = json.loads(runner.invoke(app, args).stdout)
+    assert not any(p["trained"] for p in again["points"])
+
+
+@pytest.mark.slow
+def test_reproduce_runs_the_preset_and_draws_its_figure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copy(SMALL_SWEEP, tmp_path / "small.toml")
+    small = load_sweep(tmp_path / "small.toml")
+    asked = {}
+
+    def experiment(
+        name: str, *, scale: str, out: Path, epochs: int | None
+    ) -> SweepConfig:
+        asked.update(name=name, scale=scale, out=out, epochs=epochs)
+        return small
+
+    monkeypatch.setattr(sharpkit.reproduce, "experiment", experiment)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["reproduce", "fig2", "--out", str(out), "--epochs", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert asked == {"name": "fig2", "scale": "quick", "out": out, "epochs": 1}
+    assert "small" in result.stdout  # the sweep's table
+    assert "fisher-rao" in result.stdout  # the store's table
+    figures = f"figures: {out / 'fig2.png'}"
+    assert figures in " ".join(result.stderr.split())  # rich wraps long lines
+    assert (out / "fig2.png").stat().st_size > 10_000
+
+
+def test_reproduce_show_prints_the_preset_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["reproduce", "fig1", "--show", "--scale", "paper"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == preset_text("fig1", scale="paper")
+    assert list(tmp_path.iterdir()) == []  # nothing ran
+    (tmp_path / "fig1.toml").write_text(result.stdout)
+    assert load_sweep(tmp_path / "fig1.toml").train["epochs"] == 200
+
+
+def test_reproduce_show_unknown_scale_is_one_line() -> None:
+    result = runner.invoke(app, ["reproduce", "demo", "--show", "--scale", "paper"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: experiment 'demo' has no scale 'paper'; one of quick"
+    )
