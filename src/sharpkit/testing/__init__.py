@@ -1,0 +1,44 @@
+"""Conformance suites for plugin authors: one base test class per component kind.
+
+Subclass the contract for what your plugin ships, set ``spec`` (and a few class
+attributes), and pytest collects the contract's tests::
+
+    from sharpkit.testing import MetricContract
+    from my_plugin.plugin import MY_METRIC
+
+    class TestMyMetric(MetricContract):
+        spec = MY_METRIC
+
+* :class:`MetricContract`: a finite :class:`~sharpkit.MetricResult`, reproducible
+  from the seed, the model left bit-identical.
+
+Every contract also checks the spec with :func:`check_spec` (the registry's rules
+and a few more). The suites use sharpkit's public API only, and importing this
+package imports neither torch nor pytest; add your own ground-truth tests beside
+them. The tiny problems they run on are public too: :func:`tiny_model`,
+:func:`tiny_context`, :func:`tiny_probe_context` and :func:`tiny_dataset`.
+"""
+
+from __future__ import annotations
+
+from sharpkit.testing._checks import check_spec
+from sharpkit.testing._fixtures import (
+    tiny_context,
+    tiny_dataset,
+    tiny_model,
+    tiny_probe_context,
+)
+from sharpkit.testing._metric import MetricContract, check_metric_spec
+
+__all__ = [
+    # contracts
+    "MetricContract",
+    # checks
+    "check_metric_spec",
+    "check_spec",
+    # tiny problems
+    "tiny_context",
+    "tiny_dataset",
+    "tiny_model",
+    "tiny_probe_context",
+]
