@@ -254,6 +254,7 @@ def test_global_rng_seeds_and_restores() -> None:
 def test_public_names() -> None:
     assert sorted(sharpkit.testing.__all__) == [
         "MetricContract",
+        "ModelContract",
         "check_metric_spec",
         "check_spec",
         "tiny_context",

@@ -3,12 +3,20 @@
 Subclass the contract for what your plugin ships, set ``spec`` (and a few class
 attributes), and pytest collects the contract's tests::
 
-    from sharpkit.testing import MetricContract
-    from my_plugin.plugin import MY_METRIC
+    from sharpkit.testing import MetricContract, ModelContract
+    from my_plugin.plugin import MY_METRIC, MY_NET
 
     class TestMyMetric(MetricContract):
         spec = MY_METRIC
 
+    class TestMyNet(ModelContract):
+        spec = MY_NET
+        input_shape = (1, 28, 28)
+        num_classes = 10
+
+* :class:`ModelContract`: the factory builds an ``nn.Module`` giving
+  ``(batch, num_classes)`` logits, seeded, checkpoint round-trip, twice
+  differentiable.
 * :class:`MetricContract`: a finite :class:`~sharpkit.MetricResult`, reproducible
   from the seed, the model left bit-identical.
 
@@ -29,10 +37,12 @@ from sharpkit.testing._fixtures import (
     tiny_probe_context,
 )
 from sharpkit.testing._metric import MetricContract, check_metric_spec
+from sharpkit.testing._model import ModelContract
 
 __all__ = [
     # contracts
     "MetricContract",
+    "ModelContract",
     # checks
     "check_metric_spec",
     "check_spec",
