@@ -253,6 +253,7 @@ def test_global_rng_seeds_and_restores() -> None:
 
 def test_public_names() -> None:
     assert sorted(sharpkit.testing.__all__) == [
+        "DatasetContract",
         "MetricContract",
         "ModelContract",
         "check_metric_spec",

@@ -17,6 +17,8 @@ attributes), and pytest collects the contract's tests::
 * :class:`ModelContract`: the factory builds an ``nn.Module`` giving
   ``(batch, num_classes)`` logits, seeded, checkpoint round-trip, twice
   differentiable.
+* :class:`DatasetContract`: a :class:`~sharpkit.Dataset` of float inputs and
+  int64 class targets, ``subset`` and ``seed`` honoured; skips when files are absent.
 * :class:`MetricContract`: a finite :class:`~sharpkit.MetricResult`, reproducible
   from the seed, the model left bit-identical.
 
@@ -30,6 +32,7 @@ them. The tiny problems they run on are public too: :func:`tiny_model`,
 from __future__ import annotations
 
 from sharpkit.testing._checks import check_spec
+from sharpkit.testing._dataset import DatasetContract
 from sharpkit.testing._fixtures import (
     tiny_context,
     tiny_dataset,
@@ -41,6 +44,7 @@ from sharpkit.testing._model import ModelContract
 
 __all__ = [
     # contracts
+    "DatasetContract",
     "MetricContract",
     "ModelContract",
     # checks
