@@ -256,6 +256,7 @@ def test_public_names() -> None:
         "DatasetContract",
         "MetricContract",
         "ModelContract",
+        "ProbeContract",
         "check_metric_spec",
         "check_spec",
         "tiny_context",

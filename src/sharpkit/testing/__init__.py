@@ -21,6 +21,8 @@ attributes), and pytest collects the contract's tests::
   int64 class targets, ``subset`` and ``seed`` honoured; skips when files are absent.
 * :class:`MetricContract`: a finite :class:`~sharpkit.MetricResult`, reproducible
   from the seed, the model left bit-identical.
+* :class:`ProbeContract`: a :class:`~sharpkit.ProbeResult` whose arrays span its
+  coords, reproducible, models left bit-identical, ``n_models`` honoured.
 
 Every contract also checks the spec with :func:`check_spec` (the registry's rules
 and a few more). The suites use sharpkit's public API only, and importing this
@@ -41,12 +43,14 @@ from sharpkit.testing._fixtures import (
 )
 from sharpkit.testing._metric import MetricContract, check_metric_spec
 from sharpkit.testing._model import ModelContract
+from sharpkit.testing._probe import ProbeContract
 
 __all__ = [
     # contracts
     "DatasetContract",
     "MetricContract",
     "ModelContract",
+    "ProbeContract",
     # checks
     "check_metric_spec",
     "check_spec",
