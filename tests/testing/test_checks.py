@@ -257,6 +257,7 @@ def test_public_names() -> None:
         "MetricContract",
         "ModelContract",
         "ProbeContract",
+        "TrainerContract",
         "check_metric_spec",
         "check_spec",
         "tiny_context",

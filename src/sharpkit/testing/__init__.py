@@ -19,6 +19,8 @@ attributes), and pytest collects the contract's tests::
   differentiable.
 * :class:`DatasetContract`: a :class:`~sharpkit.Dataset` of float inputs and
   int64 class targets, ``subset`` and ``seed`` honoured; skips when files are absent.
+* :class:`TrainerContract`: per-epoch curves, bit-for-bit determinism, a loadable
+  checkpoint in ``out_dir``, exact resume.
 * :class:`MetricContract`: a finite :class:`~sharpkit.MetricResult`, reproducible
   from the seed, the model left bit-identical.
 * :class:`ProbeContract`: a :class:`~sharpkit.ProbeResult` whose arrays span its
@@ -44,6 +46,7 @@ from sharpkit.testing._fixtures import (
 from sharpkit.testing._metric import MetricContract, check_metric_spec
 from sharpkit.testing._model import ModelContract
 from sharpkit.testing._probe import ProbeContract
+from sharpkit.testing._trainer import TrainerContract
 
 __all__ = [
     # contracts
@@ -51,6 +54,7 @@ __all__ = [
     "MetricContract",
     "ModelContract",
     "ProbeContract",
+    "TrainerContract",
     # checks
     "check_metric_spec",
     "check_spec",
