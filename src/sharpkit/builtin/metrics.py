@@ -40,7 +40,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -50,9 +50,9 @@ from sharpkit import (
     ConvergenceWarning,
     MetricResult,
     MetricSpec,
-    Option,
     hookimpl,
 )
+from sharpkit.builtin._spec import check_choice, signature_options
 
 if TYPE_CHECKING:
     import torch
@@ -153,6 +153,13 @@ class Spectral:
             context's ``warm_start`` vector, if any, takes the gradient's place.
     """
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "which": ("largest", "smallest", "both"),
+        "method": ("lanczos", "power"),
+        "bound": ("gap", "residual"),
+        "start": ("gradient", "random"),
+    }
+
     def __init__(
         self,
         top_k: int = 1,
@@ -164,10 +171,13 @@ class Spectral:
         if top_k < 1:
             msg = f"top_k must be >= 1, got {top_k}"
             raise ConfigError(msg)
-        _choice("which", which, ("largest", "smallest", "both"))
-        _choice("method", method, ("lanczos", "power"))
-        _choice("bound", bound, ("gap", "residual"))
-        _choice("start", start, ("gradient", "random"))
+        for name, value in (
+            ("which", which),
+            ("method", method),
+            ("bound", bound),
+            ("start", start),
+        ):
+            check_choice(name, value, self.CHOICES[name])
         if method == "power" and (top_k != 1 or which != "largest"):
             msg = "method='power' finds only the dominant eigenvalue; use top_k=1"
             raise ConfigError(msg)
@@ -442,6 +452,11 @@ class Trace:
             parameters.
     """
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "method": ("auto", "exact-ggn", "hutch++", "hutchinson"),
+        "sketch_method": ("lanczos", "random"),
+    }
+
     def __init__(
         self,
         method: str = "auto",
@@ -458,8 +473,8 @@ class Trace:
         if probes is not None and probes < 2:
             msg = f"probes must be >= 2 (a standard error needs two), got {probes}"
             raise ConfigError(msg)
-        _choice("method", method, ("auto", "exact-ggn", "hutch++", "hutchinson"))
-        _choice("sketch_method", sketch_method, ("lanczos", "random"))
+        check_choice("method", method, self.CHOICES["method"])
+        check_choice("sketch_method", sketch_method, self.CHOICES["sketch_method"])
         self.method = method
         self.rel_stderr = rel_stderr
         self.sketch = sketch
@@ -818,12 +833,6 @@ class Density:
         )
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        msg = f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
-        raise ConfigError(msg)
-
-
 def _positive(name: str, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         msg = f"{name} must be a positive number, got {value!r}"
@@ -833,51 +842,33 @@ def _positive(name: str, value: float) -> None:
 # ----------------------------------------------------------------------- registration
 
 
+# Help shared by the options of several metrics.
+_HELP = {
+    "rel_stderr": "Target relative standard error.",
+    "probes": "Fixed number of probes (overrides rel_stderr).",
+    "exact_max": "Compute exactly up to this many parameters.",
+}
+
+
 @hookimpl
 def sharpkit_register_metrics() -> list[MetricSpec]:
     """Register ``spectral``, ``frobenius``, ``trace`` and ``density``."""
-    exact_opt = Option(
-        name="exact_max",
-        type=int,
-        default=EXACT_MAX,
-        help="Compute exactly up to this many parameters.",
-    )
     return [
         MetricSpec(
             name="spectral",
             factory=Spectral,
             description="Largest Hessian eigenvalue λ_max (or top-k) by Lanczos, "
             "with a certified relative bound.",
-            options=(
-                Option(name="top_k", type=int, default=1, help="How many eigenvalues."),
-                Option(
-                    name="which",
-                    type=str,
-                    default="largest",
-                    choices=("largest", "smallest", "both"),
-                    help="Which end of the spectrum.",
-                ),
-                Option(
-                    name="method",
-                    type=str,
-                    default="lanczos",
-                    choices=("lanczos", "power"),
-                    help="Lanczos (certified) or power iteration (as PyHessian).",
-                ),
-                Option(
-                    name="bound",
-                    type=str,
-                    default="gap",
-                    choices=("gap", "residual"),
-                    help="Stopping bound: r²/gap estimate or rigorous residual.",
-                ),
-                Option(
-                    name="start",
-                    type=str,
-                    default="gradient",
-                    choices=("gradient", "random"),
-                    help="Start vector: gradient plus random, or random.",
-                ),
+            options=signature_options(
+                Spectral,
+                {
+                    "top_k": "How many eigenvalues.",
+                    "which": "Which end of the spectrum.",
+                    "method": "Lanczos (certified) or power iteration (as PyHessian).",
+                    "bound": "Stopping bound: r²/gap estimate or rigorous residual.",
+                    "start": "Start vector: gradient plus random, or random.",
+                },
+                choices=Spectral.CHOICES,
             ),
             stochastic=False,
             unit="loss / parameter²",
@@ -888,26 +879,14 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             factory=Frobenius,
             description="Hessian Frobenius norm ‖H‖_F: exact on a Krylov subspace "
             "plus a deflated Hutchinson estimate.",
-            options=(
-                Option(
-                    name="rel_stderr",
-                    type=float,
-                    default=0.003,
-                    help="Target relative standard error.",
-                ),
-                Option(
-                    name="deflation",
-                    type=int,
-                    default=25,
-                    help="Krylov dimension deflated exactly.",
-                ),
-                Option(
-                    name="probes",
-                    type=int,
-                    default=None,
-                    help="Fixed number of probes (overrides rel_stderr).",
-                ),
-                exact_opt,
+            options=signature_options(
+                Frobenius,
+                {
+                    "rel_stderr": _HELP["rel_stderr"],
+                    "deflation": "Krylov dimension deflated exactly.",
+                    "probes": _HELP["probes"],
+                    "exact_max": _HELP["exact_max"],
+                },
             ),
             stochastic=True,
             unit="loss / parameter²",
@@ -918,40 +897,17 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             factory=Trace,
             description="Hessian trace: exact for ReLU/BN networks (Gauss-Newton "
             "identity), else Krylov-deflated Hutch++ with a standard error.",
-            options=(
-                Option(
-                    name="method",
-                    type=str,
-                    default="auto",
-                    choices=("auto", "exact-ggn", "hutch++", "hutchinson"),
-                    help="Estimator.",
-                ),
-                Option(
-                    name="rel_stderr",
-                    type=float,
-                    default=0.01,
-                    help="Target relative standard error.",
-                ),
-                Option(
-                    name="sketch",
-                    type=int,
-                    default=40,
-                    help="Dimension of the deflated subspace (Hutch++).",
-                ),
-                Option(
-                    name="sketch_method",
-                    type=str,
-                    default="lanczos",
-                    choices=("lanczos", "random"),
-                    help="Krylov basis or Meyer et al.'s random sketch.",
-                ),
-                Option(
-                    name="probes",
-                    type=int,
-                    default=None,
-                    help="Fixed number of probes (overrides rel_stderr).",
-                ),
-                exact_opt,
+            options=signature_options(
+                Trace,
+                {
+                    "method": "Estimator.",
+                    "rel_stderr": _HELP["rel_stderr"],
+                    "sketch": "Dimension of the deflated subspace (Hutch++).",
+                    "sketch_method": "Krylov basis or Meyer et al.'s random sketch.",
+                    "probes": _HELP["probes"],
+                    "exact_max": _HELP["exact_max"],
+                },
+                choices=Trace.CHOICES,
             ),
             stochastic=True,
             unit="loss / parameter²",
@@ -962,19 +918,15 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             factory=Density,
             description="Hessian eigenvalue density by stochastic Lanczos "
             "quadrature; value: its trace estimate.",
-            options=(
-                Option(name="probes", type=int, default=4, help="Random probes."),
-                Option(
-                    name="steps", type=int, default=64, help="Lanczos steps per probe."
-                ),
-                Option(
-                    name="sigma",
-                    type=float,
-                    default=None,
-                    help="Gaussian smoothing width (default 1 % of the range).",
-                ),
-                Option(name="grid", type=int, default=256, help="Density grid points."),
-                exact_opt,
+            options=signature_options(
+                Density,
+                {
+                    "probes": "Random probes.",
+                    "steps": "Lanczos steps per probe.",
+                    "sigma": "Gaussian smoothing width (default 1 % of the range).",
+                    "grid": "Density grid points.",
+                    "exact_max": _HELP["exact_max"],
+                },
             ),
             stochastic=True,
             unit="loss / parameter²",

@@ -46,13 +46,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from sharpkit.builtin._spec import check_choice, signature_options
 from sharpkit.errors import ConfigError, NumericalError
 from sharpkit.hookspecs import hookimpl
-from sharpkit.interfaces import AnalysisContext, MetricResult, MetricSpec, Option
+from sharpkit.interfaces import AnalysisContext, MetricResult, MetricSpec
 
 if TYPE_CHECKING:
     import torch
@@ -377,6 +378,11 @@ class AdaptiveSharpness:
         step_size: Step in units of ``ρ`` (default ``2.5 / steps``).
     """
 
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "norm": ("2", "inf"),
+        "kind": ("worst", "average"),
+    }
+
     def __init__(
         self,
         *,
@@ -387,12 +393,8 @@ class AdaptiveSharpness:
         samples: int = 16,
         step_size: float | None = None,
     ) -> None:
-        if norm not in ("2", "inf"):
-            msg = f"norm must be '2' or 'inf', got {norm!r}"
-            raise ConfigError(msg)
-        if kind not in ("worst", "average"):
-            msg = f"kind must be 'worst' or 'average', got {kind!r}"
-            raise ConfigError(msg)
+        check_choice("norm", norm, self.CHOICES["norm"])
+        check_choice("kind", kind, self.CHOICES["kind"])
         if rho is None:
             rho = _DEFAULT_RHO[(kind, norm if kind == "worst" else "2")]
         if not (rho > 0 and math.isfinite(rho)):
@@ -533,29 +535,16 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             factory=EpsilonSharpness,
             description="Keskar et al. (2017) ε-sharpness: worst relative loss "
             "increase in the box ε(|θ|+1), in %.",
-            options=(
-                Option(
-                    name="epsilon",
-                    type=float,
-                    default=1e-3,
-                    help="Box size: |δ_i| ≤ ε(|θ_i|+1).",
-                ),
-                Option(
-                    name="steps", type=int, default=20, help="Ascent steps per start."
-                ),
-                Option(
-                    name="step_size",
-                    type=float,
-                    default=None,
-                    help="Step in units of the box half-width (default 2.5/steps).",
-                ),
-                Option(
-                    name="restarts",
-                    type=int,
-                    default=1,
-                    help="Starts (first at δ=0, others uniform in the box); the best "
-                    "is reported.",
-                ),
+            options=signature_options(
+                EpsilonSharpness,
+                {
+                    "epsilon": "Box size: |δ_i| ≤ ε(|θ_i|+1).",
+                    "steps": "Ascent steps per start.",
+                    "step_size": "Step in units of the box half-width "
+                    "(default 2.5/steps).",
+                    "restarts": "Starts (first at δ=0, others uniform in the box); "
+                    "the best is reported.",
+                },
             ),
             stochastic=False,
             unit="% of 1+L",
@@ -566,46 +555,19 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             factory=AdaptiveSharpness,
             description="Adaptive sharpness max/mean of L(θ+δ)-L(θ) over "
             "‖δ/|θ|‖ ≤ ρ (Kwon et al., 2021; Andriushchenko et al., 2023).",
-            options=(
-                Option(
-                    name="rho",
-                    type=float,
-                    default=None,
-                    help="Radius of δ/|θ| (default 0.002 worst ℓ∞, 0.5 worst ℓ2, "
+            options=signature_options(
+                AdaptiveSharpness,
+                {
+                    "rho": "Radius of δ/|θ| (default 0.002 worst ℓ∞, 0.5 worst ℓ2, "
                     "0.1 average).",
-                ),
-                Option(
-                    name="steps",
-                    type=int,
-                    default=20,
-                    help="Ascent steps (worst case).",
-                ),
-                Option(
-                    name="norm",
-                    type=str,
-                    default="inf",
-                    choices=("2", "inf"),
-                    help="Norm of the worst-case set.",
-                ),
-                Option(
-                    name="kind",
-                    type=str,
-                    default="worst",
-                    choices=("worst", "average"),
-                    help="Worst case (ascent) or average case (Gaussian δ = ρ|θ|⊙z).",
-                ),
-                Option(
-                    name="samples",
-                    type=int,
-                    default=16,
-                    help="Gaussian draws for kind=average (stderr over them).",
-                ),
-                Option(
-                    name="step_size",
-                    type=float,
-                    default=None,
-                    help="Step in units of ρ (default 2.5/steps).",
-                ),
+                    "steps": "Ascent steps (worst case).",
+                    "norm": "Norm of the worst-case set.",
+                    "kind": "Worst case (ascent) or average case "
+                    "(Gaussian δ = ρ|θ|⊙z).",
+                    "samples": "Gaussian draws for kind=average (stderr over them).",
+                    "step_size": "Step in units of ρ (default 2.5/steps).",
+                },
+                choices=AdaptiveSharpness.CHOICES,
             ),
             stochastic=False,
             unit="loss increase",
