@@ -16,18 +16,27 @@ Protocols below (structurally: no inheritance needed):
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Protocol,
+    TypeAlias,
+    runtime_checkable,
+)
 
 import numpy as np
 
 from sharpkit._data import DataSplit
 from sharpkit._seed import generator as _generator
-from sharpkit.errors import ConfigError
+from sharpkit.errors import ConfigError, PluginContractError
 
 if TYPE_CHECKING:
     import torch
@@ -148,12 +157,162 @@ class _Spec:
     description: str
     options: tuple[Option, ...] = ()
 
+    kind: ClassVar[str] = "component"
+    supplied: ClassVar[tuple[str, ...]] = ()
+    """Keyword arguments sharpkit passes to the factory itself."""
+
     def option(self, name: str) -> Option | None:
         """Return the option called ``name``, or ``None``."""
         for opt in self.options:
             if opt.name == name:
                 return opt
         return None
+
+    def arguments(self) -> tuple[str, ...]:
+        """The keyword arguments sharpkit passes to this spec's factory itself."""
+        return self.supplied
+
+    def parse_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``options`` against :attr:`options` and convert their values.
+
+        CLI strings become the option's type (``"5"`` → ``5``).
+
+        Raises:
+            ConfigError: An unknown option name (with the closest known one) or a
+                value of the wrong type.
+        """
+        parsed: dict[str, Any] = {}
+        for key, value in options.items():
+            opt = self.option(key)
+            if opt is None:
+                known = [o.name for o in self.options]
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                listing = ", ".join(known) if known else "none"
+                msg = (
+                    f"{self.kind} {self.name!r} has no option {key!r}; {hint}"
+                    f"its options: {listing}"
+                )
+                raise ConfigError(msg)
+            parsed[key] = opt.parse(value)
+        return parsed
+
+    def validate(self, *, strict: bool = False) -> None:
+        """Check the spec against the plugin contract (the registry calls this).
+
+        The name is kebab-case; the description is one non-empty line; options
+        are :class:`Option` objects with unique names that do not shadow an
+        argument sharpkit passes itself; the factory is callable, takes no
+        ``*args``, accepts every option and every argument sharpkit passes, and
+        requires nothing else. With ``strict`` (the conformance suites in
+        :mod:`sharpkit.testing`) each documented default must also parse to its
+        option's type and equal the factory's own default.
+
+        Raises:
+            PluginContractError: The spec breaks the contract; the message says how.
+        """
+        where = f"{self.kind} {self.name!r}"
+        name: object = self.name  # plugins may hand in anything
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            msg = f"{self.kind} name {self.name!r} is not kebab-case (e.g. 'my-metric')"
+            raise PluginContractError(msg)
+        desc: object = self.description
+        if not isinstance(desc, str) or not desc.strip() or "\n" in desc.strip():
+            msg = f"{where}: description must be one non-empty line"
+            raise PluginContractError(msg)
+        factory: object = self.factory
+        if not callable(factory):
+            msg = f"{where}: factory is not callable"
+            raise PluginContractError(msg)
+        self._validate_options(where, strict=strict)
+        try:
+            params = inspect.signature(self.factory).parameters
+        except (TypeError, ValueError):  # builtins without a signature
+            return
+        _check_factory(where, params, [o.name for o in self.options], self.arguments())
+        if strict:
+            _check_defaults(where, params, self.options)
+
+    def _validate_options(self, where: str, *, strict: bool) -> None:
+        options: object = self.options
+        if not isinstance(options, tuple) or not all(
+            isinstance(o, Option) for o in options
+        ):
+            msg = f"{where}: options must be a tuple of sharpkit.Option"
+            raise PluginContractError(msg)
+        seen: set[str] = set()
+        for opt in self.options:
+            if opt.name in seen:
+                msg = f"{where}: option {opt.name!r} is declared twice"
+                raise PluginContractError(msg)
+            seen.add(opt.name)
+            if opt.name in self.arguments():
+                msg = (
+                    f"{where}: option {opt.name!r} shadows an argument sharpkit "
+                    "passes to the factory itself; rename it"
+                )
+                raise PluginContractError(msg)
+            if strict and opt.default is not None:
+                try:
+                    parsed = opt.parse(opt.default)
+                except ConfigError as exc:
+                    msg = f"{where}: default of option {opt.name!r}: {exc}"
+                    raise PluginContractError(msg) from None
+                if parsed != opt.default:
+                    msg = (
+                        f"{where}: default {opt.default!r} of option {opt.name!r} "
+                        f"is not a {opt.type.__name__}"
+                    )
+                    raise PluginContractError(msg)
+
+
+def _check_factory(
+    where: str,
+    params: Mapping[str, inspect.Parameter],
+    options: Sequence[str],
+    supplied: Sequence[str],
+) -> None:
+    """The factory accepts the options and sharpkit's arguments, needs no other."""
+    if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
+        msg = f"{where}: factory must not take *args"
+        raise PluginContractError(msg)
+    needed = [*options, *supplied]
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        missing = [n for n in needed if n not in params]
+        if missing:
+            listing = ", ".join(repr(m) for m in missing)
+            msg = f"{where}: factory does not accept {listing}"
+            raise PluginContractError(msg)
+    required = [
+        n
+        for n, p in params.items()
+        if p.default is p.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
+        and n not in needed
+    ]
+    if required:
+        listing = ", ".join(repr(r) for r in required)
+        msg = (
+            f"{where}: factory requires {listing} which is neither an option nor "
+            "supplied by sharpkit"
+        )
+        raise PluginContractError(msg)
+
+
+def _check_defaults(
+    where: str, params: Mapping[str, inspect.Parameter], options: Sequence[Option]
+) -> None:
+    """Each documented default is the factory's own."""
+    for opt in options:
+        param = params.get(opt.name)
+        if param is None or param.default is param.empty or opt.default is None:
+            continue
+        if param.default != opt.default:
+            msg = (
+                f"{where}: option {opt.name!r} documents default {opt.default!r} "
+                f"but the factory's default is {param.default!r}"
+            )
+            raise PluginContractError(msg)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +331,13 @@ class ModelSpec(_Spec):
     prefix: bool = False
     source: str = ""
 
+    kind: ClassVar[str] = "model"
+    supplied: ClassVar[tuple[str, ...]] = ("input_shape", "num_classes")
+
+    def arguments(self) -> tuple[str, ...]:
+        """``input_shape`` and ``num_classes``, and ``variant`` for a prefix."""
+        return (*self.supplied, "variant") if self.prefix else self.supplied
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DatasetSpec(_Spec):
@@ -182,10 +348,15 @@ class DatasetSpec(_Spec):
     and returns a :class:`Dataset`.
     """
 
+    kind: ClassVar[str] = "dataset"
+    supplied: ClassVar[tuple[str, ...]] = ("root", "download", "subset", "seed")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainerSpec(_Spec):
     """A training algorithm; the factory returns a :class:`Trainer`."""
+
+    kind: ClassVar[str] = "trainer"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,6 +377,8 @@ class MetricSpec(_Spec):
     unit: str = ""
     long_name: str = ""
 
+    kind: ClassVar[str] = "metric"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeSpec(_Spec):
@@ -217,6 +390,19 @@ class ProbeSpec(_Spec):
     """
 
     n_models: int = 1
+
+    kind: ClassVar[str] = "probe"
+
+    def validate(self, *, strict: bool = False) -> None:
+        """Check the spec as every spec is checked, and that ``n_models`` is 1 or 2.
+
+        Raises:
+            PluginContractError: The spec breaks the contract.
+        """
+        super(ProbeSpec, self).validate(strict=strict)
+        if self.n_models not in (1, 2):
+            msg = f"probe {self.name!r}: n_models must be 1 or 2, got {self.n_models!r}"
+            raise PluginContractError(msg)
 
 
 # --------------------------------------------------------------------------- data

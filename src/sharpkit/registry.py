@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib.metadata
-import inspect
 import os
 import threading
 import warnings
@@ -41,7 +40,6 @@ from sharpkit.interfaces import (
     ProbeSpec,
     TrainerSpec,
     _Spec,
-    validate_name,
 )
 
 if TYPE_CHECKING:
@@ -68,14 +66,6 @@ _SPEC_TYPES: dict[str, type[_Spec]] = {
     "probe": ProbeSpec,
 }
 _HOOKS: dict[str, str] = {kind: f"sharpkit_register_{kind}s" for kind in KINDS}
-# Keyword arguments the registry itself passes to each kind's factory.
-_CONTEXT_PARAMS: dict[str, tuple[str, ...]] = {
-    "model": ("input_shape", "num_classes"),
-    "dataset": ("root", "download", "subset", "seed"),
-    "trainer": (),
-    "metric": (),
-    "probe": (),
-}
 SELF_DISTRIBUTION = "sharpkit"
 ENV_DISABLE = "SHARPKIT_DISABLE_PLUGINS"
 
@@ -376,49 +366,7 @@ class Registry:
                 f"expected {expected.__name__}"
             )
             raise PluginContractError(msg)
-        if not validate_name(spec.name):
-            msg = f"{kind} name {spec.name!r} is not kebab-case (e.g. 'my-metric')"
-            raise PluginContractError(msg)
-        desc: object = spec.description
-        if not isinstance(desc, str) or not desc.strip() or "\n" in desc.strip():
-            msg = f"{kind} {spec.name!r}: description must be one non-empty line"
-            raise PluginContractError(msg)
-        factory: object = spec.factory
-        if not callable(factory):
-            msg = f"{kind} {spec.name!r}: factory is not callable"
-            raise PluginContractError(msg)
-        try:
-            params = inspect.signature(spec.factory).parameters
-        except (TypeError, ValueError):  # builtins without a signature
-            return
-        has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
-            msg = f"{kind} {spec.name!r}: factory must not take *args"
-            raise PluginContractError(msg)
-        needed = [o.name for o in spec.options] + list(_CONTEXT_PARAMS[kind])
-        if isinstance(spec, ModelSpec) and spec.prefix:
-            needed.append("variant")
-        if not has_var_kw:
-            missing = [n for n in needed if n not in params]
-            if missing:
-                msg = f"{kind} {spec.name!r}: factory does not accept " + ", ".join(
-                    repr(m) for m in missing
-                )
-                raise PluginContractError(msg)
-        required = [
-            n
-            for n, p in params.items()
-            if p.default is p.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
-            and n not in needed
-        ]
-        if required:
-            msg = (
-                f"{kind} {spec.name!r}: factory requires "
-                + ", ".join(repr(r) for r in required)
-                + " which is neither an option nor supplied by sharpkit"
-            )
-            raise PluginContractError(msg)
+        spec.validate()
 
     # ------------------------------------------------------------------ lookup
 
@@ -486,22 +434,7 @@ class Registry:
         Raises:
             ConfigError: An unknown option name or a value of the wrong type.
         """
-        kind = _kind_of(spec)
-        parsed: dict[str, Any] = {}
-        for key, value in options.items():
-            opt = spec.option(key)
-            if opt is None:
-                known = [o.name for o in spec.options]
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                listing = ", ".join(known) if known else "none"
-                msg = (
-                    f"{kind} {spec.name!r} has no option {key!r}; {hint}"
-                    f"its options: {listing}"
-                )
-                raise ConfigError(msg)
-            parsed[key] = opt.parse(value)
-        return parsed
+        return spec.parse_options(options)
 
     def create(
         self,
@@ -606,13 +539,6 @@ class Registry:
 
 def _is_prefix(spec: _Spec) -> bool:
     return isinstance(spec, ModelSpec) and spec.prefix
-
-
-def _kind_of(spec: _Spec) -> str:
-    for kind, cls in _SPEC_TYPES.items():
-        if isinstance(spec, cls):
-            return kind
-    return "component"
 
 
 def _command_name(info: Any) -> str:

@@ -1,17 +1,14 @@
 """Checks shared by the conformance suites: specs, options, module state, tensors.
 
 Everything here uses sharpkit's public API only. The spec rules are the
-registry's (a spec the registry would skip fails :func:`check_spec`), plus a few
-that the registry cannot see until a user trips over them: duplicate option
-names, options that shadow the arguments sharpkit passes itself, and documented
-defaults that disagree with the factory's.
+registry's own (:meth:`~sharpkit.MetricSpec.validate`: a spec the registry would
+skip fails :func:`check_spec`), in strict mode: documented defaults must also be
+the factory's.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,18 +34,6 @@ __all__ = [
     "snapshot",
 ]
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-
-# (spec class, kind, keyword arguments sharpkit itself passes to the factory)
-_KINDS: tuple[tuple[type[Any], str, tuple[str, ...]], ...] = (
-    (sharpkit.ModelSpec, "model", ("input_shape", "num_classes")),
-    (sharpkit.DatasetSpec, "dataset", ("root", "download", "subset", "seed")),
-    (sharpkit.TrainerSpec, "trainer", ()),
-    (sharpkit.MetricSpec, "metric", ()),
-    (sharpkit.ProbeSpec, "probe", ()),
-)
-
-
 def expect(condition: object, message: str) -> None:
     """Fail the running contract test with ``message`` unless ``condition`` holds.
 
@@ -65,29 +50,18 @@ def _fail(message: str) -> sharpkit.PluginContractError:
     return sharpkit.PluginContractError(message)
 
 
-def _kind_of(spec: object) -> tuple[str, tuple[str, ...]]:
-    for cls, kind, context in _KINDS:
-        if isinstance(spec, cls):
-            return kind, context
-    msg = (
-        f"{type(spec).__name__} is not a sharpkit spec (ModelSpec, DatasetSpec, "
-        "TrainerSpec, MetricSpec or ProbeSpec)"
-    )
-    raise _fail(msg)
-
-
 def check_spec(spec: object, kind: str | None = None) -> None:
     """Validate a component spec as the registry does, and a little more.
 
-    The registry's rules: the spec is of the expected type; the name is
-    kebab-case; the description is one non-empty line; the factory is callable,
-    takes no ``*args``, accepts every option and every argument sharpkit passes
-    it (``input_shape``/``num_classes`` for models, ``root``/``download``/
-    ``subset``/``seed`` for datasets, ``variant`` for prefix models) and requires
-    nothing else. On top of those: option names are unique and do not shadow
-    those arguments; each documented default parses to the option's type, is one
-    of its ``choices``, and equals the factory's own default; a probe takes one
-    or two models.
+    The registry's rules (:meth:`~sharpkit.MetricSpec.validate`): the name is
+    kebab-case; the description is one non-empty line; options have unique
+    names that do not shadow an argument sharpkit passes itself; the factory is
+    callable, takes no ``*args``, accepts every option and every argument
+    sharpkit passes it (``input_shape``/``num_classes`` for models,
+    ``root``/``download``/``subset``/``seed`` for datasets, ``variant`` for
+    prefix models) and requires nothing else; a probe takes one or two models.
+    On top of those (``strict``): each documented default parses to the
+    option's type and equals the factory's own default.
 
     Args:
         spec: The spec to check.
@@ -97,100 +71,26 @@ def check_spec(spec: object, kind: str | None = None) -> None:
     Raises:
         PluginContractError: The spec breaks the contract; the message says how.
     """
-    found, context = _kind_of(spec)
-    if kind is not None and found != kind:
+    specs = (
+        sharpkit.ModelSpec,
+        sharpkit.DatasetSpec,
+        sharpkit.TrainerSpec,
+        sharpkit.MetricSpec,
+        sharpkit.ProbeSpec,
+    )
+    if not isinstance(spec, specs):
+        msg = (
+            f"{type(spec).__name__} is not a sharpkit spec (ModelSpec, DatasetSpec, "
+            "TrainerSpec, MetricSpec or ProbeSpec)"
+        )
+        raise sharpkit.PluginContractError(msg)
+    if kind is not None and spec.kind != kind:
         msg = (
             f"sharpkit_register_{kind}s must return {kind} specs, "
             f"got a {type(spec).__name__}"
         )
-        raise _fail(msg)
-    name: object = getattr(spec, "name", None)
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        msg = f"{found} name {name!r} is not kebab-case (e.g. 'my-{found}')"
-        raise _fail(msg)
-    desc: object = getattr(spec, "description", None)
-    if not isinstance(desc, str) or not desc.strip() or "\n" in desc.strip():
-        msg = f"{found} {name!r}: description must be one non-empty line"
-        raise _fail(msg)
-    factory: object = getattr(spec, "factory", None)
-    if not callable(factory):
-        msg = f"{found} {name!r}: factory is not callable"
-        raise _fail(msg)
-    options: object = getattr(spec, "options", ())
-    if not isinstance(options, tuple) or not all(
-        isinstance(o, sharpkit.Option) for o in options
-    ):
-        msg = f"{found} {name!r}: options must be a tuple of sharpkit.Option"
-        raise _fail(msg)
-    supplied = list(context)
-    if isinstance(spec, sharpkit.ModelSpec) and spec.prefix:
-        supplied.append("variant")
-    seen: set[str] = set()
-    for opt in options:
-        if opt.name in seen:
-            msg = f"{found} {name!r}: option {opt.name!r} is declared twice"
-            raise _fail(msg)
-        seen.add(opt.name)
-        if opt.name in supplied:
-            msg = (
-                f"{found} {name!r}: option {opt.name!r} shadows an argument "
-                "sharpkit passes to the factory itself; rename it"
-            )
-            raise _fail(msg)
-        if opt.default is not None:
-            try:
-                parsed = opt.parse(opt.default)
-            except sharpkit.ConfigError as exc:
-                msg = f"{found} {name!r}: default of option {opt.name!r}: {exc}"
-                raise _fail(msg) from None
-            if parsed != opt.default:
-                msg = (
-                    f"{found} {name!r}: default {opt.default!r} of option "
-                    f"{opt.name!r} is not a {opt.type.__name__}"
-                )
-                raise _fail(msg)
-    if isinstance(spec, sharpkit.ProbeSpec) and spec.n_models not in (1, 2):
-        msg = f"probe {name!r}: n_models must be 1 or 2, got {spec.n_models!r}"
-        raise _fail(msg)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # builtins without a signature
-        return
-    if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
-        msg = f"{found} {name!r}: factory must not take *args"
-        raise _fail(msg)
-    needed = [o.name for o in options] + supplied
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        missing = [n for n in needed if n not in params]
-        if missing:
-            msg = f"{found} {name!r}: factory does not accept " + ", ".join(
-                repr(m) for m in missing
-            )
-            raise _fail(msg)
-    required = [
-        n
-        for n, p in params.items()
-        if p.default is p.empty
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
-        and n not in needed
-    ]
-    if required:
-        msg = (
-            f"{found} {name!r}: factory requires "
-            + ", ".join(repr(r) for r in required)
-            + " which is neither an option nor supplied by sharpkit"
-        )
-        raise _fail(msg)
-    for opt in options:
-        param = params.get(opt.name)
-        if param is None or param.default is param.empty or opt.default is None:
-            continue
-        if param.default != opt.default:
-            msg = (
-                f"{found} {name!r}: option {opt.name!r} documents default "
-                f"{opt.default!r} but the factory's default is {param.default!r}"
-            )
-            raise _fail(msg)
+        raise sharpkit.PluginContractError(msg)
+    spec.validate(strict=True)
 
 
 def parse_options(spec: Any, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,14 +99,7 @@ def parse_options(spec: Any, options: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         ConfigError: An option the spec does not declare, or a bad value.
     """
-    parsed: dict[str, Any] = {}
-    for key, value in options.items():
-        opt = spec.option(key)
-        if opt is None:
-            known = ", ".join(o.name for o in spec.options) or "none"
-            msg = f"{spec.name!r} has no option {key!r}; its options: {known}"
-            raise sharpkit.ConfigError(msg)
-        parsed[key] = opt.parse(value)
+    parsed: dict[str, Any] = spec.parse_options(options)
     return parsed
 
 
