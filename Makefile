@@ -48,13 +48,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not distributed"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests plugins bench docs/gen_api.py
-	$(BIN)/ruff format --check src tests plugins bench docs/gen_api.py
+	$(BIN)/ruff check src tests plugins bench docs/gen_api.py conftest.py
+	$(BIN)/ruff format --check src tests plugins bench docs/gen_api.py conftest.py
 	$(BIN)/lint-imports
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests plugins bench docs/gen_api.py
-	$(BIN)/ruff format src tests plugins bench docs/gen_api.py
+	$(BIN)/ruff check --fix src tests plugins bench docs/gen_api.py conftest.py
+	$(BIN)/ruff format src tests plugins bench docs/gen_api.py conftest.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

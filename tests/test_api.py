@@ -230,8 +230,8 @@ def test_every_docstring_example_is_collected() -> None:
     root = Path(__file__).resolve().parents[1]
     config = tomllib.loads((root / "pyproject.toml").read_text())
     pytest_cfg = config["tool"]["pytest"]["ini_options"]
-    assert "--doctest-modules" in pytest_cfg["addopts"].split()
     assert "src/sharpkit" in pytest_cfg["testpaths"]
+    assert "DoctestModule" in (root / "conftest.py").read_text()
     with_examples = [
         p for p in (root / "src" / "sharpkit").rglob("*.py") if ">>>" in p.read_text()
     ]
