@@ -52,7 +52,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     On an exception (or a signal that unwinds the stack) the temporary file is
     removed and ``path`` is left as it was.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
         >>> with atomic_file(target) as tmp:

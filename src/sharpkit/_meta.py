@@ -39,7 +39,7 @@ def json_safe(value: Any) -> Any:
     NumPy scalars and arrays become Python numbers and lists, paths become
     strings, non-finite floats become ``None``, and any other object its ``str``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> json_safe({"a": np.float32(0.5), "b": np.arange(2), "c": float("nan")})
         {'a': 0.5, 'b': [0, 1], 'c': None}
@@ -62,7 +62,7 @@ def json_safe(value: Any) -> Any:
 def stable_key(payload: Mapping[str, Any]) -> str:
     """Return the sha256 of ``payload`` as canonical JSON (sorted keys).
 
-    Example:
+    Examples:
         >>> stable_key({"a": 1, "b": [2.0]}) == stable_key({"b": [2.0], "a": 1})
         True
     """

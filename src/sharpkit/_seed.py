@@ -21,7 +21,7 @@ __all__ = ["derived_seed", "generator", "seeded"]
 def derived_seed(seed: int, stream: str = "") -> int:
     """Return a 63-bit seed derived from ``seed`` and the stream name.
 
-    Example:
+    Examples:
         >>> derived_seed(0, "a") == derived_seed(0, "a") != derived_seed(0, "b")
         True
     """

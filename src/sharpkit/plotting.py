@@ -741,7 +741,7 @@ def plot_figure(
 ) -> Path:
     """Draw one of the paper's figures from stored results and save it.
 
-    Example:
+    Examples:
         >>> from sharpkit.plotting import plot_figure
         >>> plot_figure("results.zarr", "fig1", "fig1.png")  # doctest: +SKIP
         PosixPath('fig1.png')

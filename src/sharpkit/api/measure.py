@@ -172,7 +172,7 @@ def measure(
 ) -> Measurement:
     """Measure the sharpness of a model's minimum.
 
-    Example:
+    Examples:
         >>> import torch, sharpkit
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>

@@ -206,7 +206,7 @@ def reuse_datasets() -> Iterator[None]:
     ends. Nested blocks share the outermost one. ``sharpkit measure`` with
     several checkpoints does this for you.
 
-    Example:
+    Examples:
         >>> import sharpkit
         >>> with sharpkit.reuse_datasets():
         ...     a = sharpkit.load_dataset("synthetic")

@@ -468,7 +468,7 @@ def lanczos(
     Raises:
         ConfigError: A bad argument.
 
-    Example:
+    Examples:
         >>> import torch
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
         >>> res = lanczos(lambda v: A @ v, 100, k=2, tol=1e-10,

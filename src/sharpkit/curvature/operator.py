@@ -258,7 +258,7 @@ class HessianOperator:
         ConfigError: A bad option value or an empty parameter set.
         DataError: The data are empty or give a non-finite loss.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> model = nn.Linear(3, 2).double()

@@ -107,7 +107,7 @@ class Run:
 def opt_float(value: Any) -> float | None:
     """Return a stored value or table cell as a finite float, else ``None``.
 
-    Example:
+    Examples:
         >>> opt_float("0.5"), opt_float(None), opt_float(float("nan")), opt_float(True)
         (0.5, None, None, None)
     """

@@ -163,7 +163,7 @@ class ResultStore:
     opening anything else that is not a sharpkit store raises
     :class:`~sharpkit.StoreError` and leaves it as it was.
 
-    Example:
+    Examples:
         >>> import tempfile, numpy as np, sharpkit
         >>> from sharpkit.store import ResultStore
         >>> store = ResultStore(tempfile.mkdtemp() + "/results.zarr")

@@ -339,7 +339,7 @@ def open_results(
 ) -> pd.DataFrame | list[dict[str, Any]]:
     """Read a results store as a tidy table (one row per run × metric).
 
-    Example:
+    Examples:
         >>> import sharpkit
         >>> df = sharpkit.open_results("results.zarr")  # doctest: +SKIP
         >>> spectral = df[df.metric == "spectral"]  # doctest: +SKIP

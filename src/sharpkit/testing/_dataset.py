@@ -20,7 +20,7 @@ _LAST: list[tuple[tuple[Any, ...], sharpkit.Dataset]] = []
 class DatasetContract:
     """Base class of the dataset conformance tests; subclass it as ``Test<Name>``.
 
-    Example:
+    Examples:
         ```python
         class TestMyData(DatasetContract):
             spec = MY_DATA_SPEC

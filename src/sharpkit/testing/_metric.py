@@ -33,7 +33,7 @@ def check_metric_spec(spec: sharpkit.MetricSpec) -> None:
 class MetricContract:
     """Base class of the metric conformance tests; subclass it as ``Test<Name>``.
 
-    Example:
+    Examples:
         ```python
         class TestMyMetric(MetricContract):
             spec = MY_SPEC

@@ -20,7 +20,7 @@ __all__ = ["ModelContract"]
 class ModelContract:
     """Base class of the model conformance tests; subclass it as ``Test<Name>``.
 
-    Example:
+    Examples:
         ```python
         class TestMyNet(ModelContract):
             spec = MY_NET_SPEC

@@ -26,7 +26,7 @@ __all__ = ["ProbeContract"]
 class ProbeContract:
     """Base class of the probe conformance tests; subclass it as ``Test<Name>``.
 
-    Example:
+    Examples:
         ```python
         class TestMyProbe(ProbeContract):
             spec = MY_PROBE_SPEC

@@ -55,7 +55,7 @@ def _same_state(
 class TrainerContract:
     """Base class of the trainer conformance tests; subclass it as ``Test<Name>``.
 
-    Example:
+    Examples:
         ```python
         class TestMyTrainer(TrainerContract):
             spec = MY_TRAINER_SPEC
