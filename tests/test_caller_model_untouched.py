@@ -26,7 +26,7 @@ BUILTIN_METRICS = sorted(
 OPTIONS: dict[str, dict[str, Any]] = {
     "adaptive": {"steps": 2, "samples": 2},
     "epsilon": {"steps": 2},
-    "density": {"probes": 1, "steps": 8},
+    "density": {"probes": 2, "steps": 8},
     "frobenius": {"probes": 2},
     "trace": {"probes": 2},
 }

@@ -176,9 +176,17 @@ class Registry:
     # ------------------------------------------------------------------ loading
 
     def _fail(self, failure: PluginFailure) -> None:
+        """Report a failure of part of a plugin (a hook, a spec, a command)."""
         self._failures.append(failure)
         if self._warn:
             warnings.warn(failure.message(), PluginWarning, stacklevel=3)
+
+    def _reject(self, failure: PluginFailure) -> None:
+        """Report a plugin that could not be loaded at all; mark it failed."""
+        self._records[failure.plugin] = PluginRecord(
+            failure.plugin, failure.distribution, failure.version, "failed"
+        )
+        self._fail(failure)
 
     def _load_entry_points(self) -> None:
         seen: set[tuple[str, str]] = set()
@@ -203,8 +211,7 @@ class Registry:
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken plugin must not break sharpkit
-                self._records[ep.name] = PluginRecord(ep.name, dist, version, "failed")
-                self._fail(
+                self._reject(
                     PluginFailure(ep.name, dist, version, "import", _one_line(exc), exc)
                 )
                 continue
@@ -239,10 +246,7 @@ class Registry:
             try:
                 self._pm.register(obj, name=name)
             except (pluggy.PluginValidationError, ValueError) as exc:
-                self._records[name] = PluginRecord(
-                    name, distribution, version, "failed"
-                )
-                self._fail(
+                self._reject(
                     PluginFailure(
                         name, distribution, version, "validate", _one_line(exc), exc
                     )
@@ -257,10 +261,7 @@ class Registry:
                     f"hook {unknown[0]!r} matches no sharpkit hook; known hooks: "
                     + ", ".join(sorted(_HOOKS.values()))
                 )
-                self._records[name] = PluginRecord(
-                    name, distribution, version, "failed"
-                )
-                self._fail(
+                self._reject(
                     PluginFailure(
                         name, distribution, version, "validate", str(err), err
                     )

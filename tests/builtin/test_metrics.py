@@ -371,3 +371,8 @@ def test_trace_auto_prefers_hutchpp_for_many_classes(monkeypatch) -> None:
     forced = M.Trace(method="exact-ggn", exact_max=0).compute(context(case))
     assert forced.attrs["method"] == "exact-ggn"
     assert forced.value == pytest.approx(tr, rel=1e-10)
+
+
+def test_density_needs_two_probes_for_its_standard_error() -> None:
+    with pytest.raises(sharpkit.ConfigError, match="probes must be >= 2"):
+        M.Density(probes=1)

@@ -24,17 +24,6 @@ CASES = {
     ),
     "trace": Case("trace", {"options": {"exact_max": 0, "probes": 3, "sketch": 3}}),
     "density": Case("density", {"options": {"exact_max": 0, "probes": 2, "steps": 8}}),
-    "density-one-probe": Case(
-        "density",
-        {"options": {"exact_max": 0, "probes": 1, "steps": 8}},
-        xfail={
-            "test_stochastic_reports_stderr": (
-                "bug: density accepts probes=1 and returns stderr=None, although "
-                "it is declared stochastic; trace, frobenius and adaptive refuse "
-                "fewer than two probes/samples with a ConfigError"
-            )
-        },
-    ),
     "epsilon": Case("epsilon", {"options": {"steps": 3, "restarts": 1}}),
     "adaptive": Case("adaptive", {"options": {"steps": 3}}),
 }

@@ -360,9 +360,7 @@ class Frobenius:
         if deflation < 0:
             msg = f"deflation must be >= 0, got {deflation}"
             raise ConfigError(msg)
-        if probes is not None and probes < 2:
-            msg = f"probes must be >= 2 (a standard error needs two), got {probes}"
-            raise ConfigError(msg)
+        _check_probes(probes)
         self.rel_stderr = rel_stderr
         self.deflation = deflation
         self.probes = probes
@@ -470,9 +468,7 @@ class Trace:
         if sketch < 1:
             msg = f"sketch must be >= 1, got {sketch}"
             raise ConfigError(msg)
-        if probes is not None and probes < 2:
-            msg = f"probes must be >= 2 (a standard error needs two), got {probes}"
-            raise ConfigError(msg)
+        _check_probes(probes)
         check_choice("method", method, self.CHOICES["method"])
         check_choice("sketch_method", sketch_method, self.CHOICES["sketch_method"])
         self.method = method
@@ -715,11 +711,9 @@ class Density:
         grid: int = 256,
         exact_max: int = EXACT_MAX,
     ) -> None:
-        if probes < 1 or steps < 1 or grid < 2:
-            msg = (
-                f"probes and steps must be >= 1 and grid >= 2, got {probes}, "
-                f"{steps} and {grid}"
-            )
+        _check_probes(probes)
+        if steps < 1 or grid < 2:
+            msg = f"steps must be >= 1 and grid >= 2, got {steps} and {grid}"
             raise ConfigError(msg)
         if sigma is not None:
             _positive("sigma", sigma)
@@ -831,6 +825,12 @@ class Density:
                 "hvp_method": H.method,
             },
         )
+
+
+def _check_probes(probes: int | None) -> None:
+    if probes is not None and probes < 2:
+        msg = f"probes must be >= 2 (a standard error needs two), got {probes}"
+        raise ConfigError(msg)
 
 
 def _positive(name: str, value: float) -> None:

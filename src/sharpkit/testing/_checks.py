@@ -34,6 +34,7 @@ __all__ = [
     "snapshot",
 ]
 
+
 def expect(condition: object, message: str) -> None:
     """Fail the running contract test with ``message`` unless ``condition`` holds.
 
