@@ -78,6 +78,7 @@ from sharpkit.interfaces import (
 )
 
 if TYPE_CHECKING:
+    from sharpkit.correlation import Correlation, Interval, correlate
     from sharpkit.curvature import (
         DensityEstimate,
         Estimate,
@@ -123,6 +124,7 @@ _LAZY = {
         ("SweepConfig", "SweepResult", "load_sweep", "run_sweep"), "sharpkit.sweep"
     ),
     **dict.fromkeys(("build_figure", "plot_figure"), "sharpkit.plotting"),
+    **dict.fromkeys(("correlate", "Correlation", "Interval"), "sharpkit.correlation"),
     "experiment": "sharpkit.reproduce",
 }
 
@@ -148,6 +150,10 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "SweepConfig",
     "SweepResult",
     "experiment",
+    # does sharpness predict generalization?
+    "correlate",
+    "Correlation",
+    "Interval",
     # figures
     "plot_figure",
     "build_figure",

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FIGURES", "build_figure", "plot_figure"]
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "density")
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "density", "correlate")
 """The figures :func:`plot_figure` draws."""
 
 _SUFFIXES = (".png", ".pdf", ".svg")
@@ -643,6 +643,50 @@ def _plot_density(spectra: Sequence[_Spectrum], title: str | None) -> Figure:
     return fig
 
 
+# --------------------------------------------------------------------------- correlate
+
+
+def _plot_correlate(results: Sequence[Any], title: str | None) -> Figure:
+    """One scatter per measure: the measure against the target, τ and Ψ on top."""
+    n = len(results)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(ncols, nrows, width=4.4, height=3.6)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    sizes = [int(opt_float(h.get("batch_size")) or 0) for r in results for h in r.hyper]
+    colors = _batch_colors(sizes)
+    for k, ax in enumerate(grid.flat):
+        if k >= n:
+            ax.set_visible(False)
+            continue
+        r = results[k]
+        batch = [int(opt_float(h.get("batch_size")) or 0) for h in r.hyper]
+        ax.scatter(
+            r.values, r.targets, c=[colors[b] for b in batch], s=22, edgecolors="none"
+        )
+        if np.all(r.values > 0) and r.values.max() > 10 * r.values.min():
+            ax.set_xscale("log")
+        ax.set_xlabel(r.measure)
+        ax.set_ylabel(r.target)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(
+            f"τ = {_interval(r.kendall)}\nΨ = {_interval(r.psi)}  (n = {r.n})",
+            fontsize=9,
+        )
+    for size, color in sorted(colors.items()):
+        grid.flat[0].scatter([], [], color=color, label=f"S = {size}")
+    fig.legend(loc="outside right center", title="batch size", fontsize=8)
+    fig.suptitle(title or f"Sharpness measures against {results[0].target}")
+    return fig
+
+
+def _interval(i: Any) -> str:
+    text = f"{i.value:+.2f}" if math.isfinite(i.value) else "n/a"
+    if math.isfinite(i.low) and math.isfinite(i.high):
+        text += f" [{i.low:+.2f}, {i.high:+.2f}]"
+    return text
+
+
 def build_figure(
     source: Any,
     figure: str,
@@ -651,6 +695,7 @@ def build_figure(
     label: str | None = None,
     beta_base: float = 50.0,
     title: str | None = None,
+    target: str = "gap",
     **selectors: Any,
 ) -> Figure:
     """Build one of the paper's figures as a matplotlib ``Figure`` (not saved).
@@ -665,7 +710,10 @@ def build_figure(
             ``lr_over_batch``, ``test_accuracy``, ``checkpoint_sha256``); for the
             others a list of runs (``Run`` objects or dicts with ``attrs``,
             ``probes`` and/or ``training``).
-        figure: ``"fig1"``, ``"fig2"``, ``"fig3"``, ``"fig4"`` or ``"density"``.
+        figure: ``"fig1"``, ``"fig2"``, ``"fig3"``, ``"fig4"``, ``"density"`` or
+            ``"correlate"`` (each measure against ``target``, with Kendall's τ
+            and Jiang et al.'s Ψ and their intervals; see
+            :func:`sharpkit.correlate`).
         filter: Row filters as for ``ResultStore.records`` (``["dataset=cifar10",
             "batch_size>=128"]`` or ``{"model": "mlp-bn"}``); for plain records,
             equality only.
@@ -674,6 +722,7 @@ def build_figure(
             the default for ``fig3``).
         beta_base: The batch size at β = 1 (the paper's S = 50β).
         title: Figure title (default: a description of the figure).
+        target: For ``correlate``: the target the measures are plotted against.
         **selectors: Further equality filters, e.g. ``dataset="cifar10"``.
 
     Returns:
@@ -706,6 +755,13 @@ def build_figure(
             )
             raise DataError(msg)
         fig = _plot_interp(curves, label, beta_base, title, figure)
+    elif figure == "correlate":
+        from sharpkit.correlation import correlate
+
+        fig = _plot_correlate(
+            correlate(source, target=target, filter=items or None, bootstrap=500),
+            title,
+        )
     elif figure == "density":
         spectra = _densities(_runs(source, "measure", items))
         if not spectra:
@@ -737,6 +793,7 @@ def plot_figure(
     beta_base: float = 50.0,
     title: str | None = None,
     dpi: int = 150,
+    target: str = "gap",
     **selectors: Any,
 ) -> Path:
     """Draw one of the paper's figures from stored results and save it.
@@ -764,6 +821,7 @@ def plot_figure(
         beta_base: The batch size at β = 1 (the paper's S = 50β).
         title: Figure title (default: a description of the figure).
         dpi: Resolution of raster output.
+        target: For ``correlate``: the target the measures are plotted against.
         **selectors: Further equality filters, e.g. ``dataset="cifar10"``.
 
     Returns:
@@ -781,6 +839,7 @@ def plot_figure(
         label=label,
         beta_base=beta_base,
         title=title,
+        target=target,
         **selectors,
     )
     return _save(fig, out, dpi)

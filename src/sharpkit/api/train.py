@@ -172,6 +172,10 @@ def train(
             "schedule": schedule,
             "seed": seed,
             "epochs": epochs,
+            "trainer": trainer,
+            "trainer_options": dict(
+                reg.parse_options(reg.get("trainer", trainer), trainer_options or {})
+            ),
             "checkpoint_path": str(result.checkpoint.resolve())
             if result.checkpoint
             else None,

@@ -128,6 +128,7 @@ def _root(
 
 def _add_builtin_commands() -> None:
     from sharpkit.cli import (
+        correlate,
         interpolate,
         measure,
         plot,
@@ -144,6 +145,7 @@ def _add_builtin_commands() -> None:
     app.command("interpolate", no_args_is_help=True)(interpolate.interpolate)
     app.command("probe", no_args_is_help=True)(probe.probe)
     app.command("results")(results.results)
+    app.command("correlate")(correlate.correlate)
     app.command("plot", no_args_is_help=True)(plot.plot)
     app.command("sweep", no_args_is_help=True)(sweep.sweep)
     app.command("reproduce", no_args_is_help=True)(reproduce.reproduce)
@@ -156,6 +158,7 @@ BUILTIN_COMMANDS = (
     "interpolate",
     "probe",
     "results",
+    "correlate",
     "plot",
     "sweep",
     "reproduce",

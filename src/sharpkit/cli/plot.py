@@ -20,6 +20,7 @@ class FigureName(StrEnum):
     fig3 = "fig3"
     fig4 = "fig4"
     density = "density"
+    correlate = "correlate"
 
 
 class EndLabel(StrEnum):
@@ -42,7 +43,8 @@ def plot(
             "--figure",
             help="fig1: λ_max, log ‖H‖_F and validation accuracy against η/S; "
             "fig2/fig3: interpolation curves; fig4: learning curves; density: "
-            "Hessian eigenvalue densities (measure -m density).",
+            "Hessian eigenvalue densities (measure -m density); correlate: each "
+            "measure against --target with Kendall's τ and Ψ.",
             show_default=False,
         ),
     ],
@@ -78,6 +80,12 @@ def plot(
     ] = 50.0,
     title: Annotated[str | None, typer.Option("--title", help="Figure title.")] = None,
     dpi: Annotated[int, typer.Option("--dpi", help="Resolution of .png output.")] = 150,
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target", help="For --figure correlate: gap, loss_gap, test_accuracy, ..."
+        ),
+    ] = "gap",
     json_output: JsonOpt = False,
 ) -> None:
     """Draw one of the paper's figures from the results in STORE.
@@ -96,6 +104,7 @@ def plot(
         beta_base=beta_base,
         title=title,
         dpi=dpi,
+        target=target,
     )
     if json_output:
         print_json({"figure": figure.value, "path": str(path)})

@@ -44,6 +44,9 @@ COLUMNS: Final = (
     "seed",
     "train_seed",
     "epoch",
+    "momentum",
+    "weight_decay",
+    "trainer",
     "metric",
     "value",
     "stderr",
@@ -56,6 +59,8 @@ COLUMNS: Final = (
     "train_accuracy",
     "test_loss",
     "test_accuracy",
+    "gap",
+    "loss_gap",
     "checkpoint",
     "checkpoint_sha256",
     "lr_b",
@@ -254,6 +259,9 @@ def _base_row(info: RunInfo, final: Mapping[str, Any]) -> dict[str, Any]:
         "seed": opt_int(a.get("seed")),
         "train_seed": opt_int(_first(train_seed)),
         "epoch": opt_int(epoch),
+        "momentum": opt_float(_first(a.get("momentum"))),
+        "weight_decay": opt_float(_first(a.get("weight_decay"))),
+        "trainer": _scalar(_first(a.get("trainer"))),
         "metric": None,
         "value": None,
         "stderr": None,
@@ -263,6 +271,7 @@ def _base_row(info: RunInfo, final: Mapping[str, Any]) -> dict[str, Any]:
         "hvps": None,
         "seconds": None,
         **{k: opt_float(final.get(k)) for k in _FINAL_COLUMNS},
+        **_gaps(final),
         "checkpoint": _scalar(_first(a.get("checkpoint_path"))),
         "checkpoint_sha256": _scalar(_first(a.get("checkpoint_sha256"))),
         "lr_b": opt_float(_second(lr)),
@@ -271,6 +280,18 @@ def _base_row(info: RunInfo, final: Mapping[str, Any]) -> dict[str, Any]:
         "train_seed_b": opt_int(_second(train_seed)),
         "checkpoint_b": _scalar(_second(a.get("checkpoint_path"))),
         "checkpoint_sha256_b": _scalar(_second(a.get("checkpoint_sha256"))),
+    }
+
+
+def _gaps(final: Mapping[str, Any]) -> dict[str, float | None]:
+    """Generalization gaps: train − test accuracy, and test − train loss."""
+    acc = opt_float(final.get("train_accuracy")), opt_float(final.get("test_accuracy"))
+    loss = opt_float(final.get("train_loss")), opt_float(final.get("test_loss"))
+    return {
+        "gap": acc[0] - acc[1] if acc[0] is not None and acc[1] is not None else None,
+        "loss_gap": (
+            loss[1] - loss[0] if loss[0] is not None and loss[1] is not None else None
+        ),
     }
 
 
