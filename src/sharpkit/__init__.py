@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sharpkit.api import (
     Measurement,
+    Tracker,
     build_model,
     interpolate,
     load_dataset,
@@ -131,6 +132,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "measure",
     "Measurement",
     "train",
+    "Tracker",
     "interpolate",
     "probe",
     "build_model",
