@@ -309,6 +309,11 @@ class Tracker:
     # ------------------------------------------------------------------ results
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (no more steps are taken)."""
+        return self._closed
+
+    @property
     def warm_start(self) -> torch.Tensor | None:
         """The start vector of the next λ_max computation (flat, on the CPU)."""
         return self._warm if self._use_warm else None
@@ -333,10 +338,58 @@ class Tracker:
         out["step"] = out["step"].astype(np.int64)
         return out
 
-    def close(self) -> str | None:
+    def state_dict(self) -> dict[str, Any]:
+        """Return the tracker's state, to save with a checkpoint of the training.
+
+        Plain tensors, numbers and lists only, so ``torch.load(...,
+        weights_only=True)`` reads it back; :meth:`load_state_dict` restores it
+        in a fresh tracker, which then continues the curve and the warm start.
+        """
+        return {
+            "metrics": list(self.metrics),
+            "every": self.every,
+            "rows": [dict(row) for row in self._rows],
+            "warm_start": self._warm,
+            "next_step": self._next_step,
+            "last_step": self._last_step,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (e.g. when resuming a training run).
+
+        Raises:
+            ConfigError: The state is malformed or tracked other metrics.
+        """
+        missing = {"metrics", "rows", "next_step", "last_step"} - set(state)
+        if missing:
+            msg = (
+                f"not a Tracker state (no {sorted(missing)[0]!r}); pass what "
+                "Tracker.state_dict() returned"
+            )
+            raise ConfigError(msg)
+        if list(state["metrics"]) != list(self.metrics):
+            msg = (
+                f"the saved tracker state tracks {list(state['metrics'])!r}, not "
+                f"{list(self.metrics)!r}; track the same metrics to continue it"
+            )
+            raise ConfigError(msg)
+        self._rows = [dict(row) for row in state["rows"]]
+        warm = state.get("warm_start")
+        if self._use_warm and warm is not None:
+            self._warm = warm.detach().cpu()
+        self._next_step = int(state["next_step"])
+        last = state["last_step"]
+        self._last_step = None if last is None else int(last)
+
+    def close(self, *, interrupted: bool = False) -> str | None:
         """Write the curve to the store as one run; return its id (idempotent).
 
         Nothing is written without a store or before the first measurement.
+
+        Args:
+            interrupted: Record that training stopped early (an exception), so
+                the stored run says the curve is partial
+                (``attrs["interrupted"]``).
 
         Raises:
             StoreError: The store refused the write.
@@ -344,6 +397,7 @@ class Tracker:
         if self._closed:
             return self.run_id
         self._closed = True
+        self._interrupted = interrupted
         if self._store is None or self.last is None:
             return None
         reg: Registry = self._settings["registry"]
@@ -389,9 +443,8 @@ class Tracker:
         if exc is None:
             self.close()
             return
-        self._interrupted = True
         try:
-            self.close()
+            self.close(interrupted=True)
         except StoreError as err:  # keep the training loop's own error in front
             exc.add_note(f"sharpkit could not store the tracked curve: {err}")
 
