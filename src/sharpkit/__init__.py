@@ -1,10 +1,12 @@
 """sharpkit: how sharp or flat is the minimum your model found?
 
 Everything public is importable from here, and only from here: the names in
-``__all__`` are the API that semantic versioning protects. Two modules are
-public as a whole: ``sharpkit.hookspecs`` (the plugin hooks) and
-``sharpkit.testing`` (the conformance suites for plugin authors). Every other
-module is internal and may change in any release, whatever its name.
+``__all__`` are the API that semantic versioning protects. Three modules are
+public as a whole: ``sharpkit.hookspecs`` (the plugin hooks),
+``sharpkit.testing`` (the conformance suites for plugin authors) and
+``sharpkit.lightning`` (the PyTorch Lightning callback, an optional extra that
+``import sharpkit`` never loads). Every other module is internal and may change
+in any release, whatever its name.
 
 The curvature engine, the results store, sweeps and figures load on first use
 (``sharpkit.HessianOperator`` imports torch), so ``import sharpkit`` stays fast.

@@ -45,13 +45,15 @@ _LOGGED = ("", "_stderr", "_bound", "_hvps")
 class SharpnessCallback(pl.Callback):
     """Track sharpness every N steps (or epochs) of a Lightning ``Trainer.fit``.
 
-    Examples:
-        >>> import lightning.pytorch as pl  # doctest: +SKIP
-        >>> from sharpkit.lightning import SharpnessCallback  # doctest: +SKIP
-        >>> cb = SharpnessCallback((x[:512], y[:512]), ["spectral"],  # doctest: +SKIP
-        ...                        every_n_steps=50, store="results.zarr")
-        >>> pl.Trainer(callbacks=[cb]).fit(model, loader)  # doctest: +SKIP
-        >>> cb.tracker.curves["spectral"]  # doctest: +SKIP
+    Usage (the [tracking guide](../tracking.md#pytorch-lightning) has a complete,
+    tested example):
+
+    ```python
+    callback = SharpnessCallback((x[:512], y[:512]), ["spectral"],
+                                 every_n_steps=50, store="results.zarr")
+    lightning.pytorch.Trainer(callbacks=[callback]).fit(model, loader)
+    callback.tracker.curves["spectral"]
+    ```
 
     Args:
         data: The fixed analysis data, as for :class:`sharpkit.Tracker`: an
