@@ -348,3 +348,50 @@ def test_model_on_another_dtype_is_measured_on_a_copy() -> None:
     for k, v in net.state_dict().items():
         assert v.dtype == torch.float32
         assert torch.equal(v, before[k])
+
+
+def test_state_round_trip_continues_the_curve_exactly(tmp_path: Path) -> None:
+    x, y = data(48, 4)
+
+    def run(stop_after: int | None) -> tuple[sharpkit.Tracker, nn.Module]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        opt = torch.optim.SGD(net.parameters(), lr=0.3)
+        calls = []
+        tracker = sharpkit.Tracker(
+            (x, y), every=2, progress=lambda *a, **kw: calls.append(kw)
+        )
+        for step in range(1, 9):
+            if step == stop_after:  # "kill" the run: save, rebuild, load, go on
+                torch.save(
+                    {"net": net.state_dict(), "opt": opt.state_dict(),
+                     "tracker": tracker.state_dict()},
+                    tmp_path / "ckpt.pt",
+                )  # fmt: skip
+                state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+                net.load_state_dict(state["net"])
+                opt.load_state_dict(state["opt"])
+                tracker = sharpkit.Tracker((x, y), every=2)
+                tracker.load_state_dict(state["tracker"])
+            loss = nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tracker.step(net)
+        assert {"description": "measuring spectral"} in calls
+        return tracker, net
+
+    whole, _ = run(None)
+    resumed, _ = run(5)  # after the measurements at steps 2 and 4
+    assert resumed.curves["step"].tolist() == [2, 4, 6, 8]
+    for key in ("spectral", "spectral_bound", "spectral_hvps"):
+        np.testing.assert_array_equal(whole.curves[key], resumed.curves[key])
+
+
+def test_load_state_dict_refuses_other_states() -> None:
+    tracker = sharpkit.Tracker(data(), every=2)
+    with pytest.raises(ConfigError, match="not a Tracker state"):
+        tracker.load_state_dict({"rows": []})
+    other = sharpkit.Tracker(data(), ["trace"], every=2).state_dict()
+    with pytest.raises(ConfigError, match=r"tracks \['trace'\], not \['spectral'\]"):
+        tracker.load_state_dict(other)
