@@ -7,6 +7,7 @@ name.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -20,5 +21,9 @@ def pytest_collect_file(
 ) -> pytest.Module | None:
     """Collect the modules of ``src/sharpkit`` for their docstring examples."""
     if file_path.suffix == ".py" and SRC in file_path.parents:
+        if file_path == SRC / "lightning.py" and not importlib.util.find_spec(
+            "lightning"
+        ):
+            return None  # the optional extra is not installed
         return DoctestModule.from_parent(parent, path=file_path)
     return None

@@ -72,3 +72,38 @@ def test_installation_commands_run() -> None:
     for argv in commands(block):
         result = CliRunner().invoke(app, argv[1:])
         assert result.exit_code == 0, result.output
+
+
+# Lightning's own warnings (as in tests/test_lightning.py): its tree helpers use a
+# torch API that torch 2.14 deprecates; it suggests DataLoader workers.
+@pytest.mark.filterwarnings(
+    r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"
+)
+@pytest.mark.filterwarnings("ignore:The '.*dataloader' does not have many workers")
+def test_tracking_page_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    import sharpkit
+
+    monkeypatch.chdir(tmp_path)
+    has_lightning = importlib.util.find_spec("lightning") is not None
+    namespace: dict[str, object] = {}
+    ran = 0
+    for code in blocks("tracking.md", "python"):
+        if "lightning" in code and not has_lightning:
+            continue
+        exec(compile(code, "tracking.md", "exec"), namespace)
+        ran += 1
+    assert ran >= (4 if has_lightning else 3)
+    runs = sharpkit.ResultStore("results.zarr", create=False).runs(kind="track")
+    assert len(runs) == (2 if has_lightning else 1)
+    assert runs[0].attrs["measurements"] == 2  # steps 20 and 40 of 48
+    assert runs[0].attrs["model"] == "my-mlp"
+    for argv in commands(blocks("tracking.md", "console")[0].replace("$ ", "")):
+        from sharpkit.cli import app
+
+        result = CliRunner().invoke(app, argv[1:])
+        assert result.exit_code == 0, result.output
+        assert "spectral" in result.stdout

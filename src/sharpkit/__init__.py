@@ -1,10 +1,12 @@
 """sharpkit: how sharp or flat is the minimum your model found?
 
 Everything public is importable from here, and only from here: the names in
-``__all__`` are the API that semantic versioning protects. Two modules are
-public as a whole: ``sharpkit.hookspecs`` (the plugin hooks) and
-``sharpkit.testing`` (the conformance suites for plugin authors). Every other
-module is internal and may change in any release, whatever its name.
+``__all__`` are the API that semantic versioning protects. Three modules are
+public as a whole: ``sharpkit.hookspecs`` (the plugin hooks),
+``sharpkit.testing`` (the conformance suites for plugin authors) and
+``sharpkit.lightning`` (the PyTorch Lightning callback, an optional extra that
+``import sharpkit`` never loads). Every other module is internal and may change
+in any release, whatever its name.
 
 The curvature engine, the results store, sweeps and figures load on first use
 (``sharpkit.HessianOperator`` imports torch), so ``import sharpkit`` stays fast.
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sharpkit.api import (
     Measurement,
+    Tracker,
     build_model,
     interpolate,
     load_dataset,
@@ -133,6 +136,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "measure",
     "Measurement",
     "train",
+    "Tracker",
     "interpolate",
     "probe",
     "build_model",

@@ -31,6 +31,17 @@ def reg() -> Registry:
     return r
 
 
+def _has_spectral() -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SharpkitWarning)
+            from sharpkit.registry import get_registry
+
+            return "spectral" in get_registry().names("metric")
+    except Exception:
+        return False
+
+
 def states_equal(a: nn.Module, b: nn.Module) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert list(sa) == list(sb)
@@ -227,6 +238,34 @@ def test_resume_after_interruption_is_bit_for_bit(tmp_path: Path) -> None:
     mom_b = b.train_state["optimizer"]["state"]
     for k in mom_a:
         assert torch.equal(mom_a[k]["momentum_buffer"], mom_b[k]["momentum_buffer"])
+
+
+@pytest.mark.skipif(not _has_spectral(), reason="the spectral metric is not installed")
+def test_resume_with_tracking_is_bit_for_bit(tmp_path: Path) -> None:
+    """Tracking goes through sharpkit.Tracker; its warm start survives a resume."""
+    data = aug_dataset()
+    trainer = T.SGDTrainer()
+    track = {"track": ("spectral",), "track_every": 1, "track_samples": 32}
+    full = DropNet()
+    ref = trainer.fit(full, data, resume_config(tmp_path / "a", **track))
+    broken = DropNet(stop_at=2 * 6 + 3)  # dies in epoch 3, after epoch 2's last.pt
+    with pytest.raises(Interrupt):
+        trainer.fit(broken, data, resume_config(tmp_path / "b", **track))
+    again = DropNet()
+    res = trainer.fit(again, data, resume_config(tmp_path / "b", resume=True, **track))
+    states_equal(full, again)
+    assert set(res.curves) == {
+        *T.BASE_CURVES,
+        *(f"spectral{s}" for s in T._TRACK_SUFFIXES),
+    }
+    for key in ref.curves:
+        if key != "seconds":
+            np.testing.assert_array_equal(ref.curves[key], res.curves[key], err_msg=key)
+    assert np.all(ref.curves["spectral"] > 0)
+    # and tracking did not change the training: the same weights as untracked
+    plain = DropNet()
+    trainer.fit(plain, data, resume_config(tmp_path / "c"))
+    states_equal(full, plain)
 
 
 def test_resume_can_extend_a_finished_run(tmp_path: Path) -> None:
@@ -438,17 +477,6 @@ def test_drop_last_and_progress_reports() -> None:
 
 
 # ----------------------------------------------------------------- tracking
-
-
-def _has_spectral() -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SharpkitWarning)
-            from sharpkit.registry import get_registry
-
-            return "spectral" in get_registry().names("metric")
-    except Exception:
-        return False
 
 
 @pytest.mark.skipif(not _has_spectral(), reason="the spectral metric is not installed")

@@ -163,6 +163,41 @@ def test_xarray_reads_training_with_labelled_epoch(store: ResultStore) -> None:
     assert ds["train_loss"].attrs["long_name"] == "training loss"
 
 
+def test_track_runs_have_a_step_dimension_and_metric_labels(
+    store: ResultStore,
+) -> None:
+    xr = pytest.importorskip("xarray")
+    rid = store.write_run(
+        kind="track",
+        attrs={"metrics": ["spectral"]},
+        training={
+            "step": np.array([0, 50, 100]),
+            "spectral": np.array([3.0, 9.0, 12.0]),
+            "spectral_bound": np.array([1e-4, 1e-4, 2e-4]),
+            "spectral_hvps": np.array([20.0, 9.0, 8.0]),
+            "epoch": np.array([0.0, 0.0, 1.0]),
+        },
+        metric_labels={"spectral": {"long_name": "λ_max", "units": "loss / p²"}},
+    )
+    ds = xr.open_zarr(store.path, group=f"runs/{rid}/training", consolidated=False)
+    assert dict(ds.sizes) == {"step": 3}
+    assert ds["spectral"].dims == ds["epoch"].dims == ("step",)
+    np.testing.assert_array_equal(ds["step"].values, [0, 50, 100])
+    assert ds["spectral"].attrs["long_name"] == "λ_max"
+    assert ds["spectral_bound"].attrs["units"] == "loss / p²"
+    assert "units" not in ds["spectral_hvps"].attrs
+    assert ds["step"].attrs["long_name"] == "training step"
+    info = store.runs(kind="track")[0]
+    assert info.training is not None
+    assert info.training["metric_labels"] == {
+        "spectral": {"long_name": "λ_max", "units": "loss / p²"}
+    }
+    # train runs keep "epoch" as their dimension
+    train = store.write_run(kind="train", attrs={}, training={"epoch": np.arange(2)})
+    back = xr.open_zarr(store.path, group=f"runs/{train}/training", consolidated=False)
+    assert dict(back.sizes) == {"epoch": 2}
+
+
 def test_xarray_reads_probes_on_their_grid(store: ResultStore) -> None:
     xr = pytest.importorskip("xarray")
     rid = store.write_run(

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from store_cases import (
     curves,
@@ -207,3 +208,48 @@ def test_open_results_does_not_create(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no results store"):
         open_results(tmp_path / "missing.zarr")
     assert not (tmp_path / "missing.zarr").exists()
+
+
+def test_track_runs_give_one_row_per_metric_at_the_last_step(
+    store: ResultStore,
+) -> None:
+    nan = float("nan")
+    store.write_run(
+        kind="track",
+        attrs={"metrics": ["spectral", "trace"], "lr": 0.1, "batch_size": 50},
+        training={
+            "step": np.array([50, 100]),
+            "spectral": np.array([4.0, 5.0]),
+            "spectral_stderr": np.array([nan, nan]),
+            "spectral_bound": np.array([1e-3, 2e-3]),
+            "spectral_hvps": np.array([12.0, 7.0]),
+            "spectral_seconds": np.array([0.5, 0.25]),
+            "trace": np.array([40.0, 41.0]),
+            "trace_stderr": np.array([0.5, 0.4]),
+            "trace_hvps": np.array([60.0, 60.0]),
+            "epoch": np.array([0.0, 1.0]),
+            "train_loss": np.array([0.9, 0.7]),
+        },
+        metric_labels={"spectral": {"units": "loss / parameter²"}},
+    )
+    rows = store.records(kind="track")
+    assert [(r["metric"], r["value"], r["step"]) for r in rows] == [
+        ("spectral", 5.0, 100),
+        ("trace", 41.0, 100),
+    ]
+    spectral, trace = rows
+    assert spectral["bound"] == 2e-3
+    assert spectral["stderr"] is None
+    assert spectral["hvps"] == 7
+    assert spectral["seconds"] == 0.25
+    assert spectral["unit"] == "loss / parameter²"
+    assert trace["unit"] is None
+    assert trace["stderr"] == 0.4
+    assert trace["bound"] is None  # no such curve
+    assert spectral["epoch"] == 1
+    assert spectral["train_loss"] == 0.7
+    assert spectral["lr_over_batch"] == pytest.approx(0.1 / 50)
+    assert store.records(["step>=100", "metric=trace"]) == [trace]
+    # runs of other kinds have no step
+    store.write_run(kind="train", attrs={}, training=curves())
+    assert {r["step"] for r in store.records(kind="train")} == {None}

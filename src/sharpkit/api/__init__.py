@@ -5,9 +5,10 @@ of these functions, and renders what it returns. Scripts call the same functions
 (``sharpkit.measure``, ``sharpkit.train``, ``sharpkit.interpolate``, ...).
 
 One module per job: :mod:`~sharpkit.api.resolve` turns names into models and
-data, :mod:`~sharpkit.api.measure`, :mod:`~sharpkit.api.train` and
-:mod:`~sharpkit.api.probe` do the work, :mod:`~sharpkit.api.provenance` says what
-a stored run records and which results may be reused.
+data, :mod:`~sharpkit.api.measure`, :mod:`~sharpkit.api.train`,
+:mod:`~sharpkit.api.track` and :mod:`~sharpkit.api.probe` do the work,
+:mod:`~sharpkit.api.provenance` says what a stored run records and which
+results may be reused.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 from sharpkit.api.measure import Measurement, measure
 from sharpkit.api.probe import interpolate, probe
 from sharpkit.api.resolve import build_model, load_dataset, load_model, reuse_datasets
+from sharpkit.api.track import Tracker
 from sharpkit.api.train import train
 
 __all__ = [
     "Measurement",
+    "Tracker",
     "build_model",
     "interpolate",
     "load_dataset",
@@ -54,7 +57,7 @@ def open_results(
             (``{"metric": "spectral"}``), or conditions such as
             ``["batch_size>=128"]``.
         kind: Only rows of this kind of run (``"measure"``, ``"train"``,
-            ``"probe"``).
+            ``"probe"``, ``"track"``).
         as_frame: Return a pandas DataFrame (default: when pandas is installed)
             or a list of dicts.
     """

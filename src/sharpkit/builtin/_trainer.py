@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sharpkit import Tracker
 from sharpkit._data import evaluate
 from sharpkit._fs import atomic_write
 from sharpkit._meta import version
@@ -413,6 +414,7 @@ class SGDTrainer:
             for suffix in _TRACK_SUFFIXES:
                 curves[metric + suffix] = []
         warm_start: torch.Tensor | None = None
+        tracker: Tracker | None = None
         first_epoch = 1
         rng_devices = [device] if device.type == "cuda" else []
 
@@ -447,10 +449,19 @@ class SGDTrainer:
             x_train = data.train.inputs.to(device)
             y_train = data.train.targets.to(device)
             augment = data.train.augment if config.augment else None
-            analysis = DataSplit(
-                data.train.inputs[: config.track_samples],
-                data.train.targets[: config.track_samples],
-            )
+            if config.track:
+                # seeded like the measurements before; the same Tracker that
+                # tracks a user's own loop (sharpkit.Tracker)
+                tracker = Tracker(
+                    data.train,
+                    list(config.track),
+                    every=config.track_every,
+                    samples=config.track_samples,
+                    seed=config.seed,
+                    device=device,
+                    warm_start=True if warm_start is None else warm_start,
+                    progress=progress,
+                )
             total = config.epochs * steps
             trained_samples = 0
             train_seconds = 0.0
@@ -513,15 +524,12 @@ class SGDTrainer:
                     "test_loss": test_loss,
                     "test_accuracy": test_acc,
                 }
-                if config.track:
-                    due = epoch % config.track_every == 0 or epoch == config.epochs
-                    tracked, warm_start = (
-                        self._track(
-                            model, analysis, config, device, warm_start, progress
-                        )
-                        if due
-                        else ({}, warm_start)
+                if tracker is not None:
+                    tracked = (
+                        tracker.step(model, step=epoch, force=epoch == config.epochs)
+                        or {}
                     )
+                    warm_start = tracker.warm_start
                     for metric in config.track:
                         for suffix in _TRACK_SUFFIXES:
                             row[metric + suffix] = tracked.get(
@@ -572,45 +580,6 @@ class SGDTrainer:
                 "device": str(device),
             },
         )
-
-    # ------------------------------------------------------------------ tracking
-
-    def _track(
-        self,
-        model: nn.Module,
-        analysis: DataSplit,
-        config: TrainConfig,
-        device: torch.device,
-        warm_start: torch.Tensor | None,
-        progress: ProgressCallback,
-    ) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Measure ``config.track`` on the analysis set; return values, warm start."""
-        from sharpkit import measure
-
-        progress(0, None, description=f"measuring {', '.join(config.track)}")
-        model.eval()
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # leave training's RNG alone
-            result = measure(
-                model,
-                analysis,
-                metrics=list(config.track),
-                seed=config.seed,
-                warm_start=warm_start,
-                device=device,
-            )
-        model.train()
-        if result.warm_start is not None:
-            warm_start = result.warm_start
-        out: dict[str, float] = {}
-        for name, res in result.items():
-            out[name] = float(res.value)
-            out[name + "_stderr"] = (
-                math.nan if res.stderr is None else float(res.stderr)
-            )
-            out[name + "_bound"] = math.nan if res.bound is None else float(res.bound)
-            out[name + "_hvps"] = math.nan if res.hvps is None else float(res.hvps)
-        return out, warm_start
 
     # ------------------------------------------------------------------ saving
 

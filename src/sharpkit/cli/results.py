@@ -28,6 +28,7 @@ _TABLE_COLUMNS = (
     ("lr_over_batch", "η/S"),
     ("seed", "seed"),
     ("epoch", "epoch"),
+    ("step", "step"),
     ("metric", "metric"),
     ("value", "value"),
     ("stderr", "stderr"),
@@ -42,6 +43,7 @@ _TEXT = frozenset({"run_id", "kind", "model", "dataset", "metric"})
 _DROP_ORDER = (
     "seed",
     "epoch",
+    "step",
     "train_accuracy",
     "dataset",
     "converged",
@@ -62,6 +64,7 @@ class RunKind(StrEnum):
     measure = "measure"
     train = "train"
     probe = "probe"
+    track = "track"
 
 
 def results(

@@ -9,7 +9,9 @@ Layout (``docs/store.md`` has the full reference)::
                                    arrays such as ritz_values
           probes/<name>/           coordinate arrays (alpha, ...) and value arrays
                                    on their grid; summary in attrs
-          training/                per-epoch curves, dimension "epoch"
+          training/                curves: per epoch, dimension "epoch" (train
+                                   runs), or per measurement, dimension "step"
+                                   (track runs)
       staging/                     group; runs being written (readers ignore it)
 
 Every array carries zarr v3 ``dimension_names``, so ``xarray.open_zarr(path,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LABEL_KEYS",
+    "TRAINING_DIMS",
     "Plan",
     "Run",
     "labels_of",
@@ -58,6 +59,7 @@ _RUN_RESERVED: Final = frozenset({"kind", "run_id", "complete"})
 # long_name / units for arrays whose meaning is fixed across sharpkit.
 _ARRAY_LABELS: Final[Mapping[str, Mapping[str, str]]] = {
     "epoch": {"long_name": "epoch"},
+    "step": {"long_name": "training step"},
     "lr": {"long_name": "learning rate η"},
     "train_loss": {"long_name": "training loss"},
     "test_loss": {"long_name": "test loss"},
@@ -74,6 +76,9 @@ _ARRAY_LABELS: Final[Mapping[str, Mapping[str, str]]] = {
     "seconds": {"long_name": "wall time", "units": "s"},
 }
 
+TRAINING_DIMS: Final[Mapping[str, str]] = {"train": "epoch", "track": "step"}
+"""The dimension (and coordinate array) of a run's ``training`` curves, by kind."""
+
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
@@ -83,11 +88,12 @@ class Run:
 
     Attributes:
         run_id: The run's id.
-        kind: ``"measure"``, ``"train"`` or ``"probe"``.
+        kind: ``"measure"``, ``"train"``, ``"probe"`` or ``"track"``.
         attrs: Provenance attributes.
         metrics: ``{name: MetricResult}`` (arrays loaded).
         probes: ``{name: ProbeResult}`` (coordinates and values loaded).
-        training: ``{curve name: 1-D array over epochs}``.
+        training: ``{curve name: 1-D array}``, over epochs (train runs) or over
+            training steps (track runs).
         metric_labels: ``{name: {"long_name": ..., "units": ...}}`` of each
             metric that has labels (only the non-empty ones).
     """
@@ -288,7 +294,8 @@ class Plan:
                 _check_name("probe", name)
                 groups.append(_probe_group(name, pres))
         if training:
-            groups.append(_training_group(training))
+            dim = TRAINING_DIMS.get(kind, "epoch")
+            groups.append(_training_group(training, dim, metric_labels))
         try:  # fail before writing anything if an attribute is not JSON
             json.dumps(run_attrs, allow_nan=False)
             for g in groups:
@@ -395,24 +402,40 @@ def _probe_group(name: str, result: ProbeResult) -> _GroupSpec:
     return _GroupSpec(f"probes/{name}", stored, arrays)
 
 
-def _training_group(training: Mapping[str, Any]) -> _GroupSpec:
+def _training_group(
+    training: Mapping[str, Any],
+    dim: str,
+    metric_labels: Mapping[str, Mapping[str, str]],
+) -> _GroupSpec:
     data = {}
     for cname, value in training.items():
         _check_name("training curve", cname)
         data[cname] = _as_array(f"training curve {cname!r}", value)
+    # A curve named after a metric (and its _stderr, _bound) carries its labels.
+    labels = {
+        name: _check_labels(name, metric_labels[name])
+        for name in data
+        if name in metric_labels
+    }
+    curve_labels = {
+        name + suffix: {"units": found["units"]} if suffix else found
+        for name, found in labels.items()
+        for suffix in ("", "_stderr", "_bound")
+        if (not suffix or "units" in found) and name + suffix in data
+    }
     length = (
-        data["epoch"].shape[0]
-        if "epoch" in data and data["epoch"].ndim == 1
+        data[dim].shape[0]
+        if dim in data and data[dim].ndim == 1
         else next((a.shape[0] for a in data.values() if a.ndim == 1), -1)
     )
     arrays = [
         _ArraySpec(
             cname,
             arr,
-            ["epoch"]
+            [dim]
             if arr.ndim == 1 and arr.shape[0] == length
             else _array_dims(cname, arr, None),
-            _array_labels(cname),
+            {**_array_labels(cname), **curve_labels.get(cname, {})},
         )
         for cname, arr in data.items()
     ]
@@ -420,6 +443,8 @@ def _training_group(training: Mapping[str, Any]) -> _GroupSpec:
         "variables": list(data),
         "final": {cname: _last_value(arr) for cname, arr in data.items()},
     }
+    if labels:
+        stored["metric_labels"] = {k: v for k, v in labels.items() if v}
     return _GroupSpec("training", stored, arrays)
 
 

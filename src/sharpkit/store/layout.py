@@ -56,7 +56,7 @@ __all__ = [
 SCHEMA_VERSION: Final = 1
 """Layout version written to the root's ``schema_version`` attribute."""
 
-KINDS: Final = ("measure", "train", "probe")
+KINDS: Final = ("measure", "train", "probe", "track")
 """The kinds of run a store holds."""
 
 STALE_SECONDS: Final = 3600.0
@@ -71,7 +71,7 @@ class RunInfo:
 
     Attributes:
         run_id: The run's id (``runs/<run_id>`` in the store); sorts by time.
-        kind: ``"measure"``, ``"train"`` or ``"probe"``.
+        kind: ``"measure"``, ``"train"``, ``"probe"`` or ``"track"``.
         attrs: The run group's attributes (provenance; ``complete`` is true).
         metrics: ``{name: stored attributes}`` of each ``metrics/<name>`` group
             (``value``, ``stderr``, ``bound``, ``converged``, ``hvps``, ``seconds``,
@@ -346,14 +346,15 @@ class ResultStore:
         """Write one run; it becomes visible to readers only once complete.
 
         Args:
-            kind: ``"measure"``, ``"train"`` or ``"probe"``.
+            kind: ``"measure"``, ``"train"``, ``"probe"`` or ``"track"``.
             attrs: Provenance (checkpoint sha256 and path, model, dataset, ``lr``,
                 ``batch_size``, seeds, versions, ``time``, ``command``, ...),
                 JSON-compatible. Non-finite floats are stored as ``null``.
             metrics: ``{name: MetricResult}``; each becomes ``metrics/<name>``.
             probes: ``{name: ProbeResult}``; each becomes ``probes/<name>``.
-            training: Per-epoch curves, all of the same length; ``epoch`` is the
-                coordinate.
+            training: Curves, all of the same length: per epoch for ``train``
+                runs (``epoch`` is the coordinate), per measurement for ``track``
+                runs (``step`` is).
             metric_labels: ``{name: {"long_name": ..., "units": ...}}`` for the
                 metrics: what the value is and its unit, stored as the metric
                 group's ``long_name`` / ``units`` attributes (empty ones are
@@ -619,7 +620,9 @@ class ResultStore:
           ``test_loss``, tracked metrics, ...), ``value`` holding it;
         * probe runs: one row per summary readout, ``metric`` =
           ``<probe>.<readout>``; the second model's η, S, ... go to the ``*_b``
-          columns.
+          columns;
+        * track runs: one row per tracked metric, its last measurement (``step``
+          says which).
 
         Every row carries η (``lr``), S (``batch_size``), η/S
         (``lr_over_batch``) and the final train/test loss and accuracy of the

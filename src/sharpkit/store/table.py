@@ -44,6 +44,7 @@ COLUMNS: Final = (
     "seed",
     "train_seed",
     "epoch",
+    "step",
     "momentum",
     "weight_decay",
     "trainer",
@@ -225,6 +226,8 @@ def run_rows(info: RunInfo) -> list[dict[str, Any]]:
     out = [*_metric_rows(info, base), *_probe_rows(info, base)]
     if info.kind == "train" and not info.metrics:
         out += _train_rows(final, base)
+    if info.kind == "track":
+        out += _track_rows(info, final, base)
     return out or [dict(base)]
 
 
@@ -245,7 +248,7 @@ def _base_row(info: RunInfo, final: Mapping[str, Any]) -> dict[str, Any]:
     lr, batch = a.get("lr"), a.get("batch_size")
     train_seed = a.get("train_seed", a.get("seed") if info.kind == "train" else None)
     epoch = a.get("epoch")
-    if epoch is None and info.kind == "train":
+    if epoch is None and info.kind in ("train", "track"):
         epoch = final.get("epoch", a.get("epochs"))
     return {
         "run_id": info.run_id,
@@ -259,6 +262,7 @@ def _base_row(info: RunInfo, final: Mapping[str, Any]) -> dict[str, Any]:
         "seed": opt_int(a.get("seed")),
         "train_seed": opt_int(_first(train_seed)),
         "epoch": opt_int(epoch),
+        "step": opt_int(final.get("step")) if info.kind == "track" else None,
         "momentum": opt_float(_first(a.get("momentum"))),
         "weight_decay": opt_float(_first(a.get("weight_decay"))),
         "trainer": _scalar(_first(a.get("trainer"))),
@@ -348,6 +352,37 @@ def _train_rows(final: Mapping[str, Any], base: dict[str, Any]) -> list[dict[str
     return out
 
 
+def _unit(labels: Any) -> str | None:
+    return labels_of(labels).get("units") if isinstance(labels, Mapping) else None
+
+
+def _track_rows(
+    info: RunInfo, final: Mapping[str, Any], base: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per tracked metric of a track run: its last measurement."""
+    training = info.training or {}
+    names = info.attrs.get("metrics")
+    if not isinstance(names, list):  # written without the list: infer the metrics
+        variables = training.get("variables")
+        found = variables if isinstance(variables, list) else []
+        names = [v for v in found if f"{v}_hvps" in found]
+    labels = training.get("metric_labels")
+    labels = labels if isinstance(labels, Mapping) else {}
+    return [
+        {
+            **base,
+            "metric": str(name),
+            "unit": _unit(labels.get(str(name))),
+            "value": opt_float(final.get(str(name))),
+            "stderr": opt_float(final.get(f"{name}_stderr")),
+            "bound": opt_float(final.get(f"{name}_bound")),
+            "hvps": opt_int(final.get(f"{name}_hvps")),
+            "seconds": opt_float(final.get(f"{name}_seconds")),
+        }
+        for name in names
+    ]
+
+
 # --------------------------------------------------------------------------- public
 
 
@@ -371,7 +406,7 @@ def open_results(
         filter: Row filter, as for :meth:`ResultStore.records`
             (``{"metric": "spectral"}`` or ``["batch_size>=128", ...]``).
         kind: Only rows of this kind of run (``"measure"``, ``"train"``,
-            ``"probe"``).
+            ``"probe"``, ``"track"``).
         as_frame: ``True``: a pandas DataFrame (pandas must be installed);
             ``False``: a list of dicts; ``None`` (default): a DataFrame if pandas
             is installed, else a list of dicts.
