@@ -380,10 +380,6 @@ ITEM_7 = (
     "issue 14 item 7: the exact-GGN trace takes the softmax of (B, C, L) logits "
     "over the wrong axis and crashes"
 )
-SDPA = (
-    "scaled_dot_product_attention's fused CPU kernel has no double backward: no "
-    "Hessian-vector product through attention"
-)
 
 FAMILIES: dict[str, Family] = {
     f.id: f
@@ -427,7 +423,7 @@ FAMILIES: dict[str, Family] = {
         Family("bn-batch-stats", bn_batch_stats, xfail={T_LARGE: ITEM_6}),
         Family("bn-train", bn_train),
         Family("dropout", dropout, exact_ggn=True),
-        Family("sdpa-attention", attention, xfail={T_EXACT: SDPA, T_LARGE: SDPA}),
+        Family("sdpa-attention", attention),
         Family(
             "ce-sum",
             sum_reduction,
