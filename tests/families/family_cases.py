@@ -367,19 +367,7 @@ ITEMS_2_5 = (
 T_EXACT = "test_exact_paths_match_the_dense_hessian"
 T_LARGE = "test_large_model_paths_match_the_dense_hessian"
 T_REFUSED = "test_refused_losses"
-ITEM_1 = (
-    "issue 14 item 1: the exact-GGN trace takes CrossEntropyLoss with options for "
-    "plain cross-entropy (ignore_index: wrong value) or refuses it (weight)"
-)
 ITEM_3 = "issue 14 item 3: a sum-reduced loss is measured, scaled by batch_size"
-ITEM_6 = (
-    "issue 14 item 6: batch norm without running statistics crashes the trace's "
-    "class-count forward on one example"
-)
-ITEM_7 = (
-    "issue 14 item 7: the exact-GGN trace takes the softmax of (B, C, L) logits "
-    "over the wrong axis and crashes"
-)
 
 FAMILIES: dict[str, Family] = {
     f.id: f
@@ -395,32 +383,17 @@ FAMILIES: dict[str, Family] = {
         Family("gelu", gelu),
         Family("multi-output-mse", multi_output),
         Family("dataloader-uneven", loader, exact_ggn=True),
-        Family(
-            "ce-ignore-index",
-            _ce(ignore_index=1),
-            exact_ggn=True,
-            xfail={T_LARGE: ITEM_1},
-        ),
+        Family("ce-ignore-index", _ce(ignore_index=1), exact_ggn=True),
         Family("ce-label-smoothing", _ce(label_smoothing=0.2), exact_ggn=True),
-        Family(
-            "ce-weight", _ce(weighted=True), exact_ggn=True, xfail={T_LARGE: ITEM_1}
-        ),
+        Family("ce-weight", _ce(weighted=True), exact_ggn=True),
         Family(
             "ce-all-options",
             _ce(weighted=True, ignore_index=3, label_smoothing=0.1),
             exact_ggn=True,
-            xfail={T_LARGE: ITEM_1},
         ),
-        Family(
-            "per-position-ce", per_position, exact_ggn=True, xfail={T_LARGE: ITEM_7}
-        ),
-        Family(
-            "per-position-ce-options",
-            per_position_options,
-            exact_ggn=True,
-            xfail={T_LARGE: ITEM_7},
-        ),
-        Family("bn-batch-stats", bn_batch_stats, xfail={T_LARGE: ITEM_6}),
+        Family("per-position-ce", per_position, exact_ggn=True),
+        Family("per-position-ce-options", per_position_options, exact_ggn=True),
+        Family("bn-batch-stats", bn_batch_stats),
         Family("bn-train", bn_train),
         Family("dropout", dropout, exact_ggn=True),
         Family("sdpa-attention", attention),

@@ -587,14 +587,17 @@ class Trace:
         )
 
     def _ggn(self, ctx: AnalysisContext, start: float) -> MetricResult:
-        from sharpkit.curvature.ggn import ggn_trace
+        from sharpkit.curvature.ggn import cross_entropy_form, ggn_trace
 
         n = len(ctx.data)
+        form, _ = cross_entropy_form(ctx.loss_fn)
+        assert form is not None  # _ggn_obstacle checked it
         value, _ = ggn_trace(
             ctx.model,
             ctx.data,
             batch_size=ctx.batch_size,
             progress=lambda done: ctx.progress(done, n),
+            loss=form,
         )
         return MetricResult(
             value=value,
@@ -606,6 +609,7 @@ class Trace:
                 "method": "exact-ggn",
                 "note": "tr H = tr G exactly: the network is piecewise multilinear "
                 "in its parameters and the loss is cross-entropy",
+                "cross_entropy": form.describe(),
                 "rel_stderr_target": self.rel_stderr,
             },
         )
@@ -638,32 +642,62 @@ class Trace:
 
 
 def _ggn_obstacle(ctx: AnalysisContext) -> str | None:
-    """Why the exact Gauss-Newton trace does not apply to ``ctx`` (None: it does)."""
+    """Why the exact Gauss-Newton trace does not apply to ``ctx`` (None: it does).
+
+    Checks everything the identity tr H = tr G and :func:`ggn_trace` need:
+    batch norm with running statistics, a cross-entropy loss whose every option
+    is accounted for, supported layers, a network piecewise multilinear in its
+    parameters (walking the autograd graph of a forward pass on two examples),
+    and targets that fit the logits. Caches the reason and the logits' shape.
+    """
     key = "trace:ggn_obstacle"
     if key not in ctx.cache:
-        from sharpkit.curvature.ggn import (
-            is_cross_entropy,
-            multilinear_check,
-            supported_layers,
-        )
+        from sharpkit.curvature.ggn import cross_entropy_form
 
         why: str | None = None
+        form, reason = cross_entropy_form(ctx.loss_fn)
         if ctx.bn_mode != "eval":
-            why = "batch norm uses batch statistics"
-        elif not is_cross_entropy(ctx.loss_fn):
-            why = "the loss is not plain cross-entropy"
+            why = "batch norm uses batch statistics (bn_mode='train')"
+        elif form is None:
+            why = reason
         else:
-            ok, reason = supported_layers(ctx.model)
-            if ok:
-                ok, reason = multilinear_check(ctx.model, ctx.data.inputs[:2])
-            why = None if ok else reason
+            why = _ggn_model_obstacle(ctx)
         ctx.cache[key] = why
     return ctx.cache[key]  # type: ignore[no-any-return]
 
 
-#: ``method="auto"`` takes the exact trace up to this many classes: it costs one
-#: backward pass per class (plus one), Hutch++ to 1 % about 100 products of 1.6–2.3
-#: gradients each.
+def _ggn_model_obstacle(ctx: AnalysisContext) -> str | None:
+    """The model and target checks of :func:`_ggn_obstacle`."""
+    import torch
+
+    from sharpkit.curvature.ggn import (
+        logits_obstacle,
+        multilinear_check,
+        supported_layers,
+    )
+
+    ok, reason = supported_layers(ctx.model)
+    if not ok:
+        return reason
+    example = ctx.data.inputs[:2]
+    try:
+        ok, reason = multilinear_check(ctx.model, example)
+        with torch.no_grad():
+            out = ctx.model(example)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        # e.g. a layer that needs more examples: let the estimator decide
+        return f"a forward pass on two examples failed ({type(exc).__name__})"
+    if not ok:
+        return reason
+    if not isinstance(out, torch.Tensor):
+        return f"the model returns {type(out).__name__}, not a logits tensor"
+    ctx.cache["trace:logits_shape"] = tuple(out.shape)
+    return logits_obstacle(out.shape, ctx.data.targets[:2]) or None
+
+
+#: ``method="auto"`` takes the exact trace up to this many classes (times
+#: positions, for per-position logits): it costs one backward pass per class
+#: (plus one), Hutch++ to 1 % about 100 products of 1.6–2.3 gradients each.
 GGN_AUTO_MAX_CLASSES = 100
 
 
@@ -672,18 +706,15 @@ def _ggn_auto_obstacle(ctx: AnalysisContext) -> str | None:
     why = _ggn_obstacle(ctx)
     if why is not None:
         return why
-    key = "trace:classes"
-    if key not in ctx.cache:
-        import torch
-
-        with torch.no_grad():
-            out = ctx.model(ctx.data.inputs[:1])
-        ctx.cache[key] = int(out.shape[-1]) if out.dim() == 2 else 0
-    classes = int(ctx.cache[key])
-    if classes > GGN_AUTO_MAX_CLASSES:
+    shape = ctx.cache["trace:logits_shape"]
+    classes, positions = int(shape[1]), math.prod(int(d) for d in shape[2:])
+    if classes * positions > GGN_AUTO_MAX_CLASSES:
+        where = f" at {positions} positions" if positions > 1 else ""
+        passes = positions * (classes + 1)
         return (
-            f"{classes} classes: the exact path needs {classes + 1} backward passes "
-            "per batch, more than Hutch++ to 1 %; force it with method=exact-ggn"
+            f"{classes} classes{where}: the exact path needs {passes} backward "
+            "passes per batch, more than Hutch++ to 1 %; force it with "
+            "method=exact-ggn"
         )
     return None
 
