@@ -367,7 +367,6 @@ ITEMS_2_5 = (
 T_EXACT = "test_exact_paths_match_the_dense_hessian"
 T_LARGE = "test_large_model_paths_match_the_dense_hessian"
 T_REFUSED = "test_refused_losses"
-ITEM_3 = "issue 14 item 3: a sum-reduced loss is measured, scaled by batch_size"
 
 FAMILIES: dict[str, Family] = {
     f.id: f
@@ -397,15 +396,8 @@ FAMILIES: dict[str, Family] = {
         Family("bn-train", bn_train),
         Family("dropout", dropout, exact_ggn=True),
         Family("sdpa-attention", attention),
-        Family(
-            "ce-sum",
-            sum_reduction,
-            refused="sums over the batch",
-            xfail={T_REFUSED: ITEM_3},
-        ),
-        Family(
-            "mse-sum", mse_sum, refused="sums over the batch", xfail={T_REFUSED: ITEM_3}
-        ),
+        Family("ce-sum", sum_reduction, refused="sums over the batch"),
+        Family("mse-sum", mse_sum, refused="sums over the batch"),
     ]
 }
 

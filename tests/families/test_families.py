@@ -107,6 +107,15 @@ def test_exact_paths_match_the_dense_hessian(family: Family) -> None:
         evals[:3],
     )
     assert spec.value == pytest.approx(evals[0], rel=1e-3)
+    if "lambda_min" in spec.attrs:
+        # a negative Ritz value: λ_min lies below it (Ritz values lie within the
+        # spectrum), and some eigenvalue lies within its bound
+        lam = spec.attrs["lambda_min"]
+        assert evals[-1] <= lam + 1e-10 * norm < 0
+        near = float(np.min(np.abs(evals - lam)))
+        assert near <= spec.attrs["lambda_min_bound"] + 1e-10 * norm
+    else:
+        assert float(np.min(spec.arrays["ritz_values"])) >= 0
     # n <= 256: n Lanczos steps span the space, so trace and norm are exact up
     # to rounding (float64 products, full reorthogonalisation: ~1e-13).
     assert m["trace"].attrs["method"] == "exact"

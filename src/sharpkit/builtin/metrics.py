@@ -57,6 +57,7 @@ from sharpkit.builtin._spec import check_choice, signature_options
 if TYPE_CHECKING:
     import torch
 
+    from sharpkit.curvature.lanczos import LanczosProcess
     from sharpkit.curvature.operator import HessianOperator
     from sharpkit.curvature.stochastic import Deflation
 
@@ -250,6 +251,11 @@ class Spectral:
             )
         idx = len(res.eigenvalues) - 1 if self.which == "smallest" else 0
         hvps = H.hvp_count - before
+        bottom = (
+            _negative_bottom(res.process, ctx.tol, self.bound)
+            if self.which == "largest" and res.process is not None
+            else {}
+        )
         return MetricResult(
             value=float(res.eigenvalues[idx]),
             bound=float(res.bounds[idx]),
@@ -281,6 +287,7 @@ class Spectral:
                         else "(residual norm: rigorous)"
                     )
                 ),
+                **bottom,
             },
         )
 
@@ -330,6 +337,34 @@ class Spectral:
                 "relative change, which certifies nothing",
             },
         )
+
+
+def _negative_bottom(process: LanczosProcess, tol: float, kind: str) -> dict[str, Any]:
+    """λ_min from the Ritz values ``spectral`` already has, when it is negative.
+
+    Ritz values lie in ``[λ_min, λ_max]``, so a negative smallest Ritz value θ
+    proves that H has a negative eigenvalue, ``λ_min <= θ < 0``: the minimum is
+    a saddle point along some direction. No product is spent: θ and its
+    bound (the same kind as λ_max's; an eigenvalue lies within it of θ) come
+    from the tridiagonal. Converged means bound <= tol·‖H‖ (the bottom end is
+    certified relative to the norm, as with ``which="smallest"``).
+    """
+    from sharpkit.curvature.lanczos import ritz_bounds
+
+    theta, _, residuals = process.ritz()
+    if len(theta) < 2 or theta[-1] >= 0:
+        return {}
+    bounds, _ = ritz_bounds(
+        theta, residuals, kind=kind, exact=process.exhausted, eps=process.eps
+    )
+    norm = float(np.max(np.abs(theta)))
+    return {
+        "lambda_min": float(theta[-1]),
+        "lambda_min_bound": float(bounds[-1]),
+        "lambda_min_converged": bool(bounds[-1] <= tol * norm),
+        "lambda_min_meaning": "smallest Ritz value: λ_min <= it < 0 (H is "
+        "indefinite); an eigenvalue lies within the bound of it",
+    }
 
 
 # --------------------------------------------------------------------------- frobenius
