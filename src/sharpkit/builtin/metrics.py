@@ -141,6 +141,13 @@ def _mixed_start(
 class Spectral:
     """λ_max (or the ``top_k`` extreme eigenvalues) with a certified bound.
 
+    λ_max is the largest *algebraic* eigenvalue (PyHessian and
+    hessian-eigenthings report the largest in magnitude, which is λ_min at a
+    saddle where ``|λ_min| > λ_max``). With ``which="largest"``, a negative
+    smallest Ritz value is recorded as ``lambda_min`` (with
+    ``lambda_min_bound`` and ``lambda_min_converged``) at no extra cost: it
+    proves the Hessian indefinite, ``λ_min <= lambda_min < 0``.
+
     Args:
         top_k: Eigenvalues to compute (per end with ``which="both"``).
         which: ``"largest"``, ``"smallest"`` or ``"both"``.
