@@ -275,6 +275,21 @@ def loader(gen: torch.Generator) -> Problem:
     return Problem(model.eval(), F.cross_entropy, x, y, data=dl)
 
 
+def regression_loader(gen: torch.Generator) -> Problem:
+    """Multi-output regression from a DataLoader (float, 2-D targets)."""
+    problem = multi_output(gen)
+    ds = torch.utils.data.TensorDataset(problem.inputs, problem.targets)
+    problem.data = torch.utils.data.DataLoader(ds, batch_size=10)
+    return problem
+
+
+def regression_dataset(gen: torch.Generator) -> Problem:
+    """Multi-output regression from a torch Dataset (float, 2-D targets)."""
+    problem = multi_output(gen)
+    problem.data = torch.utils.data.TensorDataset(problem.inputs, problem.targets)
+    return problem
+
+
 def _ce(*, weighted: bool = False, **options: Any) -> Callable[..., Problem]:
     """A ReLU MLP with ``nn.CrossEntropyLoss(**options)``."""
 
@@ -364,6 +379,10 @@ def mse_sum(gen: torch.Generator) -> Problem:
 ITEMS_2_5 = (
     "issue 14 items 2/5: measure casts integer inputs to the model's float dtype"
 )
+ITEM_2 = (
+    "issue 14 item 2: api.resolve.as_split casts a DataLoader's or Dataset's "
+    "targets to int64 (and a Dataset's to one value per example)"
+)
 T_EXACT = "test_exact_paths_match_the_dense_hessian"
 T_LARGE = "test_large_model_paths_match_the_dense_hessian"
 T_REFUSED = "test_refused_losses"
@@ -382,6 +401,16 @@ FAMILIES: dict[str, Family] = {
         Family("gelu", gelu),
         Family("multi-output-mse", multi_output),
         Family("dataloader-uneven", loader, exact_ggn=True),
+        Family(
+            "regression-dataloader",
+            regression_loader,
+            xfail={T_EXACT: ITEM_2, T_LARGE: ITEM_2},
+        ),
+        Family(
+            "regression-dataset",
+            regression_dataset,
+            xfail={T_EXACT: ITEM_2, T_LARGE: ITEM_2},
+        ),
         Family("ce-ignore-index", _ce(ignore_index=1), exact_ggn=True),
         Family("ce-label-smoothing", _ce(label_smoothing=0.2), exact_ggn=True),
         Family("ce-weight", _ce(weighted=True), exact_ggn=True),
