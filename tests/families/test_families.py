@@ -135,8 +135,10 @@ def test_large_model_paths_match_the_dense_hessian(family: Family) -> None:
     m = _measure(
         problem,
         ["trace", "frobenius"],
-        trace={"exact_max": 0},
-        frobenius={"exact_max": 0},
+        # looser targets than the defaults: fewer probes, the same check
+        # (the value within 4 of its own standard errors)
+        trace={"exact_max": 0, "rel_stderr": 0.03},
+        frobenius={"exact_max": 0, "rel_stderr": 0.01},
     )
     trace, fro = m["trace"], m["frobenius"]
     true_trace = float(evals.sum())
