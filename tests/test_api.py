@@ -294,3 +294,143 @@ def test_stored_metrics_carry_their_specs_label_and_unit(reg, tmp_path) -> None:
     rows = sharpkit.open_results(tmp_path / "s.zarr", as_frame=False)
     units = {r["metric"]: r["unit"] for r in rows}
     assert units == {"spectral": "loss / parameter²", "fisher-rao": "nats^(1/2)"}
+
+
+class Counted:
+    """Test metric that counts its runs (to show what was computed)."""
+
+    runs = 0
+
+    def __init__(self, k: int = 1) -> None:
+        if k < 1:
+            raise sharpkit.ConfigError(f"k must be >= 1, got {k}")
+
+    def compute(self, ctx):
+        Counted.runs += 1
+        return sharpkit.MetricResult(value=float(Counted.runs))
+
+
+@pytest.fixture
+def counted(reg) -> Registry:
+    Counted.runs = 0
+    spec = sharpkit.MetricSpec(
+        name="counted",
+        factory=Counted,
+        description="x",
+        options=(sharpkit.Option(name="k", type=int, default=1),),
+    )
+
+    class Extra:
+        @sharpkit.hookimpl
+        def sharpkit_register_metrics(self):
+            return [spec]
+
+    reg.register_plugin(Extra(), "extra", distribution="extra-dist")
+    return reg
+
+
+def test_a_failing_metric_does_not_lose_the_others(counted, tmp_path) -> None:
+    """Issue 14 item 6: one failure took every metric of the call with it."""
+    net = tiny_model()
+    store = tmp_path / "s.zarr"
+    with pytest.raises(sharpkit.MeasurementError) as info:
+        sharpkit.measure(
+            net,
+            data(),
+            ["raises", "mean-loss", "counted"],
+            store=store,
+            registry=counted,
+        )
+    err = info.value
+    msg = str(err)
+    assert "\n" not in msg
+    assert "metric 'raises' failed" in msg
+    assert "ZeroDivisionError" in msg
+    assert "mean-loss, counted were measured and stored in run" in msg
+    assert list(err.measurement) == ["mean-loss", "counted"]  # measured after it
+    assert set(err.failures) == {"raises"}
+    assert isinstance(err.failures["raises"], sharpkit.PluginLoadError)
+    assert err.measurement.run_id in msg
+    # stored: measuring again reuses both and recomputes nothing
+    again = sharpkit.measure(
+        net, data(), ["mean-loss", "counted"], store=store, registry=counted
+    )
+    assert set(again.reused) == {"mean-loss", "counted"}
+    assert Counted.runs == 1
+
+
+def test_every_failure_is_named(counted) -> None:
+    with pytest.raises(sharpkit.MeasurementError, match="nothing was measured") as info:
+        sharpkit.measure(
+            tiny_model(), data(), ["raises", "wrong-type"], registry=counted
+        )
+    assert set(info.value.failures) == {"raises", "wrong-type"}
+    assert "metrics 'raises', 'wrong-type' failed" in str(info.value)
+    assert len(info.value.measurement) == 0
+
+
+def test_bad_metric_options_fail_before_anything_is_computed(counted) -> None:
+    with pytest.raises(sharpkit.ConfigError, match="k must be >= 1"):
+        sharpkit.measure(
+            tiny_model(),
+            data(),
+            ["mean-loss", "counted"],
+            options={"counted": {"k": 0}},
+            registry=counted,
+        )
+    assert Counted.runs == 0
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        torch.nn.CrossEntropyLoss(reduction="sum"),
+        lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="sum") / 7,
+    ],
+    ids=["sum", "scaled-sum"],
+)
+def test_a_loss_that_sums_over_the_batch_is_refused(reg, loss) -> None:
+    """Issue 14 item 3: the value scaled with batch_size (0.5x at 50, ...)."""
+    with pytest.raises(sharpkit.ConfigError, match="sums over the batch") as info:
+        sharpkit.measure(tiny_model(), data(), ["mean-loss"], loss=loss, registry=reg)
+    assert "reduction='mean'" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_weighted_mean_losses_are_accepted(reg) -> None:
+    """A weighted mean is not a sum: class weights and ignore_index pass."""
+    x, y = data()
+    for loss in (
+        torch.nn.CrossEntropyLoss(
+            weight=torch.tensor([1.0, 5.0, 0.2], dtype=torch.float64)
+        ),
+        torch.nn.CrossEntropyLoss(ignore_index=1),
+    ):
+        m = sharpkit.measure(
+            tiny_model(), (x, y), ["mean-loss"], loss=loss, registry=reg
+        )
+        assert math.isfinite(m["mean-loss"].value)
+
+
+def test_batch_size_changes_the_value_only_with_batch_statistics(reg) -> None:
+    """Issue 14 item 4: the docstring said batch_size never changes the value.
+
+    Batches are weighted by size, so in eval mode it does not (to rounding);
+    with batch statistics each batch normalises by its own, so it does.
+    """
+    import sharpkit.builtin.metrics as builtin_metrics
+
+    reg.register_plugin(builtin_metrics, "builtin.metrics")
+    x, y = data(48)
+
+    def lam(bn_mode: str, batch_size: int) -> float:
+        m = sharpkit.measure(
+            tiny_model(), (x, y), ["spectral"], bn_mode=bn_mode,
+            batch_size=batch_size, tol=1e-8, registry=reg,
+        )  # fmt: skip
+        return m["spectral"].value
+
+    assert lam("eval", 16) == pytest.approx(lam("eval", 48), rel=1e-7)
+    assert abs(lam("train", 16) - lam("train", 48)) > 1e-3 * lam("train", 48)
+    assert "batch statistics" in sharpkit.measure.__doc__
+    assert "re-split" in sharpkit.measure.__doc__

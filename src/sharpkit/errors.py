@@ -8,7 +8,8 @@ class mixes in the builtin exception it specialises, so callers can write
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "CheckpointError",
@@ -18,6 +19,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DataError",
     "DuplicateNameError",
+    "MeasurementError",
     "NumericalError",
     "PluginContractError",
     "PluginError",
@@ -145,6 +147,32 @@ class DataError(SharpkitError, ValueError):
 
 class NumericalError(SharpkitError, ArithmeticError):
     """A numerical method failed in a way that cannot be recovered."""
+
+
+class MeasurementError(SharpkitError):
+    """Some requested metrics failed; the others were measured (and stored).
+
+    Raised by :func:`sharpkit.measure` after every requested metric has run:
+    a metric that fails does not cost the others. Its message names each failed
+    metric and why, in one line.
+
+    Attributes:
+        measurement: The :class:`~sharpkit.Measurement` of the metrics that
+            succeeded (written to the store, when one was given: see its
+            ``run_id``).
+        failures: ``{metric name: the SharpkitError it raised}``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        measurement: Any,
+        failures: Mapping[str, SharpkitError],
+    ) -> None:
+        super().__init__(message)
+        self.measurement = measurement
+        self.failures = dict(failures)
 
 
 class StoreError(SharpkitError):

@@ -357,6 +357,25 @@ def test_trace_auto_falls_back_where_the_identity_fails() -> None:
     assert "batch statistics" in str(train_mode.attrs["exact_ggn_not_applicable"])
 
 
+def test_trace_with_batch_norm_without_running_statistics() -> None:
+    """Issue 14 item 6: the class-count forward on one example raised (batch
+    statistics need two), and method=exact-ggn ended in a bare AssertionError.
+    Now auto falls back and says why; exact-ggn refuses in one line."""
+    case = bn_mlp()
+    model = case.model
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    ctx = context(case)
+    assert M.Trace(exact_max=0, probes=4, sketch=4).estimated_hvps(ctx) == 8
+    res = M.Trace(exact_max=0, probes=4, sketch=4).compute(ctx)
+    assert "no running statistics" in str(res.attrs["exact_ggn_not_applicable"])
+    with pytest.raises(sharpkit.ConfigError, match="no running statistics") as info:
+        M.Trace(method="exact-ggn", exact_max=0).compute(context(case))
+    assert "\n" not in str(info.value)
+
+
 def test_trace_auto_prefers_hutchpp_for_many_classes(monkeypatch) -> None:
     """Exact costs one backward pass per class: past the limit auto samples instead,
     and method=exact-ggn still gives the exact value."""

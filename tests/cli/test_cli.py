@@ -254,10 +254,65 @@ def test_measure_table_is_readable_when_piped(tmp_path: Path) -> None:
     out = result.stdout
     assert f"checkpoints under {tmp_path.resolve()}" in out
     rows = [ln for ln in out.splitlines() if "final.pt" in ln]
-    assert len(rows) == 4  # one line per row: nothing folded
+    # one line per row, nothing folded (plus λ_min rows where H is indefinite)
+    assert len([ln for ln in rows if "λ_min" not in ln]) == 4
     assert all(str(tmp_path) not in ln for ln in rows)
     # ReLU + eval batch norm + cross-entropy: the trace is exact
     trace = [ln for ln in rows if " trace " in ln]
     assert len(trace) == 2
     assert all(" exact " in ln for ln in trace)
     assert all(" bound " in ln for ln in rows if " spectral " in ln)
+
+
+def _mlp_bn_checkpoint(tmp_path: Path) -> Path:
+    import sharpkit.builtin._models as models
+
+    torch.manual_seed(0)
+    net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=2, width=6)
+    ckpt = tmp_path / "a.pt"
+    meta = sharpkit.CheckpointMeta(
+        model="mlp-bn", model_options={"depth": 2, "width": 6}, dataset="synthetic"
+    )
+    sharpkit.save_checkpoint(ckpt, net, meta)
+    return ckpt
+
+
+def test_measure_shows_what_succeeded_then_one_error_line(tmp_path: Path) -> None:
+    """Issue 14 item 6: a failing metric printed nothing of the others."""
+    ckpt = _mlp_bn_checkpoint(tmp_path)
+    args = ["measure", str(ckpt), "-m", "spectral", "-m", "trace", "--no-store"]
+    # batch statistics: the exact Gauss-Newton trace does not apply
+    args += ["--bn-mode", "train", "-o", "trace.method=exact-ggn"]
+    args += ["-o", "trace.exact_max=0"]  # not the small-model path
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "spectral" in result.stdout  # the partial table
+    assert " trace " not in result.stdout
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "metric 'trace' failed" in errors[0]
+    assert "spectral was measured" in errors[0]
+    assert "Traceback" not in result.stderr
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 1
+    assert set(json.loads(as_json.stdout)[0]["metrics"]) == {"spectral"}
+
+
+def test_measure_table_shows_a_negative_lambda_min(tmp_path: Path) -> None:
+    """λ_max is the largest algebraic eigenvalue; where the Ritz values show a
+    negative one (a saddle), the table adds λ_min with its bound, for free."""
+    ckpt = _mlp_bn_checkpoint(tmp_path)
+    result = runner.invoke(app, ["measure", str(ckpt), "--no-store", "--json"])
+    assert result.exit_code == 0, result.stderr
+    spectral = json.loads(result.stdout)[0]["metrics"]["spectral"]
+    lam_min = spectral["attrs"]["lambda_min"]  # an untrained ReLU net: indefinite
+    assert lam_min < 0
+    assert lam_min == min(spectral["arrays"]["ritz_values"])
+    assert spectral["hvps"] == spectral["attrs"]["krylov_dim"]  # no extra product
+    table = runner.invoke(app, ["measure", str(ckpt), "--no-store"]).stdout
+    rows = [ln for ln in table.splitlines() if "spectral" in ln]
+    assert len(rows) == 2
+    assert "λ_max" in rows[0]
+    assert "λ_min" in rows[1]
+    assert f"{lam_min:.6g}" in rows[1]
+    assert "indefinite" in rows[1]

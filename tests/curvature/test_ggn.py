@@ -10,8 +10,9 @@ from cases import Case, bn_mlp, conv_net, mlp, reference_hessian
 from torch import nn
 
 from sharpkit.curvature.ggn import (
+    cross_entropy_form,
     ggn_trace,
-    is_cross_entropy,
+    logits_obstacle,
     multilinear_check,
     supported_layers,
 )
@@ -152,10 +153,52 @@ def test_unsupported_layers_and_losses() -> None:
     assert "Embedding" in why
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
     assert not supported_layers(grouped)[0]
-    assert is_cross_entropy(nn.functional.cross_entropy)
-    assert is_cross_entropy(nn.CrossEntropyLoss(label_smoothing=0.1))
-    assert not is_cross_entropy(nn.CrossEntropyLoss(weight=torch.ones(3)))
-    assert not is_cross_entropy(nn.functional.mse_loss)
+
+
+def test_cross_entropy_form_reads_every_option() -> None:
+    """Issue 14 item 1: options were ignored (ignore_index) or refused (weight)."""
+    import functools
+
+    plain, _ = cross_entropy_form(nn.functional.cross_entropy)
+    assert plain is not None
+    assert plain.weight is None
+    w = torch.tensor([1.0, 2.0, 3.0])
+    form, _ = cross_entropy_form(
+        nn.CrossEntropyLoss(weight=w, ignore_index=2, label_smoothing=0.1)
+    )
+    assert form is not None
+    assert torch.equal(form.weight, w)
+    assert (form.ignore_index, form.label_smoothing) == (2, 0.1)
+    part, _ = cross_entropy_form(
+        functools.partial(nn.functional.cross_entropy, ignore_index=0)
+    )
+    assert part is not None
+    assert part.ignore_index == 0
+    for loss, why in [
+        (nn.CrossEntropyLoss(reduction="sum"), "reduction='sum'"),
+        (functools.partial(nn.functional.cross_entropy, reduction="sum"), "sum"),
+        (functools.partial(nn.functional.cross_entropy, w), "cannot read"),
+        (nn.functional.mse_loss, "not cross-entropy"),
+        (nn.NLLLoss(), "not cross-entropy"),
+    ]:
+        form, reason = cross_entropy_form(loss)
+        assert form is None
+        assert why in reason
+
+    class Focal(nn.CrossEntropyLoss):
+        def forward(self, x, y):
+            return super().forward(x, y) ** 2
+
+    assert "overrides" in cross_entropy_form(Focal())[1]
+
+
+def test_logits_obstacle() -> None:
+    ok = torch.zeros(4, dtype=torch.long)
+    assert logits_obstacle((4, 3), ok) == ""
+    assert logits_obstacle((4, 3, 5), torch.zeros(4, 5, dtype=torch.long)) == ""
+    assert logits_obstacle((4, 3), torch.rand(4, 3)) == ""  # probabilities
+    assert "dimension 1" in logits_obstacle((4, 5, 3), torch.zeros(4, 3))
+    assert "not (batch, classes" in logits_obstacle((4,), ok)
 
 
 @pytest.mark.parametrize(
@@ -184,3 +227,37 @@ def test_conv_per_example_norms_both_forms_and_chunks(monkeypatch, c_in, c_out, 
     monkeypatch.setattr(ggn, "_CHUNK_ELEMENTS", 1)  # one example per chunk
     got = ggn._conv_weight_sq_norms(conv, a, d.reshape(5, c_out, -1))
     assert got.tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_batch_statistics_beyond_the_training_flag() -> None:
+    """Issue 14 item 6: the check looked only at ``.training`` of batch norm.
+
+    Batch norm without running statistics normalises with batch statistics in
+    eval mode too; so does instance norm, and F.batch_norm called with
+    ``training=True`` by a module of its own.
+    """
+    no_stats = nn.Sequential(
+        nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False), nn.Linear(5, 3)
+    ).eval()
+    x = torch.randn(6, 4)
+    ok, why = multilinear_check(no_stats, x[:2])
+    assert not ok
+    assert "no running statistics" in why
+    assert "no running statistics" in supported_layers(no_stats)[1]
+    with pytest.raises(NotImplementedError, match="no running statistics"):
+        ggn_trace(no_stats, DataSplit(x, torch.zeros(6, dtype=torch.long)))
+    inst = nn.Sequential(nn.Conv1d(2, 3, 3), nn.InstanceNorm1d(3), nn.Flatten()).eval()
+    assert not multilinear_check(inst, torch.randn(2, 2, 7))[0]
+
+    class OwnBatchNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.lin(x)
+            return nn.functional.batch_norm(h, None, None, training=True)
+
+    ok, why = multilinear_check(OwnBatchNorm().eval(), x[:2])
+    assert not ok
+    assert "batch statistics" in why

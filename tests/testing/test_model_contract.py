@@ -32,17 +32,10 @@ CASES = {
     "timm-test-resnet": Case(
         "timm", {"variant": "test_resnet", "input_shape": (3, 16, 16), "batch_size": 2}
     ),
+    # attention through scaled_dot_product_attention (twice differentiable in
+    # analysis mode, which runs its math kernel)
     "timm-test-vit": Case(
-        "timm",
-        {"variant": "test_vit", "input_shape": (3, 16, 16), "batch_size": 2},
-        xfail={
-            "test_twice_differentiable": (
-                "bug: timm ViTs use fused scaled_dot_product_attention, whose CPU "
-                "flash kernel has no double backward, so `sharpkit measure` fails "
-                "on any timm:vit_* model; build_timm should build them with "
-                "fused attention off"
-            )
-        },
+        "timm", {"variant": "test_vit", "input_shape": (3, 16, 16), "batch_size": 2}
     ),
 }
 globals().update(contract_classes(ModelContract, "model", CASES, __name__))

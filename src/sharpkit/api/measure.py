@@ -40,8 +40,10 @@ from sharpkit.api.resolve import (
 from sharpkit.errors import (
     ConfigError,
     DataError,
+    MeasurementError,
     NumericalError,
     PluginContractError,
+    SharpkitError,
     SharpkitWarning,
 )
 from sharpkit.interfaces import (
@@ -189,17 +191,28 @@ def measure(
             ``(inputs, targets)`` pair of tensors, a torch ``Dataset`` or a
             ``DataLoader``. ``None``: the dataset the checkpoint was trained on.
         metrics: Metric names (``sharpkit plugins`` lists them).
-        loss: ``loss(outputs, targets) -> scalar`` with mean reduction; default
-            cross-entropy. Any differentiable callable works.
+        loss: ``loss(outputs, targets) -> scalar`` that averages over the
+            examples (``reduction="mean"``); default cross-entropy. Any twice
+            differentiable callable works. A loss that sums over the batch is
+            refused with a :class:`~sharpkit.ConfigError` (its Hessian would
+            scale with ``batch_size``): it is detected by comparing its value
+            on a batch with its values on the two halves of that batch.
         samples: Use the first ``samples`` examples of the data (default: 2048 for
             a dataset given by name, all of it for data given directly).
         split: ``"train"`` or ``"test"``, for a dataset given by name.
-        batch_size: Examples per forward pass (never changes the value).
+        batch_size: Examples per forward pass. Batches are weighted by their
+            size, so with batch norm in eval mode it does not change the value;
+            where batch statistics are used (``bn_mode="train"``, or batch norm
+            without running statistics) they depend on the batching, and so
+            does the value. A ``DataLoader``'s own batches are not kept: its
+            examples are collected and re-split into batches of ``batch_size``.
         seed: Seed for every random choice; results are reproducible from it.
         tol: Relative tolerance for iterative methods.
         max_hvps: Hessian-vector-product budget per metric.
         bn_mode: ``"eval"`` (running statistics, default) or ``"train"`` (batch
-            statistics: the Hessian of the loss as seen during training).
+            statistics of each batch of ``batch_size`` examples: the Hessian of
+            the loss as seen during training with that batch size). The
+            caller's model, buffers included, is left unchanged either way.
         dtype: ``"float32"`` or ``"float64"`` (default: the model's).
         device: ``"cpu"``, ``"cuda"``, ... (default: where the model is, or CPU).
         options: ``{metric name: {option: value}}``.
@@ -219,6 +232,15 @@ def measure(
 
     Returns:
         ``{metric name: MetricResult}`` with provenance in ``.attrs``.
+
+    Raises:
+        MeasurementError: A requested metric failed while others succeeded (or
+            several failed): every metric is run, those that succeeded are
+            returned in the error's ``measurement`` and written to the store,
+            and ``failures`` holds each failure. A single requested metric that
+            fails raises its own error.
+        ConfigError: Bad arguments or options, or a loss that sums over the
+            batch (all checked before anything is computed).
     """
     import torch
 
@@ -264,54 +286,55 @@ def measure(
                 results[name] = found
     reused = list(results)
     todo = [n for n in names if n not in results]
+    failures: dict[str, SharpkitError] = {}
     if todo:
-        from sharpkit.curvature.operator import analysis_mode
-
-        with analysis_mode(work, bn_mode, fuse_bn=False):
-            ctx = AnalysisContext(
-                model=work,
-                loss_fn=loss_fn,
-                data=DataSplit(
-                    data_info.analysis.inputs.to(dev, want_dtype),
-                    data_info.analysis.targets.to(dev),
-                ),
-                batch_size=batch_size,
-                device=dev,
-                dtype=want_dtype,
-                seed=seed,
-                bn_mode=bn_mode,
-                tol=tol,
-                max_hvps=max_hvps,
-                progress=progress or _no_progress,
-                train_data=data_info.train,
-                cache=cache if cache is not None else {},
-                warm_start=warm_start,
-            )
-            _check_loss(ctx)
-            for name in todo:
-                results[name] = _run_metric(reg, name, parsed[name], ctx)
-            vectors = ctx.eigenvectors
-            if vectors is not None and vectors.ndim == 2 and vectors.shape[1]:
-                warm_start = vectors[:, 0].detach().clone().cpu()
-    ordered = {n: results[n] for n in names}
+        created = {n: _create_metric(reg, n, parsed[n]) for n in todo}
+        ctx = AnalysisContext(
+            model=work,
+            loss_fn=loss_fn,
+            data=DataSplit(
+                data_info.analysis.inputs.to(dev, want_dtype),
+                data_info.analysis.targets.to(dev),
+            ),
+            batch_size=batch_size,
+            device=dev,
+            dtype=want_dtype,
+            seed=seed,
+            bn_mode=bn_mode,
+            tol=tol,
+            max_hvps=max_hvps,
+            progress=progress or _no_progress,
+            train_data=data_info.train,
+            cache=cache if cache is not None else {},
+            warm_start=warm_start,
+        )
+        failures = _compute(reg, created, ctx, results)
+        vectors = ctx.eigenvectors
+        if vectors is not None and vectors.ndim == 2 and vectors.shape[1]:
+            warm_start = vectors[:, 0].detach().clone().cpu()
+    ordered = {n: results[n] for n in names if n in results}
+    new_names = [n for n in todo if n in results]
     run_id = None
-    if rs is not None and todo:
+    if rs is not None and new_names:
         new = {
             n: dataclasses.replace(
                 ordered[n], attrs={**ordered[n].attrs, "key": keys[n]}
             )
-            for n in todo
+            for n in new_names
         }
         run_id = rs.write_run(
             kind="measure",
             attrs=run_attrs("measure", attrs),
             metrics=new,
-            metric_labels={n: _labels(specs[n]) for n in todo},
+            metric_labels={n: _labels(specs[n]) for n in new_names},
         )
         ordered.update(new)
-    return Measurement(
+    out = Measurement(
         ordered, attrs, run_id=run_id, reused=reused, warm_start=warm_start
     )
+    if failures:
+        raise _failed(out, failures)
+    return out
 
 
 # --------------------------------------------------------------------------- steps
@@ -491,17 +514,108 @@ def _check_loss(ctx: AnalysisContext) -> None:
         )
         raise DataError(msg)
     ctx.cache.setdefault("loss", loss)
+    _check_reduction(ctx)
 
 
-def _run_metric(
-    reg: Registry, name: str, options: Mapping[str, Any], ctx: AnalysisContext
-) -> MetricResult:
-    """Create and run one metric; fill in its name, products and time."""
+def _check_reduction(ctx: AnalysisContext) -> None:
+    """Refuse a loss that sums over the batch instead of averaging.
+
+    On one batch of outputs (computed once, so batch statistics play no part),
+    a mean loss equals the size-weighted mean of its values on the two halves;
+    a summed one equals their sum. A weighted mean (class weights,
+    ``ignore_index``) is neither, and is accepted.
+    """
+    import torch
+
+    n = min(len(ctx.data), ctx.batch_size, 128)  # a few examples tell
+    if n < 2:
+        return
+    x, y = next(ctx.data.batches(n))
+    with torch.no_grad():
+        out = ctx.model(x)
+        if not (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor)):
+            return
+        k = n // 2
+        try:
+            whole, a, b = (
+                float(ctx.loss_fn(out[s], y[s]))
+                for s in (slice(None), slice(0, k), slice(k, n))
+            )
+        except (RuntimeError, ValueError, IndexError):
+            return  # the loss does not take a part of the batch: nothing to say
+    scale = abs(whole) + abs(a) + abs(b)
+    if not (math.isfinite(scale) and scale > 0):
+        return
+    as_sum = abs(whole - (a + b)) <= 1e-4 * scale  # float32 rounding: ~1e-7
+    as_mean = abs(whole - (k * a + (n - k) * b) / n) <= 1e-2 * scale
+    if as_sum and not as_mean:
+        msg = (
+            f"the loss sums over the batch (on {n} examples it equals the sum of "
+            "its values on the two halves), so every value would scale with "
+            "batch_size; pass a loss with reduction='mean'"
+        )
+        raise ConfigError(msg)
+
+
+def _compute(
+    reg: Registry,
+    metrics: Mapping[str, Metric],
+    ctx: AnalysisContext,
+    results: dict[str, MetricResult],
+) -> dict[str, SharpkitError]:
+    """Run every metric in analysis mode; add results, return the failures.
+
+    A metric that raises a :class:`SharpkitError` (plugin exceptions become
+    :class:`~sharpkit.PluginLoadError` in ``Registry.guard``) is recorded and
+    the next one runs.
+    """
+    from sharpkit.curvature.operator import analysis_mode
+
+    failures: dict[str, SharpkitError] = {}
+    with analysis_mode(ctx.model, ctx.bn_mode, fuse_bn=False):
+        _check_loss(ctx)
+        for name, metric in metrics.items():
+            try:
+                results[name] = _run_metric(reg, name, metric, ctx)
+            except SharpkitError as exc:
+                failures[name] = exc
+    return failures
+
+
+def _failed(
+    measurement: Measurement, failures: Mapping[str, SharpkitError]
+) -> SharpkitError:
+    """The error to raise when metrics failed (see :func:`measure`'s Raises)."""
+    if len(failures) == 1 and not len(measurement):
+        return next(iter(failures.values()))
+    names = ", ".join(repr(n) for n in failures)
+    why = "; ".join(f"{n}: {' '.join(str(e).split())}" for n, e in failures.items())
+    if len(measurement):
+        done = ", ".join(measurement)
+        verb = "was" if len(measurement) == 1 else "were"
+        where = f" and stored in run {measurement.run_id}" if measurement.run_id else ""
+        rest = f"{done} {verb} measured{where}"
+    else:
+        rest = "nothing was measured"
+    noun = "metric" if len(failures) == 1 else "metrics"
+    msg = f"{noun} {names} failed ({why}); {rest}"
+    return MeasurementError(msg, measurement=measurement, failures=failures)
+
+
+def _create_metric(reg: Registry, name: str, options: Mapping[str, Any]) -> Metric:
+    """Create one metric (before anything is computed: bad options fail fast)."""
     metric = reg.create("metric", name, options)
     if not isinstance(metric, Metric):
         got = type(metric).__name__
         msg = f"metric {name!r} factory returned {got} without compute()"
         raise PluginContractError(msg)
+    return metric
+
+
+def _run_metric(
+    reg: Registry, name: str, metric: Metric, ctx: AnalysisContext
+) -> MetricResult:
+    """Run one metric; fill in its name, products and time."""
     hvps_before = ctx._hessian.hvp_count if ctx._hessian is not None else 0
     estimate = getattr(metric, "estimated_hvps", None)
     n_est = 0

@@ -57,6 +57,7 @@ from sharpkit.builtin._spec import check_choice, signature_options
 if TYPE_CHECKING:
     import torch
 
+    from sharpkit.curvature.lanczos import LanczosProcess
     from sharpkit.curvature.operator import HessianOperator
     from sharpkit.curvature.stochastic import Deflation
 
@@ -139,6 +140,13 @@ def _mixed_start(
 
 class Spectral:
     """λ_max (or the ``top_k`` extreme eigenvalues) with a certified bound.
+
+    λ_max is the largest *algebraic* eigenvalue (PyHessian and
+    hessian-eigenthings report the largest in magnitude, which is λ_min at a
+    saddle where ``|λ_min| > λ_max``). With ``which="largest"``, a negative
+    smallest Ritz value is recorded as ``lambda_min`` (with
+    ``lambda_min_bound`` and ``lambda_min_converged``) at no extra cost: it
+    proves the Hessian indefinite, ``λ_min <= lambda_min < 0``.
 
     Args:
         top_k: Eigenvalues to compute (per end with ``which="both"``).
@@ -250,6 +258,11 @@ class Spectral:
             )
         idx = len(res.eigenvalues) - 1 if self.which == "smallest" else 0
         hvps = H.hvp_count - before
+        bottom = (
+            _negative_bottom(res.process, ctx.tol, self.bound)
+            if self.which == "largest" and res.process is not None
+            else {}
+        )
         return MetricResult(
             value=float(res.eigenvalues[idx]),
             bound=float(res.bounds[idx]),
@@ -281,6 +294,7 @@ class Spectral:
                         else "(residual norm: rigorous)"
                     )
                 ),
+                **bottom,
             },
         )
 
@@ -330,6 +344,34 @@ class Spectral:
                 "relative change, which certifies nothing",
             },
         )
+
+
+def _negative_bottom(process: LanczosProcess, tol: float, kind: str) -> dict[str, Any]:
+    """λ_min from the Ritz values ``spectral`` already has, when it is negative.
+
+    Ritz values lie in ``[λ_min, λ_max]``, so a negative smallest Ritz value θ
+    proves that H has a negative eigenvalue, ``λ_min <= θ < 0``: the minimum is
+    a saddle point along some direction. No product is spent: θ and its
+    bound (the same kind as λ_max's; an eigenvalue lies within it of θ) come
+    from the tridiagonal. Converged means bound <= tol·‖H‖ (the bottom end is
+    certified relative to the norm, as with ``which="smallest"``).
+    """
+    from sharpkit.curvature.lanczos import ritz_bounds
+
+    theta, _, residuals = process.ritz()
+    if len(theta) < 2 or theta[-1] >= 0:
+        return {}
+    bounds, _ = ritz_bounds(
+        theta, residuals, kind=kind, exact=process.exhausted, eps=process.eps
+    )
+    norm = float(np.max(np.abs(theta)))
+    return {
+        "lambda_min": float(theta[-1]),
+        "lambda_min_bound": float(bounds[-1]),
+        "lambda_min_converged": bool(bounds[-1] <= tol * norm),
+        "lambda_min_meaning": "smallest Ritz value: λ_min <= it < 0 (H is "
+        "indefinite); an eigenvalue lies within the bound of it",
+    }
 
 
 # --------------------------------------------------------------------------- frobenius
@@ -587,14 +629,17 @@ class Trace:
         )
 
     def _ggn(self, ctx: AnalysisContext, start: float) -> MetricResult:
-        from sharpkit.curvature.ggn import ggn_trace
+        from sharpkit.curvature.ggn import cross_entropy_form, ggn_trace
 
         n = len(ctx.data)
+        form, _ = cross_entropy_form(ctx.loss_fn)
+        assert form is not None  # _ggn_obstacle checked it
         value, _ = ggn_trace(
             ctx.model,
             ctx.data,
             batch_size=ctx.batch_size,
             progress=lambda done: ctx.progress(done, n),
+            loss=form,
         )
         return MetricResult(
             value=value,
@@ -606,6 +651,7 @@ class Trace:
                 "method": "exact-ggn",
                 "note": "tr H = tr G exactly: the network is piecewise multilinear "
                 "in its parameters and the loss is cross-entropy",
+                "cross_entropy": form.describe(),
                 "rel_stderr_target": self.rel_stderr,
             },
         )
@@ -638,32 +684,62 @@ class Trace:
 
 
 def _ggn_obstacle(ctx: AnalysisContext) -> str | None:
-    """Why the exact Gauss-Newton trace does not apply to ``ctx`` (None: it does)."""
+    """Why the exact Gauss-Newton trace does not apply to ``ctx`` (None: it does).
+
+    Checks everything the identity tr H = tr G and :func:`ggn_trace` need:
+    batch norm with running statistics, a cross-entropy loss whose every option
+    is accounted for, supported layers, a network piecewise multilinear in its
+    parameters (walking the autograd graph of a forward pass on two examples),
+    and targets that fit the logits. Caches the reason and the logits' shape.
+    """
     key = "trace:ggn_obstacle"
     if key not in ctx.cache:
-        from sharpkit.curvature.ggn import (
-            is_cross_entropy,
-            multilinear_check,
-            supported_layers,
-        )
+        from sharpkit.curvature.ggn import cross_entropy_form
 
         why: str | None = None
+        form, reason = cross_entropy_form(ctx.loss_fn)
         if ctx.bn_mode != "eval":
-            why = "batch norm uses batch statistics"
-        elif not is_cross_entropy(ctx.loss_fn):
-            why = "the loss is not plain cross-entropy"
+            why = "batch norm uses batch statistics (bn_mode='train')"
+        elif form is None:
+            why = reason
         else:
-            ok, reason = supported_layers(ctx.model)
-            if ok:
-                ok, reason = multilinear_check(ctx.model, ctx.data.inputs[:2])
-            why = None if ok else reason
+            why = _ggn_model_obstacle(ctx)
         ctx.cache[key] = why
     return ctx.cache[key]  # type: ignore[no-any-return]
 
 
-#: ``method="auto"`` takes the exact trace up to this many classes: it costs one
-#: backward pass per class (plus one), Hutch++ to 1 % about 100 products of 1.6–2.3
-#: gradients each.
+def _ggn_model_obstacle(ctx: AnalysisContext) -> str | None:
+    """The model and target checks of :func:`_ggn_obstacle`."""
+    import torch
+
+    from sharpkit.curvature.ggn import (
+        logits_obstacle,
+        multilinear_check,
+        supported_layers,
+    )
+
+    ok, reason = supported_layers(ctx.model)
+    if not ok:
+        return reason
+    example = ctx.data.inputs[:2]
+    try:
+        ok, reason = multilinear_check(ctx.model, example)
+        with torch.no_grad():
+            out = ctx.model(example)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        # e.g. a layer that needs more examples: let the estimator decide
+        return f"a forward pass on two examples failed ({type(exc).__name__})"
+    if not ok:
+        return reason
+    if not isinstance(out, torch.Tensor):
+        return f"the model returns {type(out).__name__}, not a logits tensor"
+    ctx.cache["trace:logits_shape"] = tuple(out.shape)
+    return logits_obstacle(out.shape, ctx.data.targets[:2]) or None
+
+
+#: ``method="auto"`` takes the exact trace up to this many classes (times
+#: positions, for per-position logits): it costs one backward pass per class
+#: (plus one), Hutch++ to 1 % about 100 products of 1.6–2.3 gradients each.
 GGN_AUTO_MAX_CLASSES = 100
 
 
@@ -672,18 +748,15 @@ def _ggn_auto_obstacle(ctx: AnalysisContext) -> str | None:
     why = _ggn_obstacle(ctx)
     if why is not None:
         return why
-    key = "trace:classes"
-    if key not in ctx.cache:
-        import torch
-
-        with torch.no_grad():
-            out = ctx.model(ctx.data.inputs[:1])
-        ctx.cache[key] = int(out.shape[-1]) if out.dim() == 2 else 0
-    classes = int(ctx.cache[key])
-    if classes > GGN_AUTO_MAX_CLASSES:
+    shape = ctx.cache["trace:logits_shape"]
+    classes, positions = int(shape[1]), math.prod(int(d) for d in shape[2:])
+    if classes * positions > GGN_AUTO_MAX_CLASSES:
+        where = f" at {positions} positions" if positions > 1 else ""
+        passes = positions * (classes + 1)
         return (
-            f"{classes} classes: the exact path needs {classes + 1} backward passes "
-            "per batch, more than Hutch++ to 1 %; force it with method=exact-ggn"
+            f"{classes} classes{where}: the exact path needs {passes} backward "
+            "passes per batch, more than Hutch++ to 1 %; force it with "
+            "method=exact-ggn"
         )
     return None
 

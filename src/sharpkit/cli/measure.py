@@ -102,22 +102,14 @@ def measure(
     a checkpoint measured before with the same settings is not measured again.
     """
     from sharpkit import api
-    from sharpkit.errors import ConfigError, SharpkitError
-    from sharpkit.registry import get_registry
+    from sharpkit.errors import MeasurementError, SharpkitError
 
-    metrics = list(metric or ["spectral"])
-    for name in metrics:
-        get_registry().get("metric", name)  # fail fast with "did you mean"
-    per_metric = distribute_options(option, "metric", metrics) if option else {}
-    if top_k is not None:
-        if "spectral" not in metrics:
-            msg = "--top-k applies to the spectral metric; add --metric spectral"
-            raise ConfigError(msg)
-        per_metric.setdefault("spectral", {})["top_k"] = str(top_k)
+    metrics, per_metric = _metric_options(metric, option, top_k)
     kwargs = analysis.api_kwargs()
     outputs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     failed = 0
+    partial: MeasurementError | None = None
     with api.reuse_datasets():  # the data are loaded once for all checkpoints
         for path in checkpoints:
             try:
@@ -136,6 +128,14 @@ def measure(
                         progress=cb,
                         **kwargs,
                     )
+            except MeasurementError as exc:
+                # some metrics failed: show the others, then the one error line
+                failed += 1
+                result = exc.measurement
+                if len(checkpoints) == 1:
+                    partial = exc
+                else:
+                    err_console.print(f"[red]error:[/] {path}: {exc}", highlight=False)
             except SharpkitError as exc:
                 if len(checkpoints) == 1:
                     raise
@@ -143,46 +143,97 @@ def measure(
                 err_console.print(f"[red]error:[/] {path}: {exc}", highlight=False)
                 continue
             outputs.append({"checkpoint": str(path), **result.to_dict()})
-            for name, r in result.items():
-                rows.append(
-                    {
-                        "checkpoint": str(path),
-                        "metric": name,
-                        "value": r.value,
-                        "uncertainty": _uncertainty(
-                            r.stderr if r.stderr is not None else r.bound
-                        ),
-                        "kind": _kind(r.stderr, r.bound),
-                        "converged": r.converged,
-                        "hvps": r.hvps,
-                        "seconds": r.seconds,
-                        "note": "stored" if name in result.reused else "",
-                    }
-                )
+            rows.extend(_rows(str(path), result))
     if json_output:
         print_json(outputs)
     elif rows:
-        measured = [Path(r["checkpoint"]) for r in outputs]
-        labels, common = _labels(measured)
-        short = dict(zip((str(p) for p in measured), labels, strict=True))
-        for row in rows:
-            row["checkpoint"] = short[row["checkpoint"]]
-            if isinstance(row["seconds"], float):
-                row["seconds"] = fmt_number(row["seconds"], 3)
-        print_table(
-            rows,
-            [
-                ("checkpoint", "checkpoint"),
-                ("metric", "metric"),
-                ("value", "value"),
-                ("uncertainty", "±"),
-                ("kind", "of"),
-                ("converged", "converged"),
-                ("hvps", "HVPs"),
-                ("seconds", "s"),
-            ]
-            + ([("note", "note")] if any(r["note"] for r in rows) else []),
-            title=None if common is None else f"checkpoints under {common}",
-        )
+        _print_rows(rows, [Path(r["checkpoint"]) for r in outputs])
+    if partial is not None:
+        raise partial  # the error boundary prints it as one line, exit status 1
     if failed:
         raise typer.Exit(1)
+
+
+def _metric_options(
+    metric: list[str] | None, option: list[str] | None, top_k: int | None
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The metric names (checked, with "did you mean") and their options."""
+    from sharpkit.errors import ConfigError
+    from sharpkit.registry import get_registry
+
+    metrics = list(metric or ["spectral"])
+    for name in metrics:
+        get_registry().get("metric", name)  # fail fast with "did you mean"
+    per_metric = distribute_options(option, "metric", metrics) if option else {}
+    if top_k is not None:
+        if "spectral" not in metrics:
+            msg = "--top-k applies to the spectral metric; add --metric spectral"
+            raise ConfigError(msg)
+        per_metric.setdefault("spectral", {})["top_k"] = str(top_k)
+    return metrics, per_metric
+
+
+def _print_rows(rows: list[dict[str, Any]], measured: list[Path]) -> None:
+    """Print the table: checkpoints named below their common folder."""
+    labels, common = _labels(measured)
+    short = dict(zip((str(p) for p in measured), labels, strict=True))
+    for row in rows:
+        row["checkpoint"] = short[row["checkpoint"]]
+        if isinstance(row.get("seconds"), float):
+            row["seconds"] = fmt_number(row["seconds"], 3)
+    print_table(
+        rows,
+        [
+            ("checkpoint", "checkpoint"),
+            ("metric", "metric"),
+            ("value", "value"),
+            ("uncertainty", "±"),
+            ("kind", "of"),
+            ("converged", "converged"),
+            ("hvps", "HVPs"),
+            ("seconds", "s"),
+        ]
+        + ([("note", "note")] if any(r["note"] for r in rows) else []),
+        title=None if common is None else f"checkpoints under {common}",
+    )
+
+
+def _rows(path: str, result: Any) -> list[dict[str, Any]]:
+    """Table rows of one checkpoint's measurement.
+
+    ``spectral`` gets a second row, λ_min, when its Ritz values found a
+    negative eigenvalue (at no extra cost; see the metric's ``lambda_min``).
+    """
+    rows = []
+    for name, r in result.items():
+        stored = "stored" if name in result.reused else ""
+        rows.append(
+            {
+                "checkpoint": path,
+                "metric": name,
+                "value": r.value,
+                "uncertainty": _uncertainty(
+                    r.stderr if r.stderr is not None else r.bound
+                ),
+                "kind": _kind(r.stderr, r.bound),
+                "converged": r.converged,
+                "hvps": r.hvps,
+                "seconds": r.seconds,
+                "note": stored,
+            }
+        )
+        if "lambda_min" in r.attrs:
+            rows[-1]["metric"] = f"{name} λ_max"
+            bound = r.attrs.get("lambda_min_bound")
+            rows.append(
+                {
+                    "checkpoint": path,
+                    "metric": f"{name} λ_min",
+                    "value": r.attrs["lambda_min"],
+                    "uncertainty": _uncertainty(bound),
+                    "kind": _kind(None, bound),
+                    "converged": r.attrs.get("lambda_min_converged"),
+                    "note": stored or "λ_min ≤ value: H is indefinite",
+                }
+            )
+    return rows

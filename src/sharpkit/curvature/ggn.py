@@ -29,6 +29,17 @@ for the cross-entropy loss, whose Hessian with respect to the logits is
 for the ReLU and batch-norm networks of the paper (MLP, ResNet, VGG), at the cost
 of one backward pass per class (plus one) over the data.
 
+The options of ``nn.CrossEntropyLoss`` only rescale that Hessian per example
+(:func:`cross_entropy_form`): with class weights ``w``, label smoothing ``ε``
+and ``ignore_index``, the mean loss of a batch is
+``Σ_i [(1-ε) w_{y_i} ℓ(y_i) + (ε/C) Σ_c w_c ℓ(c)] / Σ_i w_{y_i}`` over the
+examples not ignored, so example ``i`` enters ``tr G`` with the factor
+``((1-ε) w_{y_i} + (ε/C) Σ_c w_c) / Σ_j w_{y_j}`` (zero if ignored); with
+probability targets ``q`` it is ``Σ_c w_c q'_ic / N`` (``q'`` smoothed). These
+factors are computed per batch, as the loss computes them. Logits of shape
+``(B, C, d1, ...)`` (a class per position, softmax over dimension 1) are
+handled as ``B·d1·...`` examples, at one backward pass per class and position.
+
 :func:`multilinear_check` decides whether the identity holds by walking the
 autograd graph of one forward pass; :func:`ggn_trace` computes the trace for
 networks whose parameters sit in linear, convolution and batch-norm layers
@@ -37,9 +48,11 @@ networks whose parameters sit in linear, convolution and batch-norm layers
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,7 +60,14 @@ from torch import Tensor, nn
 
 from sharpkit._data import DataSplit
 
-__all__ = ["ggn_trace", "is_cross_entropy", "multilinear_check", "supported_layers"]
+__all__ = [
+    "CrossEntropyForm",
+    "cross_entropy_form",
+    "ggn_trace",
+    "logits_obstacle",
+    "multilinear_check",
+    "supported_layers",
+]
 
 # Operations linear in every input (products are checked for disjoint inputs).
 _LINEAR = {
@@ -123,6 +143,27 @@ _PRODUCT = {
     "NativeLayerNorm_never",  # layer norm normalises by data: never linear
 }
 _NAME = re.compile(r"^(.*?)Backward\d*$")
+# Batch-norm kernels: linear in their input only with running statistics
+# (their node records which: ``_saved_training``).
+_BATCH_NORM = {"NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm"}
+
+
+def _batch_statistics(m: nn.Module) -> str:
+    """Why ``m`` normalises with statistics of its input ("" if it does not).
+
+    Batch norm in training mode, or without running statistics (then it uses
+    batch statistics even in eval mode), and instance norm by default.
+    """
+    if not isinstance(m, nn.modules.batchnorm._NormBase):
+        return ""
+    if m.training:
+        return f"{type(m).__name__} uses batch statistics (bn_mode='train')"
+    if not m.track_running_stats or m.running_mean is None:
+        return (
+            f"{type(m).__name__} has no running statistics, so it normalises with "
+            "statistics of the batch"
+        )
+    return ""
 
 
 def _base(node: Any) -> str:
@@ -144,8 +185,9 @@ def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
         the reason (the first operation that is not).
     """
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-            return False, "batch norm uses batch statistics (bn_mode='train')"
+        why = _batch_statistics(m)
+        if why:
+            return False, why
         if isinstance(m, nn.Dropout | nn.modules.dropout._DropoutNd) and m.training:
             return False, "dropout is active"
     with torch.enable_grad():
@@ -183,6 +225,9 @@ def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
         base = _base(node)
         if base in _LINEAR or base in _PIECEWISE:
             continue
+        if base in _BATCH_NORM and getattr(node, "_saved_training", True):
+            # normalised by statistics of the data: not linear in the input
+            return False, "a batch norm normalises with batch statistics"
         if base == "Div":
             if len(sets) > 1 and sets[1]:
                 return False, "a division by a parameter-dependent tensor"
@@ -198,15 +243,121 @@ def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
     return True, ""
 
 
-def is_cross_entropy(loss_fn: Callable[..., Any]) -> bool:
-    """Whether ``loss_fn`` is plain mean cross-entropy (its logit Hessian is known)."""
-    if loss_fn is nn.functional.cross_entropy:
-        return True
+@dataclass(frozen=True)
+class CrossEntropyForm:
+    """The options of a mean cross-entropy loss (they fix its logit Hessian).
+
+    Attributes:
+        weight: Class weights ``(C,)`` or ``None``.
+        ignore_index: Class index whose examples are left out.
+        label_smoothing: ``ε`` in ``[0, 1]``.
+    """
+
+    weight: Tensor | None = None
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-compatible summary (for a result's attributes)."""
+        return {
+            "weighted": self.weight is not None,
+            "ignore_index": self.ignore_index,
+            "label_smoothing": self.label_smoothing,
+        }
+
+
+_CE_OPTIONS = {"weight", "ignore_index", "label_smoothing", "reduction"}
+
+
+def cross_entropy_form(
+    loss_fn: Callable[..., Any],
+) -> tuple[CrossEntropyForm | None, str]:
+    """Return the options of ``loss_fn`` if it is mean cross-entropy, else a reason.
+
+    Recognised: ``F.cross_entropy``, ``functools.partial`` of it with keyword
+    options, and ``nn.CrossEntropyLoss`` (not a subclass with its own
+    ``forward``). Every option is covered: ``weight``, ``ignore_index`` and
+    ``label_smoothing`` rescale the logit Hessian per example (see the module
+    docstring); any ``reduction`` but ``"mean"`` is refused.
+
+    Returns:
+        ``(form, "")`` or ``(None, why)``.
+    """
+    f = nn.functional.cross_entropy
+    if loss_fn is f:
+        return CrossEntropyForm(), ""
+    if isinstance(loss_fn, functools.partial) and loss_fn.func is f:
+        kw = dict(loss_fn.keywords)
+        if loss_fn.args or not set(kw) <= _CE_OPTIONS:
+            return None, "a partial of cross_entropy with options it cannot read"
+        reduction = kw.pop("reduction", "mean")
+        opts = kw
+    elif isinstance(loss_fn, nn.CrossEntropyLoss):
+        if type(loss_fn).forward is not nn.CrossEntropyLoss.forward:
+            return None, f"{type(loss_fn).__name__} overrides CrossEntropyLoss.forward"
+        reduction = loss_fn.reduction
+        opts = {
+            "weight": loss_fn.weight,
+            "ignore_index": loss_fn.ignore_index,
+            "label_smoothing": loss_fn.label_smoothing,
+        }
+    else:
+        return None, "the loss is not cross-entropy"
+    if reduction != "mean":
+        return None, f"cross-entropy with reduction={reduction!r}"
+    weight = opts.get("weight")
     return (
-        isinstance(loss_fn, nn.CrossEntropyLoss)
-        and loss_fn.weight is None
-        and loss_fn.reduction == "mean"
+        CrossEntropyForm(
+            weight=weight.detach() if isinstance(weight, Tensor) else None,
+            ignore_index=int(opts.get("ignore_index", -100)),
+            label_smoothing=float(opts.get("label_smoothing", 0.0)),
+        ),
+        "",
     )
+
+
+def logits_obstacle(logits_shape: Sequence[int], targets: Tensor) -> str:
+    """Why ``targets`` are not cross-entropy targets for these logits ("" if fine).
+
+    Class indices need the logits' shape without dimension 1; probabilities
+    need the logits' shape. ``targets`` may hold fewer examples than the logits.
+    """
+    shape = tuple(logits_shape)
+    if len(shape) < 2:
+        return f"outputs of shape {shape} are not (batch, classes, ...) logits"
+    got = tuple(targets.shape[1:])
+    want = shape[1:] if targets.is_floating_point() else shape[2:]
+    if got != want:
+        kind = "probability" if targets.is_floating_point() else "class-index"
+        return (
+            f"{kind} targets of per-example shape {got} do not fit logits of "
+            f"shape {shape} (cross-entropy takes classes along dimension 1)"
+        )
+    return ""
+
+
+def _example_factors(form: CrossEntropyForm, logits: Tensor, y: Tensor) -> Tensor:
+    """Factor of each example (and position) in the batch's logit Hessian.
+
+    ``logits`` is ``(B, C, P)``; the batch's mean loss has the logit Hessian
+    ``Σ_ip a_ip (diag p_ip - p_ip p_ipᵀ)``; returns ``a``, ``(B, P)`` float64.
+    """
+    b, c, p = logits.shape
+    w = None if form.weight is None else form.weight.to(logits.device, torch.float64)
+    eps = form.label_smoothing
+    if y.is_floating_point():  # probabilities: mean over the B·P elements
+        q = y.reshape(b, c, p).to(torch.float64) * (1 - eps) + eps / c
+        if w is not None:
+            q = q * w.view(1, c, 1)
+        return q.sum(1) / (b * p)
+    y = y.reshape(b, p)
+    keep = y != form.ignore_index
+    safe = torch.where(keep, y, torch.zeros_like(y))
+    valid = keep.to(torch.float64)  # a bool times a float is float32: cast first
+    w_y = (w[safe] if w is not None else torch.ones_like(valid)) * valid
+    w_all = float(w.sum()) if w is not None else float(c)
+    numer = (1 - eps) * w_y + (eps / c) * w_all * valid
+    return numer / w_y.sum()
 
 
 _HOOKED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.modules.batchnorm._BatchNorm)
@@ -225,6 +376,8 @@ def supported_layers(model: nn.Module) -> tuple[bool, str]:
             continue
         if not isinstance(m, _HOOKED):
             return False, f"parameters in a {type(m).__name__} layer"
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and _batch_statistics(m):
+            return False, _batch_statistics(m)
         if isinstance(m, nn.Conv1d | nn.Conv2d):
             if m.groups != 1:
                 return False, "a grouped convolution"
@@ -344,23 +497,32 @@ def ggn_trace(
     *,
     batch_size: int = 512,
     progress: Callable[[int], None] | None = None,
+    loss: CrossEntropyForm | None = None,
 ) -> tuple[float, int]:
     """Return ``(tr G, examples)`` of the mean cross-entropy over ``data``.
 
     ``tr G`` equals ``tr H`` when :func:`multilinear_check` passes. Per-example
     gradient norms are computed from layer inputs and output gradients
     (Goodfellow, 2015, "Efficient per-example gradient computations", arXiv:
-    1510.01799), one backward pass per class plus one, without materialising
-    per-example gradients of linear layers; accumulated in float64. The model
-    must pass :func:`supported_layers` and be in eval mode (examples must not
-    interact).
+    1510.01799), one backward pass per class plus one (per position, for logits
+    ``(B, C, d1, ...)``), without materialising per-example gradients of linear
+    layers; accumulated in float64. Batches are weighted by size, as in
+    :class:`~sharpkit.curvature.operator.HessianOperator`, and each example by
+    its factor in its batch's loss (class weights, ``ignore_index``, label
+    smoothing: see the module docstring). The model must pass
+    :func:`supported_layers` and be in eval mode (examples must not interact).
 
     Args:
         model: The network.
         data: The analysis set.
         batch_size: Examples per forward pass.
         progress: Called with the number of examples done.
+        loss: The cross-entropy's options (default: plain mean cross-entropy).
+
+    Raises:
+        NotImplementedError: A layer or target shape this method cannot handle.
     """
+    form = loss if loss is not None else CrossEntropyForm()
     ok, why = supported_layers(model)
     if not ok:
         msg = f"ggn_trace cannot handle {why}"
@@ -380,7 +542,7 @@ def ggn_trace(
     total = torch.zeros((), dtype=torch.float64)
     count = 0
     try:
-        for x, _ in batches:
+        for x, y in batches:
             for v in seen.values():
                 v.clear()
             with torch.enable_grad():
@@ -388,28 +550,12 @@ def ggn_trace(
             if any(len(v) != 1 for v in seen.values()):
                 msg = "a layer is called more than once per forward pass"
                 raise NotImplementedError(msg)
-            ins = [seen[m][0][0] for m in layers]
-            outs = [seen[m][0][1] for m in layers]
-            probs = torch.softmax(logits.detach().double(), dim=-1)
-            classes = probs.shape[-1]
-            sq = torch.zeros(len(x), classes, dtype=torch.float64)
-            for c in range(classes + 1):
-                if c < classes:
-                    g = torch.zeros_like(logits)
-                    g[:, c] = 1
-                else:  # the probability-weighted logit: the cross term
-                    g = probs.to(logits.dtype)
-                grads = torch.autograd.grad(
-                    logits, outs, grad_outputs=g, retain_graph=c < classes
-                )
-                col = torch.zeros(len(x), dtype=torch.float64)
-                for m, a, d in zip(layers, ins, grads, strict=True):
-                    col += _sq_norms(m, a, d).cpu()
-                if c < classes:
-                    sq[:, c] = col
-                else:
-                    total += ((probs.cpu() * sq).sum(-1) - col).sum()
-            count += len(x)
+            why = logits_obstacle(logits.shape, y)
+            if why:
+                raise NotImplementedError(why)
+            taps = [(m, seen[m][0][0], seen[m][0][1]) for m in layers]
+            total += logits.shape[0] * _batch_ggn(logits, y, taps, form)
+            count += logits.shape[0]
             if progress is not None:
                 progress(count)
     finally:
@@ -418,3 +564,45 @@ def ggn_trace(
         for v in seen.values():
             v.clear()
     return float(total / max(count, 1)), count
+
+
+def _batch_ggn(
+    logits: Tensor,
+    y: Tensor,
+    taps: list[tuple[nn.Module, Tensor, Tensor]],
+    form: CrossEntropyForm,
+) -> Tensor:
+    """``tr G`` of one batch's mean loss (float64 scalar on the CPU).
+
+    ``taps`` holds each layer with its input and output in this forward pass.
+    """
+    b, c = logits.shape[0], logits.shape[1]
+    flat = logits.detach().reshape(b, c, -1)
+    positions = flat.shape[2]
+    probs = torch.softmax(flat.double(), dim=1)
+    factors = _example_factors(form, flat, y).cpu()
+    outs = [out for _, _, out in taps]
+    terms = torch.zeros(b, positions, dtype=torch.float64)
+    last = positions * (c + 1) - 1
+    for pos in range(positions):
+        sq = torch.zeros(b, c, dtype=torch.float64)
+        for k in range(c + 1):
+            g = torch.zeros_like(flat)
+            if k < c:
+                g[:, k, pos] = 1
+            else:  # the probability-weighted logit: the cross term
+                g[:, :, pos] = probs[:, :, pos].to(g.dtype)
+            grads = torch.autograd.grad(
+                logits,
+                outs,
+                grad_outputs=g.reshape(logits.shape),
+                retain_graph=pos * (c + 1) + k < last,
+            )
+            col = torch.zeros(b, dtype=torch.float64)
+            for (m, a, _), d in zip(taps, grads, strict=True):
+                col += _sq_norms(m, a, d).cpu()
+            if k < c:
+                sq[:, k] = col
+            else:
+                terms[:, pos] = (probs[:, :, pos].cpu() * sq).sum(-1) - col
+    return (factors * terms).sum()

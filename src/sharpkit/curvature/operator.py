@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sharpkit._data import DataSplit
 from sharpkit.errors import ConfigError, DataError
@@ -91,6 +92,12 @@ def analysis_mode(
     instead, without updating them. On exit every module's ``training`` flag and
     ``track_running_stats``, and every buffer, are restored exactly.
 
+    ``torch.nn.functional.scaled_dot_product_attention`` runs its math kernel
+    inside the block: the fused kernels (flash attention on the CPU, the
+    efficient and flash kernels on GPUs) have no double backward, so without
+    this no Hessian-vector product could pass through attention (timm ViTs,
+    Hugging Face transformers). The math kernel computes the same function.
+
     In eval mode a batch-norm layer is the per-channel affine map
     ``x * s + (b - μ s)`` with ``s = w / sqrt(σ² + ε)``; with ``fuse_bn`` the
     standard ``BatchNorm1d/2d/3d`` layers compute exactly that (the same function,
@@ -117,40 +124,41 @@ def analysis_mode(
     ]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     fused: list[nn.Module] = []
-    try:
-        model.eval()
-        if bn_mode == "train":
-            for norm, _ in tracking:
-                norm.train()
-                # With track_running_stats off, F.batch_norm gets no running
-                # buffers: it normalises with batch statistics and updates nothing.
-                norm.track_running_stats = False
-        elif fuse_bn:
-            for module in model.modules():
-                if (
-                    isinstance(module, nn.modules.batchnorm._BatchNorm)
-                    and type(module) in _FUSABLE
-                    and module.running_mean is not None
-                    # already fused by an enclosing analysis_mode block
-                    and "forward" not in module.__dict__
-                ):
-                    module.forward = _EvalBatchNorm(module)  # type: ignore[method-assign,assignment]
-                    fused.append(module)
-        yield
-    finally:
-        for module in fused:
-            del module.forward
-        for module, training in flags:
-            module.training = training
-        for norm, track in tracking:
-            norm.track_running_stats = track
-        with torch.no_grad():
-            for b, saved in buffers:
-                # Copy only what changed: an in-place copy bumps the version
-                # counter and would invalidate autograd graphs (ours or the
-                # user's) that saved the buffer.
-                if not torch.equal(b, saved):
-                    b.copy_(saved)
+    with sdpa_kernel(SDPBackend.MATH):  # the twice-differentiable kernel
+        try:
+            model.eval()
+            if bn_mode == "train":
+                for norm, _ in tracking:
+                    norm.train()
+                    # With track_running_stats off, F.batch_norm gets no running
+                    # buffers: it normalises with batch statistics and updates nothing.
+                    norm.track_running_stats = False
+            elif fuse_bn:
+                for module in model.modules():
+                    if (
+                        isinstance(module, nn.modules.batchnorm._BatchNorm)
+                        and type(module) in _FUSABLE
+                        and module.running_mean is not None
+                        # already fused by an enclosing analysis_mode block
+                        and "forward" not in module.__dict__
+                    ):
+                        module.forward = _EvalBatchNorm(module)  # type: ignore[method-assign,assignment]
+                        fused.append(module)
+            yield
+        finally:
+            for module in fused:
+                del module.forward
+            for module, training in flags:
+                module.training = training
+            for norm, track in tracking:
+                norm.track_running_stats = track
+            with torch.no_grad():
+                for b, saved in buffers:
+                    # Copy only what changed: an in-place copy bumps the version
+                    # counter and would invalidate autograd graphs (ours or the
+                    # user's) that saved the buffer.
+                    if not torch.equal(b, saved):
+                        b.copy_(saved)
 
 
 _FUSABLE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -593,19 +601,31 @@ class HessianOperator:
         with analysis_mode(self.model, self.bn_mode, fuse_bn=self.fuse_bn):
             for method in ("double-backward", "forward-over-reverse"):
                 best = math.inf
-                for _ in range(2):  # the first call pays one-off tracing costs
-                    t0 = time.perf_counter()
-                    self._batch_hvp(method, x, y, size, v)
-                    if self._device.type == "cuda":
-                        torch.cuda.synchronize(self._device)
-                    best = min(best, time.perf_counter() - t0)
+                try:
+                    for _ in range(2):  # the first call pays one-off tracing costs
+                        t0 = time.perf_counter()
+                        self._batch_hvp(method, x, y, size, v)
+                        if self._device.type == "cuda":
+                            torch.cuda.synchronize(self._device)
+                        best = min(best, time.perf_counter() - t0)
+                except ConfigError:
+                    if method == "double-backward":
+                        raise
+                    # forward-over-reverse does not support this model or loss
+                    # (e.g. huber_loss has no forward derivative): not a choice
+                    continue
                 times[method] = best
         return min(times, key=times.__getitem__)
 
     # ------------------------------------------------------------------ products
 
     def _batch_hvp(self, method: str, x: Any, y: Any, size: int, v: Tensor) -> Tensor:
-        """Return ``size * H_b @ v`` for one batch, ``v`` of shape (n, k)."""
+        """Return ``size * H_b @ v`` for one batch, ``v`` of shape (n, k).
+
+        Raises:
+            ConfigError: ``forward-over-reverse`` does not support an operation
+                of the model or loss.
+        """
         if method == "double-backward":
             loss = self._forward_loss(x, y)
             grads = torch.autograd.grad(
@@ -613,7 +633,30 @@ class HessianOperator:
             )
             flat = self._flat(grads)
             return self._backward_columns(flat, v, retain_last=False)
-        return self._func_hvp(x, y, size, v)
+        try:
+            return self._func_hvp(x, y, size, v)
+        except (RuntimeError, NotImplementedError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            msg = (
+                f"the forward-over-reverse product failed on this model and loss "
+                f"({type(exc).__name__}: {first[:200]}); use method='double-backward' "
+                "or 'auto'"
+            )
+            raise ConfigError(msg) from exc
+
+    def _fallback_hvp(self, x: Any, y: Any, size: int, v: Tensor) -> Tensor:
+        """The per-batch product for a batch outside the kept graph.
+
+        With ``method="auto"``, a per-batch method that fails on a batch is
+        replaced by double backward for the rest of the operator's life.
+        """
+        try:
+            return self._batch_hvp(self._fallback, x, y, size, v)
+        except ConfigError:
+            if self._requested_method != "auto" or self._fallback == "double-backward":
+                raise
+            self._fallback = "double-backward"
+            return self._batch_hvp(self._fallback, x, y, size, v)
 
     def _backward_columns(self, g: Tensor, v: Tensor, *, retain_last: bool) -> Tensor:
         """Return ``∂(g·v_j)/∂θ`` for each column ``v_j`` of ``v``."""
@@ -676,6 +719,15 @@ class HessianOperator:
             y: Any,
         ) -> tuple[Tensor, ...]:
             g = grad(loss_of)
+            if isinstance(y, Tensor) and y.is_floating_point():
+                # Give floating targets an explicit zero tangent: left implicit,
+                # it is a ZeroTensor, which the forward derivative of
+                # mse_loss_backward writes to ("ZeroTensors are immutable").
+                return jvp(  # type: ignore[no-any-return]
+                    lambda p, t: g(p, x, t),
+                    (primals, y),
+                    (tangents, torch.zeros_like(y)),
+                )[1]
             return jvp(lambda p: g(p, x, y), (primals,), (tangents,))[1]  # type: ignore[no-any-return]
 
         if self.compile:
@@ -736,7 +788,7 @@ class HessianOperator:
                 for i, (x, y, size) in enumerate(self._batches()):
                     if i < self._kept:
                         continue
-                    part = self._batch_hvp(self._fallback, x, y, size, block)
+                    part = self._fallback_hvp(x, y, size, block)
                     out = part if out is None else out.add_(part)
         if out is None:  # a rank without data
             out = torch.zeros(self.n, k, dtype=self._dtype, device=self._device)

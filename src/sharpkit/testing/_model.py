@@ -235,18 +235,23 @@ class ModelContract:
         """Hessian-vector products work, so sharpkit can measure the model.
 
         Double backward through the eval-mode loss gives finite, non-zero,
-        symmetric products: ``u·(Hv) = v·(Hu)``.
+        symmetric products: ``u·(Hv) = v·(Hu)``. The forward pass runs under
+        :func:`sharpkit.analysis_mode`, as sharpkit's own products do (so
+        ``scaled_dot_product_attention`` uses its twice-differentiable kernel).
         """
         import torch
 
         model = self.build()
         params = [p for p in model.parameters() if p.requires_grad]
         x, y = self._inputs_for(model), self.make_targets()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
         try:
-            grads: list[torch.Tensor | None] = list(
-                torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-            )
+            with sharpkit.analysis_mode(model):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                grads: list[torch.Tensor | None] = list(
+                    torch.autograd.grad(
+                        loss, params, create_graph=True, allow_unused=True
+                    )
+                )
         except RuntimeError as exc:
             msg = f"backward through the model failed: {exc}"
             raise AssertionError(msg) from exc
