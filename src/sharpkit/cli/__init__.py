@@ -55,10 +55,13 @@ class _ErrorBoundary(TyperGroup):
     def invoke(
         self, ctx: Any
     ) -> Any:  # typer vendors click; its Context type is private
+        from sharpkit._hints import cli_hints
+
         old_show = warnings.showwarning
         warnings.showwarning = _show_warning
         try:
-            return super().invoke(ctx)
+            with cli_hints():  # error messages name flags, not Python arguments
+                return super().invoke(ctx)
         except SharpkitError as exc:
             if _debug_enabled():
                 raise

@@ -48,14 +48,37 @@ def _labels(paths: list[Path]) -> tuple[list[str], str | None]:
     return [str(p.relative_to(common)) for p in resolved], str(common)
 
 
+def _targets(
+    checkpoints: list[Path] | None, analysis: AnalysisOptions, kwargs: dict[str, Any]
+) -> list[Path | str]:
+    """The models to measure: the checkpoints, else a ``--model`` that is one."""
+    from sharpkit.errors import ConfigError
+
+    if checkpoints:
+        return list(checkpoints)
+    alone = analysis.model_only()
+    if alone is None:
+        msg = (
+            "give a checkpoint to measure (or --model hf:PATH, or --model "
+            "package.module:name for code that loads its own weights)"
+        )
+        raise ConfigError(msg)
+    kwargs["model_name"] = None
+    return [alone]
+
+
 @with_analysis_options
 def measure(
     checkpoints: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
-            help="Checkpoint files (.pt, .pth, .safetensors).", show_default=False
+            help=(
+                "Checkpoint files (.pt, .pth, .safetensors) or torch.export "
+                "archives (.pt2); none with --model hf:PATH."
+            ),
+            show_default=False,
         ),
-    ],
+    ] = None,
     metric: MetricOpt = None,
     samples: Annotated[
         int | None,
@@ -105,6 +128,8 @@ def measure(
     from sharpkit.errors import ConfigError, SharpkitError
     from sharpkit.registry import get_registry
 
+    kwargs = analysis.api_kwargs()
+    targets = _targets(checkpoints, analysis, kwargs)
     metrics = list(metric or ["spectral"])
     for name in metrics:
         get_registry().get("metric", name)  # fail fast with "did you mean"
@@ -114,16 +139,16 @@ def measure(
             msg = "--top-k applies to the spectral metric; add --metric spectral"
             raise ConfigError(msg)
         per_metric.setdefault("spectral", {})["top_k"] = str(top_k)
-    kwargs = analysis.api_kwargs()
     outputs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     failed = 0
     with api.reuse_datasets():  # the data are loaded once for all checkpoints
-        for path in checkpoints:
+        for path in targets:
+            label = path.name if isinstance(path, Path) else str(path)
             try:
-                with progress_display(path.name, enabled=not json_output) as cb:
+                with progress_display(label, enabled=not json_output) as cb:
                     result = api.measure(
-                        path,
+                        os.fspath(path),
                         metrics=metrics,
                         samples=samples,
                         split=split,
@@ -137,16 +162,16 @@ def measure(
                         **kwargs,
                     )
             except SharpkitError as exc:
-                if len(checkpoints) == 1:
+                if len(targets) == 1:
                     raise
                 failed += 1
                 err_console.print(f"[red]error:[/] {path}: {exc}", highlight=False)
                 continue
-            outputs.append({"checkpoint": str(path), **result.to_dict()})
+            outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
             for name, r in result.items():
                 rows.append(
                     {
-                        "checkpoint": str(path),
+                        "checkpoint": os.fspath(path),
                         "metric": name,
                         "value": r.value,
                         "uncertainty": _uncertainty(

@@ -23,6 +23,7 @@ _TABLE_COLUMNS = (
     ("kind", "kind"),
     ("model", "model"),
     ("dataset", "data"),
+    ("loss", "loss"),
     ("lr", "η"),
     ("batch_size", "S"),
     ("lr_over_batch", "η/S"),
@@ -38,12 +39,13 @@ _TABLE_COLUMNS = (
     ("batch_size_b", "S (b)"),
 )
 _ALWAYS = frozenset({"run_id", "metric", "value"})
-_TEXT = frozenset({"run_id", "kind", "model", "dataset", "metric"})
+_TEXT = frozenset({"run_id", "kind", "model", "dataset", "loss", "metric"})
 _DROP_ORDER = (
     "seed",
     "epoch",
     "train_accuracy",
     "dataset",
+    "loss",
     "converged",
     "batch_size_b",
     "lr_b",
