@@ -199,7 +199,7 @@ def measure(
             ``"path/to/file.py:name"``, your code that returns the trained model.
         data: A registered dataset name; a tensor file (``.pt``, ``.npz``,
             ``.safetensors``), an image folder or ``"package.module:name"``
-            (see :doc:`/own-model`); a :class:`~sharpkit.DataSplit`, an
+            (see "Measure your own model"); a :class:`~sharpkit.DataSplit`, an
             ``(inputs, targets)`` pair (inputs may be a dict of tensors for a
             Hugging Face model), a torch ``Dataset`` or a ``DataLoader``.
             ``None``: the dataset the checkpoint was trained on.

@@ -164,10 +164,13 @@ def load_dataset(
     options: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
 ) -> Dataset:
-    """Load a registered dataset (e.g. ``"fashion-mnist"``, ``"cifar10"``).
+    """Load a registered dataset (``"fashion-mnist"``, ``"cifar10"``) or your data.
 
     Args:
-        name: Registered dataset name.
+        name: Registered dataset name; or a tensor file (``.pt``, ``.npz``,
+            ``.safetensors``), an image folder, or ``"package.module:name"``
+            (``options`` are then its data options; ``root``, ``download``,
+            ``subset`` and ``seed`` apply to registered datasets only).
         root: Where to look for the files first (else ``$SHARPKIT_DATA``, then the
             standard places; see the dataset's docs).
         download: Fetch the files with torchvision if they are not found.
@@ -180,6 +183,9 @@ def load_dataset(
         The dataset with in-memory ``train`` and ``test`` splits.
     """
     reg = registry or get_registry()
+    if is_data_source(name, reg.names("dataset")):
+        source: Dataset = resolve_data(name, options=options, registry=reg)
+        return source
     if subset is not None and subset < 1:
         msg = f"subset must be a positive number of examples, got {subset}"
         raise ConfigError(msg)
