@@ -1,4 +1,4 @@
-"""The worked examples of docs/plugins/writing.md pass their conformance suites and work.
+"""The worked examples of docs/plugins/writing.md pass their conformance suites.
 
 The guide includes these files as they are (pymdownx.snippets), so what a reader
 copies is what runs here.
@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -34,7 +35,8 @@ def example(name: str) -> ModuleType:
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
@@ -49,7 +51,7 @@ zoo_trainer = example("zoo_trainer")
 
 class TestTanhMlpContract(ModelContract):
     spec = zoo_model.TANH_MLP
-    options = {"width": 8}
+    options: ClassVar[dict[str, Any]] = {"width": 8}
     input_shape = (8,)
     num_classes = 3
 
@@ -60,13 +62,13 @@ class TestBlobsContract(DatasetContract):
 
 class TestGradientLineContract(ProbeContract):
     spec = zoo_probe.GRADIENT_LINE
-    options = {"alpha": "-1:1:5"}
+    options: ClassVar[dict[str, Any]] = {"alpha": "-1:1:5"}
 
 
 class TestFullBatchGDContract(TrainerContract):
     spec = zoo_trainer.FULL_BATCH_GD
     supports_resume = False
-    config = {"lr": 0.2}
+    config: ClassVar[dict[str, Any]] = {"lr": 0.2}
 
 
 def test_guide_includes_every_example_and_links_it() -> None:
@@ -103,7 +105,8 @@ def test_the_example_plugins_train_measure_and_probe(tmp_path: Path, zoo) -> Non
     assert run.checkpoint is not None
     # The checkpoint names the registered model and dataset: nothing else needed.
     m = sharpkit.measure(run.checkpoint, metrics=["spectral"], registry=zoo)
-    assert m.attrs["model"] == "tanh-mlp" and m.attrs["dataset"] == "blobs"
+    assert m.attrs["model"] == "tanh-mlp"
+    assert m.attrs["dataset"] == "blobs"
     net, _ = sharpkit.load_model(run.checkpoint, registry=zoo)
     ds = sharpkit.load_dataset("blobs", registry=zoo)
     x, y = ds.train.inputs, ds.train.targets

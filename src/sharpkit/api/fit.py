@@ -8,6 +8,7 @@ and turns a failure into one line naming both shapes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -172,20 +173,33 @@ def _check_second_order(
     if not params:
         msg = f"{model_label} has no trainable parameters to measure"
         raise ConfigError(msg)
+    why: BaseException | None = None
     try:
-        with torch.enable_grad():
+        with warnings.catch_warnings(record=True) as caught, torch.enable_grad():
+            # torch only warns (and treats the derivative as zero) where an
+            # operator registered without an autograd kernel is differentiated.
+            warnings.simplefilter("always")
             loss = loss_fn(model(x), y)
             grads = torch.autograd.grad(loss, params, create_graph=True)
             live = [g for g in grads if g.requires_grad]
-            if not live:
-                return  # the gradient does not depend on the parameters: H = 0
-            dot = torch.stack([g.sum() for g in live]).sum()
-            torch.autograd.grad(dot, params, allow_unused=True)
+            if live:  # else the gradient does not depend on the parameters: H = 0
+                dot = torch.stack([g.sum() for g in live]).sum()
+                torch.autograd.grad(dot, params, allow_unused=True)
+        why = next(
+            (
+                UserWarning(str(w.message))
+                for w in caught
+                if "autograd kernel was not registered" in str(w.message)
+            ),
+            None,
+        )
     except RuntimeError as exc:
+        why = exc
+    if why is not None:
         msg = (
-            f"{model_label} cannot be differentiated twice ({_first_line(exc)}); "
+            f"{model_label} cannot be differentiated twice ({_first_line(why)}); "
             "curvature needs second derivatives: give the model as a module with a "
             f"state_dict ({arg('model_name', '--model', 'package.module:Class')}), "
             "or give the operation a differentiable backward"
         )
-        raise ConfigError(msg) from exc
+        raise ConfigError(msg) from why
