@@ -135,3 +135,18 @@ def test_bad_folders_and_a_missing_transformers_are_one_line(
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(sharpkit.ConfigError, match=r"pip install 'sharpkit\[hf\]'"):
         sharpkit.load_model(f"hf:{tmp_path}")
+
+
+def test_state_dict_checkpoint_on_an_hf_architecture(bert_folder, tmp_path) -> None:
+    # Fine-tuned weights saved as a state_dict, the architecture from the folder.
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        bert_folder, attn_implementation="eager"
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    torch.save(model.state_dict(), tmp_path / "tuned.pt")
+    data = tokens()
+    got = sharpkit.measure(tmp_path / "tuned.pt", data, model_name=f"hf:{bert_folder}")
+    want = sharpkit.measure(model, data)
+    assert got["spectral"].value == pytest.approx(want["spectral"].value, rel=1e-6)

@@ -8,6 +8,7 @@ one line, never a traceback.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -328,3 +329,24 @@ def test_whole_pickled_model_is_one_line(own_project, monkeypatch) -> None:
     line = one_line_error(["measure", "whole.pt", "--data", "data.pt", "--no-store"])
     assert "--model package.module:Class" in line
     assert "model.pt2" in line
+
+
+def test_errors_print_as_text_not_markup(own_project, monkeypatch) -> None:
+    # "[hf]" is rich markup and ":Net:" an emoji code; both must print as typed.
+    line = one_line_error(
+        [
+            "measure",
+            "net.pt",
+            "--model",
+            "nomodule:Net",
+            "--data",
+            "data.pt",
+            "--no-store",
+        ]
+    )
+    assert "--model nomodule:Net: no module" in line
+    (own_project.folder / "nohf").mkdir()
+    (own_project.folder / "nohf" / "config.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    line = one_line_error(["measure", "--model", "hf:nohf", "--data", "data.pt"])
+    assert "pip install 'sharpkit[hf]'" in line

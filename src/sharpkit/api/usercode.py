@@ -112,7 +112,7 @@ def _import_module(spec: CodeSpec, flag: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name is not None and spec.module.startswith(exc.name):
             msg = (
-                f"cannot import {spec.module!r} for {flag} {spec.text}: no module "
+                f"cannot import {spec.module!r} for {flag}: no module "
                 f"named {exc.name!r} in {cwd} or on the Python path; run from the "
                 "folder that holds it, install its package, or name the file as "
                 f"path/to/file.py:{spec.attr}"
@@ -127,7 +127,7 @@ def _import_file(spec: CodeSpec, flag: str) -> Any:
     assert spec.path is not None
     path = spec.path.expanduser().resolve()
     if not path.is_file():
-        msg = f"file {str(spec.path)!r} in {flag} {spec.text} not found; check the path"
+        msg = f"file {str(spec.path)!r} in {flag} not found; check the path"
         raise ConfigError(msg)
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     name = f"sharpkit_user_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}_{digest}"
@@ -154,7 +154,7 @@ def _import_failed(spec: CodeSpec, flag: str, exc: BaseException) -> ConfigError
     first = (str(exc).strip().splitlines() or [""])[0]
     where = spec.path if spec.path is not None else spec.module
     return ConfigError(
-        f"importing {str(where)!r} for {flag} {spec.text} failed with "
+        f"importing {str(where)!r} for {flag} failed with "
         f"{type(exc).__name__}: {first}; fix that code{traceback_hint()}"
     )
 
@@ -176,11 +176,11 @@ def load_object(
             it has no such name.
     """
     spec = parse_code_spec(text)
-    named = arg(*flag)
+    named = arg(flag[0], flag[1], text)
     if spec is None:
         msg = f"{text!r} is not package.module:name or path/to/file.py:name"
         raise ConfigError(msg)
-    module = _import_module(spec, named.rstrip("="))
+    module = _import_module(spec, named)
     obj: Any = module
     for i, part in enumerate(spec.attr.split(".")):
         if not hasattr(obj, part):

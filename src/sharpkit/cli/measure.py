@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from sharpkit.cli._options import (
     AnalysisOptions,
@@ -165,7 +166,11 @@ def measure(
                 if len(targets) == 1:
                     raise
                 failed += 1
-                err_console.print(f"[red]error:[/] {path}: {exc}", highlight=False)
+                err_console.print(
+                    f"[red]error:[/] {escape(f'{path}: {exc}')}",
+                    highlight=False,
+                    emoji=False,
+                )
                 continue
             outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
             for name, r in result.items():
