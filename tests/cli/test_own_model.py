@@ -166,8 +166,9 @@ def test_data_and_loss_from_code_stored_with_the_loss(own_project) -> None:
     rows = json.loads(runner.invoke(app, ["results", "own.zarr", "--json"]).stdout)
     assert rows[0]["loss"] == "tinyloss.py:smooth_ce"
     assert rows[0]["dataset"] == "tinydata:make"
-    table = runner.invoke(app, ["results", "own.zarr"], env={"COLUMNS": "200"})
-    assert "tinyloss.py:smooth_ce" in table.stdout
+    csv = runner.invoke(app, ["results", "own.zarr", "--csv"]).stdout.splitlines()
+    loss_column = csv[0].split(",").index("loss")
+    assert csv[1].split(",")[loss_column] == "tinyloss.py:smooth_ce"
 
 
 def test_probe_and_interpolate_with_own_model_and_data(own_project) -> None:

@@ -195,7 +195,7 @@ def probe(
             "probe": name,
             "checkpoint_sha256": shas,
             "checkpoint_path": paths,
-            "model": metas[0].model,
+            "model": metas[0].model or model_name,
             "dataset": ds.name,
             "loss": chosen_loss.label,
             **extra,
