@@ -43,3 +43,19 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(registry, "_REGISTRY", None)
     yield
     registry._REGISTRY = None
+
+
+@pytest.fixture
+def own_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A user's project (tests/own_project.py) in the working directory.
+
+    sharpkit imports ``tinynets``, ``tinyloss`` and ``tinydata`` from there when a
+    test names them; the imports and ``sys.path`` are undone afterwards.
+    """
+    from own_project import forget_modules, make_project
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    forget_modules()
+    yield make_project(tmp_path)
+    forget_modules()

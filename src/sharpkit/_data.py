@@ -22,18 +22,29 @@ __all__ = ["DataSplit", "evaluate"]
 
 @dataclass(eq=False, slots=True)
 class DataSplit:
-    """An in-memory split: inputs and integer class targets, iterated in batches.
+    """An in-memory split: inputs and targets, iterated in batches.
+
+    Targets are whatever the loss takes, kept as they are: ``(N,)`` int64 class
+    indices for cross-entropy (what the built-in datasets hold), float values
+    for a regression, ``(N, k)`` rows for multi-label or multi-output targets.
+    Inputs keep their dtype too: floating inputs take the analysis dtype when
+    batched, integer inputs (token ids for an ``nn.Embedding``) stay integers.
 
     Args:
-        inputs: ``(N, *input_shape)`` float tensor, already normalised.
-        targets: ``(N,)`` int64 tensor of class indices.
+        inputs: ``(N, *input_shape)`` tensor, already normalised.
+        targets: ``(N, ...)`` tensor of targets.
         augment: Optional ``augment(batch, generator) -> batch`` applied on the fly
             when :meth:`batches` is called with ``augment=True`` (training only).
+        input_names: Set when the inputs are several named tensors of one shape
+            packed along dimension 1 (``inputs[:, i]`` is ``input_names[i]``), as
+            for the ``input_ids`` and ``attention_mask`` of a Hugging Face model;
+            ``None`` for a single input tensor.
     """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    input_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.inputs.shape[0] != self.targets.shape[0]:
@@ -48,11 +59,15 @@ class DataSplit:
 
     def head(self, n: int) -> DataSplit:
         """Return the first ``n`` examples (all of them if ``n`` exceeds the size)."""
-        return DataSplit(self.inputs[:n], self.targets[:n], self.augment)
+        return DataSplit(
+            self.inputs[:n], self.targets[:n], self.augment, self.input_names
+        )
 
     def take(self, indices: torch.Tensor) -> DataSplit:
         """Return the examples at ``indices``."""
-        return DataSplit(self.inputs[indices], self.targets[indices], self.augment)
+        return DataSplit(
+            self.inputs[indices], self.targets[indices], self.augment, self.input_names
+        )
 
     def batches(
         self,
@@ -74,7 +89,8 @@ class DataSplit:
             drop_last: Skip a final batch shorter than ``batch_size``.
             augment: Apply the split's augmentation (if any).
             device: Move each batch there.
-            dtype: Cast the inputs to this floating dtype.
+            dtype: Cast floating inputs to this floating dtype (integer inputs,
+                such as token ids, keep theirs).
         """
         import torch
 
@@ -94,7 +110,7 @@ class DataSplit:
             if augment and self.augment is not None:
                 gen = generator if generator is not None else torch.default_generator
                 x = self.augment(x, gen)
-            if dtype is not None:
+            if dtype is not None and x.is_floating_point():
                 x = x.to(dtype)
             if device is not None:
                 x, y = x.to(device), y.to(device)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from sharpkit._fs import atomic_file
+from sharpkit._hints import arg
 from sharpkit.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -200,8 +201,12 @@ def _load_pickle(path: Path) -> Any:
             what = f"global {found.group(1)!r}" if found else "an arbitrary object"
             msg = (
                 f"checkpoint {str(path)!r} contains a pickle that would load {what}; "
-                "it was not loaded (sharpkit reads tensors only). Re-save it as a "
-                "state_dict: torch.save(model.state_dict(), path)"
+                "it was not loaded (sharpkit reads tensors only). If it is a whole "
+                "model saved with torch.save(model), re-save its weights, "
+                "torch.save(model.state_dict(), path), and name the class with "
+                f"{arg('model_name', '--model', 'package.module:Class')}; or save "
+                "architecture and weights as one file with torch.export.save("
+                "torch.export.export(model.eval(), (x,)), 'model.pt2')"
             )
             raise UnsafeCheckpointError(msg) from exc
         raise _corrupt(path, exc) from exc
@@ -363,8 +368,9 @@ def load_state_dict_into(
                 f"in model{more}"
             )
         msg = (
-            f"{source} does not fit the model ({'; '.join(parts)}); "
-            "check --model and its --option values"
+            f"{source} does not fit the model ({'; '.join(parts)}); check the "
+            f"architecture ({arg('model_name', '--model')}) and its options "
+            f"({arg('model_options', '--model-option')})"
         )
         raise StateDictMismatchError(
             msg, missing=missing, unexpected=unexpected, mismatched=mismatched

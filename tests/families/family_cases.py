@@ -376,13 +376,6 @@ def mse_sum(gen: torch.Generator) -> Problem:
     return problem
 
 
-ITEMS_2_5 = (
-    "issue 14 items 2/5: measure casts integer inputs to the model's float dtype"
-)
-ITEM_2 = (
-    "issue 14 item 2: api.resolve.as_split casts a DataLoader's or Dataset's "
-    "targets to int64 (and a Dataset's to one value per example)"
-)
 T_EXACT = "test_exact_paths_match_the_dense_hessian"
 T_LARGE = "test_large_model_paths_match_the_dense_hessian"
 T_REFUSED = "test_refused_losses"
@@ -393,7 +386,7 @@ FAMILIES: dict[str, Family] = {
         Family("relu-ce", relu_ce, exact_ggn=True),
         Family("tanh-mse", tanh_mse),
         Family("sigmoid-bce", sigmoid_bce),
-        Family("embedding", embedding, xfail={"*": ITEMS_2_5}),
+        Family("embedding", embedding),
         Family("layernorm", layernorm),
         Family("tied-weights", tied),
         Family("frozen-weights", frozen, exact_ggn=True),
@@ -401,16 +394,8 @@ FAMILIES: dict[str, Family] = {
         Family("gelu", gelu),
         Family("multi-output-mse", multi_output),
         Family("dataloader-uneven", loader, exact_ggn=True),
-        Family(
-            "regression-dataloader",
-            regression_loader,
-            xfail={T_EXACT: ITEM_2, T_LARGE: ITEM_2},
-        ),
-        Family(
-            "regression-dataset",
-            regression_dataset,
-            xfail={T_EXACT: ITEM_2, T_LARGE: ITEM_2},
-        ),
+        Family("regression-dataloader", regression_loader),
+        Family("regression-dataset", regression_dataset),
         Family("ce-ignore-index", _ce(ignore_index=1), exact_ggn=True),
         Family("ce-label-smoothing", _ce(label_smoothing=0.2), exact_ggn=True),
         Family("ce-weight", _ce(weighted=True), exact_ggn=True),

@@ -14,13 +14,16 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit, evaluate
+from sharpkit._hints import arg
 from sharpkit._meta import json_safe
-from sharpkit.api.provenance import result_key, run_attrs
+from sharpkit.api.fit import check_fit
+from sharpkit.api.losses import resolve_loss
+from sharpkit.api.provenance import code_sha256, result_key, run_attrs, split_sha256
 from sharpkit.api.resolve import (
     DEFAULT_SAMPLES,
     DataLike,
@@ -32,6 +35,8 @@ from sharpkit.api.resolve import (
     load_training_data,
     open_store,
     prepare_model,
+    recorded_data,
+    resolve_data,
     resolve_device,
     resolve_dtype,
     resolve_model,
@@ -76,6 +81,9 @@ _KEY_SETTINGS = (
     "dtype",
     "loss",
 )
+# Recorded when they apply, and then part of the key: the hash of data not
+# named by a registered dataset, and of the user's code (model, loss, data).
+_OPTIONAL_KEY_SETTINGS = ("data_sha256", "code_sha256")
 
 
 class Measurement(Mapping[str, MetricResult]):
@@ -163,6 +171,7 @@ def measure(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     model_name: str | None = None,
     model_options: Mapping[str, Any] | None = None,
+    data_options: Mapping[str, Any] | None = None,
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
     progress: ProgressCallback | None = None,
@@ -185,20 +194,27 @@ def measure(
         True
 
     Args:
-        model: A ``torch.nn.Module``, or a checkpoint path (its metadata names the
-            architecture; else give ``model_name``).
-        data: A registered dataset name, a :class:`~sharpkit.DataSplit`, an
-            ``(inputs, targets)`` pair of tensors, a torch ``Dataset`` or a
-            ``DataLoader``. ``None``: the dataset the checkpoint was trained on.
+        model: A ``torch.nn.Module``; a checkpoint path (its metadata names the
+            architecture; else give ``model_name``); a ``.pt2`` file from
+            ``torch.export.save``; ``"hf:PATH"``, a Hugging Face
+            ``save_pretrained`` folder; or ``"package.module:name"`` /
+            ``"path/to/file.py:name"``, your code that returns the trained model.
+        data: A registered dataset name; a tensor file (``.pt``, ``.npz``,
+            ``.safetensors``), an image folder or ``"package.module:name"``
+            (see "Measure your own model"); a :class:`~sharpkit.DataSplit`, an
+            ``(inputs, targets)`` pair (inputs may be a dict of tensors for a
+            Hugging Face model), a torch ``Dataset`` or a ``DataLoader``.
+            ``None``: the dataset the checkpoint was trained on.
         metrics: Metric names (``sharpkit plugins`` lists them).
-        loss: ``loss(outputs, targets) -> scalar`` that averages over the
-            examples (``reduction="mean"``); default cross-entropy. Any twice
-            differentiable callable works. A loss that sums over the batch is
-            refused with a :class:`~sharpkit.ConfigError` (its Hessian would
-            scale with ``batch_size``): it is detected by comparing its value
-            on a batch with its values on the two halves of that batch.
+        loss: ``"cross-entropy"`` (the default), ``"mse"``, ``"bce-logits"``,
+            ``"nll"``, ``"package.module:name"``, or any twice differentiable
+            ``loss(outputs, targets) -> scalar`` that averages over the examples
+            (``reduction="mean"``). A loss that sums over the batch is refused
+            with a :class:`~sharpkit.ConfigError` (its Hessian would scale with
+            ``batch_size``): it is detected by comparing its value on a batch
+            with its values on the two halves of that batch.
         samples: Use the first ``samples`` examples of the data (default: 2048 for
-            a dataset given by name, all of it for data given directly).
+            data named by a string, all of it for data given as objects).
         split: ``"train"`` or ``"test"``, for a dataset given by name.
         batch_size: Examples per forward pass. Batches are weighted by their
             size, so with batch norm in eval mode it does not change the value;
@@ -216,8 +232,14 @@ def measure(
         dtype: ``"float32"`` or ``"float64"`` (default: the model's).
         device: ``"cpu"``, ``"cuda"``, ... (default: where the model is, or CPU).
         options: ``{metric name: {option: value}}``.
-        model_name: Architecture of a bare ``state_dict`` checkpoint.
-        model_options: Options for that architecture.
+        model_name: Architecture of a bare ``state_dict`` checkpoint: a
+            registered name, ``"package.module:name"``,
+            ``"path/to/file.py:name"`` or ``"hf:PATH"``.
+        model_options: Options for that architecture (keyword arguments of
+            your class or factory).
+        data_options: Options of data named by a string: ``inputs``/``targets``
+            keys of a tensor file, ``size``/``mean``/``std``/``channels`` of an
+            image folder, ``num_classes``, or your data function's arguments.
         data_root: Where dataset files are looked for first.
         download: Let a named dataset download its files if missing.
         progress: Progress callback.
@@ -242,8 +264,6 @@ def measure(
         ConfigError: Bad arguments or options, or a loss that sums over the
             batch (all checked before anything is computed).
     """
-    import torch
-
     reg = registry or get_registry()
     names = _check_arguments(
         metrics, bn_mode, tol, max_hvps, samples, batch_size, options or {}
@@ -252,6 +272,8 @@ def measure(
     parsed = {n: reg.parse_options(specs[n], (options or {}).get(n, {})) for n in names}
     dev = resolve_device(device)
     want_dtype = resolve_dtype(dtype)
+    chosen_loss = resolve_loss(loss)
+    data = resolve_data(data, options=data_options, registry=reg, root=data_root)
 
     source = resolve_model(
         model,
@@ -264,18 +286,25 @@ def measure(
     check_finite(source.net, source.path or "the model")
     data_info = _analysis_data(
         data, source, split=split, samples=samples, root=data_root,
-        download=download, registry=reg,
+        download=download, registry=reg, options=data_options,
     )  # fmt: skip
     if want_dtype is None:
         want_dtype = next(source.net.parameters()).dtype
     work = prepare_model(source.net, dev, want_dtype)
-    loss_fn = loss or torch.nn.functional.cross_entropy
+    loss_fn = chosen_loss.fn
     attrs = _run_attributes(
-        source, data_info, model_name=model_name, seed=seed, tol=tol,
+        source, data_info, model_name=model_name, model_options=model_options,
+        seed=seed, tol=tol,
         max_hvps=max_hvps, bn_mode=bn_mode, dtype=want_dtype, device=dev,
-        loss=getattr(loss_fn, "__qualname__", type(loss_fn).__name__),
+        loss=chosen_loss.label,
     )  # fmt: skip
+    attrs["code_sha256"] = code_sha256(
+        source.code_sha256, chosen_loss.code_sha256, data_info.code_sha256
+    )
     settings = {k: attrs[k] for k in _KEY_SETTINGS}
+    settings.update(
+        {k: attrs[k] for k in _OPTIONAL_KEY_SETTINGS if attrs.get(k) is not None}
+    )
     keys = {n: result_key("metric", n, options=parsed[n], **settings) for n in names}
     rs = open_store(store)
     results: dict[str, MetricResult] = {}
@@ -292,10 +321,7 @@ def measure(
         ctx = AnalysisContext(
             model=work,
             loss_fn=loss_fn,
-            data=DataSplit(
-                data_info.analysis.inputs.to(dev, want_dtype),
-                data_info.analysis.targets.to(dev),
-            ),
+            data=_on_device(data_info.analysis, dev, want_dtype),
             batch_size=batch_size,
             device=dev,
             dtype=want_dtype,
@@ -308,7 +334,11 @@ def measure(
             cache=cache if cache is not None else {},
             warm_start=warm_start,
         )
-        failures = _compute(reg, created, ctx, results)
+
+        def fits() -> None:
+            _check_fits(ctx, source, data_info, chosen_loss.label)
+
+        failures = _compute(reg, created, ctx, results, before=fits)
         vectors = ctx.eigenvectors
         if vectors is not None and vectors.ndim == 2 and vectors.shape[1]:
             warm_start = vectors[:, 0].detach().clone().cpu()
@@ -387,6 +417,12 @@ class _AnalysisData:
     dataset: str | None = None
     split: str | None = None
     train_subset: int | None = None
+    registered: bool = False
+    code_sha256: str | None = None
+
+    def sha256(self) -> str | None:
+        """The analysis set's hash, for data not named by a registered dataset."""
+        return None if self.registered else split_sha256(self.analysis)
 
 
 def _analysis_data(
@@ -398,12 +434,20 @@ def _analysis_data(
     root: str | os.PathLike[str] | None,
     download: bool,
     registry: Registry,
+    options: Mapping[str, Any] | None = None,
 ) -> _AnalysisData:
     """Return the analysis set that ``data`` names for the model in ``source``."""
     meta = source.meta
-    name = meta.dataset if data is None else data if isinstance(data, str) else None
-    if data is None and name is None:
-        msg = "no data given and the model does not name its dataset; pass --data"
+    if data is None:
+        data = resolve_data(
+            recorded_data(meta), options=options, registry=registry, root=root
+        )
+    name = data if isinstance(data, str) else None
+    if data is None:
+        msg = (
+            "no data given and the model does not name its dataset; pass "
+            f"{arg('data', '--data')}"
+        )
         raise ConfigError(msg)
     if name is not None:
         if split not in ("train", "test"):
@@ -411,7 +455,7 @@ def _analysis_data(
             raise ConfigError(msg)
         ds, train_subset = load_training_data(
             name, meta, root=root, download=download, registry=registry,
-            with_subset=split == "train",
+            with_subset=split == "train", options=options,
         )  # fmt: skip
         out = _AnalysisData(
             analysis=(ds.train if split == "train" else ds.test).head(
@@ -421,9 +465,16 @@ def _analysis_data(
             dataset=name,
             split=split,
             train_subset=train_subset,
+            registered=True,
         )
     elif isinstance(data, Dataset):
         _warn_if_not_the_training_subset(data, source, split)
+        if split == "test" and not getattr(data, "has_test", True):
+            msg = (
+                f"{data.name!r} holds no test split (x_test/y_test, or a test/ "
+                f"folder); measure on {arg('split', '--split', 'train')}"
+            )
+            raise ConfigError(msg)
         out = _AnalysisData(
             analysis=(data.train if split == "train" else data.test).head(
                 samples or DEFAULT_SAMPLES
@@ -431,6 +482,7 @@ def _analysis_data(
             train=data.train,
             dataset=data.name,
             split=split,
+            code_sha256=getattr(data, "code_sha256", None),
         )
     else:
         out = _AnalysisData(analysis=as_split(data, samples))
@@ -465,6 +517,7 @@ def _run_attributes(
     data: _AnalysisData,
     *,
     model_name: str | None,
+    model_options: Mapping[str, Any] | None,
     seed: int,
     tol: float,
     max_hvps: int | None,
@@ -478,7 +531,7 @@ def _run_attributes(
     return {
         **source.attrs(),
         "model": meta.model or model_name or type(source.net).__name__,
-        "model_options": dict(meta.model_options),
+        "model_options": {**meta.model_options, **(model_options or {})},
         "dataset": data.dataset,
         "split": data.split,
         "train_subset": data.train_subset,
@@ -495,8 +548,54 @@ def _run_attributes(
         "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),
         "loss": loss,
+        "data_sha256": data.sha256(),
         "final": dict(meta.final),
     }
+
+
+def _on_device(split: DataSplit, device: torch.device, dtype: torch.dtype) -> DataSplit:
+    """``split`` on ``device``, floating inputs in ``dtype`` (integer ones kept)."""
+    x = split.inputs
+    x = x.to(device, dtype) if x.is_floating_point() else x.to(device)
+    return DataSplit(x, split.targets.to(device), input_names=split.input_names)
+
+
+def _check_fits(
+    ctx: AnalysisContext, source: ResolvedModel, data: _AnalysisData, loss: str
+) -> None:
+    """One line, not a traceback, when the data or the loss do not fit the model."""
+    from sharpkit.api.wrappers import ExportedModel
+
+    model = ctx.model
+    exported = isinstance(model, ExportedModel)
+    if isinstance(model, ExportedModel) and (
+        ctx.bn_mode != "eval" or model.training_ops
+    ):
+        module = arg("model_name", "--model", "package.module:Class")
+        if model.training_ops:
+            msg = (
+                f"the exported program {source.path!r} runs "
+                f"{', '.join(model.training_ops)} in training mode; export it "
+                f"after model.eval(), or give the module itself ({module})"
+            )
+        else:
+            msg = (
+                f"the exported program {source.path!r} fixed its batch norm in "
+                f"eval mode when it was exported; for {arg('bn_mode', '--bn-mode')}"
+                f" train give the module itself ({module} and a state_dict)"
+            )
+        raise ConfigError(msg)
+    name = source.path or source.meta.model or type(source.net).__name__
+    check_fit(
+        ctx.model,
+        ctx.data,
+        ctx.loss_fn,
+        model_label=str(name),
+        data_label=repr(data.dataset) if data.dataset else "the data",
+        expects=source.expects(),
+        loss_label=f"the loss {loss!r}",
+        second_order=exported,
+    )
 
 
 def _labels(spec: MetricSpec) -> dict[str, str]:
@@ -562,17 +661,22 @@ def _compute(
     metrics: Mapping[str, Metric],
     ctx: AnalysisContext,
     results: dict[str, MetricResult],
+    *,
+    before: Callable[[], None] | None = None,
 ) -> dict[str, SharpkitError]:
     """Run every metric in analysis mode; add results, return the failures.
 
-    A metric that raises a :class:`SharpkitError` (plugin exceptions become
-    :class:`~sharpkit.PluginLoadError` in ``Registry.guard``) is recorded and
-    the next one runs.
+    ``before`` runs first, in analysis mode (checks that the data fit the
+    model). A metric that raises a :class:`SharpkitError` (plugin exceptions
+    become :class:`~sharpkit.PluginLoadError` in ``Registry.guard``) is recorded
+    and the next one runs.
     """
     from sharpkit.curvature.operator import analysis_mode
 
     failures: dict[str, SharpkitError] = {}
     with analysis_mode(ctx.model, ctx.bn_mode, fuse_bn=False):
+        if before is not None:
+            before()
         _check_loss(ctx)
         for name, metric in metrics.items():
             try:

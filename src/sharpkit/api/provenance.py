@@ -20,7 +20,16 @@ from sharpkit.checkpoint import file_sha256
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["file_sha", "result_key", "run_attrs", "state_sha256"]
+    from sharpkit._data import DataSplit
+
+__all__ = [
+    "code_sha256",
+    "file_sha",
+    "result_key",
+    "run_attrs",
+    "split_sha256",
+    "state_sha256",
+]
 
 
 def state_sha256(model: torch.nn.Module) -> str:
@@ -31,6 +40,26 @@ def state_sha256(model: torch.nn.Module) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def split_sha256(split: DataSplit) -> str:
+    """Return the sha256 of a split's inputs and targets (shapes, dtypes and bytes)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for tensor in (split.inputs, split.targets):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(repr(split.input_names).encode())
+    return digest.hexdigest()
+
+
+def code_sha256(*hashes: str | None) -> str | None:
+    """Combine the hashes of the user's code behind a result (``None``: no code)."""
+    if all(h is None for h in hashes):
+        return None
+    return hashlib.sha256(repr(hashes).encode()).hexdigest()
 
 
 def file_sha(path: Path | None) -> str | None:

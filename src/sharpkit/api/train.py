@@ -12,17 +12,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sharpkit._hints import arg
+from sharpkit.api.datafiles import SourceDataset
 from sharpkit.api.provenance import file_sha, run_attrs
 from sharpkit.api.resolve import (
     DEFAULT_SAMPLES,
     StoreLike,
     build_model,
+    is_code_model,
     load_dataset,
     open_store,
+    resolve_data,
     resolve_device,
 )
 from sharpkit.errors import ConfigError, PluginContractError
 from sharpkit.interfaces import (
+    Dataset,
     ProgressCallback,
     TrainConfig,
     Trainer,
@@ -64,11 +69,18 @@ def train(
     store: StoreLike = None,
     registry: Registry | None = None,
 ) -> TrainResult:
-    """Train a registered model on a registered dataset with SGD.
+    """Train a model on a dataset with SGD (mean cross-entropy).
 
     Args:
-        model: Registered model name (e.g. ``"mlp-bn"``).
-        data: Registered dataset name (e.g. ``"fashion-mnist"``).
+        model: Registered model name (e.g. ``"mlp-bn"``), or your own
+            ``"package.module:name"`` / ``"path/to/file.py:name"`` (a class or
+            function called with ``model_options`` and, where its signature
+            takes them, ``input_shape`` and ``num_classes``). Checkpoints record
+            it; measuring them later needs the same name again, since sharpkit
+            imports code only when the caller names it.
+        data: Registered dataset name (e.g. ``"fashion-mnist"``), or a tensor
+            file, an image folder or ``"package.module:name"`` with a test split
+            (see :func:`measure`).
         lr: Learning rate η.
         batch_size: Batch size S.
         epochs: Number of epochs.
@@ -87,8 +99,9 @@ def train(
         track_samples: Analysis-set size for tracking.
         trainer: Registered trainer name.
         trainer_options: Trainer options.
-        model_options: Model options.
-        data_options: Dataset options.
+        model_options: Model options (your code's keyword arguments).
+        data_options: Dataset options (those of a data file or folder, or your
+            data function's keyword arguments).
         data_root: Where dataset files are looked for first.
         download: Let the dataset download its files if missing.
         device: Where to train.
@@ -106,15 +119,10 @@ def train(
             raise ConfigError(msg)
     for t in track:
         reg.get("metric", t)
-    ds = load_dataset(
-        data,
-        root=data_root,
-        download=download,
-        subset=subset,
-        seed=seed,
-        options=data_options,
-        registry=reg,
-    )
+    ds, ds_opts = _training_data(
+        data, data_options, subset=subset, seed=seed, root=data_root,
+        download=download, registry=reg,
+    )  # fmt: skip
     net = build_model(
         model,
         input_shape=ds.input_shape,
@@ -123,12 +131,11 @@ def train(
         seed=seed,
         registry=reg,
     )
-    spec_m = reg.get("model", model)
-    ds_opts: dict[str, Any] = dict(
-        reg.parse_options(reg.get("dataset", data), data_options or {})
+    model_opts = (
+        dict(model_options or {})
+        if is_code_model(model, reg)
+        else dict(reg.parse_options(reg.get("model", model), model_options or {}))
     )
-    if subset is not None:
-        ds_opts["subset"] = subset
     config = TrainConfig(
         lr=lr,
         batch_size=batch_size,
@@ -146,8 +153,8 @@ def train(
         track_samples=track_samples,
         device=str(resolve_device(device)),
         model_name=model,
-        model_options=dict(reg.parse_options(spec_m, model_options or {})),
-        dataset_name=data,
+        model_options=model_opts,
+        dataset_name=ds.name if isinstance(ds, SourceDataset) else data,
         dataset_options=ds_opts,
     )
     algo = reg.create("trainer", trainer, trainer_options)
@@ -163,7 +170,7 @@ def train(
         attrs = {
             "model": model,
             "model_options": config.model_options,
-            "dataset": data,
+            "dataset": config.dataset_name,
             "dataset_options": ds_opts,
             "lr": lr,
             "batch_size": batch_size,
@@ -189,3 +196,55 @@ def train(
         )
         result = dataclasses.replace(result, attrs={**result.attrs, "run_id": run_id})
     return result
+
+
+def _training_data(
+    data: str,
+    options: Mapping[str, Any] | None,
+    *,
+    subset: int | None,
+    seed: int,
+    root: str | os.PathLike[str] | None,
+    download: bool,
+    registry: Registry,
+) -> tuple[Dataset, dict[str, Any]]:
+    """The dataset to train on and the options to record for it."""
+    source = resolve_data(data, options=options, registry=registry, root=root)
+    if isinstance(source, SourceDataset):
+        if subset is not None:
+            msg = (
+                f"{arg('subset', '--subset')} applies to registered datasets; "
+                f"save the examples to train on in {data!r} instead"
+            )
+            raise ConfigError(msg)
+        if not source.has_test:
+            msg = (
+                f"training evaluates on a test split every epoch and {data!r} has "
+                "none; add x_test/y_test to the file, or test/ beside train/ in "
+                "an image folder"
+            )
+            raise ConfigError(msg)
+        if source.train.targets.is_floating_point() or source.train.targets.ndim != 1:
+            msg = (
+                f"training minimises cross-entropy, so {data!r} needs integer "
+                "class targets of shape (N,)"
+            )
+            raise ConfigError(msg)
+        if os.path.exists(data):
+            source.name = str(Path(data).resolve())  # found again from elsewhere
+        return source, dict(options or {})
+    ds = load_dataset(
+        data,
+        root=root,
+        download=download,
+        subset=subset,
+        seed=seed,
+        options=options,
+        registry=registry,
+    )
+    opts: dict[str, Any] = dict(
+        registry.parse_options(registry.get("dataset", data), options or {})
+    )
+    if subset is not None:
+        opts["subset"] = subset
+    return ds, opts

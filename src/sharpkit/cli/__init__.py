@@ -14,6 +14,7 @@ import warnings
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from sharpkit.cli._progress import err_console
@@ -39,13 +40,14 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
+    text = escape(str(message))  # a message is text, never rich markup or emoji
     if issubclass(category, SharpkitWarning):
-        err_console.print(
-            f"[yellow]warning:[/] {message}", highlight=False, markup=True
-        )
+        err_console.print(f"[yellow]warning:[/] {text}", highlight=False, emoji=False)
     else:
         err_console.print(
-            f"[yellow]warning:[/] {category.__name__}: {message}", highlight=False
+            f"[yellow]warning:[/] {category.__name__}: {text}",
+            highlight=False,
+            emoji=False,
         )
 
 
@@ -55,16 +57,23 @@ class _ErrorBoundary(TyperGroup):
     def invoke(
         self, ctx: Any
     ) -> Any:  # typer vendors click; its Context type is private
+        from sharpkit._hints import cli_hints
+
         old_show = warnings.showwarning
         warnings.showwarning = _show_warning
         try:
-            return super().invoke(ctx)
+            with cli_hints():  # error messages name flags, not Python arguments
+                return super().invoke(ctx)
         except SharpkitError as exc:
             if _debug_enabled():
                 raise
-            message = str(exc).replace("\n", " ")
+            # Text, not markup: "sharpkit[hf]" and "pkg:name:" print as they are.
+            message = escape(str(exc).replace("\n", " "))
             err_console.print(
-                f"[red]error:[/] {message}", highlight=False, soft_wrap=True
+                f"[red]error:[/] {message}",
+                highlight=False,
+                soft_wrap=True,
+                emoji=False,
             )
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

@@ -83,7 +83,11 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model",
-        help="Registered architecture (needed for bare state_dict checkpoints).",
+        help=(
+            "Architecture of a bare state_dict checkpoint: a registered name, your "
+            "package.module:Class or path/to/file.py:Class, or hf:PATH. Without a "
+            "checkpoint: the model itself (hf:PATH, or code that loads its weights)."
+        ),
         autocompletion=complete_model,
     ),
 ]
@@ -92,8 +96,38 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         "-d",
-        help="Registered dataset (default: the one the checkpoint names).",
+        help=(
+            "Registered dataset, tensor file (.pt, .npz, .safetensors), image "
+            "folder, or package.module:name (default: what the checkpoint names)."
+        ),
         autocompletion=complete_dataset,
+    ),
+]
+DataOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data-option",
+        metavar="KEY=VALUE",
+        help=(
+            "Data option as key=value: inputs=/targets= keys of a tensor file; "
+            "size=, mean=, std=, channels= of an image folder; num_classes=; "
+            "arguments of a data function; repeatable."
+        ),
+    ),
+]
+LossOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--loss",
+        help=(
+            "cross-entropy (default), mse, bce-logits, nll, or your own "
+            "package.module:name / file.py:name (mean over the batch)."
+        ),
+        autocompletion=lambda incomplete: [
+            n
+            for n in ("cross-entropy", "mse", "bce-logits", "nll")
+            if n.startswith(incomplete)
+        ],
     ),
 ]
 DataRootOpt = Annotated[
@@ -246,8 +280,10 @@ class AnalysisOptions:
     """
 
     data: DataOpt = None
+    data_option: DataOptionOpt = None
     model: ModelOpt = None
     model_option: ModelOptionOpt = None
+    loss: LossOpt = None
     seed: SeedOpt = 0
     device: DeviceOpt = "cpu"
     data_root: DataRootOpt = None
@@ -256,14 +292,32 @@ class AnalysisOptions:
     no_store: NoStoreOpt = False
     force: ForceOpt = False
 
+    def model_only(self) -> str | None:
+        """The ``--model`` that is a whole model by itself (``hf:`` or code), if any.
+
+        Such a model needs no checkpoint: an ``hf:`` folder holds its weights, and
+        a factory in the user's code may load its own.
+        """
+        from sharpkit.api.resolve import is_code_model
+        from sharpkit.api.sources import is_hf_spec
+        from sharpkit.registry import get_registry
+
+        m = self.model
+        if m is None or not (is_hf_spec(m) or is_code_model(m, get_registry())):
+            return None
+        return m
+
     def api_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments of ``sharpkit.measure`` / ``probe`` they set.
 
         Raises:
-            ConfigError: A ``--model-option`` that is not ``key=value``.
+            ConfigError: A ``--model-option`` or ``--data-option`` that is not
+                ``key=value``.
         """
         return {
             "data": self.data,
+            "data_options": parse_pairs(self.data_option, "--data-option"),
+            "loss": self.loss,
             "seed": self.seed,
             "device": self.device,
             "model_name": self.model,

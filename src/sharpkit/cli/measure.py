@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from sharpkit.cli._options import (
     AnalysisOptions,
@@ -48,14 +49,37 @@ def _labels(paths: list[Path]) -> tuple[list[str], str | None]:
     return [str(p.relative_to(common)) for p in resolved], str(common)
 
 
+def _targets(
+    checkpoints: list[Path] | None, analysis: AnalysisOptions, kwargs: dict[str, Any]
+) -> list[Path | str]:
+    """The models to measure: the checkpoints, else a ``--model`` that is one."""
+    from sharpkit.errors import ConfigError
+
+    if checkpoints:
+        return list(checkpoints)
+    alone = analysis.model_only()
+    if alone is None:
+        msg = (
+            "give a checkpoint to measure (or --model hf:PATH, or --model "
+            "package.module:name for code that loads its own weights)"
+        )
+        raise ConfigError(msg)
+    kwargs["model_name"] = None
+    return [alone]
+
+
 @with_analysis_options
 def measure(
     checkpoints: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
-            help="Checkpoint files (.pt, .pth, .safetensors).", show_default=False
+            help=(
+                "Checkpoint files (.pt, .pth, .safetensors) or torch.export "
+                "archives (.pt2); none with --model hf:PATH."
+            ),
+            show_default=False,
         ),
-    ],
+    ] = None,
     metric: MetricOpt = None,
     samples: Annotated[
         int | None,
@@ -106,16 +130,18 @@ def measure(
 
     metrics, per_metric = _metric_options(metric, option, top_k)
     kwargs = analysis.api_kwargs()
+    targets = _targets(checkpoints, analysis, kwargs)
     outputs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     failed = 0
     partial: MeasurementError | None = None
     with api.reuse_datasets():  # the data are loaded once for all checkpoints
-        for path in checkpoints:
+        for path in targets:
+            label = path.name if isinstance(path, Path) else str(path)
             try:
-                with progress_display(path.name, enabled=not json_output) as cb:
+                with progress_display(label, enabled=not json_output) as cb:
                     result = api.measure(
-                        path,
+                        os.fspath(path),
                         metrics=metrics,
                         samples=samples,
                         split=split,
@@ -132,18 +158,26 @@ def measure(
                 # some metrics failed: show the others, then the one error line
                 failed += 1
                 result = exc.measurement
-                if len(checkpoints) == 1:
+                if len(targets) == 1:
                     partial = exc
                 else:
-                    err_console.print(f"[red]error:[/] {path}: {exc}", highlight=False)
+                    err_console.print(
+                        f"[red]error:[/] {escape(f'{path}: {exc}')}",
+                        highlight=False,
+                        emoji=False,
+                    )
             except SharpkitError as exc:
-                if len(checkpoints) == 1:
+                if len(targets) == 1:
                     raise
                 failed += 1
-                err_console.print(f"[red]error:[/] {path}: {exc}", highlight=False)
+                err_console.print(
+                    f"[red]error:[/] {escape(f'{path}: {exc}')}",
+                    highlight=False,
+                    emoji=False,
+                )
                 continue
-            outputs.append({"checkpoint": str(path), **result.to_dict()})
-            rows.extend(_rows(str(path), result))
+            outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
+            rows.extend(_rows(os.fspath(path), result))
     if json_output:
         print_json(outputs)
     elif rows:

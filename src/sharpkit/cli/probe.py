@@ -29,9 +29,13 @@ def probe(
         ),
     ],
     checkpoints: Annotated[
-        list[Path],
-        typer.Argument(help="The checkpoint(s) the probe takes.", show_default=False),
-    ],
+        list[Path] | None,
+        typer.Argument(
+            help="The checkpoint(s) or .pt2 file(s) the probe takes (none with "
+            "--model hf:PATH).",
+            show_default=False,
+        ),
+    ] = None,
     option: OptionOpt = None,
     *,
     analysis: AnalysisOptions,
@@ -50,17 +54,21 @@ def probe(
     get_registry().get("probe", name)  # fail fast with "did you mean"
     extra = probe_options(option, name)
     kwargs = analysis.api_kwargs()
+    models: list[Path | str] = list(checkpoints or [])
+    alone = analysis.model_only()
+    if not models and alone is not None:
+        models, kwargs["model_name"] = [alone], None
     run_probe(
         name,
         lambda cb: api.probe(
             name,
-            list(checkpoints),
+            models,
             options=extra,
             batch_size=batch_size,
             progress=cb,
             **kwargs,
         ),
-        checkpoints=checkpoints,
-        title=f"{name} {' '.join(p.name for p in checkpoints)}",
+        checkpoints=[Path(m) for m in models],
+        title=f"{name} {' '.join(Path(m).name for m in models)}",
         json_output=json_output,
     )

@@ -23,6 +23,7 @@ _TABLE_COLUMNS = (
     ("kind", "kind"),
     ("model", "model"),
     ("dataset", "data"),
+    ("loss", "loss"),
     ("lr", "η"),
     ("batch_size", "S"),
     ("lr_over_batch", "η/S"),
@@ -39,13 +40,14 @@ _TABLE_COLUMNS = (
     ("batch_size_b", "S (b)"),
 )
 _ALWAYS = frozenset({"run_id", "metric", "value"})
-_TEXT = frozenset({"run_id", "kind", "model", "dataset", "metric"})
+_TEXT = frozenset({"run_id", "kind", "model", "dataset", "loss", "metric"})
 _DROP_ORDER = (
     "seed",
     "epoch",
     "step",
     "train_accuracy",
     "dataset",
+    "loss",
     "converged",
     "batch_size_b",
     "lr_b",

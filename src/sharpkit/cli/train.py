@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,10 +11,12 @@ import typer
 
 from sharpkit.cli._options import (
     DEFAULT_STORE,
+    DataOptionOpt,
     DataRootOpt,
     DeviceOpt,
     DownloadOpt,
     JsonOpt,
+    ModelOptionOpt,
     NoStoreOpt,
     OptionOpt,
     SeedOpt,
@@ -21,6 +25,7 @@ from sharpkit.cli._options import (
     complete_metric,
     complete_model,
     parse_options,
+    parse_pairs,
 )
 from sharpkit.cli._progress import progress_display
 from sharpkit.cli._render import fmt_number, out_console, print_json, print_table
@@ -32,9 +37,14 @@ MAX_ROWS = 12
 def default_out_dir(
     model: str, data: str, lr: float, batch_size: int, seed: int
 ) -> Path:
-    """Return ``runs/<model>_<data>_lr<η>_bs<S>_seed<seed>`` (``:`` becomes ``-``)."""
-    name = f"{model}_{data}_lr{lr:g}_bs{batch_size}_seed{seed}".replace(":", "-")
-    return Path("runs") / name
+    """Return ``runs/<model>_<data>_lr<η>_bs<S>_seed<seed>``.
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``-``
+    (``timm:resnet18`` → ``timm-resnet18``; a data path → its name).
+    """
+    data = Path(data).name if "/" in data or os.sep in data else data
+    name = f"{model}_{data}_lr{lr:g}_bs{batch_size}_seed{seed}"
+    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]", "-", name)
 
 
 def _split_options(
@@ -45,14 +55,16 @@ def _split_options(
     ``name.key=value`` goes to the component called ``name``; an unscoped
     ``key=value`` goes to whichever of the three has an option ``key``.
     """
+    from sharpkit.api.datafiles import is_data_source
+    from sharpkit.api.resolve import is_code_model
     from sharpkit.registry import get_registry
 
     reg = get_registry()
-    specs = {
-        model: reg.get("model", model),
-        data: reg.get("dataset", data),
-        trainer: reg.get("trainer", trainer),
-    }
+    specs: dict[str, Any] = {trainer: reg.get("trainer", trainer)}
+    if not is_code_model(model, reg):
+        specs[model] = reg.get("model", model)
+    if not is_data_source(data, reg.names("dataset")):
+        specs[data] = reg.get("dataset", data)
     names = list(specs)
     scoped = parse_options(items, names)
     for item in items or []:
@@ -64,13 +76,14 @@ def _split_options(
             known = sorted({o.name for s in specs.values() for o in s.options})
             msg = (
                 f"neither {model!r}, {data!r} nor trainer {trainer!r} has an option "
-                f"{key!r}; their options: {', '.join(known) or 'none'}"
+                f"{key!r}; their options: {', '.join(known) or 'none'} (your own "
+                "model and data take --model-option and --data-option)"
             )
             raise ConfigError(msg)
         for n in names:
             if n not in owners:
                 scoped[n].pop(key, None)
-    return scoped[model], scoped[data], scoped[trainer]
+    return scoped.get(model, {}), scoped.get(data, {}), scoped[trainer]
 
 
 def _rows(curves: dict[str, Any]) -> list[dict[str, Any]]:
@@ -93,7 +106,8 @@ def train(
         str,
         typer.Option(
             "--model",
-            help="Architecture: mlp-bn, resnet-cifar, vgg-cifar, timm:<name>, ...",
+            help="Architecture: mlp-bn, resnet-cifar, vgg-cifar, timm:<name>, ..., "
+            "or your own package.module:Class or path/to/file.py:Class.",
             autocompletion=complete_model,
         ),
     ],
@@ -102,7 +116,8 @@ def train(
         typer.Option(
             "--data",
             "-d",
-            help="Dataset: fashion-mnist, cifar10, synthetic, ...",
+            help="Dataset: fashion-mnist, cifar10, synthetic, ..., or a tensor "
+            "file, image folder or package.module:name with a test split.",
             autocompletion=complete_dataset,
         ),
     ],
@@ -187,6 +202,8 @@ def train(
         str, typer.Option("--trainer", help="Registered trainer.")
     ] = "sgd",
     option: OptionOpt = None,
+    model_option: ModelOptionOpt = None,
+    data_option: DataOptionOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     device: DeviceOpt = "cpu",
@@ -202,6 +219,8 @@ def train(
     from sharpkit.api import train as api_train
 
     model_opts, data_opts, trainer_opts = _split_options(option, model, data, trainer)
+    model_opts.update(parse_pairs(model_option, "--model-option"))
+    data_opts.update(parse_pairs(data_option, "--data-option"))
     out_dir = out or default_out_dir(model, data, lr, batch_size, seed)
     with progress_display("train") as callback:
         result = api_train(

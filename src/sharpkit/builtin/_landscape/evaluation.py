@@ -146,7 +146,11 @@ def bn_batches(
     n_batches = max(1, math.ceil(len(sub) / batch_size))
     n_batches = min(n_batches, len(sub) // 2)
     chunks = torch.tensor_split(sub.inputs, n_batches)
-    return [c.to(device=device, dtype=dtype) for c in chunks]
+    # Integer inputs (token ids) keep their dtype; only floating ones are cast.
+    return [
+        c.to(device=device, dtype=dtype) if c.is_floating_point() else c.to(device)
+        for c in chunks
+    ]
 
 
 # --------------------------------------------------------------------------- evaluation
