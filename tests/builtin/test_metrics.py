@@ -253,6 +253,7 @@ def dense_hessian(case: Case) -> torch.Tensor:
     return torch.cat([r.reshape(g.numel(), -1) for r in rows], dim=1).detach()
 
 
+@pytest.mark.slow
 def test_estimators_never_cost_more_than_the_exact_path() -> None:
     """n = 400 at initialisation: Hutch++ to 1 % would need ~40,000 products."""
     case = tanh_mlp((8, 16, 12, 4))

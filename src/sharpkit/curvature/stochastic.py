@@ -113,7 +113,7 @@ from sharpkit.curvature.lanczos import (
     operator_dtype,
     random_vector,
 )
-from sharpkit.errors import ConfigError
+from sharpkit.errors import ConfigError, NumericalError
 
 __all__ = [
     "DEFAULT_MIN_PROBES",
@@ -467,6 +467,13 @@ class _Probes:
             norm = float(torch.linalg.vector_norm(g))
             if norm > 1e-4 * scale:
                 break
+        else:
+            # three draws in a row almost inside the span: rounding, not chance
+            msg = (
+                f"orthogonal probe {self.count + 1} of {self.dim} vanished to "
+                "rounding; pass distribution='rademacher'"
+            )
+            raise NumericalError(msg)
         if self.count == self._rows.shape[0]:
             grown = torch.empty(
                 min(self.dim, max(8, 2 * self.count)),
@@ -534,13 +541,16 @@ class _Tally:
         """Predict the independent probes that reach ``se <= goal``.
 
         The standard error falls as ``1/sqrt(k)``, so ``k (se/goal)²`` probes
-        (without the finite-population factor) are expected to reach it. When
-        that is at least the dimension ``d`` left, the exact path (``d``
-        orthogonal probes) is no dearer: commit to it.
+        (without the finite-population factor and the t-widening, which fades
+        as probes are added) are expected to reach it. When that is at least
+        the dimension ``d`` left, the exact path (``d`` orthogonal probes) is no
+        dearer: commit to it.
         """
+        k = len(self)
         fpc = self.probes.fpc()
-        if goal > 0 and fpc > 0 and math.isfinite(se):
-            self.expected = len(self) * (se / goal) ** 2 / fpc
+        if goal > 0 and fpc > 0 and math.isfinite(se) and k >= 2:
+            plain = se / t_factor(k - 1)
+            self.expected = k * (plain / goal) ** 2 / fpc
         else:
             self.expected = math.inf
         if self.probes.kind == "orthogonal" and self.expected >= self.probes.dim:
