@@ -9,6 +9,7 @@ truth within 3 standard errors in at least 90 % of 12 fixed seeds.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ from cases import reference_hessian as ref_h
 
 import sharpkit
 from sharpkit.builtin import metrics as M
-from sharpkit.interfaces import AnalysisContext
+from sharpkit.interfaces import AnalysisContext, DataSplit
 from sharpkit.testing import MetricContract
 
 F64 = torch.float64
@@ -223,6 +224,90 @@ def test_small_models_are_exact(name: str) -> None:
     assert ctx.hessian.hvp_count == case.n
 
 
+def tanh_mlp(sizes: tuple[int, ...], seed: int = 0) -> Case:
+    """An untrained tanh MLP on 64 random examples (an indefinite Hessian)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.Tanh())
+    model = torch.nn.Sequential(*layers).to(F64)
+    x = torch.randn(64, sizes[0], generator=gen, dtype=F64)
+    y = torch.randint(0, sizes[-1], (64,), generator=gen)
+    loss = torch.nn.functional.cross_entropy
+    return Case("tanh-mlp", model, loss, DataSplit(x, y), 64)
+
+
+def dense_hessian(case: Case) -> torch.Tensor:
+    """The Hessian by double backward, batched over the basis vectors (fast)."""
+    params = [p for p in case.model.parameters() if p.requires_grad]
+    x, y = case.data.inputs, case.data.targets
+    grads = torch.autograd.grad(
+        case.loss_fn(case.model(x), y), params, create_graph=True
+    )
+    g = torch.cat([t.reshape(-1) for t in grads])
+    eye = torch.eye(g.numel(), dtype=g.dtype)
+    rows = torch.autograd.grad(g, params, grad_outputs=eye, is_grads_batched=True)
+    return torch.cat([r.reshape(g.numel(), -1) for r in rows], dim=1).detach()
+
+
+@pytest.mark.slow
+def test_estimators_never_cost_more_than_the_exact_path() -> None:
+    """n = 400 at initialisation: Hutch++ to 1 % would need ~40,000 products."""
+    case = tanh_mlp((8, 16, 12, 4))
+    n = case.n
+    assert n == 400
+    H = dense_hessian(case)
+    tr, fro = float(torch.trace(H)), float(torch.linalg.matrix_norm(H))
+    # default options: the trace's remainder is large against tr H (negative
+    # curvature cancels), so the probes predict far more than n products and go
+    # on to span the space: the exact value for n products
+    t = M.Trace().compute(context(case))
+    assert t.attrs["path"] == "exact", t.attrs
+    assert t.attrs["expected_hvps"] >= n
+    assert "expected" in t.attrs["path_reason"]
+    assert t.attrs["probe_distribution"] == "orthogonal"
+    assert t.hvps <= n
+    assert t.stderr == 0.0
+    assert t.value == pytest.approx(tr, rel=1e-9)  # rounding of n products
+    # a tight target for ‖H‖_F: the same decision
+    f = M.Frobenius(rel_stderr=1e-4).compute(context(case))
+    assert f.attrs["path"] == "exact"
+    assert f.hvps <= n
+    assert f.value == pytest.approx(fro, rel=1e-9)
+    # default ‖H‖_F: whichever path, never more than n products
+    assert M.Frobenius().compute(context(case)).hvps <= n
+    # density: SLQ's fixed cost against n
+    d = M.Density().compute(context(case))
+    assert (d.attrs["path"], d.hvps) == ("estimate", 4 * 64)
+    d8 = M.Density(probes=8).compute(context(case))
+    assert (d8.attrs["path"], d8.hvps) == ("exact", n)
+    assert "8 x 64 = 512" in d8.attrs["path_reason"]
+    assert d8.value == pytest.approx(tr, rel=1e-9)
+
+
+def test_cheap_estimates_stop_early_and_large_models_keep_the_estimator() -> None:
+    # a trained-like small model where a 1 % trace costs far fewer than n products
+    case = bn_mlp()  # n = 157
+    t = M.Trace(method="hutch++", exact_max=0, rel_stderr=0.1).compute(context(case))
+    assert t.attrs["path"] == "estimate"
+    assert t.attrs["probe_distribution"] == "orthogonal"
+    assert t.hvps < case.n
+    assert "fewer than the n = 157" in t.attrs["path_reason"]
+    # more than ORTHOGONAL_MAX dimensions: independent probes, no exact path
+    big = tanh_mlp((20, 96, 32, 4))
+    assert big.n == 5252
+    f = M.Frobenius().compute(context(big))
+    assert f.attrs["path"] == "estimate"
+    assert f.attrs["probe_distribution"] == "rademacher"
+    assert f.converged
+    assert f.hvps < 200
+    assert f.stderr is not None
+    assert 0 < f.stderr <= 0.003 * f.value
+
+
 # --------------------------------------------------------------------------- stochastic
 
 
@@ -286,13 +371,15 @@ def test_stochastic_targets_and_budget() -> None:
 def test_density_slq() -> None:
     case = bn_mlp()
     evals, tr, _ = truth(case)
-    res = M.Density(exact_max=0, probes=20, steps=12).compute(context(case))
+    # 12 probes x 12 steps = 144 products < n = 157: SLQ is the cheaper path
+    res = M.Density(exact_max=0, probes=12, steps=12).compute(context(case))
+    assert res.attrs["path"] == "estimate"
     assert res.stderr is not None
     assert abs(res.value - tr) <= 3 * res.stderr
     grid, density = res.arrays["grid"], res.arrays["density"]
     assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-3)
-    assert res.arrays["nodes"].shape == (20, 12)
-    assert res.hvps == 20 * 12
+    assert res.arrays["nodes"].shape == (12, 12)
+    assert res.hvps == 12 * 12
     assert np.nanmax(res.arrays["nodes"]) <= evals[0] + 1e-8
     with pytest.warns(sharpkit.ConvergenceWarning, match="density"):
         small = M.Density(exact_max=0, probes=4, steps=10).compute(

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
     from sharpkit.curvature.lanczos import LanczosProcess
     from sharpkit.curvature.operator import HessianOperator
-    from sharpkit.curvature.stochastic import Deflation
+    from sharpkit.curvature.stochastic import Deflation, Estimate
 
 __all__ = [
     "Density",
@@ -72,8 +72,10 @@ __all__ = [
 KRYLOV_KEY = "krylov:process"
 EXACT_MAX = 256
 """Up to this many parameters, trace, Frobenius norm and density are computed
-exactly: ``n`` Lanczos steps span the whole space (cheaper than the probes a 1 %
-estimate needs, measured on small BN-MLPs)."""
+exactly: ``n`` Lanczos steps span the whole space, and the three metrics share
+that one process. Above it the estimators never spend more than ``n`` products
+either (their probes are orthogonal up to ``ORTHOGONAL_MAX`` dimensions and
+become the exact path when independent probes would cost ``n`` or more)."""
 
 
 def _progress(ctx: AnalysisContext, offset: int = 0) -> Callable[..., None]:
@@ -97,6 +99,63 @@ def _budget_left(ctx: AnalysisContext, used: int) -> int | None:
     if ctx.max_hvps is None:
         return None
     return max(ctx.max_hvps - used, 0)
+
+
+def _exact_up_front(n: int, exact_max: int, fewest: int) -> str | None:
+    """Why a metric computes exactly without trying its estimator (None: it tries).
+
+    Args:
+        n: Parameters.
+        exact_max: The metric's ``exact_max`` option.
+        fewest: The fewest products the estimator can spend (deflation plus the
+            minimum number of probes, or its fixed cost).
+    """
+    if n <= exact_max:
+        return f"n = {n} <= exact_max = {exact_max}"
+    if n <= fewest:
+        return f"n = {n} <= {fewest} products, the fewest the estimator spends"
+    return None
+
+
+def _path_attrs(
+    est: Estimate, n: int, target: float | None, hvps: int
+) -> dict[str, Any]:
+    """Which path a probe estimate took and why, for a result's attributes."""
+    from sharpkit.curvature.stochastic import ORTHOGONAL_MAX
+
+    expected = est.expected_matvecs
+    path = "exact" if est.exhausted else "estimate"
+    if est.exhausted and expected is not None and expected >= n:
+        why = (
+            f"independent probes were expected to need about {expected:.0f} "
+            f"products for rel_stderr {target:g}, no fewer than the n = {n} of the "
+            "exact path: orthogonal probes went on to span the space"
+        )
+    elif est.exhausted:
+        why = "the orthogonal probes spanned the whole space"
+    elif target is None:
+        why = f"a fixed number of probes ({len(est.samples)})"
+    elif est.converged and est.distribution == "orthogonal":
+        why = (
+            f"the standard error met rel_stderr {target:g} after {hvps} products, "
+            f"fewer than the n = {n} of the exact path"
+        )
+    elif est.converged:
+        why = (
+            f"the standard error met rel_stderr {target:g} after {hvps} products; "
+            f"with more than {ORTHOGONAL_MAX} dimensions left the probes are "
+            "independent and no exact path is tried (it would keep n vectors of n)"
+        )
+    else:
+        why = "the budget (--max-hvps) ran out before rel_stderr was met"
+    out: dict[str, Any] = {
+        "path": path,
+        "path_reason": why,
+        "probe_distribution": est.distribution,
+    }
+    if expected is not None:
+        out["expected_hvps"] = round(expected, 1) if math.isfinite(expected) else -1
+    return out
 
 
 def _krylov(
@@ -383,12 +442,15 @@ class Frobenius:
     Args:
         rel_stderr: Stop once the standard error is at most this fraction of the
             value (≈ 1 % per probe after deflation on a BN-MLP, so the default
-            0.3 % takes about ten probes).
+            0.3 % is met by the 16 probes the stopping rule waits for).
         deflation: Krylov dimension deflated exactly (extends the ``spectral``
             run's Lanczos process when there is one).
         probes: Use exactly this many probes instead of ``rel_stderr``.
         exact_max: Compute exactly (``n`` Lanczos steps) up to this many
-            parameters.
+            parameters. Above it the estimate never spends more than ``n``
+            products either: where independent probes would need ``n`` or
+            more, its orthogonal probes go on to the exact value (the result's
+            ``path`` and ``path_reason`` attributes say which happened).
     """
 
     def __init__(
@@ -409,10 +471,18 @@ class Frobenius:
         self.exact_max = exact_max
 
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
-        """Deflation plus about ten probes (``n`` when computed exactly)."""
+        """Deflation plus about twenty probes, at most ``n``."""
         H = ctx.hessian
-        guess = H.n if H.n <= self.exact_max else self.deflation + (self.probes or 12)
+        guess = min(H.n, self.deflation + (self.probes or 20))
+        if self._up_front(H.n):
+            guess = H.n
         return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
+
+    def _up_front(self, n: int) -> str | None:
+        from sharpkit.curvature.stochastic import FROBENIUS_MIN_PROBES
+
+        fewest = self.deflation + (self.probes or FROBENIUS_MIN_PROBES)
+        return _exact_up_front(n, self.exact_max, fewest)
 
     def compute(self, ctx: AnalysisContext) -> MetricResult:
         """Estimate ‖H‖_F on ``ctx.hessian``."""
@@ -422,9 +492,9 @@ class Frobenius:
         H = ctx.hessian
         before = H.hvp_count
         gen = ctx.generator("frobenius")
-        exact = H.n <= self.exact_max
-        steps = H.n if exact else self.deflation
-        if ctx.max_hvps is not None and not exact:
+        up_front = self._up_front(H.n)
+        steps = H.n if up_front else self.deflation
+        if ctx.max_hvps is not None and not up_front:
             steps = min(steps, max(ctx.max_hvps // 2, 1))
         deflation = _krylov(ctx, H, steps, gen) if steps > 0 else None
         used = H.hvp_count - before
@@ -438,10 +508,16 @@ class Frobenius:
             max_matvecs=left,
             target_rel_stderr=None if self.probes else self.rel_stderr,
             generator=gen,
+            distribution="auto",
             progress=_progress(ctx, used),
         )
         hvps = H.hvp_count - before
         converged = est.converged or (deflation is not None and deflation.rank >= H.n)
+        if up_front:
+            path = {"path": "exact", "path_reason": up_front}
+        else:
+            target = None if self.probes else self.rel_stderr
+            path = _path_attrs(est, H.n, target, hvps)
         if not converged:
             _warn(
                 "frobenius",
@@ -464,6 +540,7 @@ class Frobenius:
                 "probes": len(est.samples),
                 "rel_stderr_target": self.rel_stderr,
                 "hvp_method": H.method,
+                **path,
             },
         )
 
@@ -489,7 +566,10 @@ class Trace:
             ``"random"`` (Meyer et al.'s ``orth(H S)``, two per dimension).
         probes: Use exactly this many probes instead of ``rel_stderr``.
         exact_max: Compute exactly (``n`` Lanczos steps) up to this many
-            parameters.
+            parameters. Above it the estimate never spends more than ``n``
+            products either: where independent probes would need ``n`` or
+            more, its orthogonal probes go on to the exact value (the result's
+            ``path`` and ``path_reason`` attributes say which happened).
     """
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -520,10 +600,19 @@ class Trace:
         self.probes = probes
         self.exact_max = exact_max
 
+    def _fewest(self) -> int:
+        """The fewest products the chosen estimator spends."""
+        from sharpkit.curvature.stochastic import DEFAULT_MIN_PROBES
+
+        probes = self.probes or DEFAULT_MIN_PROBES
+        if self.method == "hutchinson":
+            return probes
+        return self.sketch * (2 if self.sketch_method == "random" else 1) + probes
+
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
-        """Sketch plus about sixty probes (``n`` when computed exactly)."""
+        """Sketch plus about sixty probes, at most ``n``."""
         H = ctx.hessian
-        if H.n <= self.exact_max:
+        if _exact_up_front(H.n, self.exact_max, self._fewest()):
             guess = H.n
         elif (
             self.method in ("auto", "exact-ggn")
@@ -539,7 +628,7 @@ class Trace:
             guess = self.probes or 150
         else:
             size = self.sketch * (2 if self.sketch_method == "random" else 1)
-            guess = size + (self.probes or 60)
+            guess = min(H.n, size + (self.probes or 60))
         return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
 
     def compute(self, ctx: AnalysisContext) -> MetricResult:
@@ -551,8 +640,9 @@ class Trace:
         before = H.hvp_count
         gen = ctx.generator("trace")
         target = None if self.probes else self.rel_stderr
-        if H.n <= self.exact_max:
-            return self._exact(ctx, H, gen, start, before)
+        up_front = _exact_up_front(H.n, self.exact_max, self._fewest())
+        if up_front:
+            return self._exact(ctx, H, gen, start, before, up_front)
         fallback = None
         if self.method in ("auto", "exact-ggn"):
             fallback = (
@@ -588,6 +678,7 @@ class Trace:
                 max_matvecs=_budget_left(ctx, used),
                 target_rel_stderr=target,
                 generator=gen,
+                distribution="auto",
                 progress=_progress(ctx, used),
             )
         else:
@@ -598,6 +689,7 @@ class Trace:
                 max_matvecs=ctx.max_hvps,
                 target_rel_stderr=target,
                 generator=gen,
+                distribution="auto",
                 progress=_progress(ctx),
             )
         hvps = H.hvp_count - before
@@ -624,6 +716,7 @@ class Trace:
                 "probes": len(est.samples),
                 "rel_stderr_target": self.rel_stderr,
                 "hvp_method": H.method,
+                **_path_attrs(est, H.n, target, hvps),
                 **({"exact_ggn_not_applicable": fallback} if fallback else {}),
             },
         )
@@ -663,6 +756,7 @@ class Trace:
         gen: torch.Generator,
         start: float,
         before: int,
+        why: str,
     ) -> MetricResult:
         deflation = _krylov(ctx, H, H.n, gen)
         return MetricResult(
@@ -679,6 +773,8 @@ class Trace:
                 "probes": 0,
                 "rel_stderr_target": self.rel_stderr,
                 "hvp_method": H.method,
+                "path": "exact",
+                "path_reason": why,
             },
         )
 
@@ -773,7 +869,8 @@ class Density:
         sigma: Width of the Gaussian smoothing (default 1 % of the spectral
             range).
         grid: Points of the smoothed density.
-        exact_max: Use the exact spectrum up to this many parameters.
+        exact_max: Use the exact spectrum up to this many parameters, and
+            wherever SLQ's ``probes x steps`` products are no fewer than ``n``.
     """
 
     def __init__(
@@ -796,10 +893,21 @@ class Density:
         self.grid = grid
         self.exact_max = exact_max
 
+    def _up_front(self, n: int) -> str | None:
+        """Why the exact spectrum is computed (None: SLQ is cheaper)."""
+        cost = self.probes * min(self.steps, n)
+        why = _exact_up_front(n, self.exact_max, cost)
+        if why and n > self.exact_max:
+            why = (
+                f"SLQ costs {self.probes} x {min(self.steps, n)} = {cost} products, "
+                f"no fewer than the n = {n} of the exact spectrum"
+            )
+        return why
+
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
-        """``probes x steps`` (``n`` when computed exactly)."""
+        """``probes x steps``, or ``n`` when the exact spectrum is cheaper."""
         H = ctx.hessian
-        guess = H.n if H.n <= self.exact_max else self.probes * self.steps
+        guess = H.n if self._up_front(H.n) else self.probes * self.steps
         return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
 
     def compute(self, ctx: AnalysisContext) -> MetricResult:
@@ -810,8 +918,9 @@ class Density:
         H = ctx.hessian
         before = H.hvp_count
         gen = ctx.generator("density")
-        if H.n <= self.exact_max:
-            return self._exact(ctx, H, gen, start, before)
+        up_front = self._up_front(H.n)
+        if up_front:
+            return self._exact(ctx, H, gen, start, before, up_front)
         probes, steps = self.probes, min(self.steps, H.n)
         limited = False
         if ctx.max_hvps is not None and probes * steps > ctx.max_hvps:
@@ -856,6 +965,9 @@ class Density:
                 "sigma": est.sigma,
                 "value_is": "trace estimate n·mean(vᵀHv) of the quadrature probes",
                 "hvp_method": H.method,
+                "path": "estimate",
+                "path_reason": f"SLQ costs {probes} x {steps} = {probes * steps} "
+                f"products, fewer than the n = {H.n} of the exact spectrum",
             },
         )
 
@@ -866,6 +978,7 @@ class Density:
         gen: torch.Generator,
         start: float,
         before: int,
+        why: str,
     ) -> MetricResult:
         from sharpkit.curvature.stochastic import smooth_density
 
@@ -896,6 +1009,8 @@ class Density:
                 "sigma": sigma,
                 "value_is": "exact trace",
                 "hvp_method": H.method,
+                "path": "exact",
+                "path_reason": why,
             },
         )
 
