@@ -18,6 +18,7 @@ __all__ = [
     "ConvergenceWarning",
     "CorruptCheckpointError",
     "DataError",
+    "DistributedError",
     "DuplicateNameError",
     "MeasurementError",
     "NumericalError",
@@ -143,6 +144,14 @@ class ConfigError(SharpkitError, ValueError):
 
 class DataError(SharpkitError, ValueError):
     """Dataset files are missing or unreadable, or the data gives a non-finite loss."""
+
+
+class DistributedError(SharpkitError, RuntimeError):
+    """A process of a ``torch.distributed`` group failed, stopped or timed out.
+
+    Raised on the ranks that were left waiting in a collective operation; the
+    rank that failed first raised its own error, which says why.
+    """
 
 
 class NumericalError(SharpkitError, ArithmeticError):

@@ -485,6 +485,11 @@ class AnalysisContext:
         eigenvectors: Hessian eigenvectors ``(n_params, k)``, largest first, set
             by a metric that finds them; ``sharpkit.measure`` returns the first
             as :attr:`~sharpkit.Measurement.warm_start` for the next measurement.
+        memory_budget: Bytes sharpkit may keep between products (``None``: no
+            limit beyond the operator's default): up to half for the gradient
+            graph :attr:`hessian` keeps, the rest for Krylov bases (pass
+            :meth:`basis_budget` to the Lanczos routines).
+        tf32: Let float32 products use TF32 / bf16 kernels (off: full precision).
     """
 
     model: torch.nn.Module
@@ -502,6 +507,8 @@ class AnalysisContext:
     cache: dict[str, Any] = field(default_factory=dict)
     warm_start: torch.Tensor | None = field(default=None, repr=False)
     eigenvectors: torch.Tensor | None = field(default=None, repr=False)
+    memory_budget: int | None = None
+    tf32: bool = False
     _hessian: HessianOperator | None = field(default=None, repr=False)
 
     @property
@@ -516,8 +523,21 @@ class AnalysisContext:
                 self.data,
                 batch_size=self.batch_size,
                 bn_mode=self.bn_mode,
+                memory_budget=(
+                    None if self.memory_budget is None else self.memory_budget // 2
+                ),
+                allow_tf32=self.tf32,
             )
         return self._hessian
+
+    def basis_budget(self) -> int | None:
+        """Bytes left for Krylov bases: the budget less the kept gradient graph.
+
+        ``None`` without a :attr:`memory_budget`. Builds :attr:`hessian`.
+        """
+        if self.memory_budget is None:
+            return None
+        return max(self.memory_budget - self.hessian.graph_bytes, 0)
 
     def generator(self, stream: str = "") -> torch.Generator:
         """Return a fresh generator seeded from ``seed`` and a stream name.

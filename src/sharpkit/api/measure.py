@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sharpkit._data import DataSplit, evaluate
 from sharpkit._hints import arg
 from sharpkit._meta import json_safe
+from sharpkit.api.distributed import broadcast_names, rank_and_world
 from sharpkit.api.fit import check_fit
 from sharpkit.api.losses import resolve_loss
 from sharpkit.api.provenance import code_sha256, result_key, run_attrs, split_sha256
@@ -33,6 +34,7 @@ from sharpkit.api.resolve import (
     as_split,
     check_finite,
     load_training_data,
+    memory_bytes,
     open_store,
     prepare_model,
     recorded_data,
@@ -65,6 +67,8 @@ from sharpkit.registry import Registry, get_registry
 if TYPE_CHECKING:
     import torch
 
+    from sharpkit.store import ResultStore
+
 __all__ = ["Measurement", "measure"]
 
 # The run attributes that can change a metric's value: part of its reuse key.
@@ -82,8 +86,9 @@ _KEY_SETTINGS = (
     "loss",
 )
 # Recorded when they apply, and then part of the key: the hash of data not
-# named by a registered dataset, and of the user's code (model, loss, data).
-_OPTIONAL_KEY_SETTINGS = ("data_sha256", "code_sha256")
+# named by a registered dataset, and of the user's code (model, loss, data);
+# TF32 products, when asked for.
+_OPTIONAL_KEY_SETTINGS = ("data_sha256", "code_sha256", "tf32")
 
 
 class Measurement(Mapping[str, MetricResult]):
@@ -180,6 +185,8 @@ def measure(
     store: StoreLike = None,
     force: bool = False,
     registry: Registry | None = None,
+    memory_budget: int | str | None = None,
+    tf32: bool = False,
 ) -> Measurement:
     """Measure the sharpness of a model's minimum.
 
@@ -251,6 +258,22 @@ def measure(
             measured with the same checkpoint and settings are reused.
         force: Recompute even what the store already has.
         registry: The registry to use (default: the process-wide one).
+        memory_budget: What sharpkit may keep between Hessian-vector products,
+            in bytes or as ``"8GiB"``, ``"500MiB"``, ``"2GB"``: up to half for
+            the kept gradient graph (batches beyond it are recomputed in every
+            product), the rest for Lanczos bases (a float32 basis for float64
+            vectors, else fewer steps, with a warning). Default: the graph may
+            use a quarter of the RAM (half the free memory of a GPU) and bases
+            are not limited.
+        tf32: Let float32 products use TF32 (GPUs) and bf16 (oneDNN) kernels.
+            Off by default: they carry ~1e-3 relative error per product, as
+            much as the default tolerance.
+
+    Under an initialised ``torch.distributed`` group of several processes
+    (``torchrun``, ``sharpkit measure --nproc``), every rank must call
+    :func:`measure` with the same arguments: the analysis set is sharded over
+    the ranks, rank 0 alone reads and writes ``store``, and each rank returns
+    the metrics it computed (rank 0 also those reused from the store).
 
     Returns:
         ``{metric name: MetricResult}`` with provenance in ``.attrs``.
@@ -272,6 +295,7 @@ def measure(
     parsed = {n: reg.parse_options(specs[n], (options or {}).get(n, {})) for n in names}
     dev = resolve_device(device)
     want_dtype = resolve_dtype(dtype)
+    budget = memory_bytes(memory_budget)
     chosen_loss = resolve_loss(loss)
     data = resolve_data(data, options=data_options, registry=reg, root=data_root)
 
@@ -298,6 +322,10 @@ def measure(
         max_hvps=max_hvps, bn_mode=bn_mode, dtype=want_dtype, device=dev,
         loss=chosen_loss.label,
     )  # fmt: skip
+    attrs["tf32"] = True if tf32 else None
+    rank, world = rank_and_world()
+    if world > 1:
+        attrs["world_size"] = world
     attrs["code_sha256"] = code_sha256(
         source.code_sha256, chosen_loss.code_sha256, data_info.code_sha256
     )
@@ -306,15 +334,10 @@ def measure(
         {k: attrs[k] for k in _OPTIONAL_KEY_SETTINGS if attrs.get(k) is not None}
     )
     keys = {n: result_key("metric", n, options=parsed[n], **settings) for n in names}
-    rs = open_store(store)
-    results: dict[str, MetricResult] = {}
-    if rs is not None and not force:
-        for name in names:
-            found = rs.find_metric(keys[name])
-            if found is not None:
-                results[name] = found
-    reused = list(results)
-    todo = [n for n in names if n not in results]
+    rs = open_store(store) if rank == 0 else None  # rank 0 alone reads and writes
+    results = _stored(rs, keys) if not force else {}
+    reused = broadcast_names(list(results)) if world > 1 else list(results)
+    todo = [n for n in names if n not in reused]
     failures: dict[str, SharpkitError] = {}
     if todo:
         created = {n: _create_metric(reg, n, parsed[n]) for n in todo}
@@ -333,6 +356,8 @@ def measure(
             train_data=data_info.train,
             cache=cache if cache is not None else {},
             warm_start=warm_start,
+            memory_budget=budget,
+            tf32=tf32,
         )
 
         def fits() -> None:
@@ -368,6 +393,18 @@ def measure(
 
 
 # --------------------------------------------------------------------------- steps
+
+
+def _stored(rs: ResultStore | None, keys: Mapping[str, str]) -> dict[str, MetricResult]:
+    """The metrics ``rs`` already holds, by name (none without a store)."""
+    found: dict[str, MetricResult] = {}
+    if rs is None:
+        return found
+    for name, key in keys.items():
+        result = rs.find_metric(key)
+        if result is not None:
+            found[name] = result
+    return found
 
 
 def _check_arguments(
@@ -669,12 +706,17 @@ def _compute(
     ``before`` runs first, in analysis mode (checks that the data fit the
     model). A metric that raises a :class:`SharpkitError` (plugin exceptions
     become :class:`~sharpkit.PluginLoadError` in ``Registry.guard``) is recorded
-    and the next one runs.
+    and the next one runs; except across processes, where a rank that went on
+    alone would wait forever for the others: there the error ends the call.
     """
-    from sharpkit.curvature.operator import analysis_mode
+    from sharpkit.curvature.operator import analysis_mode, full_precision
 
+    alone = rank_and_world()[1] == 1
     failures: dict[str, SharpkitError] = {}
-    with analysis_mode(ctx.model, ctx.bn_mode, fuse_bn=False):
+    with (
+        analysis_mode(ctx.model, ctx.bn_mode, fuse_bn=False),
+        full_precision(not ctx.tf32),
+    ):
         if before is not None:
             before()
         _check_loss(ctx)
@@ -682,6 +724,8 @@ def _compute(
             try:
                 results[name] = _run_metric(reg, name, metric, ctx)
             except SharpkitError as exc:
+                if not alone:
+                    raise
                 failures[name] = exc
     return failures
 

@@ -140,6 +140,50 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return table[dtype]
 
 
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kib": 2**10,
+    "kb": 10**3,
+    "m": 2**20,
+    "mib": 2**20,
+    "mb": 10**6,
+    "g": 2**30,
+    "gib": 2**30,
+    "gb": 10**9,
+    "t": 2**40,
+    "tib": 2**40,
+    "tb": 10**12,
+}
+
+
+def memory_bytes(value: int | str | None) -> int | None:
+    """Return the bytes a memory size names: ``8GiB``, ``8G``, ``500MB``, ``2e9``.
+
+    ``K``/``M``/``G``/``T`` and ``KiB``... are powers of 1024, ``KB``/``MB``/
+    ``GB``/``TB`` powers of 1000; a bare number is bytes.
+
+    Raises:
+        ConfigError: Not a positive size.
+    """
+    if value is None:
+        return None
+    hint = arg("memory_budget", "--memory-budget")
+    text = str(value).strip().replace(" ", "").lower()
+    number = text.rstrip("kmgtib")
+    unit = text[len(number) :]
+    try:
+        size = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        msg = f"{hint} must be a size such as 8GiB, 500MB or 2e9 bytes, got {value!r}"
+        raise ConfigError(msg) from None
+    if not size >= 1:
+        msg = f"{hint} must be positive, got {value!r}"
+        raise ConfigError(msg)
+    return int(size)
+
+
 def open_store(store: StoreLike) -> ResultStore | None:
     """Open ``store`` (a path or a :class:`~sharpkit.ResultStore`); ``None`` stays."""
     if store is None:

@@ -101,15 +101,35 @@ def _budget_left(ctx: AnalysisContext, used: int) -> int | None:
     return max(ctx.max_hvps - used, 0)
 
 
-def _exact_up_front(n: int, exact_max: int, fewest: int) -> str | None:
+def _exact_fits(ctx: AnalysisContext) -> bool:
+    """Whether the memory budget holds the exact path's basis of ``n`` vectors."""
+    from sharpkit.curvature.lanczos import basis_plan
+
+    budget = ctx.basis_budget()
+    if budget is None:
+        return True
+    H = ctx.hessian
+    try:
+        rows = basis_plan(H.n, H.dtype, H.n + 1, budget)[1]
+    except ConfigError:  # not even two steps: the estimator will say so
+        return False
+    return rows > H.n
+
+
+def _exact_up_front(ctx: AnalysisContext, exact_max: int, fewest: int) -> str | None:
     """Why a metric computes exactly without trying its estimator (None: it tries).
 
+    Never when the memory budget cannot hold ``n`` Lanczos vectors.
+
     Args:
-        n: Parameters.
+        ctx: The analysis context (its Hessian's ``n`` and memory budget).
         exact_max: The metric's ``exact_max`` option.
         fewest: The fewest products the estimator can spend (deflation plus the
             minimum number of probes, or its fixed cost).
     """
+    n = ctx.hessian.n
+    if not _exact_fits(ctx):
+        return None
     if n <= exact_max:
         return f"n = {n} <= exact_max = {exact_max}"
     if n <= fewest:
@@ -167,8 +187,20 @@ def _krylov(
 
     proc = ctx.cache.get(KRYLOV_KEY)
     if not isinstance(proc, LanczosProcess) or proc.matvec is not H:
-        proc = LanczosProcess(H, H.n, generator=gen)
+        proc = LanczosProcess(
+            H,
+            H.n,
+            generator=gen,
+            max_basis_bytes=ctx.basis_budget(),
+            steps_hint=steps,
+        )
         ctx.cache[KRYLOV_KEY] = proc
+    if steps >= H.n and proc.max_steps < H.n:
+        msg = (
+            f"the exact path needs a Krylov basis of all {H.n:,} dimensions but the "
+            f"memory budget holds {proc.max_steps}; raise the memory budget"
+        )
+        raise ConfigError(msg)
     return krylov_deflation(H, H.n, steps, process=proc)
 
 
@@ -300,6 +332,7 @@ class Spectral:
             generator=gen,
             progress=_progress(ctx),
             bound=self.bound,
+            max_basis_bytes=ctx.basis_budget(),
         )
         if self.which == "largest":
             ctx.eigenvectors = res.eigenvectors
@@ -313,7 +346,9 @@ class Spectral:
                 "spectral",
                 f"relative bound {worst:.2g} > tol {ctx.tol:g}",
                 res.n_matvecs,
-                "raise --max-hvps or --tol",
+                "the memory budget held no more Lanczos vectors: raise --memory-budget"
+                if res.stopped_by == "memory"
+                else "raise --max-hvps or --tol",
             )
         idx = len(res.eigenvalues) - 1 if self.which == "smallest" else 0
         hvps = H.hvp_count - before
@@ -343,6 +378,7 @@ class Spectral:
                 "bound": self.bound,
                 "start": start_kind,
                 "restarts": res.restarts,
+                "stopped_by": res.stopped_by,
                 "krylov_dim": int(res.n_matvecs),
                 "hvp_method": H.method,
                 "bound_meaning": (
@@ -474,15 +510,15 @@ class Frobenius:
         """Deflation plus about twenty probes, at most ``n``."""
         H = ctx.hessian
         guess = min(H.n, self.deflation + (self.probes or 20))
-        if self._up_front(H.n):
+        if self._up_front(ctx):
             guess = H.n
         return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
 
-    def _up_front(self, n: int) -> str | None:
+    def _up_front(self, ctx: AnalysisContext) -> str | None:
         from sharpkit.curvature.stochastic import FROBENIUS_MIN_PROBES
 
         fewest = self.deflation + (self.probes or FROBENIUS_MIN_PROBES)
-        return _exact_up_front(n, self.exact_max, fewest)
+        return _exact_up_front(ctx, self.exact_max, fewest)
 
     def compute(self, ctx: AnalysisContext) -> MetricResult:
         """Estimate ‖H‖_F on ``ctx.hessian``."""
@@ -492,7 +528,7 @@ class Frobenius:
         H = ctx.hessian
         before = H.hvp_count
         gen = ctx.generator("frobenius")
-        up_front = self._up_front(H.n)
+        up_front = self._up_front(ctx)
         steps = H.n if up_front else self.deflation
         if ctx.max_hvps is not None and not up_front:
             steps = min(steps, max(ctx.max_hvps // 2, 1))
@@ -612,7 +648,7 @@ class Trace:
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
         """Sketch plus about sixty probes, at most ``n``."""
         H = ctx.hessian
-        if _exact_up_front(H.n, self.exact_max, self._fewest()):
+        if _exact_up_front(ctx, self.exact_max, self._fewest()):
             guess = H.n
         elif (
             self.method in ("auto", "exact-ggn")
@@ -640,7 +676,7 @@ class Trace:
         before = H.hvp_count
         gen = ctx.generator("trace")
         target = None if self.probes else self.rel_stderr
-        up_front = _exact_up_front(H.n, self.exact_max, self._fewest())
+        up_front = _exact_up_front(ctx, self.exact_max, self._fewest())
         if up_front:
             return self._exact(ctx, H, gen, start, before, up_front)
         fallback = None
@@ -893,10 +929,11 @@ class Density:
         self.grid = grid
         self.exact_max = exact_max
 
-    def _up_front(self, n: int) -> str | None:
+    def _up_front(self, ctx: AnalysisContext) -> str | None:
         """Why the exact spectrum is computed (None: SLQ is cheaper)."""
+        n = ctx.hessian.n
         cost = self.probes * min(self.steps, n)
-        why = _exact_up_front(n, self.exact_max, cost)
+        why = _exact_up_front(ctx, self.exact_max, cost)
         if why and n > self.exact_max:
             why = (
                 f"SLQ costs {self.probes} x {min(self.steps, n)} = {cost} products, "
@@ -907,7 +944,7 @@ class Density:
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
         """``probes x steps``, or ``n`` when the exact spectrum is cheaper."""
         H = ctx.hessian
-        guess = H.n if self._up_front(H.n) else self.probes * self.steps
+        guess = H.n if self._up_front(ctx) else self.probes * self.steps
         return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
 
     def compute(self, ctx: AnalysisContext) -> MetricResult:
@@ -918,7 +955,7 @@ class Density:
         H = ctx.hessian
         before = H.hvp_count
         gen = ctx.generator("density")
-        up_front = self._up_front(H.n)
+        up_front = self._up_front(ctx)
         if up_front:
             return self._exact(ctx, H, gen, start, before, up_front)
         probes, steps = self.probes, min(self.steps, H.n)
@@ -936,8 +973,18 @@ class Density:
             grid=self.grid,
             generator=gen,
             progress=_progress(ctx),
+            max_basis_bytes=ctx.basis_budget(),
         )
-        if limited:
+        if est.nodes.shape[1] < steps:  # the memory budget held fewer steps
+            limited = True
+            steps = int(est.nodes.shape[1])
+            _warn(
+                "density",
+                f"the memory budget held {steps} Lanczos vectors per probe",
+                est.n_matvecs,
+                "raise --memory-budget",
+            )
+        elif limited:
             _warn(
                 "density",
                 f"the budget allowed {probes} probe(s) of {steps} steps",

@@ -22,7 +22,7 @@ from sharpkit.errors import SharpkitError, SharpkitWarning
 
 __all__ = ["app", "main"]
 
-_STATE: dict[str, Any] = {"debug": False}
+_STATE: dict[str, Any] = {"debug": False, "argv": None}
 
 
 def _debug_enabled() -> bool:
@@ -67,8 +67,14 @@ class _ErrorBoundary(TyperGroup):
         except SharpkitError as exc:
             if _debug_enabled():
                 raise
+            from sharpkit.cli import _distributed
+
+            if _distributed.records_errors():  # a rank of --nproc: it reports
+                _distributed.record_error(exc)
+                raise typer.Exit(1) from None
             # Text, not markup: "sharpkit[hf]" and "pkg:name:" print as they are.
-            message = escape(str(exc).replace("\n", " "))
+            text = str(exc).replace("\n", " ")
+            message = escape(_distributed.rank_prefix() + text)
             err_console.print(
                 f"[red]error:[/] {message}",
                 highlight=False,
@@ -212,5 +218,6 @@ def _argv_disabled(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Run the ``sharpkit`` command line."""
+    _STATE["argv"] = list(sys.argv[1:])  # what --nproc starts again in each rank
     add_plugin_commands()
     app()

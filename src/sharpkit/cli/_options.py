@@ -160,6 +160,24 @@ BatchSizeOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'.")
 ]
+MemoryBudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        metavar="SIZE",
+        help="What sharpkit may keep between Hessian-vector products, e.g. 8GiB: "
+        "half for the gradient graph, the rest for Lanczos vectors (default: a "
+        "quarter of the RAM for the graph, bases unbounded).",
+    ),
+]
+TF32Opt = Annotated[
+    bool,
+    typer.Option(
+        "--tf32",
+        help="Let float32 products use TF32 (GPU) / bf16 (oneDNN) kernels: "
+        "faster, ~1e-3 relative error per product. Off: full precision.",
+    ),
+]
 JobsOpt = Annotated[
     int, typer.Option("--jobs", "-j", help="Grid points run at once (processes).")
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -15,12 +15,17 @@ from sharpkit.cli._options import (
     BNMode,
     DType,
     JsonOpt,
+    MemoryBudgetOpt,
     MetricOpt,
     OptionOpt,
+    TF32Opt,
     distribute_options,
     with_analysis_options,
 )
 from sharpkit.cli._progress import err_console, progress_display
+
+if TYPE_CHECKING:
+    from sharpkit.cli._distributed import RankSession
 from sharpkit.cli._render import fmt_number, print_json, print_table
 
 
@@ -114,6 +119,17 @@ def measure(
     dtype: Annotated[
         DType | None, typer.Option(help="Compute in this dtype (default: the model's).")
     ] = None,
+    memory_budget: MemoryBudgetOpt = None,
+    tf32: TF32Opt = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            help="Processes to shard the analysis set over on this machine (gloo "
+            "on the CPU, one GPU each with --device cuda); torchrun -m sharpkit "
+            "does the same across machines.",
+        ),
+    ] = 1,
     *,
     analysis: AnalysisOptions,
     option: OptionOpt = None,
@@ -125,40 +141,79 @@ def measure(
     standard error for stochastic estimates. Results are stored (see --store) and
     a checkpoint measured before with the same settings is not measured again.
     """
-    from sharpkit import api
-    from sharpkit.errors import MeasurementError, SharpkitError
+    from sharpkit.cli._distributed import check_nproc, rank_session
 
     metrics, per_metric = _metric_options(metric, option, top_k)
     kwargs = analysis.api_kwargs()
     targets = _targets(checkpoints, analysis, kwargs)
+    if nproc != 1:
+        check_nproc(nproc, analysis.device)
+    if nproc > 1:
+        _launch(nproc)
+    kwargs.update(
+        samples=samples, split=split, batch_size=batch_size, tol=tol,
+        max_hvps=max_hvps, bn_mode=bn_mode.value,
+        dtype=dtype.value if dtype is not None else None, options=per_metric,
+        memory_budget=memory_budget, tf32=tf32,
+    )  # fmt: skip
+    with rank_session(analysis.device) as session:
+        kwargs["device"] = session.device
+        _measure_all(targets, metrics, kwargs, session=session,
+                     json_output=json_output)  # fmt: skip
+
+
+def _launch(nproc: int) -> None:
+    """Run this command again as ``nproc`` ranks; exit with their status."""
+    from sharpkit.cli import _STATE
+    from sharpkit.cli._distributed import launch, without_nproc
+    from sharpkit.errors import ConfigError
+
+    argv = _STATE.get("argv")
+    if not argv:
+        msg = (
+            "--nproc starts the command again in each process, so it works from "
+            "the command line (sharpkit or python -m sharpkit); from Python start "
+            "the processes with torchrun"
+        )
+        raise ConfigError(msg)
+    raise typer.Exit(launch(nproc, without_nproc(argv)))
+
+
+def _measure_all(
+    targets: list[Path | str],
+    metrics: list[str],
+    kwargs: dict[str, Any],
+    *,
+    session: RankSession,
+    json_output: bool,
+) -> None:
+    """Measure every target; rank 0 prints.
+
+    Across processes any error ends the command: a rank that went on to the
+    next checkpoint alone would wait for the others forever.
+    """
+    from sharpkit import api
+    from sharpkit.errors import DistributedError, MeasurementError, SharpkitError
+
     outputs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     failed = 0
     partial: MeasurementError | None = None
+    quiet = not session.leader
+    stop_at_error = len(targets) == 1 or session.world > 1
     with api.reuse_datasets():  # the data are loaded once for all checkpoints
         for path in targets:
             label = path.name if isinstance(path, Path) else str(path)
             try:
-                with progress_display(label, enabled=not json_output) as cb:
+                with progress_display(label, enabled=not (json_output or quiet)) as cb:
                     result = api.measure(
-                        os.fspath(path),
-                        metrics=metrics,
-                        samples=samples,
-                        split=split,
-                        batch_size=batch_size,
-                        tol=tol,
-                        max_hvps=max_hvps,
-                        bn_mode=bn_mode.value,
-                        dtype=dtype.value if dtype is not None else None,
-                        options=per_metric,
-                        progress=cb,
-                        **kwargs,
+                        os.fspath(path), metrics=metrics, progress=cb, **kwargs
                     )
             except MeasurementError as exc:
                 # some metrics failed: show the others, then the one error line
                 failed += 1
                 result = exc.measurement
-                if len(targets) == 1:
+                if stop_at_error:
                     partial = exc
                 else:
                     err_console.print(
@@ -167,7 +222,7 @@ def measure(
                         emoji=False,
                     )
             except SharpkitError as exc:
-                if len(targets) == 1:
+                if stop_at_error or isinstance(exc, DistributedError):
                     raise
                 failed += 1
                 err_console.print(
@@ -178,7 +233,9 @@ def measure(
                 continue
             outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
             rows.extend(_rows(os.fspath(path), result))
-    if json_output:
+    if quiet:
+        pass  # the other ranks computed the same values; rank 0 prints them
+    elif json_output:
         print_json(outputs)
     elif rows:
         _print_rows(rows, [Path(r["checkpoint"]) for r in outputs])

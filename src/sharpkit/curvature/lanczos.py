@@ -34,8 +34,17 @@ start vector this happens with probability zero; a warm start should therefore
 mix in a random component (the ``spectral`` metric does).
 
 A rounding allowance of ``64 ε ‖T‖`` (``ε`` the machine epsilon of the vectors'
-dtype) is added to every bound: below it, products computed in that precision
-cannot certify anything.
+dtype, or of the basis' where it is stored in less precision) is added to every
+bound: below it, products computed in that precision cannot certify anything.
+
+**Memory.** The basis is ``m`` vectors of ``n`` numbers, for a model of 25 M
+parameters 100 MB per float32 step. ``max_basis_bytes`` bounds it: the basis is
+stored in the vectors' dtype when the steps asked for fit, else (float64
+vectors) in float32, which halves it and raises the rounding allowance to
+float32's (still ~1e-5 relative, far below useful tolerances); when even that
+does not fit, the number of steps is capped at what fits, and the result says
+so (``stopped_by="memory"``). Reorthogonalising against a float32 basis is done
+in the vectors' precision, a few rows at a time.
 """
 
 from __future__ import annotations
@@ -52,7 +61,13 @@ from torch import Tensor
 
 from sharpkit.errors import ConfigError
 
-__all__ = ["LanczosProcess", "LanczosResult", "lanczos", "ritz_bounds"]
+__all__ = [
+    "LanczosProcess",
+    "LanczosResult",
+    "basis_plan",
+    "lanczos",
+    "ritz_bounds",
+]
 
 Matvec = Callable[[Tensor], Tensor]
 WHICH = ("largest", "smallest", "both")
@@ -86,6 +101,57 @@ def operator_device(
     if v0 is not None:
         return v0.device
     return torch.device("cpu")
+
+
+_CHUNK = 8
+"""Basis rows per reorthogonalisation product when the basis is stored in less
+precision than the vectors (bounds the temporary upcast copy)."""
+
+
+def basis_plan(
+    n: int, dtype: torch.dtype, rows: int, max_bytes: int | None
+) -> tuple[torch.dtype, int]:
+    """Return the basis dtype and the most rows that fit ``max_bytes``.
+
+    ``rows`` is how many basis rows the caller would like (steps + 1). The basis
+    keeps ``dtype`` when ``rows`` of it fit; float64 falls back to float32 when
+    that fits more; otherwise the dtype that holds the most rows is used and the
+    row count is capped.
+
+    Args:
+        n: Length of a vector.
+        dtype: The vectors' dtype.
+        rows: Rows wanted.
+        max_bytes: Bytes the basis may take (``None``: no limit).
+
+    Raises:
+        ConfigError: Fewer than 3 rows (two steps) fit.
+    """
+    if max_bytes is None:
+        return dtype, rows
+    size = torch.empty(0, dtype=dtype).element_size()
+    fit = int(max_bytes // (n * size))
+    if fit >= rows or dtype != torch.float64:
+        chosen, cap = dtype, min(rows, fit)
+    else:
+        chosen, cap = torch.float32, min(rows, int(max_bytes // (n * 4)))
+    if cap < 3:
+        smallest = 3 * n * torch.empty(0, dtype=chosen).element_size()
+        msg = (
+            f"the memory budget leaves {_fmt_bytes(max_bytes)} for the Lanczos "
+            f"basis, less than 3 vectors of {n:,} parameters "
+            f"({_fmt_bytes(smallest)}); raise the memory budget"
+        )
+        raise ConfigError(msg)
+    return chosen, cap
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(b) < 1024 or unit == "GiB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+    raise AssertionError  # pragma: no cover
 
 
 def random_vector(
@@ -132,6 +198,12 @@ class LanczosProcess:
             basis (for eigenvalues); if ``False``, stop and set ``broken``
             (quadrature must not restart: the Krylov space of its probe is
             exhausted and its Gauss rule is exact).
+        max_basis_bytes: Bytes the basis may take (see :func:`basis_plan`);
+            ``max_steps`` then says how many steps fit.
+        steps_hint: Steps the caller expects to take at most; with
+            ``max_basis_bytes`` the basis is allocated for them at once on the
+            CPU (pages are committed only as rows are written) instead of grown
+            by copies.
     """
 
     def __init__(
@@ -144,6 +216,8 @@ class LanczosProcess:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         restart: bool = True,
+        max_basis_bytes: int | None = None,
+        steps_hint: int | None = None,
     ) -> None:
         if n < 1:
             msg = f"dimension n must be >= 1, got {n}"
@@ -153,7 +227,14 @@ class LanczosProcess:
         self.dtype = operator_dtype(matvec, v0, dtype)
         self.device = operator_device(matvec, v0, device)
         self.generator = generator
-        self.eps = float(torch.finfo(self.dtype).eps)
+        wanted = min(self.n, steps_hint if steps_hint is not None else self.n) + 1
+        self.basis_dtype, rows = basis_plan(self.n, self.dtype, wanted, max_basis_bytes)
+        self._max_rows = rows if max_basis_bytes is not None else self.n + 1
+        self.max_steps = min(self.n, self._max_rows - 1)
+        """Steps the memory for the basis allows (``n`` without a budget)."""
+        self.eps = float(
+            max(torch.finfo(self.dtype).eps, torch.finfo(self.basis_dtype).eps)
+        )
         if v0 is None:
             q = random_vector(self.n, generator, self.dtype, self.device)
         else:
@@ -165,8 +246,14 @@ class LanczosProcess:
         if not math.isfinite(norm) or norm == 0.0:
             msg = "v0 must be a finite, non-zero vector"
             raise ConfigError(msg)
+        first = min(self.n, 32) + 1
+        if max_basis_bytes is not None and self.device.type == "cpu":
+            first = self._max_rows  # committed row by row as they are written
         self._Q = torch.empty(
-            min(self.n, 32) + 1, self.n, dtype=self.dtype, device=self.device
+            min(first, self._max_rows),
+            self.n,
+            dtype=self.basis_dtype,
+            device=self.device,
         )
         self._Q[0] = q / norm
         self.m = 0
@@ -181,8 +268,17 @@ class LanczosProcess:
 
     @property
     def basis(self) -> Tensor:
-        """``Q_m`` as an ``(m, n)`` tensor (a view; rows are orthonormal)."""
+        """``Q_m`` as an ``(m, n)`` tensor (a view; rows are orthonormal).
+
+        Its dtype is :attr:`basis_dtype`, which is float32 for float64 vectors
+        when a memory budget asked for it.
+        """
         return self._Q[: self.m]
+
+    @property
+    def basis_bytes(self) -> int:
+        """Bytes allocated for the basis."""
+        return int(self._Q.numel() * self._Q.element_size())
 
     @property
     def exhausted(self) -> bool:
@@ -202,20 +298,37 @@ class LanczosProcess:
         return t
 
     def _grow(self) -> None:
-        if self.m + 1 < self._Q.shape[0]:
+        if self.m + 1 < self._Q.shape[0] or self._Q.shape[0] >= self._max_rows:
             return
-        rows = min(self.n + 1, 2 * self._Q.shape[0])
-        bigger = torch.empty(rows, self.n, dtype=self.dtype, device=self.device)
+        rows = min(self.n + 1, 2 * self._Q.shape[0], self._max_rows)
+        bigger = torch.empty(rows, self.n, dtype=self.basis_dtype, device=self.device)
         bigger[: self._Q.shape[0]] = self._Q
         self._Q = bigger
 
+    def _row(self, j: int) -> Tensor:
+        """Basis row ``j`` in the vectors' dtype."""
+        return self._Q[j].to(self.dtype)
+
+    def _project(self, w: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+        """Return ``(w - Qᵀ Q w, Q w)`` for the first ``rows`` basis vectors."""
+        Q = self._Q[:rows]
+        if Q.dtype == w.dtype:
+            h = Q @ w
+            return w - Q.T @ h, h
+        # a lower-precision basis: products in w's precision, a few rows at a time
+        parts = []
+        for lo in range(0, rows, _CHUNK):
+            parts.append(Q[lo : lo + _CHUNK].to(w.dtype) @ w)
+        h = torch.cat(parts) if parts else w.new_zeros(0)
+        out = w.clone()
+        for lo in range(0, rows, _CHUNK):
+            out.sub_(Q[lo : lo + _CHUNK].to(w.dtype).T @ h[lo : lo + _CHUNK])
+        return out, h
+
     def _orthogonalize(self, w: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """Classical Gram-Schmidt twice against the first ``rows`` basis vectors."""
-        Q = self._Q[:rows]
-        h = Q @ w
-        w = w - Q.T @ h
-        h2 = Q @ w
-        w = w - Q.T @ h2
+        w, h = self._project(w, rows)
+        w, h2 = self._project(w, rows)
         return w, h + h2
 
     def step(self) -> None:
@@ -223,8 +336,14 @@ class LanczosProcess:
         if self.exhausted:
             msg = "the Krylov space already spans the whole space"
             raise ConfigError(msg)
+        if self.m >= self.max_steps:
+            msg = (
+                f"the memory budget holds {self.max_steps} Lanczos vectors of "
+                f"{self.n:,}; raise the memory budget for more steps"
+            )
+            raise ConfigError(msg)
         j = self.m
-        q = self._Q[j]
+        q = self._row(j)
         w = self.matvec(q)
         self.n_matvecs += 1
         if w.shape != q.shape:
@@ -244,10 +363,8 @@ class LanczosProcess:
         alpha0 = float(torch.dot(q, w))
         w = w - alpha0 * q  # a copy: matvec's result may be someone else's
         if j > 0:
-            w.sub_(self._Q[j - 1], alpha=self.beta)
-        Q = self._Q[: j + 1]
-        h = Q @ w
-        w.sub_(Q.T @ h)
+            w.sub_(self._row(j - 1), alpha=self.beta)
+        w, h = self._project(w, j + 1)
         alpha = alpha0 + float(h[j])
         self.alphas.append(alpha)
         self.m = j + 1
@@ -278,7 +395,7 @@ class LanczosProcess:
 
     def next_vector(self) -> Tensor:
         """``q_{m+1}``, the unit vector the next step multiplies."""
-        return self._Q[self.m]
+        return self._row(self.m)
 
     def ritz(self) -> tuple[np.ndarray, Tensor, np.ndarray]:
         """Return Ritz values (descending), ``T``'s eigenvectors and residuals.
@@ -362,6 +479,9 @@ class LanczosResult:
         restarts: Random restarts after an invariant subspace was found.
         process: The Lanczos process itself, which can be continued (e.g. to
             grow a deflation subspace without repeating these products).
+        stopped_by: ``"converged"``, ``"steps"`` (``max_iter`` or
+            ``max_matvecs`` ran out) or ``"memory"`` (the basis filled
+            ``max_basis_bytes``).
     """
 
     eigenvalues: np.ndarray
@@ -382,6 +502,7 @@ class LanczosResult:
     bound_kind: str = "gap"
     restarts: int = 0
     process: LanczosProcess | None = field(default=None, repr=False)
+    stopped_by: str = "converged"
 
 
 def _requested(m: int, k: int, which: str) -> np.ndarray:
@@ -414,6 +535,7 @@ def lanczos(
     vector_dtype: torch.dtype | None = None,
     min_gap: float = 0.01,
     confirm: bool = True,
+    max_basis_bytes: int | None = None,
 ) -> LanczosResult:
     """Find the ``k`` extreme eigenvalues of a symmetric operator with error bounds.
 
@@ -461,6 +583,8 @@ def lanczos(
         confirm: Require the criterion at two consecutive steps (see above).
         vector_dtype: Dtype of the vectors; default ``matvec.dtype`` (a
             :class:`HessianOperator` has one), else ``v0``'s, else torch's default.
+        max_basis_bytes: Bytes the Lanczos basis may take (see the module
+            docstring): a float32 basis for float64 vectors, or fewer steps.
 
     Returns:
         A :class:`LanczosResult`.
@@ -509,8 +633,17 @@ def lanczos(
         limit = min(limit, max_matvecs)
 
     proc = LanczosProcess(
-        matvec, n, v0=v0, generator=generator, dtype=vector_dtype, device=device
+        matvec,
+        n,
+        v0=v0,
+        generator=generator,
+        dtype=vector_dtype,
+        device=device,
+        max_basis_bytes=max_basis_bytes,
+        steps_hint=limit,
     )
+    by_memory = proc.max_steps < limit
+    limit = min(limit, proc.max_steps)
     theta = np.zeros(0)
     S = torch.zeros(0, 0, dtype=torch.float64)
     res = np.zeros(0)
@@ -560,7 +693,9 @@ def lanczos(
             break
         prev_ok, prev_vals, prev_bounds = ok, vals, bounds[idx]
 
-    vecs = proc.basis.T @ S[:, idx].to(dtype=proc.dtype, device=proc.device)
+    coef = S[:, idx].to(dtype=proc.basis_dtype, device=proc.device)
+    vecs = (proc.basis.T @ coef).to(proc.dtype)
+    stopped_by = "converged" if converged else ("memory" if by_memory else "steps")
     return LanczosResult(
         eigenvalues=theta[idx].copy(),
         eigenvectors=vecs,
@@ -580,4 +715,5 @@ def lanczos(
         bound_kind=bound,
         restarts=proc.restarts,
         process=proc,
+        stopped_by=stopped_by,
     )

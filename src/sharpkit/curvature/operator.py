@@ -42,6 +42,13 @@ dropout is off. The model's parameters are never modified.
 With ``process_group`` (or an initialised default ``torch.distributed`` group of
 more than one process), the data are sharded across ranks: each rank computes its
 size-weighted partial product and the partials are all-reduced.
+
+Float32 products run in full IEEE precision unless ``allow_tf32=True``:
+:func:`full_precision` turns off TF32 for cuBLAS matmuls and cuDNN
+convolutions (PyTorch's default lets cuDNN use it) and bf16 for oneDNN on the
+CPU while the operator computes. TF32 keeps 10 mantissa bits, so each product
+carries a relative error of about 1e-3, as large as the default tolerance: a
+Lanczos bound computed from such products would certify nothing.
 """
 
 from __future__ import annotations
@@ -59,12 +66,12 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sharpkit._data import DataSplit
-from sharpkit.errors import ConfigError, DataError
+from sharpkit.errors import ConfigError, DataError, DistributedError
 
 if TYPE_CHECKING:
     import torch.distributed as dist_t
 
-__all__ = ["HVP_METHODS", "HessianOperator", "analysis_mode"]
+__all__ = ["HVP_METHODS", "HessianOperator", "analysis_mode", "full_precision"]
 
 HVP_METHODS = ("auto", "graph", "double-backward", "forward-over-reverse")
 """The values accepted by ``HessianOperator(method=...)``."""
@@ -164,6 +171,62 @@ def analysis_mode(
 _FUSABLE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
+def _precision_flags() -> list[Any]:
+    """The per-backend float32 precision settings of this torch (2.9 and later)."""
+    backends = torch.backends
+    found = []
+    for owner, names in (
+        (getattr(backends, "cuda", None), ("matmul",)),
+        (getattr(backends, "cudnn", None), ("conv", "rnn")),
+        (getattr(backends, "mkldnn", None), ("matmul", "conv", "rnn")),
+    ):
+        for name in names:
+            flag = getattr(owner, name, None)
+            if flag is not None and hasattr(flag, "fp32_precision"):
+                found.append(flag)
+    return found
+
+
+@contextmanager
+def full_precision(enabled: bool = True) -> Iterator[None]:
+    """Compute float32 matmuls and convolutions in IEEE precision inside the block.
+
+    Turns off TF32 (cuBLAS, cuDNN) and reduced-precision oneDNN kernels, and
+    restores every setting on exit. Both of torch's ways to set them (the
+    per-backend ``fp32_precision`` and the older ``allow_tf32`` /
+    ``set_float32_matmul_precision``) are set consistently, since torch refuses
+    to run a matmul when they disagree.
+
+    Args:
+        enabled: ``False`` leaves the settings as they are (TF32 allowed).
+    """
+    if not enabled:
+        yield
+        return
+    flags = _precision_flags()
+    saved = [(flag, flag.fp32_precision) for flag in flags]
+    try:
+        legacy: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller mixed the two APIs; leave the legacy one
+        legacy = None
+    cudnn_legacy = None if flags else torch.backends.cudnn.allow_tf32
+    try:
+        if legacy is not None:
+            torch.set_float32_matmul_precision("highest")
+        for flag in flags:
+            flag.fp32_precision = "ieee"
+        if cudnn_legacy is not None:  # a torch without fp32_precision
+            torch.backends.cudnn.allow_tf32 = False
+        yield
+    finally:
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy)
+        for flag, value in saved:
+            flag.fp32_precision = value
+        if cudnn_legacy is not None:
+            torch.backends.cudnn.allow_tf32 = cudnn_legacy
+
+
 class _EvalBatchNorm:
     """Eval-mode batch norm as an affine map (see :func:`analysis_mode`)."""
 
@@ -261,6 +324,8 @@ class HessianOperator:
             default: on the 2-core CPU measured, compiling took ~30 s and the
             compiled product cost about as much as a product through the kept
             graph, so it pays only for long runs that cannot keep the graph.
+        allow_tf32: Let float32 products use TF32 (GPUs) or bf16 (oneDNN)
+            kernels; off by default (see :func:`full_precision`).
 
     Raises:
         ConfigError: A bad option value or an empty parameter set.
@@ -294,6 +359,7 @@ class HessianOperator:
         memory_budget: int | None = None,
         fuse_bn: bool = True,
         compile: bool = False,
+        allow_tf32: bool = False,
     ) -> None:
         if bn_mode not in BN_MODES:
             msg = f"bn_mode must be 'eval' or 'train', got {bn_mode!r}"
@@ -354,6 +420,7 @@ class HessianOperator:
         self.bn_mode = bn_mode
         self.fuse_bn = bool(fuse_bn)
         self.compile = bool(compile)
+        self.allow_tf32 = bool(allow_tf32)
         self.params: list[Tensor] = list(chosen)
         self._param_names = param_names
         self._dtype = target_dtype
@@ -511,9 +578,14 @@ class HessianOperator:
     # ------------------------------------------------------------------ setup
 
     def _setup(self) -> None:
-        """Build the kept gradient graph, count examples, compute loss and gradient."""
+        """Build the operator once (in full precision unless TF32 is allowed)."""
         if self._ready:
             return
+        with full_precision(not self.allow_tf32):
+            self._build()
+
+    def _build(self) -> None:
+        """Build the kept gradient graph, count examples, compute loss and gradient."""
         start = time.perf_counter()
         method = self._requested_method
         keep_all = method == "graph"
@@ -776,6 +848,10 @@ class HessianOperator:
             msg = f"expected a vector ({self.n},) or a block ({self.n}, k), got {shape}"
             raise ConfigError(msg)
         self._setup()
+        with full_precision(not self.allow_tf32):
+            return self._product(v)
+
+    def _product(self, v: Tensor) -> Tensor:
         vector = v.dim() == 1
         block = v.reshape(self.n, -1).to(device=self._device, dtype=self._dtype)
         k = block.shape[1]
@@ -870,7 +946,15 @@ class HessianOperator:
             return t
         import torch.distributed as dist
 
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self._group)
+        try:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self._group)
+        except RuntimeError as exc:  # a peer closed its connection, or a timeout
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            msg = (
+                "another process of the group stopped or timed out during an "
+                f"all-reduce ({type(exc).__name__}: {first}); its own error says why"
+            )
+            raise DistributedError(msg) from exc
         return t
 
 

@@ -109,6 +109,7 @@ from torch import Tensor
 from sharpkit.curvature.lanczos import (
     LanczosProcess,
     LanczosResult,
+    basis_plan,
     operator_device,
     operator_dtype,
     random_vector,
@@ -272,6 +273,10 @@ class Deflation:
         if self.rank == 0:
             return v
         Q = self.basis
+        if Q.dtype != v.dtype:  # a float32 basis kept for a memory budget
+            for _ in range(2):
+                v = v - (Q @ (Q.T @ v.to(Q.dtype))).to(v.dtype)
+            return v
         v = v - Q @ (Q.T @ v)
         return v - Q @ (Q.T @ v)
 
@@ -330,8 +335,13 @@ def krylov_deflation(
     process: LanczosProcess | None = None,
     device: torch.device | str | None = None,
     vector_dtype: torch.dtype | None = None,
+    max_basis_bytes: int | None = None,
 ) -> Deflation:
     """Run Lanczos to ``steps`` steps and return its basis as a deflation.
+
+    The rank is lower when the process's basis fills its memory budget
+    (``max_basis_bytes``, or the budget of the ``process`` continued): a
+    smaller deflation leaves more to the probes but no estimate is biased.
 
     Args:
         matvec: ``v -> H v``.
@@ -344,14 +354,22 @@ def krylov_deflation(
             products, and ``n_matvecs`` counts only those.
         device: Device of the vectors.
         vector_dtype: Dtype of the vectors.
+        max_basis_bytes: Bytes a new process's basis may take.
     """
     proc = process
     if proc is None:
         proc = LanczosProcess(
-            matvec, n, v0=v0, generator=generator, dtype=vector_dtype, device=device
+            matvec,
+            n,
+            v0=v0,
+            generator=generator,
+            dtype=vector_dtype,
+            device=device,
+            max_basis_bytes=max_basis_bytes,
+            steps_hint=steps,
         )
     before = proc.n_matvecs
-    while proc.m < min(steps, n) and not proc.exhausted:
+    while proc.m < min(steps, n, proc.max_steps) and not proc.exhausted:
         proc.step()
     out = Deflation.from_lanczos(proc)
     out.n_matvecs = proc.n_matvecs - before
@@ -1055,6 +1073,7 @@ def slq_density(
     device: torch.device | str | None = None,
     vector_dtype: torch.dtype | None = None,
     progress: Callable[..., None] | None = None,
+    max_basis_bytes: int | None = None,
 ) -> DensityEstimate:
     """Estimate the eigenvalue density by stochastic Lanczos quadrature.
 
@@ -1075,6 +1094,8 @@ def slq_density(
         device: Device of the vectors.
         vector_dtype: Dtype of the vectors.
         progress: ``progress(done, total, estimate=...)``.
+        max_basis_bytes: Bytes a probe's Lanczos basis may take; fewer
+            ``steps`` per probe when they do not fit (a coarser quadrature).
 
     Returns:
         A :class:`DensityEstimate`.
@@ -1093,6 +1114,8 @@ def slq_density(
     dtype = operator_dtype(matvec, None, vector_dtype)
     dev = operator_device(matvec, None, device)
     m_max = min(steps, n)
+    _, rows = basis_plan(n, dtype, m_max + 1, max_basis_bytes)
+    m_max = min(m_max, rows - 1)
     if max_matvecs is not None and max_matvecs < m_max:
         msg = (
             f"max_matvecs={max_matvecs} is less than one probe of {m_max} steps; "
@@ -1114,7 +1137,14 @@ def slq_density(
                 break
         z = random_vector(n, generator, dtype, dev, "rademacher")
         proc = LanczosProcess(
-            matvec, n, v0=z, generator=generator, device=dev, restart=False
+            matvec,
+            n,
+            v0=z,
+            generator=generator,
+            device=dev,
+            restart=False,
+            max_basis_bytes=max_basis_bytes,
+            steps_hint=m_max,
         )
         for _ in range(m_max):
             if proc.exhausted:
