@@ -21,6 +21,8 @@ class FigureName(StrEnum):
     fig4 = "fig4"
     density = "density"
     correlate = "correlate"
+    sam = "sam"
+    rescale = "rescale"
 
 
 class EndLabel(StrEnum):
