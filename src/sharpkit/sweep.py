@@ -114,8 +114,11 @@ class SweepPoint:
 
     @property
     def label(self) -> str:
-        """Short name of the point, e.g. ``lr=0.1 batch_size=128 seed=0``."""
-        keys = [k for k in ("lr", "batch_size", "seed") if k in self.train]
+        """Short name of the point, e.g. ``lr=0.1 batch_size=128 seed=0``.
+
+        The trainer leads when the sweep names one (``trainer=sam lr=0.1 ...``).
+        """
+        keys = [k for k in ("trainer", "lr", "batch_size", "seed") if k in self.train]
         return " ".join(f"{k}={self.train[k]}" for k in keys)
 
 
@@ -210,11 +213,37 @@ class SweepConfig:
             combos = itertools.product(*(axes[k] for k in names))
         for i, values in enumerate(combos):
             args = {**fixed, **dict(zip(names, values, strict=True))}
+            _pick_trainer_options(args)
             folder = "_".join(
                 f"{k}-{_slug(v)}" for k, v in zip(names, values, strict=True)
             )
             out.append(SweepPoint(i, args, self.out / (folder or "run")))
         return out
+
+
+def _pick_trainer_options(args: dict[str, Any]) -> None:
+    """Resolve ``trainer_options`` given per trainer to the point's trainer's.
+
+    ``trainer_options = { sam = { rho = 0.1 } }`` in a sweep over
+    ``trainer = ["sgd", "sam"]`` gives ``{rho = 0.1}`` to the sam points and
+    nothing to the sgd ones.
+
+    Raises:
+        ConfigError: A table that mixes options and per-trainer tables.
+    """
+    opts = args.get("trainer_options")
+    if not isinstance(opts, Mapping) or not opts:
+        return
+    tables = [isinstance(v, Mapping) for v in opts.values()]
+    if not any(tables):
+        return
+    if not all(tables):
+        msg = (
+            "[train] trainer_options must be one table of options or one table per "
+            "trainer (e.g. trainer_options = { sam = { rho = 0.1 } }), not both"
+        )
+        raise ConfigError(msg)
+    args["trainer_options"] = dict(opts.get(str(args.get("trainer", "sgd")), {}))
 
 
 def _slug(value: Any) -> str:
