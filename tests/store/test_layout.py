@@ -173,7 +173,7 @@ def test_unreadable_run_is_skipped_with_a_warning(store: ResultStore) -> None:
     bad = store.write_run(kind="train", attrs={})
     (store.path / "runs" / bad / "zarr.json").write_text("{not json")
     fresh = ResultStore(store.path)
-    with pytest.warns(SharpkitWarning, match="unreadable"):
+    with pytest.warns(SharpkitWarning, match="is damaged .*not valid JSON"):
         ids = [r.run_id for r in fresh.runs()]
     assert ids == [good]
 
