@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import secrets
 import socket
 import subprocess
@@ -50,11 +49,11 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     registry._REGISTRY = None
 
 
-# ------------------------------------------------------------ an S3 server for the tests
+# ------------------------------------------------------------ an S3 server for tests
 
 
 class S3Server:
-    """A real S3-compatible server (moto in server mode) in its own process on localhost.
+    """A real S3-compatible server (moto in server mode), its own process, localhost.
 
     Started once per session on a free port of 127.0.0.1 and stopped at its end;
     every test gets a bucket of its own (:func:`s3_url`).
@@ -75,7 +74,15 @@ class S3Server:
             "SHARPKIT_STORE_TIMEOUT": "20",
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -131,4 +138,3 @@ def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     return f"s3://{s3_server.new_bucket()}/results.zarr"
-

@@ -134,7 +134,7 @@ def snapshot(root: Path) -> dict[str, tuple[bytes | None, float]]:
 
 
 def make_legacy(run_dir: Path) -> None:
-    """Make a run look as sharpkit wrote it before manifests: no ``manifest`` attribute."""
+    """Make a run look as sharpkit wrote it before manifests (no ``manifest``)."""
     meta = run_dir / "zarr.json"
     doc = json.loads(meta.read_text())
     del doc["attributes"]["manifest"]

@@ -351,7 +351,11 @@ class ObjectBackend(Backend):
         self._store = _obstore_for(url)
 
     def _error(self, exc: BaseException, what: str) -> StoreError:
-        return StoreError(f"cannot {what} {self.where!r}: {_one_line(exc)}")
+        msg = (
+            f"cannot {what} {self.where!r}: {_one_line(exc)}; check the URL, the "
+            "network and the credentials (see docs/scaling.md)"
+        )
+        return StoreError(msg)
 
     def get(self, key: str) -> bytes | None:
         """See :meth:`Backend.get`."""
@@ -520,10 +524,28 @@ class ObjectBackend(Backend):
 
 
 def _one_line(exc: BaseException) -> str:
-    """The first line of an obstore error, without its debug dump."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"\s+", " ", text)
-    return text if len(text) <= 300 else text[:297] + "..."
+    """What an obstore error says, in one short line, without its debug dump.
+
+    Examples:
+        >>> _one_line(OSError("Generic S3 error: Error performing GET http://h/k"
+        ...     " in 2ms - Server returned non-2xx status code: 404 Not Found: "
+        ...     "<Error><Code>NoSuchBucket</Code><Message>The specified bucket "
+        ...     "does not exist</Message></Error>"))
+        'The specified bucket does not exist (NoSuchBucket)'
+    """
+    text = str(exc)
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    said = re.search(r"<Message>([^<]+)</Message>", text)
+    if code is not None:
+        return f"{said.group(1) if said else 'error'} ({code.group(1)})"
+    lines = text.strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    first = first.rsplit(" - ", 1)[-1]  # drop "Error performing GET <url> in ..."
+    cause = re.findall(r'error: "([^"]+)"', text)
+    if cause:
+        first = f"{first}: {cause[-1]}"
+    first = re.sub(r"\s+", " ", first)
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def _timeout() -> float:
