@@ -77,6 +77,7 @@ STALE_SECONDS: Final = 3600.0
 _R = TypeVar("_R", MetricResult, ProbeResult)
 _T = TypeVar("_T")
 _MEMBER_RE: Final = re.compile(r"^(metrics|probes)/([^/]+)/zarr\.json$")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _GROUPS: Final = ("metrics/zarr.json", "probes/zarr.json", "training/zarr.json")
 
 
@@ -478,9 +479,9 @@ class ResultStore:
             return
         self._skipped.add(run_id)
         warnings.warn(
-            f"run {run_id!r} in {self._where()} is damaged ({reason}); skipping "
-            f"it, and it is never reused; `sharpkit results {self.location} "
-            "--repair` sets damaged runs aside",
+            f"run {run_id!r} in {self._where()} is damaged ({reason}); skipped "
+            f"and never reused; `sharpkit results {self.location} --repair` sets "
+            "it aside",
             SharpkitWarning,
             stacklevel=5,
         )
@@ -559,10 +560,12 @@ class ResultStore:
                 continue
             order = group_attrs(raws[key], key).get("order")
             names = (
-                list(order)
-                if _is_texts(order)
-                else self._backend.children(base + sub)
+                list(order) if _is_texts(order) else self._backend.children(base + sub)
             )
+            bad = [n for n in names if not _NAME_RE.match(n)]
+            if bad:
+                msg = f"{key} names a member {bad[0][:40]!r} that cannot exist"
+                raise Damage(msg)
             keys += [f"{sub}/{n}/zarr.json" for n in names]
         members = self._backend.get_many([base + k for k in keys])
         for k in keys:
@@ -678,6 +681,7 @@ class ResultStore:
                 group = group_from_objects(objects)
                 if manifest is None:
                     _check_chunks(group, prefix)
+                    _decode_all(group, prefix)
                 return read(group)
         except Damage:
             raise
@@ -836,13 +840,28 @@ def _members(
     return {n: found[n] for n in first + sorted(n for n in found if n not in first)}
 
 
+def _decode_all(group: zarr.Group, prefix: str) -> None:
+    """Runs without a manifest: decode every array, naming the first that fails."""
+    import zarr
+
+    for path, node in group.members(max_depth=None):
+        if isinstance(node, zarr.Array):
+            try:
+                node[...]
+            except Exception as exc:  # the codecs raise many kinds on bad bytes
+                first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+                msg = f"{prefix}{path} cannot be decoded ({first})"
+                raise Damage(msg) from None
+
+
 def _check_chunks(group: zarr.Group, prefix: str) -> None:
     """Runs without a manifest: a metric array whose data is missing is damage.
 
     Stores written before manifests left out chunks that held only fill values,
-    so a missing chunk cannot be told from a deleted one in general; metric
-    arrays (Ritz values, eigenvalues, densities, ...) are never all NaN or zero
-    in practice, and they are what is reused, so there a missing chunk counts.
+    so a missing chunk cannot be told from a deleted one in general. Float
+    metric arrays (Ritz values, eigenvalues, densities, ...) are never all NaN
+    in practice, and they are what is reused, so there a missing chunk counts;
+    a boolean or integer array may legitimately be all False or 0.
     """
     import zarr
 
@@ -856,6 +875,7 @@ def _check_chunks(group: zarr.Group, prefix: str) -> None:
         return
     for where, member in groups:
         for name, array in member.arrays():
-            if array.size and array.nchunks_initialized < array.nchunks:
+            floats = array.dtype.kind == "f"
+            if floats and array.size and array.nchunks_initialized < array.nchunks:
                 msg = f"{where}{name}: its data is missing"
                 raise Damage(msg)
