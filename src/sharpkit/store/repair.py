@@ -202,7 +202,8 @@ def repair_store(location: str | os.PathLike[str]) -> StoreCheck:
     store = _unchecked(location)
     actions: list[str] = []
     if _root_problem(store) is not None:
-        attrs = {**root_attrs(), "repaired": datetime.now(UTC).isoformat(timespec="seconds")}
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        attrs = {**root_attrs(), "repaired": now}
         store._backend.put("zarr.json", group_doc(attrs))
         actions.append("rebuilt the root zarr.json")
     for problem in _layout_problems(store):
