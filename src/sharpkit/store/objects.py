@@ -587,9 +587,7 @@ def _obstore_for(url: str) -> ObjectStore:
     if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://"):
         options["allow_http"] = True
     try:
-        store: ObjectStore = from_url(
-            url, client_options=options, retry_config=retry
-        )
+        store: ObjectStore = from_url(url, client_options=options, retry_config=retry)
     except Exception as exc:
         msg = f"cannot open the object store {url!r}: {_one_line(exc)}"
         raise StoreError(msg) from None
