@@ -504,10 +504,12 @@ class ObjectBackend(Backend):
         """Upload the file ``source`` as ``key`` (one atomic put; multipart if big)."""
         import obstore
 
-        try:
-            obstore.put(self._store, key, source)
-        except Exception as exc:
-            raise self._error(exc, f"write {key!r} to") from None
+        # one open file: a file replaced meanwhile is uploaded as it was opened
+        with source.open("rb") as fh:
+            try:
+                obstore.put(self._store, key, fh)
+            except Exception as exc:
+                raise self._error(exc, f"write {key!r} to") from None
 
     def head(self, key: str) -> tuple[int, str] | None:
         """``(size, etag)`` of ``key``, or ``None`` if there is no such object."""
