@@ -71,7 +71,8 @@ def results(
         str,
         typer.Argument(
             help="The results store: a zarr directory or an object-store URL "
-            "(s3://bucket/prefix/results.zarr)."
+            "(s3://bucket/prefix/results.zarr).",
+            metavar="STORE",
         ),
     ] = str(DEFAULT_STORE),
     json_output: JsonOpt = False,

@@ -47,7 +47,7 @@ Guarantees:
 
 The listing and the tidy table read the ``zarr.json`` metadata documents of the
 zarr v3 specification directly (one JSON file per node), which is several times
-faster than opening each group through zarr-python (``bench/bench_store.py``: 6x
+faster than opening each group through zarr-python (``bench/bench_store.py``: 3x
 for 500 runs); run arrays are read through zarr.
 
 The package has one module per job: :mod:`~sharpkit.store.layout` (opening,

@@ -576,6 +576,15 @@ class ResultStore:
             raws[k] = raw
         return raws
 
+    def _read_infos(self, run_ids: Sequence[str]) -> list[RunInfo | None]:
+        """:meth:`_read_info` of several runs; on an object store, 16 at a time."""
+        if self.is_local or len(run_ids) < 2:
+            return [self._read_info(rid) for rid in run_ids]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            return list(pool.map(self._read_info, run_ids))
+
     def _index(self, info: RunInfo) -> None:
         for name, stored in info.metrics.items():
             key = stored.get("key")
@@ -604,10 +613,9 @@ class ResultStore:
         for rid in gone:
             del self._infos[rid]
         added = False
-        for rid in new:
-            info = self._read_info(rid)
+        for info in self._read_infos(new):
             if info is not None:
-                self._infos[rid] = info
+                self._infos[info.run_id] = info
                 added = True
         if gone or added:
             self._reindex()
