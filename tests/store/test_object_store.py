@@ -8,6 +8,7 @@ Everything written is read back with plain zarr too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 from pathlib import Path
@@ -264,3 +265,29 @@ def test_s3_results_cli(s3_url: str) -> None:
     ok = runner.invoke(app, ["results", s3_url, "--check"])
     assert ok.exit_code == 0, ok.output
     assert "ok: 1 intact run(s), 0 damaged" in ok.stdout
+
+
+def test_measure_stores_to_and_reuses_from_s3(s3_url: str, tmp_path: Path) -> None:
+    import sharpkit
+    import sharpkit.builtin._models as models
+
+    net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=1, width=4)
+    meta = sharpkit.CheckpointMeta(
+        model="mlp-bn",
+        model_options={"depth": 1, "width": 4},
+        dataset="synthetic",
+        dataset_options={"subset": 64},
+        seed=0,
+    )
+    ckpt = sharpkit.save_checkpoint(tmp_path / "a.pt", net, meta)
+    args = ["measure", str(ckpt), "-m", "spectral", "--store", s3_url, "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    a, b = (json.loads(r.stdout)[0]["metrics"]["spectral"] for r in (first, second))
+    assert (a["reused"], b["reused"]) == (False, True)
+    assert a["value"] == b["value"]
+    rows = sharpkit.open_results(s3_url, as_frame=False)
+    assert [r["metric"] for r in rows] == ["spectral"]
+    assert rows[0]["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from sharpkit.errors import SharpkitError
 from sharpkit.store.objects import ObjectBackend, location_of
 
 __all__ = ["SYNCED", "FolderSync", "cache_root", "fetch", "local_copy_of"]
@@ -98,7 +99,6 @@ class FolderSync:
         self._seen: dict[str, tuple[float, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._error: BaseException | None = None
 
     def __enter__(self) -> FolderSync:
         self._thread.start()
@@ -112,14 +112,18 @@ class FolderSync:
     ) -> None:
         self._stop.set()
         self._thread.join()
-        self.sync()  # the last epoch, also when training failed (to resume)
+        if exc is None:
+            self.sync()  # the last epoch; an error here fails the point
+            return
+        # training failed: keep its last epoch to resume from, and its error
+        with contextlib.suppress(SharpkitError, OSError):
+            self.sync()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
-            try:
+            # a failed upload is retried at the next check and on exit
+            with contextlib.suppress(SharpkitError, OSError):
                 self.sync()
-            except Exception as exc:  # reported on exit, training goes on
-                self._error = exc
 
     def sync(self) -> None:
         """Upload the training files that changed since the last upload."""
