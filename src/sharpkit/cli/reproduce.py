@@ -26,7 +26,7 @@ def _complete_experiment(incomplete: str) -> list[str]:
     return [n for n in EXPERIMENTS if n.startswith(incomplete)]
 
 
-def _print_measurements(store: Path) -> None:
+def _print_measurements(store: Path | str) -> None:
     from sharpkit.api import open_results
 
     rows = open_results(store, as_frame=False)
