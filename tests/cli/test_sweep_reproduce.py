@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import sharpkit.reproduce
@@ -82,3 +83,37 @@ def test_reproduce_show_unknown_scale_is_one_line() -> None:
     assert result.stderr.strip() == (
         "error: experiment 'demo' has no scale 'paper'; one of quick"
     )
+
+
+def test_device_overrides_the_sweep_files_for_training_and_measuring() -> None:
+    from sharpkit.cli._sweep_run import with_device
+
+    cfg = load_sweep(SMALL_SWEEP)
+    moved = with_device(cfg, "cpu")
+    assert moved.train["device"] == "cpu"
+    assert moved.measure is not None
+    assert moved.measure["device"] == "cpu"
+    # the rest of the sweep (its grid axes) is untouched
+    assert {k: v for k, v in moved.train.items() if k != "device"} == {
+        k: v for k, v in cfg.train.items() if k != "device"
+    }
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["sweep", "reproduce"])
+def test_device_without_cuda_is_one_line_before_anything_runs(
+    command: str, tmp_path: Path
+) -> None:
+    shutil.copy(SMALL_SWEEP, tmp_path / "small.toml")
+    target = str(tmp_path / "small.toml") if command == "sweep" else "demo"
+    args = [command, target, "--device", "cuda"]
+    if command == "reproduce":
+        args += ["--out", str(tmp_path / "out")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        "error: device 'cuda' requested but no CUDA device is available; "
+        "use --device cpu"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -181,6 +181,14 @@ TF32Opt = Annotated[
 JobsOpt = Annotated[
     int, typer.Option("--jobs", "-j", help="Grid points run at once (processes).")
 ]
+SweepDeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Train and measure every point on 'cpu', 'cuda', 'cuda:N' or 'auto' "
+        "(default: the sweep file's, else cpu).",
+    ),
+]
 SchedulerOpt = Annotated[
     str | None,
     typer.Option(

@@ -47,6 +47,16 @@ def _report(result: SweepResult, json_output: bool) -> None:
         err_console.print(f"[red]error:[/] {o.point.label}: {o.error}", highlight=False)
 
 
+def with_device(cfg: SweepConfig, device: str) -> SweepConfig:
+    """``cfg`` training and measuring on ``device`` (``--device`` of the command)."""
+    from sharpkit.api.resolve import resolve_device
+
+    resolve_device(device)  # a bad or missing device fails before anything runs
+    train = {**cfg.train, "device": device}
+    measure = None if cfg.measure is None else {**cfg.measure, "device": device}
+    return dataclasses.replace(cfg, train=train, measure=measure)
+
+
 def run_and_report(
     cfg: SweepConfig,
     *,
@@ -54,6 +64,7 @@ def run_and_report(
     scheduler: str | None,
     data_root: Path | None,
     json_output: bool,
+    device: str | None = None,
 ) -> SweepResult:
     """Run a sweep under a progress display and print a row per grid point.
 
@@ -63,6 +74,8 @@ def run_and_report(
         scheduler: ``dask`` or the address of a Dask scheduler.
         data_root: Overrides the sweep's ``data_root`` when given.
         json_output: Print JSON instead of a table.
+        device: Overrides the sweep's ``device`` (training and measuring) when
+            given.
 
     Returns:
         The sweep's outcome; failed points are already reported on stderr.
@@ -71,6 +84,8 @@ def run_and_report(
 
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data_root=str(data_root))
+    if device is not None:
+        cfg = with_device(cfg, device)
     with progress_display(cfg.name, enabled=not json_output) as cb:
         result = run_sweep(cfg, jobs=jobs, scheduler=scheduler, progress=cb)
     _report(result, json_output)

@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from sharpkit.cli._options import DataRootOpt, JobsOpt, JsonOpt, SchedulerOpt
+from sharpkit.cli._options import (
+    DataRootOpt,
+    JobsOpt,
+    JsonOpt,
+    SchedulerOpt,
+    SweepDeviceOpt,
+)
 from sharpkit.cli._progress import err_console
 from sharpkit.cli._render import print_table
 from sharpkit.cli._sweep_run import run_and_report
@@ -78,6 +84,7 @@ def reproduce(
     ] = None,
     jobs: JobsOpt = 1,
     scheduler: SchedulerOpt = None,
+    device: SweepDeviceOpt = None,
     data_root: DataRootOpt = None,
     show: Annotated[
         bool,
@@ -108,6 +115,7 @@ def reproduce(
         scheduler=scheduler,
         data_root=data_root,
         json_output=json_output,
+        device=device,
     )
     assert cfg.store is not None
     figures = []

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from sharpkit.cli._options import DataRootOpt, JobsOpt, JsonOpt, SchedulerOpt
+from sharpkit.cli._options import (
+    DataRootOpt,
+    JobsOpt,
+    JsonOpt,
+    SchedulerOpt,
+    SweepDeviceOpt,
+)
 from sharpkit.cli._sweep_run import run_and_report
 
 
@@ -15,6 +21,7 @@ def sweep(
     config: Annotated[Path, typer.Argument(help="Sweep description (TOML).")],
     jobs: JobsOpt = 1,
     scheduler: SchedulerOpt = None,
+    device: SweepDeviceOpt = None,
     data_root: DataRootOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -31,6 +38,7 @@ def sweep(
         scheduler=scheduler,
         data_root=data_root,
         json_output=json_output,
+        device=device,
     )
     if result.failures:
         raise typer.Exit(1)
