@@ -154,3 +154,31 @@ def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     return f"s3://{s3_server.new_bucket()}/results.zarr"
+
+
+# ----------------------------------------------------------------------- devices
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request: pytest.FixtureRequest) -> str:
+    """Where a ground-truth test computes: the CPU, and CUDA (``gpu``) where present.
+
+    The truth stays a dense float64 Hessian on the CPU; only the code under test
+    moves, so a CUDA run checks the same tolerances (``pytest -m gpu`` runs just
+    those).
+    """
+    return str(request.param)
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Skip ``gpu`` tests, with the reason, where there is no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: no CUDA device on this machine")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)

@@ -81,11 +81,15 @@ def test_smallest_and_both_ends() -> None:
 
 
 @pytest.mark.parametrize("name", ["bn-mlp", "conv"])
-def test_top_eigenvalues_of_networks_match_torch_func_hessian(name: str) -> None:
+def test_top_eigenvalues_of_networks_match_torch_func_hessian(
+    name: str, device: str
+) -> None:
     case = CASES[name]()
     dense = ref_h(case)
     truth = torch.linalg.eigvalsh(dense).flip(0).numpy()
-    H = HessianOperator(case.model, case.loss_fn, case.data, batch_size=case.batch_size)
+    H = HessianOperator(
+        case.model, case.loss_fn, case.data, batch_size=case.batch_size, device=device
+    )
     res = lanczos(H, H.n, k=3, tol=1e-10, generator=gen(3))
     assert res.converged
     # the requirement: 1e-6 relative

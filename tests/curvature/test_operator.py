@@ -35,16 +35,19 @@ def op(case, **kw) -> HessianOperator:
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", list(CASES))
-def test_every_method_matches_dense_hessian(name: str, method: str) -> None:
+def test_every_method_matches_dense_hessian(
+    name: str, method: str, device: str
+) -> None:
     case = CASES[name]()
     ref = ref_h(case)
-    H = op(case, method=method)
+    H = op(case, method=method, device=device)
     gen = torch.Generator().manual_seed(1)
     v = torch.randn(case.n, generator=gen, dtype=torch.float64)
     block = torch.randn(case.n, 5, generator=gen, dtype=torch.float64)
-    assert rel(H @ v, ref @ v) < EXACT
-    assert rel(H.matvec(block), ref @ block) < EXACT
-    assert rel(H.to_dense(), ref) < EXACT
+    assert (H @ v).device.type == device
+    assert rel((H @ v).cpu(), ref @ v) < EXACT
+    assert rel(H.matvec(block).cpu(), ref @ block) < EXACT
+    assert rel(H.to_dense().cpu(), ref) < EXACT
     assert H.method in ("graph", "double-backward", "forward-over-reverse")
 
 
@@ -416,3 +419,26 @@ def test_products_through_scaled_dot_product_attention(method: str) -> None:
         method=method,
     )
     assert rel(H @ v, ref) < EXACT
+
+
+@pytest.mark.gpu
+def test_float32_products_on_cuda_do_not_use_tf32() -> None:
+    """TF32 (10 mantissa bits) would leave ~1e-3 relative error in a product.
+
+    With TF32 switched on globally, as many training scripts do, the operator
+    must still compute in IEEE float32: ~1e-6 relative of the float64 truth
+    (1e-5 allows for the accumulation over a few hundred terms).
+    """
+    case = CASES["conv"]()
+    ref = ref_h(case)
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision, conv.fp32_precision = "tf32", "tf32"
+    try:
+        H = op(case, device="cuda", dtype=torch.float32)
+        v = torch.randn(case.n, generator=torch.Generator().manual_seed(1))
+        got = (H @ v).cpu().double()
+        assert matmul.fp32_precision == "tf32"  # restored after the product
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+    assert rel(got, ref @ v.double()) < 1e-5

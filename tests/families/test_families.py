@@ -53,7 +53,12 @@ def _eigenvalues(family_id: str) -> np.ndarray:
     return np.linalg.eigvalsh(h.numpy())[::-1].copy()
 
 
-def _measure(problem: Problem, metrics: list[str], **options: dict[str, object]):
+def _measure(
+    problem: Problem,
+    metrics: list[str],
+    device: str = "cpu",
+    **options: dict[str, object],
+):
     return sharpkit.measure(
         problem.model,
         problem.data,
@@ -62,6 +67,7 @@ def _measure(problem: Problem, metrics: list[str], **options: dict[str, object])
         batch_size=problem.batch_size,
         bn_mode=problem.bn_mode,
         options=options,
+        device=device,
     )
 
 
@@ -92,11 +98,14 @@ def test_truth_agrees_with_finite_differences(family: Family) -> None:
 @pytest.mark.parametrize(
     "family", _params(MEASURED, "test_exact_paths_match_the_dense_hessian")
 )
-def test_exact_paths_match_the_dense_hessian(family: Family) -> None:
+def test_exact_paths_match_the_dense_hessian(family: Family, device: str) -> None:
     problem = build(family)
     evals = _eigenvalues(family.id)
     norm = float(np.max(np.abs(evals)))
-    m = _measure(problem, ["spectral", "trace", "frobenius"], spectral={"top_k": 3})
+    m = _measure(
+        problem, ["spectral", "trace", "frobenius"], device, spectral={"top_k": 3}
+    )
+    assert m.attrs["device"].startswith(device)
     spec = m["spectral"]
     got = spec.arrays["eigenvalues"]
     # Each Ritz value within its reported bound of the true eigenvalue, plus
@@ -129,12 +138,13 @@ def test_exact_paths_match_the_dense_hessian(family: Family) -> None:
 @pytest.mark.parametrize(
     "family", _params(MEASURED, "test_large_model_paths_match_the_dense_hessian")
 )
-def test_large_model_paths_match_the_dense_hessian(family: Family) -> None:
+def test_large_model_paths_match_the_dense_hessian(family: Family, device: str) -> None:
     problem = build(family)
     evals = _eigenvalues(family.id)
     m = _measure(
         problem,
         ["trace", "frobenius"],
+        device,
         # looser targets than the defaults: fewer probes, the same check
         # (the value within 4 of its own standard errors)
         trace={"exact_max": 0, "rel_stderr": 0.03},
