@@ -5,8 +5,10 @@ on the first ``--images`` CIFAR-10 training images upsampled to 224x224
 (bilinear), float32, batch norm in eval mode, mean cross-entropy. Each run is a
 fresh process, so its peak memory is its own: resident memory is sampled every
 millisecond from a second thread and reported above the resident memory after
-the model and data were loaded (``MALLOC_MMAP_THRESHOLD_`` makes freed tensors
-return to the OS at once, so RSS tracks live memory, as in ``_memory.py``).
+the model and data were loaded (by default ``MALLOC_MMAP_THRESHOLD_`` makes
+freed tensors return to the OS at once, so RSS tracks live memory, as in
+``_memory.py``; this costs page faults, so ``--mmap-threshold ''`` keeps
+glibc's default, faster, and RSS then includes memory glibc keeps for reuse).
 
 Runs:
 
@@ -128,7 +130,11 @@ def _sharpkit(name: str, model, x, y, args: argparse.Namespace) -> dict[str, Any
         ["spectral", "trace"],
         options={
             "spectral": {"top_k": 5},
-            "trace": {"rel_stderr": args.trace_rel_stderr},
+            "trace": (
+                {"probes": args.trace_probes}
+                if args.trace_probes
+                else {"rel_stderr": args.trace_rel_stderr}
+            ),
         },
         **common,
     )
@@ -170,20 +176,29 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--memory-budget", default="6GiB")
     parser.add_argument("--trace-rel-stderr", type=float, default=0.05)
+    parser.add_argument("--trace-probes", type=int, default=0, help="fixed probes")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--mmap-threshold",
+        default="65536",
+        help="MALLOC_MMAP_THRESHOLD_ for the runs ('' for glibc's default)",
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--one", choices=RUNS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args)))
         return
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    env = dict(os.environ)
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = args.mmap_threshold
     rows = []
     for name in args.runs:
         cmd = [sys.executable, __file__, "--one", name, "--images", str(args.images)]
         cmd += ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
         cmd += ["--memory-budget", args.memory_budget]
         cmd += ["--trace-rel-stderr", str(args.trace_rel_stderr)]
+        cmd += ["--trace-probes", str(args.trace_probes)]
         load = os.getloadavg()[0]
         try:
             done = subprocess.run(
