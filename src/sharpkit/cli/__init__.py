@@ -104,6 +104,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -126,13 +127,29 @@ def _root(
             "Also $SHARPKIT_DISABLE_PLUGINS=a,b.",
         ),
     ] = None,
+    disable: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--disable",
+            metavar="KIND:NAME[@PLUGIN]",
+            help="Leave out one component, from every plugin or from one "
+            "(e.g. metric:spectral@builtin when two plugins provide spectral); "
+            "repeatable. Also $SHARPKIT_DISABLE.",
+        ),
+    ] = None,
 ) -> None:
     """Measure how sharp or flat the minimum of a trained PyTorch model is."""
     _STATE["debug"] = debug
-    if disable_plugin:
-        from sharpkit.registry import reset_registry
+    from sharpkit import registry
 
-        reset_registry(disabled=disable_plugin)
+    if disable_plugin or disable:
+        registry.reset_registry(
+            disabled=disable_plugin or (), disabled_components=disable or ()
+        )
+    elif registry._REGISTRY is not None and ctx.invoked_subcommand != "plugins":
+        # Built quietly while plugin commands were collected: say now what failed
+        # (`sharpkit plugins` lists the failures itself).
+        registry._REGISTRY.report_failures()
 
 
 def _add_builtin_commands() -> None:
@@ -183,16 +200,19 @@ def add_plugin_commands() -> None:
     if _PLUGIN_COMMANDS_ADDED:
         return
     _PLUGIN_COMMANDS_ADDED = True
-    from sharpkit.registry import get_registry, reset_registry
+    from sharpkit.registry import reset_registry
 
-    disabled = _argv_disabled(sys.argv[1:])
+    disabled = _argv_values(sys.argv[1:], "--disable-plugin")
+    components = _argv_values(sys.argv[1:], "--disable")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SharpkitWarning)
             reg = (
-                reset_registry(disabled=disabled, warn=False)
-                if disabled
-                else (get_registry())
+                reset_registry(
+                    disabled=disabled, disabled_components=components, warn=False
+                )
+                if disabled or components
+                else reset_registry(warn=False)
             )
             reg.register_commands(app, reserved=BUILTIN_COMMANDS)
     except SharpkitError:
@@ -200,12 +220,12 @@ def add_plugin_commands() -> None:
         return
 
 
-def _argv_disabled(argv: list[str]) -> list[str]:
+def _argv_values(argv: list[str], flag: str) -> list[str]:
     out: list[str] = []
     for i, arg in enumerate(argv):
-        if arg == "--disable-plugin" and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             out.append(argv[i + 1])
-        elif arg.startswith("--disable-plugin="):
+        elif arg.startswith(flag + "="):
             out.append(arg.split("=", 1)[1])
     return out
 
