@@ -401,20 +401,59 @@ def run_sweep(
         for a in args:
             done(_run_point(*a))
     elif scheduler is None:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures: list[Future[PointOutcome]] = [
-                pool.submit(_run_point, *a) for a in args
-            ]
-            for fut in as_completed(futures):
-                done(fut.result())
+        _run_pool(args, jobs, done)
     else:
         _run_dask(args, jobs, scheduler, done)
     outcomes.sort(key=lambda o: o.point.index)
     probes = _run_interpolations(config, outcomes, store, progress)
     return SweepResult(config, outcomes, probes)
+
+
+def _run_pool(
+    args: Sequence[tuple[Any, ...]], jobs: int, done: Callable[[PointOutcome], None]
+) -> None:
+    """Run the points in a local process pool; stop it at once on any exception.
+
+    Ctrl-C, SIGTERM (raised here as :class:`~sharpkit._fs.Terminated`) or an
+    error cancels the points not started and stops the workers (SIGTERM: each
+    unwinds its point and exits, see :func:`sharpkit._fs.run_in_worker`), so no
+    new point starts and no worker outlives the sweep.
+    """
+    import multiprocessing
+
+    from sharpkit._fs import init_worker, run_in_worker
+
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=ctx, initializer=init_worker
+    )
+    try:
+        futures: list[Future[PointOutcome]] = [
+            pool.submit(run_in_worker, _run_point, *a) for a in args
+        ]
+        for fut in as_completed(futures):
+            done(fut.result())
+    except BaseException:
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_pool(pool: ProcessPoolExecutor, grace: float = 20.0) -> None:
+    """Cancel what has not started and end every worker (SIGTERM, then SIGKILL)."""
+    # The executor has no public handle on its processes before Python 3.14's
+    # terminate_workers(); shutdown() forgets them, so take them first.
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in workers:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _run_dask(
@@ -444,10 +483,14 @@ def _run_dask(
         except OSError as exc:
             msg = f"cannot reach the Dask scheduler at {scheduler!r}: {exc}"
             raise ConfigError(msg) from exc
+    futures = []
     try:
         futures = [client.submit(_run_point, *a, pure=False) for a in args]
         for fut in dask_completed(futures):
             done(fut.result())
+    except BaseException:  # Ctrl-C, SIGTERM, an error: no point starts after it
+        client.cancel(futures, force=True)
+        raise
     finally:
         client.close()
         if cluster is not None:

@@ -90,8 +90,10 @@ def ok(result: Result) -> Result:
     return result
 
 
-def train_tiny(out: Path, *, seed: int = 0, epochs: int = 1, **kwargs: Any) -> Path:
-    """Train the tiny model into ``out``; return its ``final.pt``."""
+def train_tiny(
+    out: Path, *, seed: int = 0, epochs: int = 1, width: int = 16, **kwargs: Any
+) -> Path:
+    """Train the tiny model (or a wider one) into ``out``; return its ``final.pt``."""
     result = sharpkit.train(
         "mlp-bn",
         "synthetic",
@@ -100,7 +102,7 @@ def train_tiny(out: Path, *, seed: int = 0, epochs: int = 1, **kwargs: Any) -> P
         epochs=epochs,
         seed=seed,
         out_dir=out,
-        model_options=TINY_MODEL,
+        model_options={**TINY_MODEL, "width": width},
         data_options=TINY_DATA,
         **kwargs,
     )

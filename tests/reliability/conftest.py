@@ -23,6 +23,12 @@ def tiny_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("tiny") / "b", seed=1)
 
 
+@pytest.fixture(scope="session")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 330k-parameter checkpoint (width 400): too big for a dense n x n basis."""
+    return train_tiny(tmp_path_factory.mktemp("wide") / "w", width=400)
+
+
 @pytest.fixture
 def fresh_registry_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No plugin disabled from the environment; the registry rebuilt after."""

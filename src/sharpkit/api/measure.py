@@ -512,6 +512,14 @@ def _analysis_data(
     if len(out.analysis) == 0:
         msg = "the analysis data is empty"
         raise DataError(msg)
+    if samples is not None and samples > len(out.analysis):
+        n = len(out.analysis)
+        warnings.warn(
+            f"{arg('samples', '--samples')} {samples} asks for {samples} examples, "
+            f"but the analysis data has {n}: all {n} are used",
+            SharpkitWarning,
+            stacklevel=4,
+        )
     return out
 
 

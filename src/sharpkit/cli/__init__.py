@@ -3,7 +3,10 @@
 Results go to stdout (a rich table, or JSON with ``--json``); progress, warnings
 and errors go to stderr. A :class:`~sharpkit.SharpkitError` becomes one line,
 ``error: <message>``, and exit status 1; ``--debug`` (or ``SHARPKIT_DEBUG=1``)
-shows the traceback instead.
+shows the traceback instead. Ctrl-C (SIGINT), SIGTERM and SIGHUP end a command
+the same way: the stack unwinds (temporary files removed, a sweep's workers
+stopped), one line says so, and the exit status is ``128 + signal`` (130, 143,
+129).
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ import warnings
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from typer.core import TyperGroup
 
-from sharpkit.cli._progress import err_console
+from sharpkit.cli._progress import print_line
 from sharpkit.errors import SharpkitError, SharpkitWarning
 
 __all__ = ["app", "main"]
@@ -40,15 +42,10 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    text = escape(str(message))  # a message is text, never rich markup or emoji
-    if issubclass(category, SharpkitWarning):
-        err_console.print(f"[yellow]warning:[/] {text}", highlight=False, emoji=False)
-    else:
-        err_console.print(
-            f"[yellow]warning:[/] {category.__name__}: {text}",
-            highlight=False,
-            emoji=False,
-        )
+    text = str(message)
+    if not issubclass(category, SharpkitWarning):
+        text = f"{category.__name__}: {text}"
+    print_line("warning", text)
 
 
 class _ErrorBoundary(TyperGroup):
@@ -57,30 +54,37 @@ class _ErrorBoundary(TyperGroup):
     def invoke(
         self, ctx: Any
     ) -> Any:  # typer vendors click; its Context type is private
+        from sharpkit._fs import Terminated, remove_live_temps, unwind_on_signals
         from sharpkit._hints import cli_hints
 
         old_show = warnings.showwarning
         warnings.showwarning = _show_warning
         try:
-            with cli_hints():  # error messages name flags, not Python arguments
+            with unwind_on_signals(), cli_hints():  # hints name flags, not arguments
                 return super().invoke(ctx)
         except SharpkitError as exc:
             if _debug_enabled():
                 raise
             # Text, not markup: "sharpkit[hf]" and "pkg:name:" print as they are.
-            message = escape(str(exc).replace("\n", " "))
-            err_console.print(
-                f"[red]error:[/] {message}",
-                highlight=False,
-                soft_wrap=True,
-                emoji=False,
-            )
+            print_line("error", str(exc))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err_console.print("[red]interrupted[/]")
+            remove_live_temps()
+            print_line("error", _interrupted("Ctrl-C (SIGINT)"))
             raise typer.Exit(130) from None
+        except Terminated as exc:
+            remove_live_temps()
+            print_line("error", _interrupted(exc.name))
+            raise typer.Exit(exc.status) from None
         finally:
             warnings.showwarning = old_show
+
+
+def _interrupted(what: str) -> str:
+    return (
+        f"interrupted by {what}: what was complete is kept and nothing half-written "
+        "is left; run the same command again to continue (train: add --resume)"
+    )
 
 
 app = typer.Typer(
