@@ -107,3 +107,81 @@ def test_tracking_page_runs_as_written(
         result = CliRunner().invoke(app, argv[1:])
         assert result.exit_code == 0, result.output
         assert "spectral" in result.stdout
+
+
+def shrink_study(text: str) -> str:
+    """The study of generalization.md at a tiny size: the same design, cheap points.
+
+    Synthetic data and a 2-layer MLP instead of Fashion-MNIST and mlp-bn's four
+    layers; 2 epochs; two values on each grid axis (both trainers kept); small
+    analysis sets and metric budgets.
+    """
+    import tomllib
+
+    study = tomllib.loads(text)
+    train = study["train"]
+    train.update(
+        data="synthetic",
+        data_options={"n_train": 96, "n_test": 48, "shape": "8"},
+        model_options={"depth": 2, "width": 8},
+        subset=96,
+        epochs=2,
+        lr=train["lr"][::2],
+        batch_size=train["batch_size"][:2],
+    )
+    study["measure"].update(
+        samples=64,
+        options={
+            "frobenius": {"probes": 3, "exact_max": 0, "deflation": 2},
+            "adaptive": {"steps": 3},
+            "pacbayes-sigma": {"samples": 3, "rtol": 0.05},
+            "pacbayes-mag-sigma": {"samples": 3, "rtol": 0.05},
+        },
+    )
+    return "".join(
+        f"[{name}]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in table.items())
+        for name, table in study.items()
+    )
+
+
+def toml(value: object) -> str:
+    """A TOML value: JSON's strings, numbers and arrays, and inline tables."""
+    import json
+
+    if isinstance(value, dict):
+        items = ", ".join(f"{json.dumps(k)} = {toml(v)}" for k, v in value.items())
+        return "{ " + items + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+@pytest.mark.slow
+def test_generalization_study_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from sharpkit.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    [study] = blocks("generalization.md", "toml")
+    (tmp_path / "study.toml").write_text(shrink_study(study))
+    block = next(b for b in blocks("generalization.md", "bash") if "study.toml" in b)
+    runner = CliRunner()
+    for argv in commands(block):
+        assert argv[0] == "sharpkit"
+        result = runner.invoke(app, argv[1:])
+        assert result.exit_code == 0, (argv, result.stdout, result.stderr)
+    assert (tmp_path / "correlate.png").stat().st_size > 10_000
+    result = runner.invoke(app, ["correlate", "study.zarr", "--json"])
+    report = json.loads(result.stdout)
+    rows = report if isinstance(report, list) else report["correlations"]
+    measures = {r["measure"] for r in rows}
+    assert measures == {
+        "spectral", "frobenius", "adaptive", "pacbayes-sigma", "pacbayes-mag-sigma"
+    }  # fmt: skip
+    assert all(r["n"] == 8 for r in rows)  # 2 trainers x 2 η x 2 S
+    # Ψ is averaged over the axes that vary one at a time: η, S and the trainer
+    assert all(set(r["psi_axes"]) <= {"lr", "batch_size", "trainer"} for r in rows)
+    assert any("trainer" in r["psi_axes"] for r in rows)

@@ -2,8 +2,8 @@
 
 ``OLD`` is the Python dict that held the presets before they became files
 (sharpkit 0.1, with the quick-scale probe options its loop injected written
-out); every shipped file must hold the same values, of the same types, and
-``experiment`` must build the same sweep from it.
+out), plus the presets added since; every shipped file must hold the same
+values, of the same types, and ``experiment`` must build the same sweep from it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sharpkit.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURE = {"metrics": ["spectral", "frobenius"], "samples": 2048}
+SAM_MEASURE = {"metrics": ["spectral", "frobenius", "adaptive"], "samples": 2048}
 QUICK_PROBE = {"bn_samples": 2048, "eval_samples": 2000}
 FIG2_PAIRS = [
     {"a": {"lr": 0.1, "batch_size": 128}, "b": {"lr": 0.1, "batch_size": 1024}},
@@ -105,6 +106,22 @@ OLD: dict[str, dict[str, dict[str, Any]]] = {
                       "augment": True, "seed": 0},
         },
     },
+    # added since (sharpkit 0.2): SGD against SAM at the same η/S
+    "sam": {
+        "quick": {
+            "train": {**MLP, "trainer": ["sgd", "sam"], "lr": [0.02, 0.1],
+                      "batch_size": [32, 256], "epochs": 8, "subset": 10000,
+                      "seed": 0},
+            "measure": SAM_MEASURE,
+        },
+        "paper": {
+            "train": {**MLP, "trainer": ["sgd", "sam"],
+                      "lr": [0.005, 0.01, 0.025, 0.05, 0.1],
+                      "batch_size": [25, 50, 100, 250, 500, 1000],
+                      "epochs": 200, "seed": 0},
+            "measure": SAM_MEASURE,
+        },
+    },
 }  # fmt: skip
 
 CASES = [(name, scale) for name in OLD for scale in OLD[name]]
@@ -116,7 +133,7 @@ def typed(value: Any) -> str:
 
 
 def test_the_files_are_the_experiments() -> None:
-    assert EXPERIMENTS == ("demo", "fig1", "fig2", "fig3", "fig4")
+    assert EXPERIMENTS == ("demo", "fig1", "fig2", "fig3", "fig4", "sam")
     assert {(n, s) for n in SCALES for s in SCALES[n]} == set(CASES)
     assert set(FIGURES) == set(EXPERIMENTS)
     assert FIGURES["demo"] == ("fig1", "fig2")

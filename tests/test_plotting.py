@@ -352,3 +352,95 @@ def test_density_figure_from_real_measurements(tmp_path: Path) -> None:
 def test_density_figure_needs_density_results(store: ResultStore) -> None:
     with pytest.raises(DataError, match="-m density"):
         build_figure(store, "density")
+
+
+# ---------------------------------------------------------------------------- sam
+
+
+def sam_rows() -> list[dict[str, Any]]:
+    """Measure rows of four checkpoints (SGD and SAM at two η/S) + train rows."""
+    rows = []
+    for trainer, scale in (("sgd", 1.0), ("sam", 0.5)):
+        for lr, batch in ((0.1, 32), (0.02, 256)):
+            sha = f"{trainer}-{lr}-{batch}"
+            base = {
+                "lr": lr, "batch_size": batch, "lr_over_batch": lr / batch,
+                "checkpoint_sha256": sha, "test_accuracy": 0.8 + scale / 10,
+            }  # fmt: skip
+            rows.append({**base, "kind": "train", "trainer": trainer})
+            for metric, value in (
+                ("spectral", 10),
+                ("frobenius", 100),
+                ("adaptive", 1),
+            ):
+                rows.append(
+                    {**base, "kind": "measure", "trainer": None, "metric": metric,
+                     "value": value * scale, "stderr": None}
+                )  # fmt: skip
+    return rows
+
+
+def marker_points(ax: Any) -> dict[str, list[tuple[float, float]]]:
+    """(x, y) of the data points by fill style: 'full' (sgd) or 'none' (sam)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for line in ax.get_lines():
+        xs, ys = line.get_xdata(), line.get_ydata()
+        if len(xs) == 1 and line.get_marker() in ("o", "s"):
+            out.setdefault(line.get_fillstyle(), []).append((xs[0], ys[0]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_sam_figure_shows_each_trainer_as_its_own_series() -> None:
+    fig = build_figure(sam_rows(), "sam")
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == [
+        "(a) spectral norm", "(b) Frobenius norm", "(c) adaptive sharpness",
+        "(d) validation accuracy",
+    ]  # fmt: skip
+    ratios = sorted([0.1 / 32, 0.02 / 256])
+    # the trainer comes from the train rows (measure rows do not record it)
+    spectral = marker_points(axes[0])
+    assert spectral["full"] == [(x, 10.0) for x in ratios]  # sgd: filled circles
+    assert spectral["none"] == [(x, 5.0) for x in ratios]  # sam: open squares
+    frob = marker_points(axes[1])
+    np.testing.assert_allclose(frob["none"], [(x, math.log(50.0)) for x in ratios])
+    np.testing.assert_allclose(
+        marker_points(axes[3])["full"], [(x, 0.9) for x in ratios]
+    )
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["sgd", "sam", "S = 32", "S = 256"]
+    with pytest.raises(DataError, match="reproduce sam"):
+        build_figure([r for r in sam_rows() if r["kind"] == "train"], "sam")
+
+
+# ------------------------------------------------------------------------ rescale
+
+
+def test_rescale_figure_normalises_each_measure_at_c_one(tmp_path: Path) -> None:
+    c = np.array([0.1, 1.0, 10.0])
+    result = ProbeResult(
+        coords={"c": c},
+        arrays={
+            "spectral": np.array([400.0, 4.0, 400.0]),
+            "spectral_stderr": np.full(3, np.nan),
+            "adaptive": np.array([0.2, 0.2, 0.2]),
+            "adaptive_stderr": np.array([0.01, 0.01, 0.01]),
+            "output_change": np.array([1e-7, 0.0, 2e-7]),
+        },
+        summary={"max_output_change": 2e-7},
+        attrs={"metrics": ["spectral", "adaptive"], "layers": ["fc2", "fc3"]},
+    )
+    st = ResultStore(tmp_path / "r.zarr")
+    st.write_run(kind="probe", attrs={"probe": "rescale"}, probes={"rescale": result})
+    fig = build_figure(st.path, "rescale")
+    (ax,) = fig.axes
+    lines = {cont.get_label(): cont.lines[0] for cont in ax.containers}
+    np.testing.assert_allclose(lines["spectral"].get_ydata(), [100.0, 1.0, 100.0])
+    np.testing.assert_allclose(lines["adaptive"].get_ydata(), [1.0, 1.0, 1.0])
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    assert "fc2 → fc3" in ax.get_title()
+    assert "2e-07" in ax.get_title()
+    out = plot_figure(st.path, "rescale", tmp_path / "rescale.png")
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(DataError, match="no rescale probes"):
+        build_figure([], "rescale")

@@ -54,6 +54,21 @@ def test_paper_scale_uses_the_papers_settings(tmp_path: Path) -> None:
     assert all(p.train["schedule"] == "resnet" for p in fig4.points())
 
 
+def test_sam_compares_the_trainers_at_equal_eta_over_s(tmp_path: Path) -> None:
+    for scale in ("quick", "paper"):
+        points = experiment("sam", scale=scale, out=tmp_path).points()
+        by_trainer: dict[str, set[tuple[float, int]]] = {}
+        for p in points:
+            by_trainer.setdefault(p.train["trainer"], set()).add(
+                (p.train["lr"], p.train["batch_size"])
+            )
+        assert set(by_trainer) == {"sgd", "sam"}
+        assert by_trainer["sgd"] == by_trainer["sam"]  # every η/S for both
+        assert {p.train["model"] for p in points} == {"mlp-bn"}
+        assert {p.train["data"] for p in points} == {"fashion-mnist"}
+    assert FIGURES["sam"] == ("sam",)
+
+
 def test_unknown_experiment_and_scale(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown experiment"):
         experiment("fig9", out=tmp_path)

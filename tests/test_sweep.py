@@ -57,6 +57,30 @@ def test_grid_product_and_zip(tmp_path: Path) -> None:
     ]
 
 
+def test_trainer_axis_and_options_per_trainer(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path,
+        lr=0.1,
+        batch_size=16,
+        trainer=["sgd", "sam", "asam"],
+        trainer_options={"sam": {"rho": 0.1}, "asam": {"eta": 0.02}},
+    )
+    points = cfg.points()
+    assert [(p.train["trainer"], p.train["trainer_options"]) for p in points] == [
+        ("sgd", {}),
+        ("sam", {"rho": 0.1}),
+        ("asam", {"eta": 0.02}),
+    ]
+    assert points[1].label == "trainer=sam lr=0.1 batch_size=16 seed=0"
+    assert points[1].out_dir == tmp_path / "runs" / "trainer-sam"
+    # one table of options still goes to every point
+    plain = config(tmp_path, trainer="sam", trainer_options={"rho": 0.2}).points()
+    assert {p.train["trainer_options"]["rho"] for p in plain} == {0.2}
+    mixed = config(tmp_path, trainer_options={"sam": {"rho": 0.1}, "drop_last": True})
+    with pytest.raises(ConfigError, match="one table per trainer"):
+        mixed.points()
+
+
 def test_bad_sweeps_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         SweepConfig.from_dict(

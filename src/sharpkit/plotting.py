@@ -13,6 +13,13 @@ flatter minima with SGD", ICLR 2018 workshop track:
   ``interpolate`` readouts ``width_0_outer`` and ``width_1_outer``) in a corner.
 * ``fig4``: learning curves of several training runs overlaid, training and
   validation accuracy over epochs, labelled by η and S.
+* ``sam``: not in the paper; Fig. 1's panels with SGD and SAM (Foret et al.,
+  2021) as two series at the same η/S (``sharpkit reproduce sam``): λ_max,
+  log ‖H‖_F, adaptive sharpness and validation accuracy against η/S, filled
+  markers for SGD and open ones for SAM, coloured by S.
+* ``rescale``: not in the paper; each metric of the ``rescale`` probe (one
+  ReLU layer times c, the next times 1/c: the same function, Dinh et al.,
+  2017) relative to its value at c = 1, against c on log-log axes.
 * ``density``: not in the paper; the Hessian eigenvalue density of each measured
   checkpoint (the ``density`` metric: stochastic Lanczos quadrature, smoothed
   with a Gaussian) on a log scale, overlaid and labelled by η and S, with
@@ -44,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FIGURES", "build_figure", "plot_figure"]
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "density", "correlate")
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "density", "correlate", "sam", "rescale")
 """The figures :func:`plot_figure` draws."""
 
 _SUFFIXES = (".png", ".pdf", ".svg")
@@ -643,6 +650,144 @@ def _plot_density(spectra: Sequence[_Spectrum], title: str | None) -> Figure:
     return fig
 
 
+# --------------------------------------------------------------------------- sam
+
+_SAM_PANELS = (
+    ("spectral", "λ_max (largest Hessian eigenvalue)", "(a) spectral norm", False),
+    ("frobenius", "log ‖H‖_F (natural log)", "(b) Frobenius norm", True),
+    ("adaptive", "adaptive sharpness (loss rise)", "(c) adaptive sharpness", False),
+    ("test_accuracy", "validation accuracy", "(d) validation accuracy", False),
+)
+_TRAINER_MARKERS = {"sgd": ("o", "full"), "sam": ("s", "none"), "asam": ("D", "none")}
+
+
+def _trainers(rows: Sequence[Mapping[str, Any]]) -> dict[Any, str]:
+    """The trainer of each checkpoint, from the train runs that wrote them."""
+    out: dict[Any, str] = {}
+    for row in rows:
+        sha, trainer = row.get("checkpoint_sha256"), row.get("trainer")
+        if row.get("kind") == "train" and sha and trainer:
+            out.setdefault(sha, str(trainer))
+    return out
+
+
+def _sam_points(
+    rows: Sequence[Mapping[str, Any]],
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """``{(quantity, trainer): points}``: the newest value per checkpoint."""
+    trainers = _trainers(rows)
+    points: dict[tuple[str, str], dict[Any, dict[str, Any]]] = {}
+    for row in rows:  # oldest first: later rows replace earlier ones
+        sha = row.get("checkpoint_sha256")
+        x, batch = opt_float(row.get("lr_over_batch")), row.get("batch_size")
+        if row.get("kind") != "measure" or not sha or x is None or batch is None:
+            continue
+        trainer = str(row.get("trainer") or trainers.get(sha, "sgd"))
+        metric = row.get("metric")
+        entries: list[tuple[str, float | None, float | None]] = [
+            ("test_accuracy", opt_float(row.get("test_accuracy")), None)
+        ]
+        if metric in ("spectral", "frobenius", "adaptive"):
+            value, err = opt_float(row.get("value")), opt_float(row.get("stderr"))
+            entries.append((str(metric), value, err))
+        for name, value, err in entries:
+            if value is not None:
+                points.setdefault((name, trainer), {})[sha] = {
+                    "x": x, "y": value, "err": err, "batch_size": int(batch),
+                }  # fmt: skip
+    return {k: list(v.values()) for k, v in points.items()}
+
+
+def _plot_sam(rows: Sequence[Mapping[str, Any]], title: str | None) -> Figure:
+    points = _sam_points(rows)
+    if not any(k[0] == "spectral" for k in points):
+        msg = (
+            "no spectral measurements with a known η and S in the selection; run "
+            "`sharpkit reproduce sam` or measure SGD and SAM checkpoints with "
+            "-m spectral -m frobenius -m adaptive first"
+        )
+        raise DataError(msg)
+    colors = _batch_colors([p["batch_size"] for v in points.values() for p in v])
+    fig = _figure(4, width=4.0, height=3.5)
+    axes = fig.subplots(1, 4)
+    trainers = sorted({t for _, t in points}, key=lambda t: (t != "sgd", t))
+    for ax, (name, ylabel, subtitle, log) in zip(axes, _SAM_PANELS, strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("η / S")
+        ax.set_ylabel(ylabel)
+        ax.set_title(subtitle)
+        ax.grid(True, which="both", alpha=0.3)
+        for trainer in trainers:
+            marker, fill = _TRAINER_MARKERS.get(trainer, ("^", "none"))
+            for p in points.get((name, trainer), []):
+                y, err = p["y"], p["err"] or 0.0
+                if log:
+                    if y <= 0:
+                        continue
+                    y, err = math.log(y), err / y
+                color = colors[p["batch_size"]]
+                ax.errorbar(
+                    p["x"], y, yerr=err or None, fmt=marker, fillstyle=fill,
+                    color=color, markersize=6, capsize=2,
+                )  # fmt: skip
+    for trainer in trainers:
+        marker, fill = _TRAINER_MARKERS.get(trainer, ("^", "none"))
+        axes[0].plot(
+            [], [], marker, fillstyle=fill, color="0.3", ls="none", label=trainer
+        )
+    for size, color in sorted(colors.items()):
+        axes[0].plot([], [], "o", color=color, ls="none", label=f"S = {size}")
+    fig.legend(loc="outside right center", fontsize=8)
+    fig.suptitle(title or "SGD and SAM at the same η/S: sharpness and accuracy")
+    return fig
+
+
+# --------------------------------------------------------------------------- rescale
+
+
+def _plot_rescale(runs: Sequence[Any], title: str | None) -> Figure:
+    """Each measure relative to c = 1 against c; one panel per probe run."""
+    results = [
+        r
+        for run in runs
+        if (r := (_get(run, "probes", {}) or {}).get("rescale")) is not None
+    ]
+    if not results:
+        msg = (
+            "no rescale probes in the selection; run `sharpkit probe rescale "
+            "CKPT --store STORE` first"
+        )
+        raise DataError(msg)
+    fig = _figure(len(results), width=5.6, height=4.2)
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    for ax, result in zip(axes, results, strict=True):
+        c = np.asarray(_get(result, "coords", {})["c"], dtype=float)
+        arrays = _get(result, "arrays", {}) or {}
+        attrs = _get(result, "attrs", {}) or {}
+        one = int(np.argmin(np.abs(c - 1.0)))
+        for name in attrs.get("metrics") or []:
+            v = np.asarray(arrays.get(name, []), dtype=float)
+            if v.size != c.size or not v[one] > 0:
+                continue
+            err = np.asarray(arrays.get(f"{name}_stderr", np.full_like(v, np.nan)))
+            err = np.where(np.isfinite(err), err, 0.0) / v[one]
+            ax.errorbar(
+                c, v / v[one], yerr=err if err.any() else None, marker="o",
+                capsize=2, label=name,
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("c (layer a × c, layer b × 1/c)")
+        ax.set_ylabel("value / value at c = 1")
+        ax.grid(True, which="both", alpha=0.3)
+        change = opt_float((_get(result, "summary", {}) or {}).get("max_output_change"))
+        layers = " → ".join(str(x) for x in attrs.get("layers") or [])
+        ax.set_title(f"layers {layers}; max output change {_fmt(change)}", fontsize=9)
+        ax.legend(fontsize="small", frameon=False)
+    fig.suptitle(title or "Which measures survive a function-preserving rescaling?")
+    return fig
+
+
 # --------------------------------------------------------------------------- correlate
 
 
@@ -710,10 +855,11 @@ def build_figure(
             ``lr_over_batch``, ``test_accuracy``, ``checkpoint_sha256``); for the
             others a list of runs (``Run`` objects or dicts with ``attrs``,
             ``probes`` and/or ``training``).
-        figure: ``"fig1"``, ``"fig2"``, ``"fig3"``, ``"fig4"``, ``"density"`` or
+        figure: ``"fig1"``, ``"fig2"``, ``"fig3"``, ``"fig4"``, ``"density"``,
             ``"correlate"`` (each measure against ``target``, with Kendall's τ
             and Jiang et al.'s Ψ and their intervals; see
-            :func:`sharpkit.correlate`).
+            :func:`sharpkit.correlate`), ``"sam"`` (SGD and SAM at the same
+            η/S) or ``"rescale"`` (the ``rescale`` probe).
         filter: Row filters as for ``ResultStore.records`` (``["dataset=cifar10",
             "batch_size>=128"]`` or ``{"model": "mlp-bn"}``); for plain records,
             equality only.
@@ -745,8 +891,8 @@ def build_figure(
         raise ConfigError(msg)
     items = _selection(filter, selectors)
     if figure == "fig1":
-        fig = _plot_fig1(_records(source, items), title)
-    elif figure in ("fig2", "fig3"):
+        return _plot_fig1(_records(source, items), title)
+    if figure in ("fig2", "fig3"):
         curves = _interp_curves(_runs(source, "probe", items), "interpolate")
         if not curves:
             msg = (
@@ -754,15 +900,26 @@ def build_figure(
                 "A.pt B.pt --store STORE` first"
             )
             raise DataError(msg)
-        fig = _plot_interp(curves, label, beta_base, title, figure)
-    elif figure == "correlate":
+        return _plot_interp(curves, label, beta_base, title, figure)
+    if figure == "correlate":
         from sharpkit.correlation import correlate
 
-        fig = _plot_correlate(
+        return _plot_correlate(
             correlate(source, target=target, filter=items or None, bootstrap=500),
             title,
         )
-    elif figure == "density":
+    return _build_other(source, figure, items, title)
+
+
+def _build_other(
+    source: Any, figure: str, items: list[str], title: str | None
+) -> Figure:
+    """``sam``, ``rescale``, ``density`` and ``fig4``."""
+    if figure == "sam":
+        return _plot_sam(_records(source, items), title)
+    if figure == "rescale":
+        return _plot_rescale(_runs(source, "probe", items), title)
+    if figure == "density":
         spectra = _densities(_runs(source, "measure", items))
         if not spectra:
             msg = (
@@ -770,17 +927,15 @@ def build_figure(
                 "-m density --store STORE` first"
             )
             raise DataError(msg)
-        fig = _plot_density(spectra, title)
-    else:
-        curves = _train_curves(_runs(source, "train", items))
-        if not curves:
-            msg = (
-                "no training runs with learning curves in the selection; run "
-                "`sharpkit train ... --store STORE` first"
-            )
-            raise DataError(msg)
-        fig = _plot_fig4(curves, title)
-    return fig
+        return _plot_density(spectra, title)
+    curves = _train_curves(_runs(source, "train", items))
+    if not curves:
+        msg = (
+            "no training runs with learning curves in the selection; run "
+            "`sharpkit train ... --store STORE` first"
+        )
+        raise DataError(msg)
+    return _plot_fig4(curves, title)
 
 
 def plot_figure(
@@ -810,7 +965,7 @@ def plot_figure(
             ``lr_over_batch``, ``test_accuracy``, ``checkpoint_sha256``); for the
             others a list of runs (``Run`` objects or dicts with ``attrs``,
             ``probes`` and/or ``training``).
-        figure: ``"fig1"``, ``"fig2"``, ``"fig3"``, ``"fig4"`` or ``"density"``.
+        figure: One of :data:`FIGURES` (see :func:`build_figure`).
         path: Output file; ``.png``, ``.pdf`` or ``.svg``.
         filter: Row filters as for ``ResultStore.records`` (``["dataset=cifar10",
             "batch_size>=128"]`` or ``{"model": "mlp-bn"}``); for plain records,

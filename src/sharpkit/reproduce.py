@@ -14,6 +14,9 @@ flatter minima with SGD", ICLR 2018 workshop track:
   0.5, 1, 1.2}; learning curves (η ÷10 at epochs 60, 100, 140, 180).
 * ``demo``: the README's main job: two MLPs with different η/S on Fashion-MNIST,
   measured, interpolated and plotted in under a minute on a laptop CPU.
+* ``sam``: beyond the paper: SGD against SAM (Foret, Kleiner, Mobahi &
+  Neyshabur, 2021) at the same η/S on Fig. 1's setting, with λ_max, ‖H‖_F,
+  adaptive sharpness and validation accuracy (figure ``sam``).
 
 ``scale="paper"`` uses the paper's architectures, data and 200 epochs (days on a
 CPU, hours on a GPU); ``scale="quick"`` keeps each experiment's design — the same
@@ -80,7 +83,7 @@ def preset_text(name: str, *, scale: str = "quick") -> str:
     """Return the sweep file of one experiment at one scale, as shipped.
 
     Args:
-        name: ``demo``, ``fig1``, ``fig2``, ``fig3`` or ``fig4``.
+        name: ``demo``, ``fig1``, ``fig2``, ``fig3``, ``fig4`` or ``sam``.
         scale: ``quick`` or ``paper``.
 
     Raises:
@@ -95,7 +98,7 @@ def experiment(
     """Return the sweep for one of the paper's experiments.
 
     Args:
-        name: ``demo``, ``fig1``, ``fig2``, ``fig3`` or ``fig4``.
+        name: ``demo``, ``fig1``, ``fig2``, ``fig3``, ``fig4`` or ``sam``.
         scale: ``quick`` or ``paper``.
         out: Folder for checkpoints; the store is ``out/results.zarr``.
         epochs: Override the number of epochs (e.g. for a smoke test).

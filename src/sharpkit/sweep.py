@@ -35,6 +35,13 @@ run in this process (``jobs=1``), in a local process pool, or on a Dask cluster
 (``scheduler="dask"`` starts a ``LocalCluster``; ``scheduler="tcp://host:port"``
 connects to a running one). A point that fails is reported with its error and
 the others carry on.
+
+Workers need no shared disk when ``out`` and ``store`` are object-store URLs
+(``out = "s3://bucket/sweeps/fig1"``, ``store = "s3://bucket/results.zarr"``):
+each point trains in a local scratch folder whose checkpoints are uploaded as
+they are written, ``final.pt`` last, so whichever worker picks a point up
+resumes it from the object store, and a point whose ``final.pt`` is there is
+never trained again (``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -110,12 +117,16 @@ class SweepPoint:
 
     index: int
     train: Mapping[str, Any]
-    out_dir: Path
+    out_dir: Path | str
+    """The point's folder: a local path, or an object-store URL (a prefix)."""
 
     @property
     def label(self) -> str:
-        """Short name of the point, e.g. ``lr=0.1 batch_size=128 seed=0``."""
-        keys = [k for k in ("lr", "batch_size", "seed") if k in self.train]
+        """Short name of the point, e.g. ``lr=0.1 batch_size=128 seed=0``.
+
+        The trainer leads when the sweep names one (``trainer=sam lr=0.1 ...``).
+        """
+        keys = [k for k in ("trainer", "lr", "batch_size", "seed") if k in self.train]
         return " ".join(f"{k}={self.train[k]}" for k in keys)
 
 
@@ -124,8 +135,8 @@ class SweepConfig:
     """A parsed sweep description (see the module docstring for the format)."""
 
     name: str
-    out: Path
-    store: Path | None
+    out: Path | str
+    store: Path | str | None
     train: Mapping[str, Any]
     measure: Mapping[str, Any] | None = None
     interpolate: Sequence[Mapping[str, Any]] = ()
@@ -171,12 +182,12 @@ class SweepConfig:
             raise ConfigError(msg)
         base = base or Path.cwd()
         name = str(head.get("name", "sweep"))
-        out = base / str(head.get("out", f"runs/{name}"))
+        out = _place(base, head.get("out", f"runs/{name}"))
         store = head.get("store", "sharpkit-results.zarr")
         return cls(
             name=name,
             out=out,
-            store=base / str(store) if store else None,
+            store=_place(base, store) if store else None,
             train=train,
             measure=dict(measure) if measure is not None else None,
             interpolate=interps,
@@ -210,11 +221,50 @@ class SweepConfig:
             combos = itertools.product(*(axes[k] for k in names))
         for i, values in enumerate(combos):
             args = {**fixed, **dict(zip(names, values, strict=True))}
+            _pick_trainer_options(args)
             folder = "_".join(
                 f"{k}-{_slug(v)}" for k, v in zip(names, values, strict=True)
             )
-            out.append(SweepPoint(i, args, self.out / (folder or "run")))
+            where = (
+                f"{self.out}/{folder or 'run'}"
+                if isinstance(self.out, str)
+                else self.out / (folder or "run")
+            )
+            out.append(SweepPoint(i, args, where))
         return out
+
+
+def _pick_trainer_options(args: dict[str, Any]) -> None:
+    """Resolve ``trainer_options`` given per trainer to the point's trainer's.
+
+    ``trainer_options = { sam = { rho = 0.1 } }`` in a sweep over
+    ``trainer = ["sgd", "sam"]`` gives ``{rho = 0.1}`` to the sam points and
+    nothing to the sgd ones.
+
+    Raises:
+        ConfigError: A table that mixes options and per-trainer tables.
+    """
+    opts = args.get("trainer_options")
+    if not isinstance(opts, Mapping) or not opts:
+        return
+    tables = [isinstance(v, Mapping) for v in opts.values()]
+    if not any(tables):
+        return
+    if not all(tables):
+        msg = (
+            "[train] trainer_options must be one table of options or one table per "
+            "trainer (e.g. trainer_options = { sam = { rho = 0.1 } }), not both"
+        )
+        raise ConfigError(msg)
+    args["trainer_options"] = dict(opts.get(str(args.get("trainer", "sgd")), {}))
+
+
+def _place(base: Path, value: Any) -> Path | str:
+    """A path relative to the sweep file, or an object-store URL as it is."""
+    from sharpkit.store.objects import location_of
+
+    where = location_of(str(value))
+    return where if isinstance(where, str) else base / where
 
 
 def _slug(value: Any) -> str:
@@ -259,7 +309,8 @@ class PointOutcome:
     """What happened to one grid point."""
 
     point: SweepPoint
-    checkpoint: Path | None = None
+    checkpoint: Path | str | None = None
+    """``final.pt``: a local path, or its object-store URL (remote ``out``)."""
     trained: bool = False
     metrics: Mapping[str, float] = field(default_factory=dict)
     final: Mapping[str, float] = field(default_factory=dict)
@@ -301,19 +352,13 @@ def _run_point(
 
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    final = point.out_dir / "final.pt"
-    trained = False
+    where: Path | str
     try:
-        if not final.is_file():
-            resume = (point.out_dir / "last.pt").is_file()
-            api.train(
-                **dict(point.train),
-                out_dir=point.out_dir,
-                resume=resume,
-                data_root=data_root,
-                store=store,
-            )
-            trained = True
+        if isinstance(point.out_dir, str):
+            final, trained, where = _train_remote(point, store, data_root)
+        else:
+            final, trained = _train_local(point, point.out_dir, store, data_root)
+            where = final
         ckpt = load_checkpoint(final)
         values: dict[str, float] = {}
         if measure:
@@ -325,7 +370,7 @@ def _run_point(
             values = {name: r.value for name, r in result.items()}
         return PointOutcome(
             point,
-            final,
+            where,
             trained,
             values,
             dict(ckpt.meta.final),
@@ -333,6 +378,75 @@ def _run_point(
         )
     except SharpkitError as exc:
         return PointOutcome(point, seconds=time.perf_counter() - start, error=str(exc))
+
+
+def _train_local(
+    point: SweepPoint, out_dir: Path, store: str | None, data_root: str | None
+) -> tuple[Path, bool]:
+    """Train the point into ``out_dir`` unless its ``final.pt`` is there."""
+    from sharpkit import api
+
+    final = out_dir / "final.pt"
+    if final.is_file():
+        return final, False
+    api.train(
+        **dict(point.train),
+        out_dir=out_dir,
+        resume=(out_dir / "last.pt").is_file(),
+        data_root=data_root,
+        store=store,
+    )
+    return final, True
+
+
+def _train_remote(
+    point: SweepPoint, store: str | None, data_root: str | None
+) -> tuple[Path, bool, str]:
+    """Train the point with its checkpoints on an object store; no shared disk.
+
+    A ``final.pt`` in the object store means the point is done: it is fetched
+    (cached by ETag) and nothing is trained. Otherwise the point trains in a
+    local scratch folder, starting from the object store's ``last.pt`` if a
+    killed worker left one, uploading ``last.pt`` as it changes and
+    ``final.pt`` last.
+
+    Returns:
+        The local ``final.pt``, whether it was trained now, and its URL.
+    """
+    import shutil
+    import tempfile
+
+    from sharpkit import api
+    from sharpkit.store.transfer import FolderSync, fetch, local_copy_of
+
+    url = str(point.out_dir)
+    final_url = f"{url}/final.pt"
+    done = fetch(final_url)
+    if done is not None:
+        return done, False, final_url
+    cache = local_copy_of(final_url).parent
+    cache.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".train-", dir=cache))
+    try:
+        last = fetch(f"{url}/last.pt")
+        if last is not None:
+            shutil.copyfile(last, scratch / "last.pt")
+        with FolderSync(scratch, url) as sync:
+            api.train(
+                **dict(point.train),
+                out_dir=scratch,
+                resume=last is not None,
+                data_root=data_root,
+                store=store,
+            )
+        sync.upload("final.pt")  # last: from now on the point is done
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    found = fetch(final_url)
+    if found is None:  # pragma: no cover - deleted by someone else meanwhile
+        msg = f"{final_url} vanished right after it was uploaded"
+        raise SharpkitError(msg)
+    return found, True, final_url
 
 
 def _match(points: Sequence[PointOutcome], selector: Mapping[str, Any]) -> PointOutcome:
@@ -383,6 +497,7 @@ def run_sweep(
         msg = f"jobs must be >= 1, got {jobs}"
         raise ConfigError(msg)
     progress = progress or _no_progress
+    _warn_if_local(config, scheduler)
     points = config.points()
     store = str(config.store) if config.store is not None else None
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
@@ -456,6 +571,30 @@ def _stop_pool(pool: ProcessPoolExecutor, grace: float = 20.0) -> None:
             proc.join()
 
 
+def _warn_if_local(config: SweepConfig, scheduler: str | None) -> None:
+    """A cluster's workers see a local ``out``/``store`` only through a shared disk."""
+    if scheduler in (None, "dask"):
+        return
+    local = [
+        what
+        for what, where in (("out", config.out), ("store", config.store))
+        if isinstance(where, Path)
+    ]
+    if local:
+        import warnings
+
+        from sharpkit.errors import SharpkitWarning
+
+        are = "is a local path" if len(local) == 1 else "are local paths"
+        warnings.warn(
+            f"[sweep] {' and '.join(local)} {are}: every Dask worker must see "
+            "it at the same path (a shared disk); use object-store URLs "
+            "otherwise (docs/scaling.md)",
+            SharpkitWarning,
+            stacklevel=3,
+        )
+
+
 def _run_dask(
     args: Sequence[tuple[Any, ...]],
     jobs: int,
@@ -518,8 +657,8 @@ def _run_interpolations(
         extra = {k: v for k, v in item.items() if k not in ("a", "b")}
         try:
             probe = api.interpolate(
-                a.checkpoint,
-                b.checkpoint,
+                _local(a.checkpoint),
+                _local(b.checkpoint),
                 data_root=config.data_root,
                 store=store,
                 progress=progress,
@@ -532,3 +671,16 @@ def _run_interpolations(
             {"a": a.point.label, "b": b.point.label, "summary": dict(probe.summary)}
         )
     return results
+
+
+def _local(checkpoint: Path | str) -> Path:
+    """A checkpoint on this machine: fetched (cached) if it is an object-store URL."""
+    if isinstance(checkpoint, Path):
+        return checkpoint
+    from sharpkit.store.transfer import fetch
+
+    found = fetch(checkpoint)
+    if found is None:
+        msg = f"checkpoint {checkpoint!r} is not in the object store any more"
+        raise SharpkitError(msg)
+    return found

@@ -29,14 +29,27 @@ def reg() -> Registry:
 
 def test_specs_register_cleanly(reg: Registry) -> None:
     assert reg.failures == []
-    assert reg.names("model") == ["mlp-bn", "resnet-cifar", "timm", "vgg-cifar"]
-    for name in ("mlp-bn", "resnet-cifar", "vgg-cifar", "timm:resnet18"):
+    assert reg.names("model") == ["mlp", "mlp-bn", "resnet-cifar", "timm", "vgg-cifar"]
+    for name in ("mlp", "mlp-bn", "resnet-cifar", "vgg-cifar", "timm:resnet18"):
         spec = reg.get("model", name)
         assert spec.source, name
         assert spec.description
 
 
 # ----------------------------------------------------------------- mlp-bn
+
+
+def test_mlp_is_mlp_bn_without_batch_norm(reg: Registry) -> None:
+    plain = reg.create("model", "mlp", input_shape=(1, 28, 28), num_classes=10)
+    bn = reg.create("model", "mlp-bn", input_shape=(1, 28, 28), num_classes=10)
+    assert sum(p.numel() for p in plain.parameters()) == 335_114
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+    names = [n for n, _ in plain.named_children()]
+    assert names == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3", "relu3", "fc4"]
+    no_bn = {k for k in bn.state_dict() if not k.startswith("bn")}
+    assert set(plain.state_dict()) == no_bn
+    with pytest.raises(ConfigError, match="mlp: width"):
+        reg.create("model", "mlp", {"width": 0}, input_shape=(4,), num_classes=2)
 
 
 def test_mlp_bn_default_is_the_784_256_256_256_10_net(reg: Registry) -> None:

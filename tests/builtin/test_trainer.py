@@ -540,3 +540,53 @@ def test_tracking_spectral_every_k_epochs(tmp_path: Path, monkeypatch) -> None:
     np.testing.assert_array_equal(
         result.curves["train_loss"], plain.curves["train_loss"]
     )
+
+
+# ----------------------------------------------------------------- exact final values
+
+
+def test_final_train_values_are_exact_and_the_running_means_kept(
+    tmp_path: Path, reg
+) -> None:
+    from sharpkit._data import evaluate
+
+    store = tmp_path / "r.zarr"
+    result = sharpkit.api.train(
+        "mlp-bn", "synthetic", lr=0.2, batch_size=32, epochs=2,
+        model_options={"width": 16}, data_options={"n_train": 200},
+        out_dir=tmp_path / "run", store=store, registry=reg,
+    )  # fmt: skip
+    net, ckpt = sharpkit.api.load_model(result.checkpoint, registry=reg)
+    data = D.load_synthetic(n_train=200)
+    loss, acc = evaluate(
+        net.eval(), data.train, nn.functional.cross_entropy, batch_size=1024
+    )
+    # The same weights on the same batches: equal but for BLAS summation order.
+    assert result.final["train_loss"] == pytest.approx(loss, rel=1e-9)
+    assert result.final["train_accuracy"] == acc
+    # the running means stay, in the curves and as *_running
+    for key in ("train_loss", "train_accuracy"):
+        assert result.final[f"{key}_running"] == result.curves[key][-1]
+        assert ckpt.meta.final[key] == result.final[key]
+        assert ckpt.meta.final[f"{key}_running"] == result.final[f"{key}_running"]
+    assert result.final["train_loss"] != result.final["train_loss_running"]
+    assert "eval mode on the whole training split" in ckpt.meta.extra["train_metrics"]
+    # the store's gap is computed from the exact values
+    [row] = sharpkit.open_results(
+        store, kind="train", filter=["metric=test_accuracy"], as_frame=False
+    )
+    assert row["train_accuracy"] == acc
+    assert row["gap"] == pytest.approx(acc - result.final["test_accuracy"], abs=1e-15)
+    # a resumed, finished run reports the same exact values without training
+    done = T.SGDTrainer().fit(
+        net,
+        data,
+        TrainConfig(
+            lr=0.2, batch_size=32, epochs=2, out_dir=tmp_path / "run", resume=True,
+            model_name="mlp-bn", model_options={"width": 16},
+            dataset_name="synthetic", dataset_options={"n_train": 200},
+        ),
+    )  # fmt: skip
+    assert {k: done.final[k] for k in T._EXACT} == {
+        k: result.final[k] for k in T._EXACT
+    }

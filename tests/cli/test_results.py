@@ -198,6 +198,6 @@ def test_gc_reports_removed_leftovers(store_path: Path) -> None:
     os.utime(leftover, (0, 0))
     result = runner.invoke(app, ["results", str(store_path), "--gc", "--json"])
     assert result.exit_code == 0, result.output
-    assert "removed 1 staging leftover" in result.stderr
+    assert "removed 1 leftover(s) of killed writes" in result.stderr
     assert not leftover.exists()
     assert len(json.loads(result.stdout)) == 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,11 @@ def snapshot(root: Path) -> dict[str, tuple[bytes | None, float]]:
     for p in sorted(root.rglob("*")):
         out[str(p)] = (p.read_bytes() if p.is_file() else None, p.stat().st_mtime)
     return out
+
+
+def make_legacy(run_dir: Path) -> None:
+    """Make a run look as sharpkit wrote it before manifests (no ``manifest``)."""
+    meta = run_dir / "zarr.json"
+    doc = json.loads(meta.read_text())
+    del doc["attributes"]["manifest"]
+    meta.write_text(json.dumps(doc))

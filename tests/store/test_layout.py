@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from store_cases import (
     snapshot,
     spectral,
 )
+from store_processes import concurrent_writers, kill_mid_write
 
 import sharpkit
 from sharpkit.errors import RunNotFoundError, SharpkitWarning, StoreError
@@ -173,7 +171,7 @@ def test_unreadable_run_is_skipped_with_a_warning(store: ResultStore) -> None:
     bad = store.write_run(kind="train", attrs={})
     (store.path / "runs" / bad / "zarr.json").write_text("{not json")
     fresh = ResultStore(store.path)
-    with pytest.warns(SharpkitWarning, match="unreadable"):
+    with pytest.warns(SharpkitWarning, match="is damaged .*not valid JSON"):
         ids = [r.run_id for r in fresh.runs()]
     assert ids == [good]
 
@@ -271,119 +269,23 @@ def test_gc_removes_dead_and_stale_leftovers_only(store: ResultStore) -> None:
 
 # ------------------------------------------------------------ processes
 
-WRITER = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    from sharpkit.interfaces import MetricResult
-    from sharpkit.store import ResultStore
-
-    path, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    store = ResultStore(path)
-    i = 0
-    while count < 0 or i < count:
-        arrays = {f"a{j}": np.full(2000, float(i * 100 + j)) for j in range(12)}
-        metrics = {
-            f"m{k}": MetricResult(
-                value=float(i), arrays=arrays, attrs={"key": f"{tag}-{i}-{k}"}
-            )
-            for k in range(2)
-        }
-        attrs = {"tag": tag, "i": i}
-        rid = store.write_run(kind="measure", attrs=attrs, metrics=metrics)
-        print(rid, tag, i, flush=True)
-        i += 1
-    """
-)
-
-
-def check_run_complete(store: ResultStore, rid: str) -> tuple[str, int]:
-    run = store.run(rid)
-    tag, i = run.attrs["tag"], run.attrs["i"]
-    assert set(run.metrics) == {"m0", "m1"}
-    for k in range(2):
-        m = run.metrics[f"m{k}"]
-        assert m.value == float(i)
-        assert m.attrs == {"key": f"{tag}-{i}-{k}"}
-        assert set(m.arrays) == {f"a{j}" for j in range(12)}
-        for j in range(12):
-            np.testing.assert_array_equal(
-                m.arrays[f"a{j}"], np.full(2000, float(i * 100 + j))
-            )
-    return tag, i
-
 
 @pytest.mark.slow
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
     path = tmp_path / "shared.zarr"  # created by the writers themselves, concurrently
-    n = 6
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(path), f"w{w}", str(n)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(4)
-    ]
-    reported = set()
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        reported |= {line.split()[0] for line in out.splitlines()}
-    store = ResultStore(path, create=False)
-    ids = [r.run_id for r in store.runs()]
-    assert len(ids) == 4 * n
-    assert set(ids) == reported
-    seen = {check_run_complete(store, rid) for rid in ids}
-    assert seen == {(f"w{w}", i) for w in range(4) for i in range(n)}
+    concurrent_writers(tmp_path, str(path), writers=4, n=6)
     assert os.listdir(path / "staging") == ["zarr.json"]
-    assert len(store.records()) == 2 * 4 * n
 
 
 @pytest.mark.slow
 def test_kill_mid_write_leaves_no_half_run(tmp_path: Path) -> None:
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
     path = tmp_path / "killed.zarr"
-    rng = random.Random(0)
-    reported: set[str] = set()
-    leftovers_seen = 0
-    previous: list[str] = []
     staging = path / "staging"
-    kills = 5
-    for attempt in range(kills):
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(path), f"k{attempt}", "-1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # it is writing in a loop now
-        assert first, proc.stderr.read() if proc.stderr else ""
-        reported.add(first.split()[0])
-        # the new writer's first write removed the killed writer's leftovers
-        assert not [name for name in previous if (staging / name).exists()]
-        time.sleep(rng.uniform(0.0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=30)
-        reported |= {line.split()[0] for line in out.splitlines() if line.strip()}
-        previous = [e for e in os.listdir(staging) if e != "zarr.json"]
-        leftovers_seen += len(previous)
-        # every run listed now is complete, and no reported run was lost
-        store = ResultStore(path, create=False)
-        ids = {r.run_id for r in store.runs()}
-        assert reported <= ids
-        # at most one run per kill can be complete on disk but not yet reported
-        assert len(ids - reported) <= attempt + 1
-        for rid in ids:
-            check_run_complete(store, rid)
-    # a SIGKILL during a write leaves its staging entry behind, and nothing else
-    assert leftovers_seen >= 1, "no kill landed mid-write; the test proved nothing"
+
+    def leftovers() -> set[str]:
+        return {e for e in os.listdir(staging) if e != "zarr.json"}
+
+    left = kill_mid_write(tmp_path, str(path), leftovers, reaped_on_write=True)
     store = ResultStore(path, create=False)
-    assert sorted(store.gc(max_age=None)) == sorted(previous)  # writers dead, reaped
+    assert sorted(store.gc(max_age=None)) == sorted(left)  # writers dead, reaped
     assert os.listdir(staging) == ["zarr.json"]
-    assert len(store.runs()) >= len(reported)

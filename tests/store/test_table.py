@@ -12,6 +12,7 @@ from store_cases import (
     curves,
     frobenius,
     interp_result,
+    make_legacy,
     measure_attrs,
     spectral,
 )
@@ -124,6 +125,7 @@ def test_records_probe_rows_carry_both_models(filled: ResultStore) -> None:
 
 def test_unit_column_reads_stores_written_before_units(store: ResultStore) -> None:
     rid = store.write_run(kind="measure", attrs={}, metrics={"spectral": spectral()})
+    make_legacy(store.path / "runs" / rid)  # written before manifests, too
     meta = store.path / "runs" / rid / "metrics" / "spectral" / "zarr.json"
     doc = json.loads(meta.read_text())
     doc["attributes"]["unit"] = "loss / parameter²"  # as sharpkit wrote it before

@@ -26,6 +26,10 @@ CASES = {
     "density": Case("density", {"options": {"exact_max": 0, "probes": 2, "steps": 8}}),
     "epsilon": Case("epsilon", {"options": {"steps": 3, "restarts": 1}}),
     "adaptive": Case("adaptive", {"options": {"steps": 3}}),
+    "pacbayes-sigma": Case("pacbayes-sigma", {"options": {"samples": 3, "rtol": 0.05}}),
+    "pacbayes-mag-sigma": Case(
+        "pacbayes-mag-sigma", {"options": {"samples": 3, "rtol": 0.05}}
+    ),
 }
 globals().update(contract_classes(MetricContract, "metric", CASES, __name__))
 

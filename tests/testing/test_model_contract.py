@@ -22,6 +22,7 @@ CASES = {
         "mlp-bn",
         {"options": {"depth": "3", "width": "16"}, "input_shape": (1, 6, 6)},
     ),
+    "mlp": Case("mlp", {"options": {"depth": "3", "width": "16"}}),
     "resnet-cifar": Case(
         "resnet-cifar",
         {"options": {"depth": 20}, "input_shape": (3, 8, 8), "batch_size": 2},

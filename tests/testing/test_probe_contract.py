@@ -10,7 +10,7 @@ import torch
 from contract_cases import Case, contract_classes
 
 import sharpkit
-from sharpkit.testing import ProbeContract
+from sharpkit.testing import ProbeContract, tiny_model, tiny_probe_context
 
 # Three-point grids and BN re-estimation on the tiny data: what the probes do
 # to their models and with their seeds is under test, not their resolution.
@@ -23,6 +23,20 @@ CASES = {
     "plane": Case("plane", {"options": {"x": "-1:1:3", "y": "0,1", **SMALL}}),
     "plane-between": Case(
         "plane-between", {"options": {"x": "0:1:2", "y": "-1:1:3", **SMALL}}
+    ),
+    # rescaling needs a network without batch norm between the two layers
+    "rescale": Case(
+        "rescale",
+        {
+            "options": {"c": "0.5,2", "metrics": "spectral"},
+            "make_context": lambda self, seed=0, n_models=None: tiny_probe_context(
+                models=[
+                    tiny_model(seed=seed + i, batch_norm=False)
+                    for i in range(1 if n_models is None else n_models)
+                ],
+                seed=seed,
+            ),
+        },
     ),
 }
 globals().update(contract_classes(ProbeContract, "probe", CASES, __name__))

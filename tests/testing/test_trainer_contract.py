@@ -22,6 +22,8 @@ from sharpkit.testing import TrainerContract
 CASES = {
     "sgd": Case("sgd", {"config": {"momentum": 0.9}}),
     "sgd-drop-last": Case("sgd", {"options": {"drop_last": "true"}}),
+    "sam": Case("sam", {"options": {"rho": "0.1"}, "config": {"momentum": 0.9}}),
+    "asam": Case("asam", {"config": {"weight_decay": 1e-3}}),
 }
 globals().update(contract_classes(TrainerContract, "trainer", CASES, __name__))
 

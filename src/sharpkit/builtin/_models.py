@@ -4,6 +4,10 @@
   "Finding flatter minima with SGD", ICLR 2018 workshop (Fig. 1, Fashion-MNIST):
   ``Linear → BatchNorm1d → ReLU`` per hidden layer, then a linear classifier.
   The default, ``depth=4, width=256`` (784-256-256-256-10), has 336,650 parameters.
+* ``mlp``: the same MLP without batch norm (``Linear → ReLU`` per hidden layer;
+  335,114 parameters by default). Not in the paper: a network whose function is
+  unchanged when one ReLU layer is multiplied by c and the next by 1/c (Dinh,
+  Pascanu, Bengio & Bengio, 2017), for the ``rescale`` probe.
 * ``resnet-cifar``: the CIFAR ResNets of He, Zhang, Ren and Sun (2016), "Deep
   Residual Learning for Image Recognition", CVPR, Sec. 4.2: a 3×3 stem with 16
   channels, three stages of ``n`` basic blocks with 16/32/64 channels, global
@@ -40,11 +44,13 @@ from sharpkit.errors import ConfigError
 from sharpkit.interfaces import ModelSpec, Option
 
 __all__ = [
+    "MLP",
     "MLPBN",
     "VGG_CONFIGS",
     "BasicBlock",
     "ResNetCifar",
     "VGGCifar",
+    "build_mlp",
     "build_mlp_bn",
     "build_resnet_cifar",
     "build_timm",
@@ -113,6 +119,63 @@ class MLPBN(nn.Sequential):
         super().__init__(layers)
 
 
+class MLP(nn.Sequential):
+    """ReLU MLP without normalisation: ``(Linear → ReLU) × (depth-1)``, Linear.
+
+    The input is flattened first; layers are named ``fc1, relu1, ..., fc<depth>``.
+
+    Args:
+        in_features: Size of a flattened input.
+        num_classes: Output logits.
+        depth: Number of linear layers (hidden layers + the classifier), ≥ 1.
+        width: Units of each hidden layer.
+    """
+
+    def __init__(
+        self, in_features: int, num_classes: int, *, depth: int = 4, width: int = 256
+    ) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+        size = in_features
+        for i in range(1, depth):
+            layers[f"fc{i}"] = nn.Linear(size, width)
+            layers[f"relu{i}"] = nn.ReLU()
+            size = width
+        layers[f"fc{depth}"] = nn.Linear(size, num_classes)
+        super().__init__(layers)
+
+
+def _check_mlp(name: str, num_classes: int, depth: int, width: int) -> None:
+    _check_classes(num_classes, name)
+    if depth < 1:
+        msg = f"{name}: depth counts linear layers and must be >= 1, got {depth}"
+        raise ConfigError(msg)
+    if width < 1:
+        msg = f"{name}: width must be >= 1, got {width}"
+        raise ConfigError(msg)
+
+
+def build_mlp(
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    depth: int = 4,
+    width: int = 256,
+) -> MLP:
+    """Build a ReLU MLP without batch norm (see :class:`MLP`).
+
+    Args:
+        input_shape: Shape of one input; it is flattened.
+        num_classes: Output logits.
+        depth: Number of linear layers.
+        width: Units per hidden layer.
+
+    Raises:
+        ConfigError: ``depth < 1`` or ``width < 1``.
+    """
+    _check_mlp("mlp", num_classes, depth, width)
+    return MLP(math.prod(input_shape), num_classes, depth=depth, width=width)
+
+
 def build_mlp_bn(
     *,
     input_shape: Sequence[int],
@@ -131,13 +194,7 @@ def build_mlp_bn(
     Raises:
         ConfigError: ``depth < 1`` or ``width < 1``.
     """
-    _check_classes(num_classes, "mlp-bn")
-    if depth < 1:
-        msg = f"mlp-bn: depth counts linear layers and must be >= 1, got {depth}"
-        raise ConfigError(msg)
-    if width < 1:
-        msg = f"mlp-bn: width must be >= 1, got {width}"
-        raise ConfigError(msg)
+    _check_mlp("mlp-bn", num_classes, depth, width)
     return MLPBN(math.prod(input_shape), num_classes, depth=depth, width=width)
 
 
@@ -375,7 +432,16 @@ _PAPER = "Jastrzębski et al. 2017, Finding flatter minima with SGD (ICLR-W 2018
 
 
 def sharpkit_register_models() -> list[ModelSpec]:
-    """Register ``mlp-bn``, ``resnet-cifar``, ``vgg-cifar`` and ``timm:<name>``."""
+    """Register mlp-bn, mlp, resnet-cifar, vgg-cifar and timm:<name>."""
+    mlp_options = (
+        Option(
+            name="depth",
+            type=int,
+            default=4,
+            help="Linear layers, classifier included (the paper's '4-layer')",
+        ),
+        Option(name="width", type=int, default=256, help="Units per hidden layer"),
+    )
     return [
         ModelSpec(
             name="mlp-bn",
@@ -384,18 +450,19 @@ def sharpkit_register_models() -> list[ModelSpec]:
                 "Batch-normalised ReLU MLP of the paper's Fig. 1 "
                 "(default 784-256-256-256-10, 336,650 parameters)"
             ),
-            options=(
-                Option(
-                    name="depth",
-                    type=int,
-                    default=4,
-                    help="Linear layers, classifier included (the paper's '4-layer')",
-                ),
-                Option(
-                    name="width", type=int, default=256, help="Units per hidden layer"
-                ),
-            ),
+            options=mlp_options,
             source=_PAPER,
+        ),
+        ModelSpec(
+            name="mlp",
+            factory=build_mlp,
+            description=(
+                "ReLU MLP without batch norm (default 784-256-256-256-10, 335,114 "
+                "parameters): function unchanged by layer rescaling"
+            ),
+            options=mlp_options,
+            source="Dinh, Pascanu, Bengio & Bengio 2017, Sharp Minima Can "
+            "Generalize for Deep Nets (ICML): the rescaling argument",
         ),
         ModelSpec(
             name="resnet-cifar",

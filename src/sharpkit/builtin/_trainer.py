@@ -19,9 +19,20 @@ The loop indexes the in-memory training tensors directly (one random permutation
 per epoch from a dedicated :class:`torch.Generator`, which also drives the
 augmentation), accumulates the running loss and accuracy on-tensor, and reads
 them back once per epoch, so it costs no more per step than a hand-written loop.
-Training loss and accuracy are the **running** means over the epoch's mini-batches
-(model in train mode, changing during the epoch); test loss and accuracy are
-computed after the epoch with the model in eval mode.
+The curves' training loss and accuracy are the **running** means over the epoch's
+mini-batches (model in train mode, changing during the epoch); test loss and
+accuracy are computed after the epoch with the model in eval mode. After the last
+epoch the final model is also evaluated once, in eval mode, on the whole training
+split (without augmentation): those exact values are the checkpoint's (and the
+result's) ``final["train_loss"]`` and ``final["train_accuracy"]``, so the
+generalization gap is computed from numbers of one model on both splits; the last
+epoch's running means stay in ``final["train_loss_running"]`` and
+``final["train_accuracy_running"]`` (and in the curves).
+
+The loop is shared: a subclass changes how one mini-batch updates the parameters
+by overriding :meth:`SGDTrainer._update` (``sam`` and ``asam`` in
+:mod:`sharpkit.builtin._sam` do), and keeps the schedules, checkpoints, tracking
+and exact resume.
 
 Files in ``out_dir`` (each is a complete sharpkit checkpoint: weights, metadata
 and the training state needed to resume):
@@ -47,10 +58,10 @@ import csv
 import io
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -81,9 +92,12 @@ from sharpkit.interfaces import (
 
 __all__ = [
     "SCHEDULE_PRESETS",
+    "TRAIN_METRICS",
+    "Closure",
     "SGDTrainer",
     "Schedule",
     "parse_schedule",
+    "sgd_options",
     "sharpkit_register_trainers",
 ]
 
@@ -119,6 +133,15 @@ _RESUME_FIELDS = (
 _TRACK_SUFFIXES = ("", "_stderr", "_bound", "_hvps")
 # Wall-clock curves: in curves.csv and the store, never in a checkpoint's bytes.
 _TIMING = ("seconds",)
+_EXACT = ("train_loss", "train_accuracy")  # re-evaluated on the final model
+TRAIN_METRICS = (
+    "final train_loss/train_accuracy: the final model in eval mode on the whole "
+    "training split (no augmentation); curves and final *_running: running means "
+    "over the epoch's mini-batches"
+)
+"""What ``extra["train_metrics"]`` of a checkpoint says about its training values."""
+Closure = Callable[[], "tuple[torch.Tensor, torch.Tensor]"]
+"""Evaluates the current mini-batch: ``() -> (outputs, mean loss)``, with a graph."""
 _PROGRESS_INTERVAL = 0.25  # seconds between progress reports inside an epoch
 
 
@@ -281,6 +304,24 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _batch_closure(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Closure:
+    """The closure the update step calls to evaluate the mini-batch ``(x, y)``."""
+
+    def closure() -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(x)
+        return out, nn.functional.cross_entropy(out, y)
+
+    return closure
+
+
+def _exact_from(final: Mapping[str, Any]) -> dict[str, float]:
+    """The exact final values a checkpoint recorded (none from older versions)."""
+    keys = (*_EXACT, *(f"{k}_running" for k in _EXACT))
+    if not all(k in final for k in keys):
+        return {}
+    return {k: float(final[k]) for k in keys}
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -288,9 +329,12 @@ class SGDTrainer:
     """Mini-batch SGD over in-memory tensors (see the module docstring).
 
     Args:
-        eval_batch_size: Batch size for test-set evaluation (no effect on values).
+        eval_batch_size: Batch size for evaluation (no effect on values).
         drop_last: Skip the last, shorter mini-batch of each epoch.
     """
+
+    name: ClassVar[str] = "sgd"
+    """The registered name, recorded in checkpoints as ``extra["trainer"]``."""
 
     def __init__(self, *, eval_batch_size: int = 1024, drop_last: bool = False) -> None:
         if eval_batch_size < 1:
@@ -352,11 +396,11 @@ class SGDTrainer:
             extra={
                 "input_shape": [int(d) for d in data.input_shape],
                 "num_classes": int(data.num_classes),
-                "trainer": "sgd",
+                "trainer": self.name,
                 "trainer_options": self._options(),
                 "augment": config.augment,
                 "train_samples": len(data.train),
-                "train_metrics": "running mean over the epoch's mini-batches",
+                "train_metrics": TRAIN_METRICS,
                 "track": list(config.track),
                 "track_every": config.track_every,
                 "track_samples": config.track_samples,
@@ -365,6 +409,31 @@ class SGDTrainer:
 
     def _options(self) -> dict[str, Any]:
         return {"eval_batch_size": self.eval_batch_size, "drop_last": self.drop_last}
+
+    # ------------------------------------------------------------------ one step
+
+    def _update(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, closure: Closure
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update the parameters on one mini-batch: here, one SGD step.
+
+        Subclasses override this (and only this) to change the algorithm.
+
+        Args:
+            model: The model, in train mode.
+            optimizer: The SGD optimizer over ``model``'s parameters (momentum,
+                weight decay and the epoch's η are its settings).
+            closure: Evaluates the mini-batch at the current parameters.
+
+        Returns:
+            The outputs and loss of the first evaluation (at the parameters
+            before the update): they feed the running means and the progress.
+        """
+        out, loss = closure()
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        optimizer.step()
+        return out, loss
 
     def _check_resume(
         self, meta: CheckpointMeta, config: TrainConfig, data: Dataset, path: Path
@@ -457,6 +526,7 @@ class SGDTrainer:
         warm_start: torch.Tensor | None = None
         tracker: Tracker | None = None
         first_epoch = 1
+        exact: dict[str, float] = {}
         rng_devices = [device] if device.type == "cuda" else []
 
         with torch.random.fork_rng(devices=rng_devices):
@@ -485,6 +555,7 @@ class SGDTrainer:
                     curves[key] = [float(v) for v in saved[key]]
                 warm_start = state.get("warm_start")
                 first_epoch = int(state["epoch"]) + 1
+                exact = _exact_from(ckpt.meta.final)
             resumed_from = first_epoch - 1
 
             x_train = data.train.inputs.to(device)
@@ -524,11 +595,9 @@ class SGDTrainer:
                     x, y = x_train[idx], y_train[idx]
                     if augment is not None:
                         x = augment(x, order_gen)
-                    out = model(x)
-                    loss = nn.functional.cross_entropy(out, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    torch.autograd.backward(loss)
-                    optimizer.step()
+                    out, loss = self._update(
+                        model, optimizer, _batch_closure(model, x, y)
+                    )
                     # On-tensor running sums (no host sync; argmax builds no graph).
                     loss_sum.add_(loss.detach(), alpha=len(y))
                     correct.add_(out.argmax(1).eq(y).sum())
@@ -565,6 +634,8 @@ class SGDTrainer:
                     "test_loss": test_loss,
                     "test_accuracy": test_acc,
                 }
+                if epoch == config.epochs:
+                    exact = self._exact(model, data, device, row)
                 if tracker is not None:
                     tracked = (
                         tracker.step(model, step=epoch, force=epoch == config.epochs)
@@ -591,7 +662,8 @@ class SGDTrainer:
                 if out_dir is not None:
                     self._save(
                         out_dir, model, optimizer, order_gen, device, config, data,
-                        epoch, row, curves, warm_start,
+                        epoch, {**row, **exact} if epoch == config.epochs else row,
+                        curves, warm_start,
                     )  # fmt: skip
 
         final_path: Path | None = None
@@ -605,6 +677,7 @@ class SGDTrainer:
         arrays = {k: np.asarray(v, dtype=np.float64) for k, v in curves.items()}
         arrays["epoch"] = arrays["epoch"].astype(np.int64)
         final = {k: float(v[-1]) for k, v in curves.items() if v}
+        final.update(exact)
         return TrainResult(
             checkpoint=final_path,
             curves=arrays,
@@ -617,10 +690,30 @@ class SGDTrainer:
                 "samples_per_second": trained_samples / train_seconds
                 if train_seconds > 0
                 else None,
-                "train_metrics": "running mean over the epoch's mini-batches",
+                "train_metrics": TRAIN_METRICS,
+                "trainer": self.name,
                 "device": str(device),
             },
         )
+
+    def _exact(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        device: torch.device,
+        row: Mapping[str, float],
+    ) -> dict[str, float]:
+        """The final model (in eval mode) on the whole training split, exactly.
+
+        Returns ``train_loss`` and ``train_accuracy`` of that evaluation and the
+        epoch's running means as ``train_loss_running``/``train_accuracy_running``.
+        Evaluation draws no random numbers and changes no buffer (eval mode), so
+        it leaves the training itself, and resuming, untouched.
+        """
+        loss, acc = _evaluate(model, data.train, self.eval_batch_size, device)
+        out = {f"{k}_running": float(row[k]) for k in _EXACT}
+        out.update(train_loss=loss, train_accuracy=acc)
+        return out
 
     # ------------------------------------------------------------------ saving
 
@@ -662,6 +755,24 @@ class SGDTrainer:
 # --------------------------------------------------------------------------- hook
 
 
+def sgd_options() -> tuple[Option, ...]:
+    """The options of ``sgd``, which the trainers built on its loop share."""
+    return (
+        Option(
+            name="eval_batch_size",
+            type=int,
+            default=1024,
+            help="Batch size for evaluation (test set; final training-set pass)",
+        ),
+        Option(
+            name="drop_last",
+            type=bool,
+            default=False,
+            help="Skip each epoch's last, shorter mini-batch",
+        ),
+    )
+
+
 def sharpkit_register_trainers() -> list[TrainerSpec]:
     """Register the ``sgd`` trainer."""
     return [
@@ -672,19 +783,6 @@ def sharpkit_register_trainers() -> list[TrainerSpec]:
                 "Mini-batch SGD (plain by default) with the paper's step schedules, "
                 "checkpoints and exact resume"
             ),
-            options=(
-                Option(
-                    name="eval_batch_size",
-                    type=int,
-                    default=1024,
-                    help="Batch size for test-set evaluation",
-                ),
-                Option(
-                    name="drop_last",
-                    type=bool,
-                    default=False,
-                    help="Skip each epoch's last, shorter mini-batch",
-                ),
-            ),
+            options=sgd_options(),
         )
     ]

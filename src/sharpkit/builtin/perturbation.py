@@ -1,4 +1,8 @@
-"""Perturbation sharpness: Keskar's ε-sharpness and adaptive sharpness.
+"""Perturbation sharpness: Keskar's ε-sharpness, adaptive sharpness, PAC-Bayes σ*.
+
+(The PAC-Bayes flatness of Jiang et al. (2020), ``pacbayes-sigma`` and
+``pacbayes-mag-sigma``, lives in :mod:`sharpkit.builtin._pacbayes` and is
+registered here.)
 
 * ``epsilon``: ε-sharpness of Keskar, Mudigere, Nocedal, Smelyanskiy & Tang
   (2017, ICLR, "On large-batch training for deep learning: generalization gap
@@ -528,7 +532,9 @@ class AdaptiveSharpness:
 
 @hookimpl
 def sharpkit_register_metrics() -> list[MetricSpec]:
-    """Register ``epsilon`` and ``adaptive``."""
+    """Register epsilon, adaptive, pacbayes-sigma and pacbayes-mag-sigma."""
+    from sharpkit.builtin._pacbayes import pacbayes_specs
+
     return [
         MetricSpec(
             name="epsilon",
@@ -573,4 +579,5 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             unit="loss increase",
             long_name="adaptive sharpness (Kwon et al., 2021)",
         ),
+        *pacbayes_specs(),
     ]

@@ -1,8 +1,10 @@
-"""Built-in trainer plugin (entry point ``builtin.trainer``): ``sgd``.
+"""Built-in trainer plugin (entry point ``builtin.trainer``): sgd, sam, asam.
 
 See :mod:`sharpkit.builtin._trainer` for the schedules, the checkpoint files and
-resuming. The implementation (and torch) is imported only when the trainer table
-is first needed, so ``sharpkit --help`` and ``sharpkit results`` start fast.
+resuming, and :mod:`sharpkit.builtin._sam` for sharpness-aware minimisation
+(which shares the ``sgd`` loop). The implementation (and torch) is imported
+only when the trainer table is first needed, so ``sharpkit --help`` and
+``sharpkit results`` start fast.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 @hookimpl
 def sharpkit_register_trainers() -> list[TrainerSpec]:
     """Return the built-in trainer specs (imports the implementation)."""
-    from sharpkit.builtin._trainer import sharpkit_register_trainers as specs
+    from sharpkit.builtin._sam import sharpkit_register_trainers as sam_specs
+    from sharpkit.builtin._trainer import sharpkit_register_trainers as sgd_specs
 
-    return specs()
+    return [*sgd_specs(), *sam_specs()]

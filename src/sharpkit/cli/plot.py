@@ -21,6 +21,8 @@ class FigureName(StrEnum):
     fig4 = "fig4"
     density = "density"
     correlate = "correlate"
+    sam = "sam"
+    rescale = "rescale"
 
 
 class EndLabel(StrEnum):
@@ -44,7 +46,8 @@ def plot(
             help="fig1: λ_max, log ‖H‖_F and validation accuracy against η/S; "
             "fig2/fig3: interpolation curves; fig4: learning curves; density: "
             "Hessian eigenvalue densities (measure -m density); correlate: each "
-            "measure against --target with Kendall's τ and Ψ.",
+            "measure against --target with Kendall's τ and Ψ; sam: fig1 plus adaptive "
+            "sharpness, SGD and SAM as two series; rescale: the rescale probe.",
             show_default=False,
         ),
     ],

@@ -26,14 +26,26 @@ def _complete_experiment(incomplete: str) -> list[str]:
     return [n for n in EXPERIMENTS if n.startswith(incomplete)]
 
 
-def _print_measurements(store: Path) -> None:
+def _print_measurements(store: Path | str) -> None:
     from sharpkit.api import open_results
 
-    table = open_results(store, kind="measure", as_frame=False)
+    rows = open_results(store, as_frame=False)
+    trainers = {
+        r["checkpoint_sha256"]: r["trainer"]
+        for r in rows
+        if r["kind"] == "train" and r["checkpoint_sha256"] and r["trainer"]
+    }
+    table = [
+        {**r, "trainer": r["trainer"] or trainers.get(r["checkpoint_sha256"])}
+        for r in rows
+        if r["kind"] == "measure"
+    ]
+    several = len({r["trainer"] for r in table}) > 1
     if table:
         print_table(
             table,
             [
+                *([("trainer", "trainer")] if several else []),
                 ("lr", "η"),
                 ("batch_size", "S"),
                 ("lr_over_batch", "η/S"),

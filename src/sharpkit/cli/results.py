@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sys
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -71,9 +70,13 @@ class RunKind(StrEnum):
 
 def results(
     path: Annotated[
-        Path,
-        typer.Argument(help="The results store (a zarr directory)."),
-    ] = DEFAULT_STORE,
+        str,
+        typer.Argument(
+            help="The results store: a zarr directory or an object-store URL "
+            "(s3://bucket/prefix/results.zarr).",
+            metavar="STORE",
+        ),
+    ] = str(DEFAULT_STORE),
     json_output: JsonOpt = False,
     csv_output: Annotated[
         bool, typer.Option("--csv", help="Print CSV (all columns) on stdout.")
@@ -104,12 +107,33 @@ def results(
             ),
         ),
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help=(
+                "Read every run in full and report the damaged ones, one line "
+                "each; exit status 1 if any."
+            ),
+        ),
+    ] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help=(
+                "Rebuild the store's own metadata (e.g. a lost root zarr.json) "
+                "from the intact runs and move damaged runs to damaged/."
+            ),
+        ),
+    ] = False,
 ) -> None:
     """Show everything a results store holds: one row per run x metric.
 
     Rows carry η (lr), S (batch_size), η/S (lr_over_batch), the metric's value and
     standard error, and the checkpoint's final train/test accuracy. --json and
-    --csv give every column (the store docs list them).
+    --csv give every column (the store docs list them). --check and --repair
+    look for damage instead.
     """
     from sharpkit.cli._progress import err_console
     from sharpkit.errors import ConfigError
@@ -118,11 +142,17 @@ def results(
     if json_output and csv_output:
         msg = "--json and --csv cannot be combined; pick one"
         raise ConfigError(msg)
+    if check or repair:
+        if csv_output or filters or kind or gc:
+            msg = "--check and --repair take only the store (and --json)"
+            raise ConfigError(msg)
+        _check(path, repair=repair, json_output=json_output)
+        return
     store = ResultStore(path, create=False)
     if gc:
         removed = store.gc()
         err_console.print(
-            f"removed {len(removed)} staging leftover(s) from {str(path)!r}",
+            f"removed {len(removed)} leftover(s) of killed writes from {path!r}",
             highlight=False,
         )
     rows = store.records(filters or None, kind=kind.value if kind else None)
@@ -135,13 +165,49 @@ def results(
     if not rows:
         what = f"{kind.value} runs" if kind else "runs"
         text = (
-            f"no rows in {str(path)!r} match the filters"
+            f"no rows in {path!r} match the filters"
             if filters
-            else f"no {what} in {str(path)!r} yet"
+            else f"no {what} in {path!r} yet"
         )
         out_console.print(text, highlight=False)
         return
-    _print_rows(rows, title=repr(str(path)))
+    _print_rows(rows, title=repr(path))
+
+
+def _check(path: str, *, repair: bool, json_output: bool) -> None:
+    """``--check`` / ``--repair``: one line per finding; exit 1 if damage is left."""
+    from dataclasses import asdict
+
+    from sharpkit.store import check_store, repair_store
+
+    report = repair_store(path) if repair else check_store(path)
+    if json_output:
+        print_json({**asdict(report), "ok": report.ok})
+    else:
+        lines = [*report.actions, *report.problems]
+        lines += [f"damaged run {rid}: {why}" for rid, why in report.damaged]
+        if report.unfinished:
+            lines.append(
+                f"{len(report.unfinished)} unfinished write(s) (killed writers, or "
+                "writing now); --gc removes those older than an hour"
+            )
+        for line in lines:
+            out_console.print(line, highlight=False, markup=False)
+        state = "ok" if report.ok else "DAMAGED"
+        out_console.print(
+            f"{report.location!r}: {state}: {report.intact} intact run(s), "
+            f"{len(report.damaged)} damaged",
+            highlight=False,
+            markup=False,
+        )
+    if not report.ok:
+        from sharpkit.errors import StoreError
+
+        what = f"{len(report.damaged)} damaged run(s)" if report.damaged else ""
+        what = ", ".join(x for x in (what, *report.problems) if x)
+        hint = "" if repair else f"; `sharpkit results {path} --repair` repairs it"
+        msg = f"the store {report.location!r} is damaged ({what}){hint}"
+        raise StoreError(msg)
 
 
 def _print_rows(rows: list[dict[str, Any]], *, title: str) -> None:

@@ -1,9 +1,10 @@
 """The zarr encoding of results: how a run's groups and arrays are written and read.
 
 A run is converted and validated into a :class:`Plan` before anything touches
-disk; :meth:`Plan.write` then writes it as a standalone zarr v3 group (the
-staging directory that :mod:`sharpkit.store.layout` renames into ``runs/``).
-Reading turns those groups back into :class:`~sharpkit.MetricResult`,
+storage; :meth:`Plan.encode` then encodes it as a standalone zarr v3 group, a
+set of objects in memory that :mod:`sharpkit.store.layout` commits. Reading
+opens the verified objects of a group (:func:`group_from_objects`) and turns
+them back into :class:`~sharpkit.MetricResult`,
 :class:`~sharpkit.ProbeResult` and :class:`Run`. ``docs/store.md`` describes
 every group, attribute and array.
 """
@@ -16,7 +17,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -33,9 +33,9 @@ __all__ = [
     "TRAINING_DIMS",
     "Plan",
     "Run",
+    "group_from_objects",
     "labels_of",
     "metric_from_group",
-    "open_group",
     "opt_float",
     "opt_int",
     "probe_from_group",
@@ -132,7 +132,7 @@ def opt_int(value: Any) -> int | None:
         return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -305,16 +305,24 @@ class Plan:
             raise StoreError(msg) from exc
         return cls(run_attrs, groups)
 
-    def write(self, entry: Path) -> None:
-        """Write the run as a standalone zarr group at ``entry`` (its staging path)."""
-        import zarr
-        from zarr.storage import LocalStore
+    def encode(self) -> dict[str, bytes]:
+        """The run's objects: ``{key relative to the run: bytes}``, run doc included.
 
-        root = zarr.open_group(LocalStore(entry), mode="w-", attributes=self.run_attrs)
+        Every array is one chunk, and its chunk is stored even when it holds only
+        fill values, so that each array's data is an object the manifest names.
+        """
+        import zarr
+        from zarr.storage import MemoryStore
+
+        objects: dict[str, Any] = {}
+        root = zarr.open_group(
+            MemoryStore(objects), mode="w-", attributes=self.run_attrs
+        )
         for spec in self.groups:
             group = root.create_group(spec.path, attributes=spec.attrs)
             for arr in spec.arrays:
                 _write_array(group, arr)
+        return {key: buf.to_bytes() for key, buf in sorted(objects.items())}
 
 
 def _write_array(group: zarr.Group, spec: _ArraySpec) -> None:
@@ -329,6 +337,7 @@ def _write_array(group: zarr.Group, spec: _ArraySpec) -> None:
         fill_value=fill,
         dimension_names=spec.dims if data.ndim else None,
         attributes=spec.attrs,
+        config={"write_empty_chunks": True},
     )
     if data.size:
         target[...] = data
@@ -451,12 +460,16 @@ def _training_group(
 # --------------------------------------------------------------------------- reading
 
 
-def open_group(path: Path) -> zarr.Group:
-    """Open the zarr group at ``path`` read-only."""
+def group_from_objects(objects: Mapping[str, bytes]) -> zarr.Group:
+    """Open, read-only, the zarr group made of ``objects`` (keys relative to it)."""
     import zarr
-    from zarr.storage import LocalStore
+    from zarr.core.buffer import Buffer, cpu
+    from zarr.storage import MemoryStore
 
-    return zarr.open_group(LocalStore(path, read_only=True), mode="r")
+    buffers: dict[str, Buffer] = {
+        k: cpu.Buffer.from_bytes(v) for k, v in objects.items()
+    }
+    return zarr.open_group(MemoryStore(buffers, read_only=True), mode="r")
 
 
 def run_from_group(run_id: str, group: zarr.Group) -> Run:

@@ -1,33 +1,37 @@
-"""The store on disk: opening and creating it, committing runs, listing them.
+"""The store's layout: opening it, committing runs, listing and reading them.
 
-A run is written under ``staging/<id>.<host>.<pid>`` (see
-:mod:`sharpkit.store.encoding` for what goes in it) and committed with one
-``os.rename`` into ``runs/<id>``. Listing reads the ``zarr.json`` metadata
-documents of the zarr v3 specification directly, one JSON file per node,
-without opening groups through zarr-python; an in-memory index of metric and
-probe keys makes repeated lookups cheap.
+A run is encoded in memory (:mod:`sharpkit.store.encoding`), sealed with a
+manifest (:mod:`sharpkit.store.integrity`) and committed through a backend
+(:mod:`sharpkit.store.objects`): on a local file system it is written under
+``staging/<id>.<host>.<pid>`` and renamed into ``runs/<id>`` in one step; on an
+object store its objects are put under ``runs/<id>/`` and its group document,
+which holds the manifest, is put last. Either way a run exists for readers only
+once complete.
+
+Listing reads the ``zarr.json`` metadata documents of the zarr v3 specification
+directly, without opening groups through zarr-python; an in-memory index of
+metric and probe keys makes repeated lookups cheap. Every document and chunk
+read is checked against the run's manifest (or, for runs written before
+manifests, for shape and type): a damaged run is skipped with one warning and
+never reused.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import os
 import re
 import secrets
-import shutil
-import socket
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeGuard, TypeVar
 
 import numpy as np
 
-from sharpkit._fs import atomic_write, is_temp
 from sharpkit._meta import version as sharpkit_version
 from sharpkit.errors import ConfigError, RunNotFoundError, SharpkitWarning, StoreError
 from sharpkit.interfaces import JSON, MetricResult, ProbeResult
@@ -35,12 +39,20 @@ from sharpkit.store import table
 from sharpkit.store.encoding import (
     Plan,
     Run,
+    group_from_objects,
     metric_from_group,
-    open_group,
-    opt_int,
     probe_from_group,
     run_from_group,
 )
+from sharpkit.store.integrity import (
+    Damage,
+    Manifest,
+    check_member_attrs,
+    group_attrs,
+    parse_run_doc,
+    seal,
+)
+from sharpkit.store.objects import Backend, LocalBackend, hostname, open_backend
 
 if TYPE_CHECKING:
     import zarr
@@ -60,9 +72,13 @@ KINDS: Final = ("measure", "train", "probe", "track")
 """The kinds of run a store holds."""
 
 STALE_SECONDS: Final = 3600.0
-"""Staging leftovers untouched this long are removed by :meth:`ResultStore.gc`."""
+"""Age (s) after which :meth:`ResultStore.gc` removes killed writers' leftovers."""
 
 _R = TypeVar("_R", MetricResult, ProbeResult)
+_T = TypeVar("_T")
+_MEMBER_RE: Final = re.compile(r"^(metrics|probes)/([^/]+)/zarr\.json$")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_GROUPS: Final = ("metrics/zarr.json", "probes/zarr.json", "training/zarr.json")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,48 +114,30 @@ class RunInfo:
 # --------------------------------------------------------------------------- helpers
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """Read one ``zarr.json`` document; ``None`` if it does not exist."""
-    try:
-        with path.open("rb") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        return None
-    if not isinstance(doc, dict):
-        msg = f"{str(path)!r} is not a JSON object"
-        raise ValueError(msg)
-    return doc
-
-
-def _group_doc(attrs: Mapping[str, JSON]) -> bytes:
+def group_doc(attrs: Mapping[str, JSON]) -> bytes:
     """The zarr v3 metadata document of a group with ``attrs``."""
     doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(attrs)}
     return json.dumps(doc, indent=2, allow_nan=False).encode()
 
 
-def _hostname() -> str:
-    return re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-") or "host"
+def root_attrs() -> dict[str, JSON]:
+    """The attributes of a new store's root group."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "sharpkit_version": sharpkit_version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "description": (
+            "sharpkit results store: one group per run under runs/; "
+            "staging/ holds runs being written"
+        ),
+    }
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _newest_mtime(path: Path) -> float:
-    newest = path.lstat().st_mtime
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            with contextlib.suppress(OSError):
-                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
-    return newest
+LAYOUT_GROUPS: Final[Mapping[str, str]] = {
+    "runs": "one group per complete run",
+    "staging": "runs being written; readers ignore it",
+}
+"""The groups under the root, with their descriptions."""
 
 
 def _new_run_id() -> str:
@@ -153,13 +151,20 @@ def _check_kind(kind: str | None, error: type[Exception]) -> None:
         raise error(msg)
 
 
+def valid_run_id(run_id: str) -> bool:
+    """Whether ``run_id`` can name a run (no separators, not hidden)."""
+    return bool(run_id) and not (
+        "/" in run_id or "\\" in run_id or run_id.startswith(".")
+    )
+
+
 # --------------------------------------------------------------------------- the store
 
 
 class ResultStore:
-    """A zarr v3 results store on the local filesystem.
+    """A zarr v3 results store in a local directory or on an object store.
 
-    Opening a new (or empty) directory makes it a store when ``create`` is true;
+    Opening a new (or empty) location makes it a store when ``create`` is true;
     opening anything else that is not a sharpkit store raises
     :class:`~sharpkit.StoreError` and leaves it as it was.
 
@@ -177,97 +182,128 @@ class ResultStore:
         [('spectral', 12.5, 'loss / parameter²')]
 
     Args:
-        path: The store directory (conventionally ending in ``.zarr``).
-        create: Make a new store if ``path`` does not exist or is an empty
-            directory; otherwise a missing store is an error.
+        path: The store: a directory (conventionally ending in ``.zarr``) or an
+            object-store URL such as ``s3://bucket/prefix/results.zarr``
+            (needs ``pip install 'sharpkit[remote]'``; ``docs/scaling.md``).
+        create: Make a new store if ``path`` does not exist or is empty;
+            otherwise a missing store is an error.
 
     Raises:
         StoreError: ``path`` is not a sharpkit store, was written by a newer
-            sharpkit, or does not exist and ``create`` is false.
+            sharpkit, lost its root metadata (``sharpkit results PATH
+            --repair`` rebuilds it), or does not exist and ``create`` is false.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
-        self.path = Path(path)
-        self._host = _hostname()
+        self._setup(path)
+        self._open(create)
+
+    def _setup(self, path: str | os.PathLike[str]) -> None:
+        self._backend: Backend = open_backend(path)
+        self.location: str = self._backend.where
+        self._host = hostname()
         self._layout_ok = False
         self._infos: dict[str, RunInfo] = {}
+        self._manifests: dict[str, Manifest | None] = {}
         self._skipped: set[str] = set()
         self._metric_keys: dict[str, tuple[str, str]] = {}
         self._probe_keys: dict[str, tuple[str, str]] = {}
-        self._open(create)
+        self.schema_version = SCHEMA_VERSION
+
+    @classmethod
+    def _unchecked(cls, path: str | os.PathLike[str]) -> ResultStore:
+        """A store object whose root is not read (for ``check`` and ``repair``)."""
+        store = cls.__new__(cls)
+        store._setup(path)
+        return store
 
     # ------------------------------------------------------------------ opening
 
     def __repr__(self) -> str:
-        return f"ResultStore({str(self.path)!r})"
+        return f"ResultStore({self.location!r})"
 
     @property
-    def _runs_dir(self) -> Path:
-        return self.path / "runs"
+    def path(self) -> Path:
+        """The store's directory (local stores only; see :attr:`location`).
+
+        Raises:
+            StoreError: The store is on an object store.
+        """
+        if isinstance(self._backend, LocalBackend):
+            return self._backend.root
+        msg = f"{self.location!r} is on an object store and has no local path"
+        raise StoreError(msg)
 
     @property
-    def _staging_dir(self) -> Path:
-        return self.path / "staging"
+    def is_local(self) -> bool:
+        """Whether the store is a local directory (else an object store)."""
+        return isinstance(self._backend, LocalBackend)
 
     def _where(self) -> str:
-        return repr(str(self.path))
+        return repr(self.location)
 
     def _open(self, create: bool) -> None:
-        p = self.path
+        if isinstance(self._backend, LocalBackend):
+            self._prepare_local(self._backend.root, create)
+        doc = self._read_root()
+        if doc is None:
+            doc = self._init_root(create)
+        self._validate(doc)
+
+    def _prepare_local(self, p: Path, create: bool) -> None:
         if p.is_file() or (p.exists() and not p.is_dir()):
             msg = (
                 f"{self._where()} is a file, not a results store; pass a directory "
                 "path such as 'results.zarr'"
             )
             raise StoreError(msg)
-        if not p.exists():
-            if not create:
-                msg = (
-                    f"no results store at {self._where()}; check the path, or write "
-                    f"results there first (e.g. `sharpkit measure CKPT --store {p}`)"
-                )
-                raise StoreError(msg)
-            try:
-                p.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                msg = (
-                    f"cannot create a results store at {self._where()}: {exc.strerror}"
-                )
-                raise StoreError(msg) from exc
-        doc = self._read_root()
-        if doc is None:
-            doc = self._init_root(create)
-        self._validate(doc)
+        if p.exists():
+            return
+        if not create:
+            msg = (
+                f"no results store at {self._where()}; check the path, or write "
+                f"results there first (e.g. `sharpkit measure CKPT --store {p}`)"
+            )
+            raise StoreError(msg)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"cannot create a results store at {self._where()}: {exc.strerror}"
+            raise StoreError(msg) from exc
+
+    def _lost_root(self, what: str) -> StoreError:
+        msg = (
+            f"{self._where()} holds runs/ but its root zarr.json {what}; "
+            f"`sharpkit results {self.location} --repair` rebuilds it from the "
+            "intact runs"
+        )
+        return StoreError(msg)
 
     def _init_root(self, create: bool) -> dict[str, Any]:
-        """Make an empty directory a store; return the root document that won."""
-        entries = [e for e in os.listdir(self.path) if not is_temp(e)]
-        if entries:
-            v2 = any(e in (".zgroup", ".zarray", ".zattrs") for e in entries)
-            what = "a zarr v2 store" if v2 else "a non-empty directory"
+        """Make an empty location a store; return the root document that won."""
+        if not self._backend.is_empty():
+            if "runs" in self._backend.children(""):
+                raise self._lost_root("is missing")
+            local = self.is_local
+            names = os.listdir(self.path) if local else []
+            v2 = any(e in (".zgroup", ".zarray", ".zattrs") for e in names)
+            what = "a zarr v2 store" if v2 else "a non-empty location"
+            if local and not v2:
+                what = "a non-empty directory"
             msg = (
                 f"{self._where()} is {what}, not a sharpkit results store; "
-                "pass a new or empty directory, or an existing store"
+                "pass a new or empty location, or an existing store"
             )
             raise StoreError(msg)
         if not create:
             msg = (
-                f"no results store at {self._where()} (the directory is empty); "
+                f"no results store at {self._where()} (it is empty); "
                 "write results there first"
             )
             raise StoreError(msg)
-        attrs: dict[str, JSON] = {
-            "schema_version": SCHEMA_VERSION,
-            "sharpkit_version": sharpkit_version(),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "description": (
-                "sharpkit results store: one group per run under runs/; "
-                "staging/ holds runs being written"
-            ),
-        }
         try:
             # First writer wins; a concurrent creator reads the winner's document.
-            atomic_write(self.path / "zarr.json", _group_doc(attrs), exclusive=True)
+            self._backend.put_new("zarr.json", group_doc(root_attrs()))
         except OSError as exc:
             msg = f"cannot create a results store at {self._where()}: {exc.strerror}"
             raise StoreError(msg) from exc
@@ -279,13 +315,22 @@ class ResultStore:
 
     def _read_root(self) -> dict[str, Any] | None:
         try:
-            return _read_json(self.path / "zarr.json")
+            raw = self._backend.get("zarr.json")
+            if raw is None:
+                return None
+            doc = json.loads(raw)
+            if not isinstance(doc, dict):
+                msg = "not a JSON object"
+                raise ValueError(msg)
         except (ValueError, OSError) as exc:
+            if "runs" in self._backend.children(""):
+                raise self._lost_root("is unreadable") from exc
             msg = (
                 f"{self._where()} has an unreadable zarr.json ({exc}); it is not a "
                 "sharpkit results store, pass another path"
             )
             raise StoreError(msg) from exc
+        return doc
 
     def _validate(self, doc: Mapping[str, Any]) -> None:
         if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
@@ -302,6 +347,8 @@ class ResultStore:
             or isinstance(version, bool)
             or "sharpkit_version" not in attrs
         ):
+            if "runs" in self._backend.children(""):
+                raise self._lost_root("is not a sharpkit store's")
             msg = (
                 f"{self._where()} is a zarr store but not a sharpkit results store "
                 "(no schema_version attribute); pass a new path such as 'results.zarr'"
@@ -318,17 +365,13 @@ class ResultStore:
         self.schema_version = version
 
     def _ensure_layout(self) -> None:
-        """Make sure ``runs/`` and ``staging/`` exist as zarr groups (idempotent)."""
+        """Make sure ``runs/`` (and locally ``staging/``) exist as zarr groups."""
         if self._layout_ok:
             return
-        for sub, text in (
-            ("runs", "one group per complete run"),
-            ("staging", "runs being written; readers ignore it"),
-        ):
-            d = self.path / sub
-            if not (d / "zarr.json").exists():
-                d.mkdir(exist_ok=True)
-                atomic_write(d / "zarr.json", _group_doc({"description": text}))
+        subs = LAYOUT_GROUPS if self.is_local else {"runs": LAYOUT_GROUPS["runs"]}
+        for sub, text in subs.items():
+            if self._backend.get(f"{sub}/zarr.json") is None:
+                self._backend.put(f"{sub}/zarr.json", group_doc({"description": text}))
         self._layout_ok = True
 
     # ------------------------------------------------------------------ writing
@@ -366,7 +409,7 @@ class ResultStore:
 
         Raises:
             StoreError: A name, label or array cannot be stored, or the
-                filesystem refused the write (nothing is left visible then).
+                storage refused the write (nothing is left visible then).
         """
         _check_kind(kind, StoreError)
         plan = Plan.build(
@@ -379,7 +422,9 @@ class ResultStore:
         )
         run_id = _new_run_id()
         plan.run_attrs["run_id"] = run_id
-        self._commit(run_id, plan)
+        objects = plan.encode()
+        doc = seal(objects)
+        self._commit(run_id, objects, doc)
         if self._infos or self._metric_keys or self._probe_keys:
             info = self._read_info(run_id)
             if info is not None:
@@ -388,116 +433,157 @@ class ResultStore:
                 self._index(info)
         return run_id
 
-    def _commit(self, run_id: str, plan: Plan) -> None:
-        """Write ``plan`` to its own staging entry, then rename it into ``runs/``."""
+    def _commit(self, run_id: str, objects: Mapping[str, bytes], doc: bytes) -> None:
+        """Commit a sealed run through the backend (rename, or manifest last)."""
         try:
             self._ensure_layout()
+            self.gc(max_age=None)  # cheap: only leftovers of dead writers here
+            self._backend.commit(run_id, objects, doc)
         except OSError as exc:
-            msg = f"cannot write to the results store {self._where()}: {exc.strerror}"
+            detail = exc.strerror or str(exc)
+            msg = f"cannot write a run to the results store {self._where()}: {detail}"
             raise StoreError(msg) from exc
-        self.gc(max_age=None)  # cheap: only leftovers of dead writers on this host
-        entry = self._staging_dir / f"{run_id}.{self._host}.{os.getpid()}"
-        try:
-            plan.write(entry)
-            os.rename(entry, self._runs_dir / run_id)
-        except BaseException as exc:
-            shutil.rmtree(entry, ignore_errors=True)
-            if isinstance(exc, OSError):
-                detail = exc.strerror or str(exc)
-                msg = (
-                    f"cannot write a run to the results store {self._where()}: {detail}"
-                )
-                raise StoreError(msg) from exc
-            raise
 
     def gc(self, max_age: float | None = STALE_SECONDS) -> list[str]:
-        """Remove staging leftovers of writers that died mid-write.
+        """Remove the leftovers of writers that were killed mid-write.
 
-        A leftover is removed when its writer ran on this host and is no longer
-        alive, or (any host) when nothing in it changed for ``max_age`` seconds.
-        Runs being written by a live process on this host are never touched.
+        Locally, a staging entry is removed when its writer ran on this host and
+        is no longer alive, or (any host) when nothing in it changed for
+        ``max_age`` seconds; runs being written by a live process on this host
+        are never touched. On an object store, where no writer's liveness can be
+        seen, a run prefix without its manifest whose newest object is older
+        than ``max_age`` is removed (a writer puts a run's objects within
+        seconds, so an hour-old one was killed).
 
         Args:
             max_age: Age in seconds beyond which any leftover is stale (``None``:
                 only remove those whose writer is known to be dead).
 
         Returns:
-            The names of the removed staging entries.
+            The names of the removed staging entries (local) or run prefixes.
         """
         try:
-            entries = os.listdir(self._staging_dir)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        removed: list[str] = []
-        now = time.time()
-        for name in entries:
-            if name == "zarr.json" or not self._stale(name, now, max_age):
-                continue
-            path = self._staging_dir / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            removed.append(name)
-        return removed
-
-    def _stale(self, name: str, now: float, max_age: float | None) -> bool:
-        """Whether the staging entry ``name`` is a leftover that :meth:`gc` removes."""
-        parts = name.rsplit(".", 2)
-        host = parts[1] if len(parts) == 3 else None
-        pid = opt_int(parts[2]) if len(parts) == 3 else None
-        if host == self._host and pid is not None:
-            return pid != os.getpid() and not _pid_alive(pid)
-        if max_age is None:
-            return False
-        try:
-            return now - _newest_mtime(self._staging_dir / name) > max_age
-        except FileNotFoundError:
-            return False
+            return self._backend.collect(max_age, self._host)
+        except OSError as exc:
+            msg = f"cannot clean up {self._where()}: {exc.strerror or exc}"
+            raise StoreError(msg) from exc
 
     # ------------------------------------------------------------------ listing
 
     def _list_run_ids(self) -> list[str]:
-        try:
-            names = os.listdir(self._runs_dir)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted(n for n in names if not n.startswith(".") and n != "zarr.json")
+        return [n for n in self._backend.children("runs") if valid_run_id(n)]
+
+    def _damaged(self, run_id: str, reason: str) -> None:
+        """Warn, once per store object, that ``run_id`` is damaged and skipped."""
+        if run_id in self._skipped:
+            return
+        self._skipped.add(run_id)
+        warnings.warn(
+            f"run {run_id!r} in {self._where()} is damaged ({reason}); skipped "
+            f"and never reused; `sharpkit results {self.location} --repair` sets "
+            "it aside",
+            SharpkitWarning,
+            stacklevel=5,
+        )
 
     def _read_info(self, run_id: str) -> RunInfo | None:
-        """Read a run's metadata from its ``zarr.json`` documents (no arrays)."""
-        base = self._runs_dir / run_id
+        """A run's metadata, or ``None`` if it is not committed or is damaged."""
         try:
-            doc = _read_json(base / "zarr.json")
-            if doc is None:
-                return None
-            attrs = doc.get("attributes") or {}
-            if doc.get("node_type") != "group" or attrs.get("complete") is not True:
-                raise ValueError("not a complete run group")
-            metrics = _read_members(base / "metrics")
-            probes = _read_members(base / "probes")
-            tdoc = _read_json(base / "training" / "zarr.json")
-        except FileNotFoundError:
+            return self.load_info(run_id)
+        except Damage as exc:
+            self._damaged(run_id, str(exc))
             return None
-        except (OSError, ValueError, AttributeError) as exc:
-            if run_id not in self._skipped:
-                self._skipped.add(run_id)
-                warnings.warn(
-                    f"run {run_id!r} in {self._where()} is unreadable ({exc}); "
-                    f"skipping it (delete runs/{run_id} to silence this)",
-                    SharpkitWarning,
-                    stacklevel=4,
-                )
+
+    def load_info(self, run_id: str) -> RunInfo | None:
+        """Read and check a run's metadata documents (no arrays).
+
+        Returns:
+            The run, or ``None`` if no run is committed under this id (on an
+            object store: being written, or a killed writer's leftover).
+
+        Raises:
+            Damage: The run is damaged.
+        """
+        base = f"runs/{run_id}/"
+        raw = self._backend.get(base + "zarr.json")
+        if raw is None:
+            if self.is_local and self._backend.walk(base):
+                msg = "its zarr.json is missing"
+                raise Damage(msg)
             return None
+        attrs, manifest = parse_run_doc(raw)
+        check_member_attrs("run", "zarr.json", attrs)
+        docs = self._member_docs(run_id, manifest)
+        self._manifests[run_id] = manifest
+        training = docs.get("training/zarr.json")
         return RunInfo(
             run_id=run_id,
-            kind=str(attrs.get("kind", "")),
+            kind=str(attrs["kind"]),
             attrs=attrs,
-            metrics=metrics,
-            probes=probes,
-            training=(tdoc.get("attributes") or {}) if tdoc is not None else None,
+            metrics=_members(docs, "metrics"),
+            probes=_members(docs, "probes"),
+            training=training,
         )
+
+    def _member_docs(
+        self, run_id: str, manifest: Manifest | None
+    ) -> dict[str, dict[str, Any]]:
+        """The attributes of the run's metric/probe/training group documents."""
+        base = f"runs/{run_id}/"
+        if manifest is not None:
+            keys = [k for k in manifest.under() if k in _GROUPS or _MEMBER_RE.match(k)]
+            got = self._backend.get_many([base + k for k in keys])
+            raws = {k: manifest.verify(k, got[base + k]) for k in keys}
+        else:
+            raws = self._legacy_member_docs(base)
+        docs: dict[str, dict[str, Any]] = {}
+        for key, raw in raws.items():
+            attrs = group_attrs(raw, key)
+            parts = key.split("/")
+            kind = "training" if parts[0] == "training" else parts[0]
+            if len(parts) == 3 or kind == "training":
+                check_member_attrs(kind, key.removesuffix("/zarr.json"), attrs)
+            elif "order" in attrs and not _is_texts(attrs["order"]):
+                msg = f"{key}: attribute 'order' has the wrong type"
+                raise Damage(msg)
+            docs[key] = attrs
+        return docs
+
+    def _legacy_member_docs(self, base: str) -> dict[str, bytes]:
+        """The group documents of a run written before manifests, every one present."""
+        got = self._backend.get_many([base + k for k in _GROUPS])
+        raws = {k: raw for k in _GROUPS if (raw := got[base + k]) is not None}
+        keys: list[str] = []
+        for sub in ("metrics", "probes"):
+            key = f"{sub}/zarr.json"
+            if key not in raws:
+                continue
+            order = group_attrs(raws[key], key).get("order")
+            names = (
+                list(order) if _is_texts(order) else self._backend.children(base + sub)
+            )
+            bad = [n for n in names if not _NAME_RE.match(n)]
+            if bad:
+                msg = f"{key} names a member {bad[0][:40]!r} that cannot exist"
+                raise Damage(msg)
+            keys += [f"{sub}/{n}/zarr.json" for n in names]
+        members = self._backend.get_many([base + k for k in keys])
+        for k in keys:
+            raw = members[base + k]
+            if raw is None:
+                msg = f"{k} is missing"
+                raise Damage(msg)
+            raws[k] = raw
+        return raws
+
+    def _read_infos(self, run_ids: Sequence[str]) -> list[RunInfo | None]:
+        """:meth:`_read_info` of several runs; on an object store, 16 at a time."""
+        if self.is_local or len(run_ids) < 2:
+            return [self._read_info(rid) for rid in run_ids]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            return list(pool.map(self._read_info, run_ids))
 
     def _index(self, info: RunInfo) -> None:
         for name, stored in info.metrics.items():
@@ -508,6 +594,13 @@ class ResultStore:
             key = stored.get("key")
             if isinstance(key, str):
                 self._probe_keys[key] = (info.run_id, name)
+
+    def _reindex(self) -> None:
+        self._infos = dict(sorted(self._infos.items()))
+        self._metric_keys.clear()
+        self._probe_keys.clear()
+        for info in self._infos.values():  # in id (= time) order: newest wins
+            self._index(info)
 
     def _refresh(self) -> None:
         """Bring the in-memory index up to date with ``runs/`` (reads new runs only)."""
@@ -520,20 +613,20 @@ class ResultStore:
         for rid in gone:
             del self._infos[rid]
         added = False
-        for rid in new:
-            info = self._read_info(rid)
+        for info in self._read_infos(new):
             if info is not None:
-                self._infos[rid] = info
+                self._infos[info.run_id] = info
                 added = True
         if gone or added:
-            self._infos = dict(sorted(self._infos.items()))
-            self._metric_keys.clear()
-            self._probe_keys.clear()
-            for info in self._infos.values():  # in id (= time) order: newest wins
-                self._index(info)
+            self._reindex()
+
+    def _forget(self, run_id: str) -> None:
+        """Drop a run found damaged from the listing and the key index."""
+        if self._infos.pop(run_id, None) is not None:
+            self._reindex()
 
     def runs(self, *, kind: str | None = None) -> list[RunInfo]:
-        """List complete runs, oldest first.
+        """List complete runs, oldest first (damaged ones skipped, with a warning).
 
         Args:
             kind: Only runs of this kind (``"measure"``, ``"train"``, ``"probe"``).
@@ -543,41 +636,118 @@ class ResultStore:
         return [i for i in self._infos.values() if kind is None or i.kind == kind]
 
     def __contains__(self, run_id: object) -> bool:
-        return isinstance(run_id, str) and self._run_dir(run_id) is not None
-
-    def _run_dir(self, run_id: str) -> Path | None:
-        if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
-            return None
-        d = self._runs_dir / run_id
-        return d if (d / "zarr.json").is_file() else None
+        return (
+            isinstance(run_id, str)
+            and valid_run_id(run_id)
+            and self._backend.get(f"runs/{run_id}/zarr.json") is not None
+        )
 
     # ------------------------------------------------------------------ reading
+
+    def _objects(
+        self, run_id: str, prefix: str, manifest: Manifest | None
+    ) -> dict[str, bytes]:
+        """The run's objects under ``prefix``, checked, keyed relative to it."""
+        base = f"runs/{run_id}/"
+        if manifest is not None:
+            keys = manifest.under(prefix)
+            got = self._backend.get_many([base + k for k in keys])
+            return {k[len(prefix) :]: manifest.verify(k, got[base + k]) for k in keys}
+        infos = self._backend.walk(base + prefix)
+        got = self._backend.get_many([i.key for i in infos])
+        cut = len(base + prefix)
+        return {k[cut:]: v for k, v in got.items() if v is not None}
+
+    def read_group(
+        self,
+        run_id: str,
+        prefix: str,
+        read: Callable[[zarr.Group], _T],
+        *,
+        manifest: Manifest | None,
+        doc: bytes | None = None,
+    ) -> _T:
+        """Read the run's group at ``prefix`` with ``read``, every object checked.
+
+        Args:
+            run_id: The run.
+            prefix: ``""`` (the whole run) or a group such as ``"metrics/spectral/"``.
+            read: Turns the opened zarr group into the result.
+            manifest: The run's manifest (``None``: written before manifests).
+            doc: The run's ``zarr.json`` (needed when ``prefix`` is ``""``).
+
+        Raises:
+            Damage: An object is missing or changed, an array does not decode,
+                or (runs without a manifest) a metric array's data is missing.
+        """
+        objects = self._objects(run_id, prefix, manifest)
+        if doc is not None:
+            objects["zarr.json"] = doc
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                group = group_from_objects(objects)
+                if manifest is None:
+                    _check_chunks(group, prefix)
+                    _decode_all(group, prefix)
+                return read(group)
+        except Damage:
+            raise
+        except Exception as exc:  # zarr's decoders raise many kinds on bad bytes
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            msg = f"{prefix or 'the run'} cannot be decoded ({first})"
+            raise Damage(msg) from None
 
     def run(self, run_id: str) -> Run:
         """Read one complete run with all its arrays (through zarr).
 
         Raises:
             RunNotFoundError: No complete run with this id is in the store.
+            StoreError: The run is damaged (``sharpkit results --check``).
         """
-        d = self._run_dir(run_id)
-        if d is None:
+        raw = (
+            self._backend.get(f"runs/{run_id}/zarr.json")
+            if valid_run_id(run_id)
+            else None
+        )
+        if raw is None:
             msg = (
                 f"no run {run_id!r} in {self._where()}; `sharpkit results "
-                f"{self.path}` lists the runs"
+                f"{self.location}` lists the runs"
             )
             raise RunNotFoundError(msg)
-        group = open_group(d)
-        if group.attrs.get("complete") is not True:
-            msg = f"run {run_id!r} in {self._where()} is not complete"
-            raise RunNotFoundError(msg)
-        return run_from_group(run_id, group)
+        try:
+            attrs, manifest = parse_run_doc(raw)
+            run = self.read_group(
+                run_id,
+                "",
+                lambda g: run_from_group(run_id, g),
+                manifest=manifest,
+                doc=raw,
+            )
+        except Damage as exc:
+            msg = (
+                f"run {run_id!r} in {self._where()} is damaged ({exc}); "
+                f"`sharpkit results {self.location} --repair` sets it aside"
+            )
+            raise StoreError(msg) from None
+        return Run(
+            run_id=run.run_id,
+            kind=run.kind,
+            attrs=attrs,
+            metrics=run.metrics,
+            probes=run.probes,
+            training=run.training,
+            metric_labels=run.metric_labels,
+        )
 
     def find_metric(self, key: str) -> MetricResult | None:
         """Return a stored metric result whose ``attrs["key"]`` is ``key``.
 
         Used to skip measuring the same checkpoint with the same settings twice.
-        The newest match wins. The index is built once per store object and
-        refreshed from disk when a lookup misses.
+        The newest intact match wins; a damaged one is skipped with a warning.
+        The index is built once per store object and refreshed from storage
+        when a lookup misses.
         """
         return self._find(self._metric_keys, "metrics", key, metric_from_group)
 
@@ -594,17 +764,24 @@ class ResultStore:
     ) -> _R | None:
         """Look ``key`` up in ``index`` and read the ``sub/<name>`` group it names."""
         hit = index.get(key)
-        if hit is None or not (self._runs_dir / hit[0]).is_dir():
+        if hit is None or hit[0] not in self._infos:
             self._refresh()
-            hit = index.get(key)
-        if hit is None:
-            return None
-        run_id, name = hit
-        try:
-            return read(name, open_group(self._runs_dir / run_id / sub / name))
-        except (FileNotFoundError, KeyError):  # deleted since it was indexed
-            self._refresh()
-            return None
+        while (hit := index.get(key)) is not None:
+            run_id, name = hit
+            try:
+                return self.read_group(
+                    run_id,
+                    f"{sub}/{name}/",
+                    functools.partial(read, name),
+                    manifest=self._manifests.get(run_id),
+                )
+            except Damage as exc:
+                # a run deleted since it was indexed is not damage: just forget it
+                if self._backend.get(f"runs/{run_id}/zarr.json") is not None:
+                    self._damaged(run_id, str(exc))
+                self._forget(run_id)
+                self._refresh()
+        return None
 
     def records(
         self,
@@ -650,20 +827,63 @@ class ResultStore:
         ]
 
 
-def _read_members(sub: Path) -> dict[str, Mapping[str, JSON]]:
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_texts(value: Any) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _members(
+    docs: Mapping[str, dict[str, Any]], sub: str
+) -> dict[str, Mapping[str, JSON]]:
     """``{name: attributes}`` of the groups in ``metrics/`` or ``probes/``, in order."""
-    group = _read_json(sub / "zarr.json")
-    if group is None:
-        return {}
-    order = (group.get("attributes") or {}).get("order")
-    names = (
-        [str(n) for n in order]
-        if isinstance(order, list)
-        else sorted(n for n in os.listdir(sub) if n != "zarr.json")
-    )
-    found: dict[str, Mapping[str, JSON]] = {}
-    for n in names:
-        member = _read_json(sub / n / "zarr.json")
-        if member is not None:
-            found[n] = member.get("attributes") or {}
-    return found
+    found = {
+        m.group(2): attrs
+        for key, attrs in docs.items()
+        if (m := _MEMBER_RE.match(key)) is not None and m.group(1) == sub
+    }
+    order = docs.get(f"{sub}/zarr.json", {}).get("order")
+    first = [n for n in order if n in found] if _is_texts(order) else []
+    return {n: found[n] for n in first + sorted(n for n in found if n not in first)}
+
+
+def _decode_all(group: zarr.Group, prefix: str) -> None:
+    """Runs without a manifest: decode every array, naming the first that fails."""
+    import zarr
+
+    for path, node in group.members(max_depth=None):
+        if isinstance(node, zarr.Array):
+            try:
+                node[...]
+            except Exception as exc:  # the codecs raise many kinds on bad bytes
+                first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+                msg = f"{prefix}{path} cannot be decoded ({first})"
+                raise Damage(msg) from None
+
+
+def _check_chunks(group: zarr.Group, prefix: str) -> None:
+    """Runs without a manifest: a metric array whose data is missing is damage.
+
+    Stores written before manifests left out chunks that held only fill values,
+    so a missing chunk cannot be told from a deleted one in general. Float
+    metric arrays (Ritz values, eigenvalues, densities, ...) are never all NaN
+    in practice, and they are what is reused, so there a missing chunk counts;
+    a boolean or integer array may legitimately be all False or 0.
+    """
+    import zarr
+
+    if prefix.startswith("metrics/"):
+        groups = [(prefix, group)]
+    elif not prefix and "metrics" in group:
+        metrics = group["metrics"]
+        assert isinstance(metrics, zarr.Group)
+        groups = [(f"metrics/{n}/", g) for n, g in metrics.groups()]
+    else:
+        return
+    for where, member in groups:
+        for name, array in member.arrays():
+            floats = array.dtype.kind == "f"
+            if floats and array.size and array.nchunks_initialized < array.nchunks:
+                msg = f"{where}{name}: its data is missing"
+                raise Damage(msg)

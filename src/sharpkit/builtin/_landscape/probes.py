@@ -690,5 +690,8 @@ class PlaneBetween(Plane):
 
 
 def sharpkit_register_probes() -> list[ProbeSpec]:
-    """Return the specs of the four probes (``interpolate`` first)."""
-    return [cls.spec() for cls in (Interpolate, Direction, Plane, PlaneBetween)]
+    """Return the landscape probes' specs (``interpolate`` first) and ``rescale``."""
+    from sharpkit.builtin._landscape.rescale import Rescale
+
+    grid = [cls.spec() for cls in (Interpolate, Direction, Plane, PlaneBetween)]
+    return [*grid, Rescale.spec()]
