@@ -31,6 +31,7 @@ import numbers
 import os
 import pickle
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -255,11 +256,33 @@ def save_checkpoint(
             }
             if train_state is not None:
                 payload["train_state"] = dict(train_state)
+            payload = _canonical(payload)
             # Through a file object the archive's inner folder is "archive", not
             # the temporary file's random name: equal content, equal bytes.
             with tmp.open("wb") as fh:
                 torch.save(payload, fh)
     return path
+
+
+def _canonical(obj: Any) -> Any:
+    """``obj`` with every string interned and every container a fresh one.
+
+    Pickle writes an object seen before as a back-reference, so two payloads
+    equal in content but not in which objects they share (a resumed run reads
+    its state back as new objects) would differ in bytes. Interned strings and
+    unshared containers make the bytes a function of the content alone.
+    Tensors are left as they are (torch stores shared storages once, by design).
+    """
+    kind = type(obj)  # exact types: a subclass keeps its own identity
+    if kind is str:
+        return sys.intern(obj)
+    if kind is dict:
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if kind is list:
+        return [_canonical(v) for v in obj]
+    if kind is tuple:
+        return tuple(_canonical(v) for v in obj)
+    return obj
 
 
 _GLOBAL_RE = re.compile(r"(?:GLOBAL|global)\s+([\w.]+)")

@@ -159,6 +159,8 @@ class SweepConfig:
                 f"use {', '.join(sorted(_SECTIONS))}"
             )
             raise ConfigError(msg)
+        for section in ("sweep", "train"):  # tables, before anything is read
+            _check_keys(section, data.get(section, {}), None)
         head = dict(data.get("sweep", {}))
         train = dict(data.get("train", {}))
         _check_keys("train", train, _TRAIN_KEYS)
@@ -169,7 +171,11 @@ class SweepConfig:
         measure = data.get("measure")
         if measure is not None:
             _check_keys("measure", measure, _MEASURE_KEYS)
-        interps = list(data.get("interpolate", []))
+        raw_interps = data.get("interpolate", [])
+        if not isinstance(raw_interps, list):
+            msg = "[[interpolate]] must be an array of tables ([[interpolate]] each)"
+            raise ConfigError(msg)
+        interps = list(raw_interps)
         for item in interps:
             _check_keys("interpolate", item, _INTERP_KEYS)
             if "a" not in item or "b" not in item:
@@ -272,10 +278,12 @@ def _slug(value: Any) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
 
 
-def _check_keys(section: str, table: object, allowed: set[str]) -> None:
+def _check_keys(section: str, table: object, allowed: set[str] | None) -> None:
     if not isinstance(table, Mapping):
         msg = f"[{section}] must be a table"
         raise ConfigError(msg)
+    if allowed is None:
+        return
     bad = sorted(set(table) - allowed)
     if bad:
         import difflib

@@ -280,12 +280,21 @@ def test_one_bad_checkpoint_does_not_stop_a_batch(tiny: Path, tmp_path: Path) ->
     assert [m["checkpoint"] for m in measured] == [str(tiny), str(tiny)]
 
 
+BRACKETED = (
+    "run[lr=0.1].pt",
+    "a[/].pt",
+    "[red]x[/red].pt",
+    "b[bold].pt",
+    "step:a:b.pt",
+)
+
+
 def test_square_brackets_in_a_path_survive(tiny: Path, tmp_path: Path) -> None:
     named = tmp_path / "run[lr=0.1].pt"
     named.write_bytes(tiny.read_bytes())
     table = cli("measure", named, "--no-store")
     assert table.exit_code == 0, table.output
     assert "run[lr=0.1].pt" in table.stdout
-    for name in ("run[lr=0.1].pt", "a[/].pt", "[red]x[/red].pt", "b[bold].pt"):
+    for name in BRACKETED:
         line = one_line(cli("measure", tmp_path / "missing" / name, "--no-store"))
         assert name in line, line

@@ -170,10 +170,16 @@ def test_a_plugin_result_is_never_reused_for_the_builtin(
     assert entry["metrics"]["spectral"]["reused"] is False
 
 
-@pytest.mark.parametrize(
-    "spec",
-    ["metric:", "metric:spectral@", "widget:spectral", ":spectral", "metric:@x"],
-)
+BAD_DISABLE = [
+    "metric:",
+    "metric:spectral@",
+    "widget:spectral",
+    ":spectral",
+    "metric:@x",
+]
+
+
+@pytest.mark.parametrize("spec", BAD_DISABLE)
 def test_bad_disable_spec_is_one_line(spec: str, tiny: Path) -> None:
     line = one_line(cli("--disable", spec, "measure", tiny, "--no-store"))
     assert "kind:name" in line, line
