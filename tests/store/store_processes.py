@@ -99,7 +99,7 @@ def kill_mid_write(
     leftovers: Callable[[], set[str]],
     *,
     reaped_on_write: bool,
-    max_kills: int = 12,
+    max_kills: int = 30,
 ) -> set[str]:
     """Kill writers with SIGKILL until one died mid-write (at least 4 kills).
 

@@ -351,7 +351,13 @@ def test_entry_module_imports_neither_torch_nor_the_implementation() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     )
-    assert out.stdout.split() == ["interpolate", "direction", "plane", "plane-between"]
+    assert out.stdout.split() == [
+        "interpolate",
+        "direction",
+        "plane",
+        "plane-between",
+        "rescale",
+    ]
 
 
 def registry() -> Registry:
@@ -365,7 +371,13 @@ def registry() -> Registry:
 
 def test_specs_valid_and_options_match_factories() -> None:
     reg = registry()
-    assert reg.names("probe") == ["direction", "interpolate", "plane", "plane-between"]
+    assert reg.names("probe") == [
+        "direction",
+        "interpolate",
+        "plane",
+        "plane-between",
+        "rescale",
+    ]
     for name in reg.names("probe"):
         spec = reg.get("probe", name)
         instance = reg.create("probe", name, {})

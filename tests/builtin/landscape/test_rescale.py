@@ -60,6 +60,9 @@ def test_function_same_lambda_max_moves_adaptive_does_not(trained) -> None:
     assert np.allclose(a["train_loss"], a["train_loss"][1], rtol=1e-5)
     # λ_max: the second layer's Hessian block scales by c², the first's by 1/c².
     lam = a["spectral"]
+    # λ_max is deterministic: its Lanczos bound is kept, no all-NaN stderr array.
+    assert "spectral_stderr" not in a
+    assert np.all((a["spectral_bound"] >= 0) & (a["spectral_bound"] < 1e-2 * lam))
     assert lam[2] > 10 * lam[1]
     assert lam[0] > 10 * lam[1]  # c = 0.1 blows up the other block
     # Adaptive sharpness (average case, the same Gaussian draws at every c)

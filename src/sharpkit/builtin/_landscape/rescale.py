@@ -221,9 +221,10 @@ class Rescale:
             )
             for name, result in m.items():
                 values.setdefault(name, []).append(result.value)
-                values.setdefault(f"{name}_stderr", []).append(
-                    math.nan if result.stderr is None else result.stderr
-                )
+                for kind, err in (("stderr", result.stderr), ("bound", result.bound)):
+                    values.setdefault(f"{name}_{kind}", []).append(
+                        math.nan if err is None else err
+                    )
             loss, _ = evaluate(
                 work, data, ctx.loss_fn, batch_size=ctx.batch_size, device=ctx.device
             )
@@ -231,7 +232,12 @@ class Rescale:
             extra["output_change"].append(change)
             extra["parameter_norm"].append(_norm(work))
             ctx.progress(k + 1, len(self._grid), description=f"c={c:g}")
-        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+        # An error array only where the metric gives one (spectral: a bound, no stderr).
+        arrays = {
+            k: np.asarray(v, dtype=np.float64)
+            for k, v in values.items()
+            if not (k.endswith(("_stderr", "_bound")) and all(map(math.isnan, v)))
+        }
         arrays.update({k: np.asarray(v, dtype=np.float64) for k, v in extra.items()})
         return ProbeResult(
             coords={"c": self._grid.copy()},
