@@ -163,3 +163,26 @@ def test_help_shows_brackets_and_no_emoji() -> None:
     sweep_help = cli("sweep", "--help").stdout
     assert "[train]" in sweep_help
     assert "[[interpolate]]" in sweep_help
+
+
+# Usage errors (what the command line itself cannot parse): one line, exit 2.
+USAGE_ERRORS: list[tuple[str, list[str], str]] = [
+    ("samples-not-an-integer", [*MEASURE, "--samples", "1e9"], r"--samples"),
+    ("unknown-option", [*MEASURE, "--nosuch"], r"No such option: --nosuch"),
+    ("unknown-top-level-option", ["--nosuch", "measure"], r"No such option"),
+    ("missing-required", ["train", "--model", "mlp-bn"], r"--data"),
+    ("bad-choice", ["results", TMP, "--kind", "sweep"], r"--kind"),
+    ("option-needs-a-value", [*MEASURE, "--top-k"], r"--top-k"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"), [c[1:] for c in USAGE_ERRORS], ids=[c[0] for c in USAGE_ERRORS]
+)
+def test_usage_error_is_one_line(
+    argv: list[str], says: str, tiny: Path, tmp_path: Path
+) -> None:
+    args = [a.replace(A, str(tiny)).replace(TMP, str(tmp_path)) for a in argv]
+    line = one_line(cli(*args), code=2)
+    assert re.search(says, line), line
+    assert "--help" in line  # where to read what is expected

@@ -64,6 +64,7 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
     )
     return (
         sum(1 for c in opts.BAD_OPTIONS if c[2] == "error")
+        + len(opts.USAGE_ERRORS)
         + len(ckpts.BAD_CHECKPOINTS)
         + len(ckpts.BRACKETED)
         + 1  # the bad checkpoint in a batch of three
@@ -99,7 +100,7 @@ def render() -> str:
         "",
         "| outcome | count |",
         "|---|---:|",
-        f"| refused with one `error:` line (exit 1, or 128 + signal) | "
+        f"| refused with one `error:` line (exit 1; 2 for usage; 128 + signal) | "
         f"{_one_line_errors(mods)} |",
         f"| accepted with one `warning:` line | {_one_line_warnings(mods)} |",
         "| tracebacks | 0 |",

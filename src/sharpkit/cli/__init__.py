@@ -17,6 +17,9 @@ import warnings
 from typing import Annotated, Any
 
 import typer
+
+# typer vendors click (0.2x): its usage errors are these, not click's own
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from sharpkit.cli._progress import print_line
@@ -48,8 +51,32 @@ def _show_warning(
     print_line("warning", text)
 
 
+def _usage_error(exc: UsageError) -> typer.Exit:
+    """One line for a usage error (exit status 2), instead of click's box.
+
+    ``no_args_is_help`` (a command run bare) still shows the help.
+    """
+    if isinstance(exc, NoArgsIsHelpError) or _debug_enabled():
+        raise exc
+    where = exc.ctx.command_path if exc.ctx is not None else "sharpkit"
+    message = exc.format_message().rstrip(".")
+    print_line("error", f"{message}; see '{where} --help'")
+    return typer.Exit(2)
+
+
 class _ErrorBoundary(TyperGroup):
-    """Turn SharpkitError into one line on stderr and exit status 1."""
+    """Turn SharpkitError into one line on stderr and exit status 1.
+
+    A usage error (an unknown option, a value of the wrong type) is one line
+    too, with exit status 2; a signal ends the command as described above.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        """Parse the top-level options; a usage error in them is one line."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as exc:
+            raise _usage_error(exc) from None
 
     def invoke(
         self, ctx: Any
@@ -62,6 +89,8 @@ class _ErrorBoundary(TyperGroup):
         try:
             with unwind_on_signals(), cli_hints():  # hints name flags, not arguments
                 return super().invoke(ctx)
+        except UsageError as exc:
+            raise _usage_error(exc) from None
         except SharpkitError as exc:
             if _debug_enabled():
                 raise
