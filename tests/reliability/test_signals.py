@@ -4,7 +4,8 @@ Every case runs the real ``sharpkit`` command in a child process (its own
 session, as a shell job would be) and sends it a real signal:
 
 * SIGINT, SIGTERM or SIGHUP to ``train``: exit ``128 + signal`` with one line,
-  no temporary file left, ``last.pt`` intact;
+  no temporary file left, ``last.pt`` intact; SIGTERM to ``measure``: the same,
+  and no run (not half of one) in the store;
 * SIGTERM to the parent of ``sweep -j 2``, or Ctrl-C to its whole process
   group: the same, at once, and no process of the session outlives it (no
   worker, no resource tracker), no point starts after the signal;
@@ -130,6 +131,26 @@ def test_a_signal_ends_train_with_one_line_and_no_temporary_file(
     assert not _temps(out)
     sharpkit.load_checkpoint(out / "last.pt")  # whole, not cut short
     _no_survivors(proc.pid)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_measure_with_one_line_and_stores_nothing_half_done(
+    wide: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "results.zarr"
+    # 200 x 100 Hessian-vector products on 330k parameters: minutes of work
+    argv = ["measure", wide, "-m", "density", "-o", "probes=200", "-o", "steps=100",
+            "--samples", "64", "--store", store]  # fmt: skip
+    proc = _start(argv, tmp_path)
+    _wait_for(store.exists, proc, 120)  # the store is opened before the first product
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    _interrupted_line(tmp_path, "SIGTERM")
+    _no_survivors(proc.pid)
+    listed = ok(cli("results", store, "--json"))
+    assert json.loads(listed.stdout) == []  # no run, not half of one
+    assert not _temps(tmp_path)
 
 
 def test_sigterm_while_a_file_is_half_written_removes_it(tmp_path: Path) -> None:
