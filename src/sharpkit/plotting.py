@@ -793,6 +793,8 @@ def _plot_rescale(runs: Sequence[Any], title: str | None) -> Figure:
 
 def _plot_correlate(results: Sequence[Any], title: str | None) -> Figure:
     """One scatter per measure: the measure against the target, τ and Ψ on top."""
+    from matplotlib.ticker import NullFormatter
+
     n = len(results)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
@@ -800,17 +802,30 @@ def _plot_correlate(results: Sequence[Any], title: str | None) -> Figure:
     grid = fig.subplots(nrows, ncols, squeeze=False)
     sizes = [int(opt_float(h.get("batch_size")) or 0) for r in results for h in r.hyper]
     colors = _batch_colors(sizes)
+    # one marker per trainer (SGD against SAM), colour by batch size
+    trainers = sorted({str(h.get("trainer") or "") for r in results for h in r.hyper})
+    markers = dict(zip(trainers, "os^Dv<>p*", strict=False))
     for k, ax in enumerate(grid.flat):
         if k >= n:
             ax.set_visible(False)
             continue
         r = results[k]
-        batch = [int(opt_float(h.get("batch_size")) or 0) for h in r.hyper]
-        ax.scatter(
-            r.values, r.targets, c=[colors[b] for b in batch], s=22, edgecolors="none"
-        )
+        batch = np.array([int(opt_float(h.get("batch_size")) or 0) for h in r.hyper])
+        trainer = np.array([str(h.get("trainer") or "") for h in r.hyper])
+        for name, marker in markers.items():
+            sel = trainer == name
+            ax.scatter(
+                np.asarray(r.values)[sel],
+                np.asarray(r.targets)[sel],
+                c=[colors[b] for b in batch[sel]],
+                s=22,
+                marker=marker,
+                edgecolors="none",
+            )
         if np.all(r.values > 0) and r.values.max() > 10 * r.values.min():
             ax.set_xscale("log")
+            # labels on the decades only: minor labels overlap on a 1-2 decade axis
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(r.measure)
         ax.set_ylabel(r.target)
         ax.grid(True, alpha=0.3)
@@ -820,7 +835,12 @@ def _plot_correlate(results: Sequence[Any], title: str | None) -> Figure:
         )
     for size, color in sorted(colors.items()):
         grid.flat[0].scatter([], [], color=color, label=f"S = {size}")
-    fig.legend(loc="outside right center", title="batch size", fontsize=8)
+    if len(markers) > 1:
+        for name, marker in markers.items():
+            grid.flat[0].scatter(
+                [], [], color="0.4", marker=marker, label=name or "unknown trainer"
+            )
+    fig.legend(loc="outside right center", title="batch size, trainer", fontsize=8)
     fig.suptitle(title or f"Sharpness measures against {results[0].target}")
     return fig
 
