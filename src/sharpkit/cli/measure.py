@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from sharpkit.cli._options import (
     AnalysisOptions,
@@ -20,7 +19,7 @@ from sharpkit.cli._options import (
     distribute_options,
     with_analysis_options,
 )
-from sharpkit.cli._progress import err_console, progress_display
+from sharpkit.cli._progress import print_line, progress_display
 from sharpkit.cli._render import fmt_number, print_json, print_table
 
 
@@ -161,20 +160,12 @@ def measure(
                 if len(targets) == 1:
                     partial = exc
                 else:
-                    err_console.print(
-                        f"[red]error:[/] {escape(f'{path}: {exc}')}",
-                        highlight=False,
-                        emoji=False,
-                    )
+                    print_line("error", f"{path}: {exc}")
             except SharpkitError as exc:
                 if len(targets) == 1:
                     raise
                 failed += 1
-                err_console.print(
-                    f"[red]error:[/] {escape(f'{path}: {exc}')}",
-                    highlight=False,
-                    emoji=False,
-                )
+                print_line("error", f"{path}: {exc}")
                 continue
             outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
             rows.extend(_rows(os.fspath(path), result))
