@@ -10,6 +10,15 @@ leaves at most a temporary file, never a truncated one under the final name.
 Temporary files that are open are remembered, so that a command ending on a
 signal can remove them (:func:`remove_live_temps`), and a resumed job can sweep
 up the leftovers of a killed one (:func:`remove_stale_temps`).
+
+Signals: inside :func:`unwind_on_signals` a SIGTERM or SIGHUP raises
+:class:`Terminated` in the main thread, as Ctrl-C raises ``KeyboardInterrupt``,
+so the stack unwinds through every ``finally`` (temporary files removed,
+progress displays closed) before the command exits with ``128 + signal``.
+Worker processes of a pool start with :func:`init_worker` and run their tasks
+through :func:`run_in_worker`: they ignore Ctrl-C (their parent decides) and
+end at once on SIGTERM, removing their temporary files, instead of taking the
+next task.
 """
 
 from __future__ import annotations
@@ -17,19 +26,33 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
 
 __all__ = [
+    "Terminated",
     "atomic_file",
     "atomic_write",
+    "available_memory",
+    "init_worker",
     "is_temp",
     "remove_live_temps",
     "remove_stale_temps",
+    "run_in_worker",
     "temp_name",
+    "unwind_on_signals",
 ]
+
+T = TypeVar("T")
+# Signals that end a command by unwinding it (SIGINT raises KeyboardInterrupt).
+_UNWIND = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 _LIVE: set[Path] = set()
 _LOCK = threading.Lock()
@@ -134,3 +157,125 @@ def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
                 entry.unlink()
                 removed.append(entry)
     return removed
+
+
+class Terminated(BaseException):
+    """A SIGTERM or SIGHUP arrived: unwind the stack, then exit with :attr:`status`.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that ``except Exception``
+    in library or plugin code does not swallow it.
+
+    Attributes:
+        signum: The signal's number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(self.name)
+
+    @property
+    def name(self) -> str:
+        """The signal's name, e.g. ``SIGTERM``."""
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:  # pragma: no cover - every signal we install is named
+            return f"signal {self.signum}"
+
+    @property
+    def status(self) -> int:
+        """The exit status a shell expects after this signal (``128 + signum``)."""
+        return 128 + self.signum
+
+
+@contextmanager
+def unwind_on_signals() -> Iterator[None]:
+    """Let SIGTERM and SIGHUP raise :class:`Terminated` while the block runs.
+
+    A second signal while the stack unwinds is ignored, so that the clean-up
+    finishes (``kill -9`` still ends everything). Outside the main thread, where
+    Python cannot handle signals, the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in _UNWIND}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for s in _UNWIND:
+            signal.signal(s, signal.SIG_IGN)  # once is enough: let the unwinding run
+        raise Terminated(signum)
+
+    for s in _UNWIND:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+_IN_TASK = threading.Event()
+
+
+def init_worker() -> None:
+    """Initialise a pool's worker process: its parent owns Ctrl-C and SIGTERM.
+
+    Ctrl-C reaches every process of the terminal's group; a worker ignores it
+    and is stopped by its parent (with SIGTERM) instead, so it never prints a
+    traceback or starts the next task. On SIGTERM a worker that is running a
+    task unwinds it (see :func:`run_in_worker`); an idle one exits at once.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_signal)
+
+
+def _worker_signal(signum: int, frame: FrameType | None) -> None:
+    if _IN_TASK.is_set():
+        signal.signal(signum, signal.SIG_IGN)
+        raise Terminated(signum)
+    os._exit(128 + signum)
+
+
+def run_in_worker(fn: Callable[..., T], *args: Any) -> T:
+    """Run one task in a worker started with :func:`init_worker`.
+
+    On SIGTERM the task unwinds (its temporary files are removed) and the
+    worker process ends with status ``128 + signal``: a stopped pool takes no
+    further task.
+    """
+    _IN_TASK.set()
+    try:
+        return fn(*args)
+    except Terminated as exc:
+        remove_live_temps()
+        os._exit(exc.status)
+    finally:
+        _IN_TASK.clear()
+
+
+def available_memory(device: object = None) -> int | None:
+    """Bytes of memory free now on ``device`` (a CUDA device, or host RAM).
+
+    For sizing work before it starts: a job that would need more is refused
+    with one line instead of swapping or being killed. ``None`` where it cannot
+    be told (no ``/proc/meminfo``, an unknown accelerator).
+    """
+    kind = getattr(device, "type", str(device) if device is not None else "cpu")
+    if str(kind).startswith("cuda"):
+        try:
+            import torch
+
+            free, _ = torch.cuda.mem_get_info(device)  # type: ignore[arg-type]
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+        return int(free)
+    if str(kind) != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -7,21 +7,39 @@ and ``.safetensors`` files. Pickles are always read with
 ``torch.load(..., weights_only=True)``: a file that would import or run code is
 refused with :class:`~sharpkit.errors.UnsafeCheckpointError` before anything in
 it executes.
+
+Before anything is read, a file is looked at: an empty file, a zip archive cut
+short (its directory missing), and an archive that declares more data than it
+can hold uncompressed (``torch.save`` stores its entries uncompressed, so a
+compressed entry that inflates far past the file's size is a zip bomb) or more
+than the memory free are refused as a
+:class:`~sharpkit.errors.CorruptCheckpointError` that says which. The metadata
+read back is checked field by field, so a damaged one is one error, not a
+crash later.
+
+Writing is deterministic: the same model and metadata give the same bytes (the
+archive's inner folder is always ``archive``, whatever the temporary file is
+called), so the sha256 that keys stored results is the same for identical
+retrains.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import pickle
 import re
+import sys
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sharpkit._fs import atomic_file
+from sharpkit._fs import atomic_file, available_memory
 from sharpkit._hints import arg
 from sharpkit.errors import (
     CheckpointNotFoundError,
@@ -47,6 +65,12 @@ FORMAT_NAME = "sharpkit-checkpoint"
 FORMAT_VERSION = 1
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _SAFETENSORS_META_KEY = "sharpkit"
+_ZIP_MAGIC = b"PK\x03\x04"
+# How far a checkpoint may inflate past its size on disk. torch.save stores
+# every entry uncompressed, so its files declare exactly their own size; a zip
+# tool recompressing one gains little on float weights (well under 2x).
+_MAX_INFLATION = 2.0
+_INFLATION_SLACK = 64 << 20  # small files: a few MB of metadata never matter
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,12 +103,62 @@ class CheckpointMeta:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CheckpointMeta:
-        """Build metadata from a mapping, keeping unknown keys in ``extra``."""
+        """Build metadata from a mapping, keeping unknown keys in ``extra``.
+
+        Raises:
+            TypeError: ``data`` is not a mapping, or a field has the wrong type
+                (the message names the field, its value and what it should be).
+        """
+        given: object = data  # read from a file: any type at all
+        if not isinstance(given, Mapping):
+            msg = f"the metadata is a {type(given).__name__}, not a table of fields"
+            raise TypeError(msg)
         names = {f.name for f in fields(cls)}
         known = {k: v for k, v in data.items() if k in names}
+        for name, value in known.items():
+            _check_field(name, value)
         extra = dict(known.pop("extra", {}) or {})
         extra.update({k: v for k, v in data.items() if k not in names})
         return cls(**known, extra=extra)
+
+
+# The type each metadata field must have (``None`` is always allowed).
+_FIELD_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
+    "model": ("text", (str,)),
+    "dataset": ("text", (str,)),
+    "schedule": ("text", (str,)),
+    "sharpkit_version": ("text", (str,)),
+    "model_options": ("a table", (Mapping,)),
+    "dataset_options": ("a table", (Mapping,)),
+    "extra": ("a table", (Mapping,)),
+    "final": ("a table of numbers", (Mapping,)),
+    "lr": ("a number", (numbers.Real,)),
+    "momentum": ("a number", (numbers.Real,)),
+    "weight_decay": ("a number", (numbers.Real,)),
+    "batch_size": ("an integer", (numbers.Integral,)),
+    "seed": ("an integer", (numbers.Integral,)),
+    "epoch": ("an integer", (numbers.Integral,)),
+    "epochs": ("an integer", (numbers.Integral,)),
+}
+
+
+def _check_field(name: str, value: Any) -> None:
+    if value is None:
+        return
+    what, types = _FIELD_TYPES[name]
+    good = isinstance(value, types) and not isinstance(value, bool)
+    if good and name == "final":
+        good = all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool)
+            for v in value.values()
+        )
+    if not good:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        msg = (
+            f"metadata field {name!r} is {shown} ({type(value).__name__}), "
+            f"expected {what}"
+        )
+        raise TypeError(msg)
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,23 +256,96 @@ def save_checkpoint(
             }
             if train_state is not None:
                 payload["train_state"] = dict(train_state)
-            torch.save(payload, tmp)
+            payload = _canonical(payload)
+            # Through a file object the archive's inner folder is "archive", not
+            # the temporary file's random name: equal content, equal bytes.
+            with tmp.open("wb") as fh:
+                torch.save(payload, fh)
     return path
+
+
+def _canonical(obj: Any) -> Any:
+    """``obj`` with every string interned and every container a fresh one.
+
+    Pickle writes an object seen before as a back-reference, so two payloads
+    equal in content but not in which objects they share (a resumed run reads
+    its state back as new objects) would differ in bytes. Interned strings and
+    unshared containers make the bytes a function of the content alone.
+    Tensors are left as they are (torch stores shared storages once, by design).
+    """
+    kind = type(obj)  # exact types: a subclass keeps its own identity
+    if kind is str:
+        return sys.intern(obj)
+    if kind is dict:
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if kind is list:
+        return [_canonical(v) for v in obj]
+    if kind is tuple:
+        return tuple(_canonical(v) for v in obj)
+    return obj
 
 
 _GLOBAL_RE = re.compile(r"(?:GLOBAL|global)\s+([\w.]+)")
 
 
+def _check_archive(path: Path) -> None:
+    """Refuse, before reading it, a file that is empty, cut short or a zip bomb.
+
+    Raises:
+        CorruptCheckpointError: Which of these it is, in one line.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        msg = f"checkpoint {str(path)!r} is empty (0 bytes); re-save it"
+        raise CorruptCheckpointError(msg)
+    with path.open("rb") as fh:
+        magic = fh.read(len(_ZIP_MAGIC))
+    if magic != _ZIP_MAGIC:
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        msg = (
+            f"checkpoint {str(path)!r} is truncated or damaged: a zip archive "
+            f"without its directory ({_size(size)} on disk, {exc}); re-save it or "
+            "pick another file"
+        )
+        raise CorruptCheckpointError(msg) from None
+    declared = sum(e.file_size for e in entries)
+    limit = max(_MAX_INFLATION * size, size + _INFLATION_SLACK)
+    free = available_memory()
+    if declared > limit or (free is not None and declared > free):
+        why = (
+            "compressed entries, which torch.save never writes"
+            if declared > limit
+            else f"more than the {_size(free or 0)} of memory free"
+        )
+        msg = (
+            f"checkpoint {str(path)!r} declares {_size(declared)} of data in "
+            f"{_size(size)} on disk ({why}); it was refused before reading it: "
+            "re-save the weights with torch.save or pick another file"
+        )
+        raise CorruptCheckpointError(msg)
+
+
 def _load_pickle(path: Path) -> Any:
     import torch
 
+    _check_archive(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # "Detected pickle protocol N": torch's note on what it may not read;
+            # what it could not read is the error below.
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text or "weights_only" in text:
-            found = _GLOBAL_RE.search(text)
-            what = f"global {found.group(1)!r}" if found else "an arbitrary object"
+        found = _GLOBAL_RE.search(text)
+        if found and ("Weights only load failed" in text or "weights_only" in text):
+            # Only a pickle that names something to import is unsafe; one that
+            # trips over a byte it cannot read is damaged or not a checkpoint.
+            what = f"global {found.group(1)!r}"
             msg = (
                 f"checkpoint {str(path)!r} contains a pickle that would load {what}; "
                 "it was not loaded (sharpkit reads tensors only). If it is a whole "
@@ -214,15 +361,27 @@ def _load_pickle(path: Path) -> Any:
         raise _corrupt(path, exc) from exc
 
 
+_UNPICKLER_RE = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
+
+
 def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
     size = path.stat().st_size
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
+    found = _UNPICKLER_RE.search(text)
+    if found:  # torch's advice about weights_only does not apply: say what broke
+        first = f"unreadable pickle: {found.group(1).strip()}"
     reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    if any(
-        s in reason
-        for s in ("central directory", "truncated", "EOF", "Ran out of input", "end of")
-    ):
+    cut = (
+        "central directory",
+        "truncated",
+        "EOF",
+        "Ran out of input",
+        "end of",
+        "not fully covered",
+        "incomplete",
+    )
+    if any(s in reason for s in cut):
         what = f"is truncated or damaged ({_size(size)} on disk)"
     else:
         what = f"is not a PyTorch checkpoint ({reason})"
@@ -278,7 +437,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         if not _is_state_dict(state):
             msg = f"checkpoint {str(p)!r} has a damaged state_dict; re-save it"
             raise CorruptCheckpointError(msg)
-        meta = CheckpointMeta.from_dict(obj.get("meta") or {})
+        meta = _read_meta(p, obj.get("meta") or {})
         train_state = obj.get("train_state")
         return Checkpoint(
             p,
@@ -313,6 +472,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 def _load_safetensors(p: Path, sha: str) -> Checkpoint:
     from safetensors import safe_open
 
+    _check_archive(p)
     try:
         with safe_open(str(p), framework="pt") as fh:
             header = fh.metadata() or {}
@@ -322,17 +482,61 @@ def _load_safetensors(p: Path, sha: str) -> Checkpoint:
     meta = CheckpointMeta()
     if _SAFETENSORS_META_KEY in header:
         try:
-            meta = CheckpointMeta.from_dict(json.loads(header[_SAFETENSORS_META_KEY]))
-        except (json.JSONDecodeError, TypeError) as exc:
-            msg = f"checkpoint {str(p)!r} has unreadable sharpkit metadata; re-save it"
+            raw = json.loads(header[_SAFETENSORS_META_KEY])
+        except json.JSONDecodeError as exc:
+            msg = (
+                f"checkpoint {str(p)!r} has unreadable sharpkit metadata (not JSON: "
+                f"{exc}); re-save it"
+            )
             raise CorruptCheckpointError(msg) from exc
+        meta = _read_meta(p, raw)
     return Checkpoint(p, state, meta, sha, "safetensors")
+
+
+def _read_meta(path: Path, raw: object) -> CheckpointMeta:
+    """The checkpoint's metadata, or one line saying what is wrong with it."""
+    try:
+        return CheckpointMeta.from_dict(cast("Mapping[str, Any]", raw))
+    except TypeError as exc:
+        msg = (
+            f"checkpoint {str(path)!r} has damaged metadata ({exc}); re-save it, or "
+            "save its state_dict alone and name the architecture with "
+            f"{arg('model_name', '--model')}"
+        )
+        raise CorruptCheckpointError(msg) from exc
 
 
 def _listing(keys: list[str], limit: int = 3) -> str:
     shown = ", ".join(repr(k) for k in keys[:limit])
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return shown + more
+
+
+def _check_kinds(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Refuse integer, boolean or complex values for a floating parameter or buffer.
+
+    ``load_state_dict`` would cast them silently (dropping an imaginary part):
+    a float model is never saved that way, so such a file is not its weights.
+    """
+    own = model.state_dict()
+    wrong = [
+        k
+        for k, t in own.items()
+        if t.is_floating_point() and not state_dict[k].is_floating_point()
+    ]
+    if wrong:
+        name = wrong[0]
+        got = str(state_dict[name].dtype).removeprefix("torch.")
+        want = str(own[name].dtype).removeprefix("torch.")
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        msg = (
+            f"{source} holds {got} values in {name!r}{more} where the model has "
+            f"{want} ones; the file is not this model's weights (a float model "
+            "is never saved as integers or complex numbers): re-save them"
+        )
+        raise StateDictMismatchError(msg)
 
 
 def load_state_dict_into(
@@ -354,6 +558,8 @@ def load_state_dict_into(
         for k in own
         if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
     ]
+    if not (missing or unexpected or mismatched):
+        _check_kinds(model, state_dict, source)
     if missing or unexpected or mismatched:
         parts = []
         if missing:

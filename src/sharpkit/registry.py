@@ -5,7 +5,11 @@ group. Each plugin is isolated: one that fails to import, breaks the contract, o
 whose hook raises is recorded as a :class:`PluginFailure` (and warned about with a
 :class:`~sharpkit.errors.PluginWarning`) and skipped; the rest keep working.
 Component tables are built lazily per kind, so a duplicate name only fails the
-lookup of that kind while ``sharpkit plugins`` can still show the conflict.
+lookup of that kind while ``sharpkit plugins`` can still show the conflict. One
+component can be left out without its whole plugin: ``metric:spectral`` (from
+every provider) or ``metric:spectral@builtin`` (from the built-ins only), given
+as ``--disable`` or in ``$SHARPKIT_DISABLE``; that is how a name two plugins
+provide is settled.
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "ComponentFilter",
     "PluginFailure",
     "PluginRecord",
     "Registry",
+    "disabled_components_from_env",
     "disabled_from_env",
     "get_registry",
     "reset_registry",
@@ -68,6 +74,8 @@ _SPEC_TYPES: dict[str, type[_Spec]] = {
 _HOOKS: dict[str, str] = {kind: f"sharpkit_register_{kind}s" for kind in KINDS}
 SELF_DISTRIBUTION = "sharpkit"
 ENV_DISABLE = "SHARPKIT_DISABLE_PLUGINS"
+ENV_DISABLE_COMPONENTS = "SHARPKIT_DISABLE"
+BUILTIN_ALIAS = "builtin"
 
 S = TypeVar("S", bound=_Spec)
 
@@ -141,21 +149,93 @@ def disabled_from_env() -> set[str]:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
+def disabled_components_from_env() -> set[str]:
+    """Return the components in ``$SHARPKIT_DISABLE`` (``kind:name[@plugin]``)."""
+    raw = os.environ.get(ENV_DISABLE_COMPONENTS, "")
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentFilter:
+    """One component left out: ``kind:name``, or ``kind:name@plugin`` for one provider.
+
+    ``plugin`` matches the entry-point name (``builtin.metrics``), the
+    distribution (``sharpkit``, ``sharpkit-foo``), or ``builtin`` for every
+    built-in.
+
+    Examples:
+        >>> f = ComponentFilter.parse("metric:spectral@builtin")
+        >>> f.matches("metric", "spectral", "builtin.metrics", "sharpkit")
+        True
+        >>> f.matches("metric", "spectral", "rogue", "sharpkit-rogue")
+        False
+    """
+
+    kind: str
+    name: str
+    plugin: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ComponentFilter:
+        """Parse ``kind:name[@plugin]``.
+
+        Raises:
+            ConfigError: Another form, or an unknown kind.
+        """
+        kind, colon, rest = text.strip().partition(":")
+        name, at, plugin = rest.partition("@")
+        if not (colon and kind in KINDS and name and (plugin or not at)):
+            msg = (
+                f"cannot disable {text!r}: write kind:name or kind:name@plugin "
+                f"(e.g. metric:spectral@builtin), kind one of {', '.join(KINDS)}"
+            )
+            raise ConfigError(msg)
+        return cls(kind, name, plugin or None)
+
+    def matches(
+        self, kind: str, name: str, plugin: str, distribution: str | None
+    ) -> bool:
+        """Whether the component ``kind`` ``name`` from ``plugin`` is left out."""
+        if (kind, name) != (self.kind, self.name):
+            return False
+        if self.plugin is None:
+            return True
+        want = _normalise(self.plugin)
+        return (
+            want == _normalise(plugin)
+            or (distribution is not None and want == _normalise(distribution))
+            or (want == BUILTIN_ALIAS and plugin.startswith(BUILTIN_ALIAS + "."))
+        )
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}" + (f"@{self.plugin}" if self.plugin else "")
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
 class Registry:
     """Plugin discovery, validation and name lookup.
 
     Args:
         disabled: Plugin (entry-point) names not to load, in addition to those in
             ``$SHARPKIT_DISABLE_PLUGINS``.
+        disabled_components: Components to leave out, ``kind:name`` or
+            ``kind:name@plugin``, in addition to those in ``$SHARPKIT_DISABLE``.
         entry_points: Load plugins from the ``sharpkit`` entry-point group. Tests
             pass ``False`` and register objects with :meth:`register_plugin`.
         warn: Emit a :class:`~sharpkit.errors.PluginWarning` for each failure.
+
+    Raises:
+        ConfigError: A disabled component that is not ``kind:name[@plugin]``.
     """
 
     def __init__(
         self,
         *,
         disabled: Iterable[str] = (),
+        disabled_components: Iterable[str] = (),
         entry_points: bool = True,
         warn: bool = True,
     ) -> None:
@@ -165,8 +245,13 @@ class Registry:
         self.disabled: frozenset[str] = frozenset(disabled) | frozenset(
             disabled_from_env()
         )
+        self.disabled_components: tuple[ComponentFilter, ...] = tuple(
+            ComponentFilter.parse(c)
+            for c in sorted(set(disabled_components) | disabled_components_from_env())
+        )
         self._records: dict[str, PluginRecord] = {}
         self._failures: list[PluginFailure] = []
+        self._reported = 0
         self._tables: dict[str, dict[str, tuple[_Spec, str]]] = {}
         self._table_errors: dict[str, SharpkitError] = {}
         self._lock = threading.RLock()
@@ -179,7 +264,18 @@ class Registry:
         """Report a failure of part of a plugin (a hook, a spec, a command)."""
         self._failures.append(failure)
         if self._warn:
-            warnings.warn(failure.message(), PluginWarning, stacklevel=3)
+            self.report_failures(stacklevel=4)
+
+    def report_failures(self, *, stacklevel: int = 2) -> None:
+        """Warn (:class:`~sharpkit.errors.PluginWarning`) of failures not yet reported.
+
+        A registry built quietly (``warn=False``, e.g. while the CLI collects
+        plugin commands) reports its failures when the command runs.
+        """
+        while self._reported < len(self._failures):
+            failure = self._failures[self._reported]
+            self._reported += 1
+            warnings.warn(failure.message(), PluginWarning, stacklevel=stacklevel)
 
     def _reject(self, failure: PluginFailure) -> None:
         """Report a plugin that could not be loaded at all; mark it failed."""
@@ -210,7 +306,7 @@ class Registry:
                 continue
             try:
                 obj = ep.load()
-            except Exception as exc:  # a broken plugin must not break sharpkit
+            except (Exception, SystemExit) as exc:  # a broken plugin must not break us
                 self._reject(
                     PluginFailure(ep.name, dist, version, "import", _one_line(exc), exc)
                 )
@@ -318,7 +414,7 @@ class Registry:
                 rec = self.record(plugin)
                 try:
                     specs = list(impl.function() or ())
-                except Exception as exc:  # a raising hook costs only its plugin
+                except (Exception, SystemExit) as exc:  # costs only its plugin
                     self._fail(
                         PluginFailure(
                             plugin,
@@ -345,18 +441,47 @@ class Registry:
                             )
                         )
                         continue
+                    if self._left_out(kind, spec.name, rec):
+                        continue
                     if spec.name in table:
-                        other = self.record(table[spec.name][1])
-                        err = DuplicateNameError(
-                            f"{kind} {spec.name!r} is provided by both "
-                            f"{other.provider} and {rec.provider}; disable one "
-                            f"with --disable-plugin {plugin}"
-                        )
+                        err = self._duplicate(kind, spec.name, table[spec.name][1], rec)
                         self._table_errors[kind] = err
                         raise err
                     table[spec.name] = (spec, plugin)
             self._tables[kind] = table
             return table
+
+    def _left_out(self, kind: str, name: str, rec: PluginRecord) -> bool:
+        return any(
+            f.matches(kind, name, rec.name, rec.distribution)
+            for f in self.disabled_components
+        )
+
+    def _duplicate(
+        self, kind: str, name: str, first: str, second: PluginRecord
+    ) -> DuplicateNameError:
+        """The error for two providers of one name, with the flag that keeps each."""
+        other = self.record(first)
+
+        def keep(drop: PluginRecord) -> str:
+            who = (
+                BUILTIN_ALIAS
+                if drop.name.startswith(BUILTIN_ALIAS + ".")
+                else drop.name
+            )
+            return f"--disable {kind}:{name}@{who}"
+
+        if other.name.startswith(BUILTIN_ALIAS + "."):
+            advice = (
+                f"keep the built-in with {keep(second)}, or {second.name}'s with "
+                f"{keep(other)}"
+            )
+        else:
+            advice = f"keep one with {keep(second)} or {keep(other)}"
+        return DuplicateNameError(
+            f"{kind} {name!r} is provided by both {other.provider} and "
+            f"{second.provider}; {advice}"
+        )
 
     @staticmethod
     def _validate(kind: str, spec: object) -> None:
@@ -469,13 +594,15 @@ class Registry:
         A :class:`~sharpkit.SharpkitError` passes through unchanged (it already
         says what to do); any other exception becomes a
         :class:`~sharpkit.PluginLoadError` naming the component, its provider and
-        ``action``, with the original as ``__cause__`` for ``--debug``.
+        ``action``, with the original as ``__cause__`` for ``--debug``. A
+        ``SystemExit`` raised by plugin code is such an exception too: it must not
+        end the run (with exit status 0) and lose what was already computed.
         """
         try:
             yield
         except SharpkitError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit in a plugin ends only it
             rec = self.provider(kind, name)
             msg = (
                 f"{kind} {name!r} ({rec.provider}) failed while {action}: "
@@ -502,7 +629,7 @@ class Registry:
             n_cmd, n_grp = len(app.registered_commands), len(app.registered_groups)
             try:
                 impl.function(app=app)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 del app.registered_commands[n_cmd:]
                 del app.registered_groups[n_grp:]
                 self._fail(
@@ -564,9 +691,16 @@ def get_registry() -> Registry:
         return _REGISTRY
 
 
-def reset_registry(*, disabled: Iterable[str] = (), warn: bool = True) -> Registry:
-    """Rebuild the process-wide registry (e.g. with ``--disable-plugin`` names)."""
+def reset_registry(
+    *,
+    disabled: Iterable[str] = (),
+    disabled_components: Iterable[str] = (),
+    warn: bool = True,
+) -> Registry:
+    """Rebuild the process-wide registry (``--disable-plugin``, ``--disable``)."""
     global _REGISTRY  # noqa: PLW0603 - a lazily built process-wide singleton
     with _REGISTRY_LOCK:
-        _REGISTRY = Registry(disabled=disabled, warn=warn)
+        _REGISTRY = Registry(
+            disabled=disabled, disabled_components=disabled_components, warn=warn
+        )
         return _REGISTRY

@@ -159,6 +159,8 @@ class SweepConfig:
                 f"use {', '.join(sorted(_SECTIONS))}"
             )
             raise ConfigError(msg)
+        for section in ("sweep", "train"):  # tables, before anything is read
+            _check_keys(section, data.get(section, {}), None)
         head = dict(data.get("sweep", {}))
         train = dict(data.get("train", {}))
         _check_keys("train", train, _TRAIN_KEYS)
@@ -169,7 +171,11 @@ class SweepConfig:
         measure = data.get("measure")
         if measure is not None:
             _check_keys("measure", measure, _MEASURE_KEYS)
-        interps = list(data.get("interpolate", []))
+        raw_interps = data.get("interpolate", [])
+        if not isinstance(raw_interps, list):
+            msg = "[[interpolate]] must be an array of tables ([[interpolate]] each)"
+            raise ConfigError(msg)
+        interps = list(raw_interps)
         for item in interps:
             _check_keys("interpolate", item, _INTERP_KEYS)
             if "a" not in item or "b" not in item:
@@ -272,10 +278,12 @@ def _slug(value: Any) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
 
 
-def _check_keys(section: str, table: object, allowed: set[str]) -> None:
+def _check_keys(section: str, table: object, allowed: set[str] | None) -> None:
     if not isinstance(table, Mapping):
         msg = f"[{section}] must be a table"
         raise ConfigError(msg)
+    if allowed is None:
+        return
     bad = sorted(set(table) - allowed)
     if bad:
         import difflib
@@ -516,20 +524,59 @@ def run_sweep(
         for a in args:
             done(_run_point(*a))
     elif scheduler is None:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures: list[Future[PointOutcome]] = [
-                pool.submit(_run_point, *a) for a in args
-            ]
-            for fut in as_completed(futures):
-                done(fut.result())
+        _run_pool(args, jobs, done)
     else:
         _run_dask(args, jobs, scheduler, done)
     outcomes.sort(key=lambda o: o.point.index)
     probes = _run_interpolations(config, outcomes, store, progress)
     return SweepResult(config, outcomes, probes)
+
+
+def _run_pool(
+    args: Sequence[tuple[Any, ...]], jobs: int, done: Callable[[PointOutcome], None]
+) -> None:
+    """Run the points in a local process pool; stop it at once on any exception.
+
+    Ctrl-C, SIGTERM (raised here as :class:`~sharpkit._fs.Terminated`) or an
+    error cancels the points not started and stops the workers (SIGTERM: each
+    unwinds its point and exits, see :func:`sharpkit._fs.run_in_worker`), so no
+    new point starts and no worker outlives the sweep.
+    """
+    import multiprocessing
+
+    from sharpkit._fs import init_worker, run_in_worker
+
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=ctx, initializer=init_worker
+    )
+    try:
+        futures: list[Future[PointOutcome]] = [
+            pool.submit(run_in_worker, _run_point, *a) for a in args
+        ]
+        for fut in as_completed(futures):
+            done(fut.result())
+    except BaseException:
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_pool(pool: ProcessPoolExecutor, grace: float = 20.0) -> None:
+    """Cancel what has not started and end every worker (SIGTERM, then SIGKILL)."""
+    # The executor has no public handle on its processes before Python 3.14's
+    # terminate_workers(); shutdown() forgets them, so take them first.
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in workers:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _warn_if_local(config: SweepConfig, scheduler: str | None) -> None:
@@ -583,10 +630,14 @@ def _run_dask(
         except OSError as exc:
             msg = f"cannot reach the Dask scheduler at {scheduler!r}: {exc}"
             raise ConfigError(msg) from exc
+    futures = []
     try:
         futures = [client.submit(_run_point, *a, pure=False) for a in args]
         for fut in dask_completed(futures):
             done(fut.result())
+    except BaseException:  # Ctrl-C, SIGTERM, an error: no point starts after it
+        client.cancel(futures, force=True)
+        raise
     finally:
         client.close()
         if cluster is not None:

@@ -248,6 +248,34 @@ def test_check_and_repair_refuse_what_is_not_a_store(tmp_path: Path) -> None:
     assert "--check and --repair take only the store" in bad.stderr
 
 
+def test_a_renamed_manifest_entry_is_damage(tmp_path: Path) -> None:
+    # Found by the fuzzer: one bit flipped in a manifest key ("probes/" ->
+    # "qrobes/") hid the probe's group, and the run was listed without its probe
+    # instead of being reported. The manifest's own list is now checksummed.
+    store = ResultStore(tmp_path / "s.zarr")
+    _, probe_run, _ = _written_runs(store, "x")
+    doc_path = tmp_path / "s.zarr" / "runs" / probe_run / "zarr.json"
+    raw = doc_path.read_text()
+    assert '"probes/interpolate/zarr.json"' in raw
+    doc_path.write_text(
+        raw.replace('"probes/interpolate/zarr.json"', '"qrobes/interpolate/zarr.json"')
+    )
+    report = check_store(tmp_path / "s.zarr")
+    assert [rid for rid, _ in report.damaged] == [probe_run]
+    with pytest.warns(sharpkit.SharpkitWarning, match="manifest"):
+        rows = ResultStore(tmp_path / "s.zarr", create=False).records()
+    assert probe_run not in {r["run_id"] for r in rows}
+
+
+def test_a_store_only_opened_is_intact(tmp_path: Path) -> None:
+    # Every measure and train opens its store before working, so an interrupted
+    # one leaves a root without runs/: that is an empty store, not a damaged one.
+    ResultStore(tmp_path / "new.zarr")
+    result = runner.invoke(app, ["results", str(tmp_path / "new.zarr"), "--check"])
+    assert result.exit_code == 0, result.stderr
+    assert "ok: 0 intact run(s), 0 damaged" in result.stdout
+
+
 # ------------------------------------------------------------ fuzzing the readers
 
 

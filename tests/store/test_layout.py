@@ -90,6 +90,16 @@ def test_missing_path_without_create(tmp_path: Path) -> None:
     assert not (tmp_path / "nope.zarr").exists()
 
 
+def test_a_concurrent_creator_wins_the_race(tmp_path: Path) -> None:
+    # Two writers open a new location at once: both find no root, one writes it,
+    # the other then finds the location non-empty. It must open the winner's
+    # store, not call it "not a results store" (seen with 4 writers on S3).
+    first = ResultStore(tmp_path / "r.zarr")
+    late = object.__new__(ResultStore)  # the loser, between its two looks
+    late.__dict__.update(first.__dict__)
+    assert late._init_root(create=True) == first._read_root()
+
+
 def test_empty_directory(tmp_path: Path) -> None:
     d = tmp_path / "empty"
     d.mkdir()

@@ -5,12 +5,20 @@ and the analysis data, compute a reuse key per metric, take what the store
 already has, compute the rest in analysis mode (dropout off; batch norm in the
 requested mode; the caller's model left exactly as it was), and write the new
 results as one run.
+
+Each metric runs on the model exactly as the previous one found it: its
+parameters and buffers are saved before it and compared (bit for bit, and as the
+same objects) after it. A metric that changed them is a broken plugin: its
+result is discarded, the model is restored, and the metrics after it run on the
+restored model, so what they return and store is what they would have given on
+their own; the run ends with a :class:`~sharpkit.MeasurementError` naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import time
 import warnings
@@ -24,7 +32,13 @@ from sharpkit._meta import json_safe
 from sharpkit.api.distributed import broadcast_names, rank_and_world
 from sharpkit.api.fit import check_fit
 from sharpkit.api.losses import resolve_loss
-from sharpkit.api.provenance import code_sha256, result_key, run_attrs, split_sha256
+from sharpkit.api.provenance import (
+    code_sha256,
+    provider_of,
+    result_key,
+    run_attrs,
+    split_sha256,
+)
 from sharpkit.api.resolve import (
     DEFAULT_SAMPLES,
     DataLike,
@@ -333,7 +347,16 @@ def measure(
     settings.update(
         {k: attrs[k] for k in _OPTIONAL_KEY_SETTINGS if attrs.get(k) is not None}
     )
-    keys = {n: result_key("metric", n, options=parsed[n], **settings) for n in names}
+    keys = {
+        n: result_key(
+            "metric",
+            n,
+            options=parsed[n],
+            provider=provider_of(reg, "metric", n),
+            **settings,
+        )
+        for n in names
+    }
     rs = open_store(store) if rank == 0 else None  # rank 0 alone reads and writes
     results = _stored(rs, keys) if not force else {}
     reused = broadcast_names(list(results)) if world > 1 else list(results)
@@ -526,6 +549,14 @@ def _analysis_data(
     if len(out.analysis) == 0:
         msg = "the analysis data is empty"
         raise DataError(msg)
+    if samples is not None and samples > len(out.analysis):
+        n = len(out.analysis)
+        warnings.warn(
+            f"{arg('samples', '--samples')} {samples} asks for {samples} examples, "
+            f"but the analysis data has {n}: all {n} are used",
+            SharpkitWarning,
+            stacklevel=4,
+        )
     return out
 
 
@@ -706,8 +737,11 @@ def _compute(
     ``before`` runs first, in analysis mode (checks that the data fit the
     model). A metric that raises a :class:`SharpkitError` (plugin exceptions
     become :class:`~sharpkit.PluginLoadError` in ``Registry.guard``) is recorded
-    and the next one runs; except across processes, where a rank that went on
-    alone would wait forever for the others: there the error ends the call.
+    and the next one runs. So is a metric that changed the model's parameters
+    or buffers: its result is dropped and the model restored bit for bit (see
+    :class:`_StateGuard`) before the next metric runs. Across processes an
+    error ends the call instead: a rank that went on alone would wait forever
+    for the others.
     """
     from sharpkit.curvature.operator import analysis_mode, full_precision
 
@@ -721,13 +755,91 @@ def _compute(
             before()
         _check_loss(ctx)
         for name, metric in metrics.items():
+            guard = _StateGuard(ctx)
             try:
                 results[name] = _run_metric(reg, name, metric, ctx)
             except SharpkitError as exc:
                 if not alone:
                     raise
                 failures[name] = exc
+            changed = guard.restore()
+            if changed:
+                results.pop(name, None)
+                failures.setdefault(name, _changed_model(name, changed))
     return failures
+
+
+def _changed_model(name: str, changed: Sequence[str]) -> PluginContractError:
+    what = ", ".join(repr(c) for c in changed[:2])
+    more = f" and {len(changed) - 2} more" if len(changed) > 2 else ""
+    msg = (
+        f"metric {name!r} changed the model in place ({what}{more}); its result "
+        "was discarded and the model restored for the metrics after it (a metric "
+        "must leave parameters and buffers as it found them: work on a copy)"
+    )
+    return PluginContractError(msg)
+
+
+class _StateGuard:
+    """The model's parameters and buffers before one metric, restored after it.
+
+    Every tensor is kept as the object it was and as a copy of its bits, so a
+    metric that changed values in place, replaced a tensor, or converted the
+    model (``.double()``) is found and undone exactly. The context's shared
+    state (cache, eigenvectors, the Hessian operator) is reset with it, since
+    whatever the metric left there was computed on the changed model.
+    """
+
+    def __init__(self, ctx: AnalysisContext) -> None:
+        self._ctx = ctx
+        self._saved = [
+            (module, table, attr, tensor, tensor.detach().clone(), f"{prefix}{attr}")
+            for prefix, module in (
+                (f"{n}." if n else "", m) for n, m in ctx.model.named_modules()
+            )
+            for table in ("_parameters", "_buffers")
+            for attr, tensor in getattr(module, table).items()
+            if tensor is not None
+        ]
+        self._cache = dict(ctx.cache)
+        self._eigenvectors = ctx.eigenvectors
+
+    def restore(self) -> list[str]:
+        """Undo every change; return the names of the tensors that had changed."""
+        import torch
+
+        changed = []
+        with torch.no_grad():
+            for module, table, attr, tensor, saved, qualname in self._saved:
+                now = getattr(module, table).get(attr)
+                if now is tensor and _same_bits(tensor, saved):
+                    continue
+                changed.append(qualname)
+                getattr(module, table)[attr] = tensor
+                if (tensor.dtype, tensor.shape, tensor.device) == (
+                    saved.dtype,
+                    saved.shape,
+                    saved.device,
+                ):
+                    tensor.copy_(saved)
+                else:
+                    tensor.data = saved.clone()
+        if changed:
+            self._ctx.cache.clear()
+            self._ctx.cache.update(self._cache)
+            self._ctx.eigenvectors = self._eigenvectors
+            self._ctx._hessian = None
+        return changed
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors have the same dtype, shape, device and bytes."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+        return False
+    as_bytes = [t.detach().reshape(-1).contiguous().view(torch.uint8) for t in (a, b)]
+    return bool(torch.equal(*as_bytes))
 
 
 def _failed(
@@ -786,6 +898,7 @@ def _run_metric(
     if not isinstance(result, MetricResult):
         msg = f"metric {name!r} returned {type(result).__name__}, expected MetricResult"
         raise PluginContractError(msg)
+    result = _numbers(name, result)
     if not math.isfinite(result.value):
         msg = f"metric {name!r} returned a non-finite value ({result.value})"
         raise NumericalError(msg)
@@ -800,6 +913,39 @@ def _run_metric(
         metric=name,
         hvps=result.hvps if result.hvps is not None else hvps_after - hvps_before,
         seconds=result.seconds if result.seconds is not None else seconds,
+    )
+
+
+def _numbers(name: str, result: MetricResult) -> MetricResult:
+    """``result`` with ``value``, ``stderr`` and ``bound`` as floats, or an error.
+
+    Raises:
+        PluginContractError: One of them is not a real number (text, a
+            collection, ``True``/``False``).
+    """
+    fields: dict[str, float | None] = {}
+    for field in ("value", "stderr", "bound"):
+        given = getattr(result, field)
+        if given is None and field != "value":
+            fields[field] = None
+            continue
+        try:
+            if isinstance(given, str | bytes | bool) or not (
+                isinstance(given, numbers.Real) or hasattr(given, "__float__")
+            ):
+                raise TypeError(field)
+            fields[field] = float(given)
+        except (TypeError, ValueError, RuntimeError):
+            msg = (
+                f"metric {name!r} returned {field} {given!r} "
+                f"({type(given).__name__}); a MetricResult's {field} must be a "
+                "real number"
+            )
+            raise PluginContractError(msg) from None
+    value = fields["value"]
+    assert value is not None  # checked above: a value of None is refused
+    return dataclasses.replace(
+        result, value=value, stderr=fields["stderr"], bound=fields["bound"]
     )
 
 

@@ -18,7 +18,13 @@ from sharpkit._hints import arg, in_cli
 from sharpkit.api.datafiles import SourceDataset
 from sharpkit.api.fit import check_fit
 from sharpkit.api.losses import resolve_loss
-from sharpkit.api.provenance import code_sha256, result_key, run_attrs, split_sha256
+from sharpkit.api.provenance import (
+    code_sha256,
+    provider_of,
+    result_key,
+    run_attrs,
+    split_sha256,
+)
 from sharpkit.api.resolve import (
     ModelLike,
     ResolvedModel,
@@ -145,6 +151,7 @@ def probe(
     key = result_key(
         "probe",
         name,
+        provider=provider_of(reg, "probe", name),
         train_subset=[len(ds.train), metas[0].seed],
         options=parsed,
         checkpoints=shas,

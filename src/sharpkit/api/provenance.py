@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     import torch
 
     from sharpkit._data import DataSplit
+    from sharpkit.registry import Registry
 
 __all__ = [
     "code_sha256",
     "file_sha",
+    "provider_of",
     "result_key",
     "run_attrs",
     "split_sha256",
@@ -67,9 +69,33 @@ def file_sha(path: Path | None) -> str | None:
     return file_sha256(path) if path is not None and path.is_file() else None
 
 
-def result_key(kind: str, name: str, **settings: Any) -> str:
-    """Return the reuse key of the ``kind`` component ``name`` under ``settings``."""
-    return stable_key({kind: name, **settings})
+def provider_of(registry: Registry, kind: str, name: str) -> dict[str, str | None]:
+    """Return the plugin, distribution and version providing ``kind`` ``name``.
+
+    Part of every reuse key, so that a value computed by one plugin (or one
+    version of it) is never returned for another's component of the same name.
+    """
+    rec = registry.provider(kind, name)
+    return {
+        "plugin": rec.name,
+        "distribution": rec.distribution,
+        "version": rec.version,
+    }
+
+
+def result_key(
+    kind: str, name: str, *, provider: Mapping[str, Any], **settings: Any
+) -> str:
+    """Return the reuse key of the ``kind`` component ``name`` under ``settings``.
+
+    Args:
+        kind: ``"metric"`` or ``"probe"``.
+        name: The component's registered name.
+        provider: What provides it (:func:`provider_of`).
+        **settings: Everything else that can change the result: the model's and
+            the data's hashes, the component's parsed options, seed, ...
+    """
+    return stable_key({kind: name, "provider": dict(provider), **settings})
 
 
 def run_attrs(kind: str, attrs: Mapping[str, Any]) -> dict[str, Any]:

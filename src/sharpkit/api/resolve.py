@@ -230,6 +230,7 @@ def load_dataset(
     if is_data_source(name, reg.names("dataset")):
         source: Dataset = resolve_data(name, options=options, registry=reg)
         return source
+    _check_root(root)
     if subset is not None and subset < 1:
         msg = f"subset must be a positive number of examples, got {subset}"
         raise ConfigError(msg)
@@ -575,6 +576,20 @@ def _shape_of(
     if not isinstance(ds, Dataset):
         ds = load_dataset(ds_name, root=data_root, subset=None, registry=registry)
     return input_shape or ds.input_shape, num_classes or ds.num_classes
+
+
+def _check_root(root: str | os.PathLike[str] | None) -> None:
+    """Refuse a data root that names something other than a folder.
+
+    Raises:
+        ConfigError: ``root`` exists and is not a directory.
+    """
+    if root is not None and os.path.exists(root) and not os.path.isdir(root):
+        msg = (
+            f"{arg('root', '--data-root')} {os.fspath(root)!r} is not a directory; "
+            "name the folder that holds the dataset's files"
+        )
+        raise ConfigError(msg)
 
 
 def resolve_data(

@@ -2,16 +2,21 @@
 
 The trainer plugin does the training; this function resolves the names, checks
 the arguments, and records the curves and the final checkpoint in the store.
+Everything that can fail without training is checked before the first step:
+the output directory must be writable and the store must open, so a typo in
+``--out`` or ``--store`` costs seconds, not a training run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sharpkit._fs import remove_stale_temps
 from sharpkit._hints import arg
 from sharpkit.api.datafiles import SourceDataset
 from sharpkit.api.provenance import file_sha, run_attrs
@@ -163,9 +168,13 @@ def train(
             f"trainer {trainer!r} factory returned {type(algo).__name__} without fit()"
         )
         raise PluginContractError(msg)
+    if config.out_dir is not None:
+        _check_writable(config.out_dir)
+        if resume:  # what a killed run was writing when it died
+            remove_stale_temps(config.out_dir)
+    rs = open_store(store)  # a bad store fails now, not after training
     with reg.guard("trainer", trainer, "training"):
         result = algo.fit(net, ds, config, progress=progress or _no_progress)
-    rs = open_store(store)
     if rs is not None:
         attrs = {
             "model": model,
@@ -196,6 +205,26 @@ def train(
         )
         result = dataclasses.replace(result, attrs={**result.attrs, "run_id": run_id})
     return result
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and write a file there, or say why that fails.
+
+    Raises:
+        ConfigError: The directory cannot be created or written to.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=out_dir, prefix=".", suffix=".tmp")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        msg = (
+            f"cannot write checkpoints to {arg('out_dir', '--out')} "
+            f"{str(out_dir)!r} ({why}); choose a directory you can write to"
+        )
+        raise ConfigError(msg) from exc
 
 
 def _training_data(

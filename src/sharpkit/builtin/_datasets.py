@@ -150,13 +150,21 @@ def stratified_subset(
     original order.
 
     Raises:
-        ConfigError: ``n`` is not between 1 and ``len(targets)``.
+        ConfigError: ``n`` is not between 1 and ``len(targets)``, or too small
+            to hold one example of every class present.
     """
     total = int(targets.shape[0])
     if not 1 <= n <= total:
         msg = f"subset must be between 1 and {total} (the training set size), got {n}"
         raise ConfigError(msg)
     counts = torch.bincount(targets, minlength=num_classes).tolist()
+    present = sum(1 for c in counts if c > 0)
+    if n < present:
+        msg = (
+            f"subset {n} cannot hold one example of each of the {present} classes "
+            f"(a stratified subset keeps every class); use {present} or more"
+        )
+        raise ConfigError(msg)
     exact = [n * c / total for c in counts]
     quota = [math.floor(q) for q in exact]
     left = n - sum(quota)

@@ -108,15 +108,7 @@ class MLPBN(nn.Sequential):
     def __init__(
         self, in_features: int, num_classes: int, *, depth: int = 4, width: int = 256
     ) -> None:
-        layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
-        size = in_features
-        for i in range(1, depth):
-            layers[f"fc{i}"] = nn.Linear(size, width)
-            layers[f"bn{i}"] = nn.BatchNorm1d(width)
-            layers[f"relu{i}"] = nn.ReLU()
-            size = width
-        layers[f"fc{depth}"] = nn.Linear(size, num_classes)
-        super().__init__(layers)
+        super().__init__(_mlp_layers(in_features, num_classes, depth, width, bn=True))
 
 
 class MLP(nn.Sequential):
@@ -134,14 +126,23 @@ class MLP(nn.Sequential):
     def __init__(
         self, in_features: int, num_classes: int, *, depth: int = 4, width: int = 256
     ) -> None:
-        layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
-        size = in_features
-        for i in range(1, depth):
-            layers[f"fc{i}"] = nn.Linear(size, width)
-            layers[f"relu{i}"] = nn.ReLU()
-            size = width
-        layers[f"fc{depth}"] = nn.Linear(size, num_classes)
-        super().__init__(layers)
+        super().__init__(_mlp_layers(in_features, num_classes, depth, width, bn=False))
+
+
+def _mlp_layers(
+    in_features: int, num_classes: int, depth: int, width: int, *, bn: bool
+) -> OrderedDict[str, nn.Module]:
+    """``flatten, fc1, [bn1,] relu1, ..., fc<depth>`` for the two MLPs."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    size = in_features
+    for i in range(1, depth):
+        layers[f"fc{i}"] = nn.Linear(size, width)
+        if bn:
+            layers[f"bn{i}"] = nn.BatchNorm1d(width)
+        layers[f"relu{i}"] = nn.ReLU()
+        size = width
+    layers[f"fc{depth}"] = nn.Linear(size, num_classes)
+    return layers
 
 
 def _check_mlp(name: str, num_classes: int, depth: int, width: int) -> None:

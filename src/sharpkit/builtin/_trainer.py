@@ -42,6 +42,11 @@ and the training state needed to resume):
 * ``final.pt``: written when the last epoch is done;
 * ``curves.csv``: the per-epoch curves so far, rewritten every epoch.
 
+Wall-clock time (the ``seconds`` curve) is kept out of the checkpoints, which
+hold only what the computation determines: two identical trainings write
+identical bytes, so their sha256 (the key of stored measurements) is the same
+and a retrain reuses what the store has. It is in ``curves.csv`` and the store.
+
 Resuming (``resume=True``) reloads ``last.pt``: weights and batch-norm buffers,
 optimizer state, the shuffling generator, torch's global RNG (dropout) and the
 curves, so the continued run is bit-for-bit the run that was not interrupted.
@@ -126,6 +131,8 @@ _RESUME_FIELDS = (
     "seed",
 )
 _TRACK_SUFFIXES = ("", "_stderr", "_bound", "_hvps")
+# Wall-clock curves: in curves.csv and the store, never in a checkpoint's bytes.
+_TIMING = ("seconds",)
 _EXACT = ("train_loss", "train_accuracy")  # re-evaluated on the final model
 TRAIN_METRICS = (
     "final train_loss/train_accuracy: the final model in eval mode on the whole "
@@ -256,6 +263,36 @@ def _write_csv(path: Path, curves: Mapping[str, Sequence[float]]) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def _with_timing(
+    saved: Mapping[str, Sequence[float]], out_dir: Path | None, epochs: int
+) -> dict[str, list[float]]:
+    """The saved curves plus the wall-clock ones, read back from ``curves.csv``.
+
+    Checkpoints do not hold timing (see the module docstring); a resumed run
+    takes it from the curves file beside them, or NaN where that is gone.
+    """
+    out = {k: list(v) for k, v in saved.items()}
+    missing = [k for k in _TIMING if k not in out]
+    if not missing:
+        return out  # a checkpoint written before timing was kept out
+    rows: list[dict[str, str]] = []
+    path = out_dir / "curves.csv" if out_dir is not None else None
+    if path is not None and path.is_file():
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))[:epochs]
+    for key in missing:
+        values = [_number(r.get(key)) for r in rows]
+        out[key] = values if len(values) == epochs else [math.nan] * epochs
+    return out
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text is not None else math.nan
+    except ValueError:
+        return math.nan
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         try:
@@ -351,7 +388,11 @@ class SGDTrainer:
             epoch=epoch,
             epochs=config.epochs,
             sharpkit_version=version(),
-            final={k: float(v) for k, v in row.items() if math.isfinite(v)},
+            final={
+                k: float(v)
+                for k, v in row.items()
+                if math.isfinite(v) and k not in _TIMING
+            },
             extra={
                 "input_shape": [int(d) for d in data.input_shape],
                 "num_classes": int(data.num_classes),
@@ -509,7 +550,7 @@ class SGDTrainer:
                 torch.set_rng_state(state["torch_rng"])
                 if device.type == "cuda" and state.get("cuda_rng") is not None:
                     torch.cuda.set_rng_state(state["cuda_rng"], device)
-                saved = state["curves"]
+                saved = _with_timing(state["curves"], out_dir, int(state["epoch"]))
                 for key in curves:
                     curves[key] = [float(v) for v in saved[key]]
                 warm_start = state.get("warm_start")
@@ -700,7 +741,7 @@ class SGDTrainer:
             "cuda_rng": torch.cuda.get_rng_state(device)
             if device.type == "cuda"
             else None,
-            "curves": {k: list(v) for k, v in curves.items()},
+            "curves": {k: list(v) for k, v in curves.items() if k not in _TIMING},
             "warm_start": warm_start,
         }
         save_checkpoint(out_dir / "last.pt", model, meta, train_state=state)

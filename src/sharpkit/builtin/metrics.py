@@ -71,6 +71,7 @@ __all__ = [
 
 KRYLOV_KEY = "krylov:process"
 EXACT_MAX = 256
+MAX_DENSITY_GRID = 100_000
 """Up to this many parameters, trace, Frobenius norm and density are computed
 exactly: ``n`` Lanczos steps span the whole space, and the three metrics share
 that one process. Above it the estimators never spend more than ``n`` products
@@ -176,6 +177,32 @@ def _path_attrs(
     if expected is not None:
         out["expected_hvps"] = round(expected, 1) if math.isfinite(expected) else -1
     return out
+
+
+def _check_basis(ctx: AnalysisContext, what: str, k: int, n: int, advice: str) -> None:
+    """Refuse a Lanczos basis of ``k + 1`` vectors of ``n`` that would not fit.
+
+    Checked before the first product, so an option such as ``deflation=1e9`` on
+    a large model is one line, not hours of swapping (or the OOM killer). Under
+    a memory budget the basis never exceeds it (float32 or fewer steps), so
+    only the budget itself must fit.
+
+    Raises:
+        ConfigError: The basis needs more memory than is free on the device.
+    """
+    from sharpkit._fs import available_memory
+
+    need = (min(k, n) + 1) * n * 8  # float64 at most: the worst case is refused
+    if ctx.memory_budget is not None:  # the basis is capped to the budget
+        need = min(need, ctx.memory_budget)
+    free = available_memory(ctx.device)
+    if free is not None and need > free:
+        msg = (
+            f"{what} needs a Lanczos basis of {min(k, n) + 1} vectors of {n} "
+            f"parameters ({need / 2**30:.1f} GB), more than the "
+            f"{free / 2**30:.1f} GB of memory free; {advice}"
+        )
+        raise ConfigError(msg)
 
 
 def _krylov(
@@ -310,10 +337,46 @@ class Spectral:
                 return v0, "gradient"
         return None, "random"
 
+    def _check_size(self, ctx: AnalysisContext, n: int, itemsize: int) -> None:
+        """Refuse a ``top_k`` the job cannot take, before any product.
+
+        Raises:
+            ConfigError: More eigenvalues than the Hessian has, than
+                ``max_hvps`` products can find, or whose Lanczos basis
+                (``top_k + 1`` vectors of ``n``) would not fit in memory.
+        """
+        from sharpkit._fs import available_memory
+
+        k = self.top_k * (2 if self.which == "both" else 1)
+        if k > n:
+            msg = (
+                f"top_k {self.top_k} asks for {k} eigenvalues but the model has "
+                f"{n} parameters (its Hessian has {n}); use top_k <= "
+                f"{n // (2 if self.which == 'both' else 1)}"
+            )
+            raise ConfigError(msg)
+        if ctx.max_hvps is not None and k > ctx.max_hvps:
+            msg = (
+                f"top_k {self.top_k} needs at least {k} Hessian-vector products, "
+                f"more than --max-hvps {ctx.max_hvps}; raise --max-hvps or lower "
+                "--top-k"
+            )
+            raise ConfigError(msg)
+        need = (k + 1) * n * itemsize
+        free = available_memory(ctx.device)
+        if free is not None and need > free:
+            msg = (
+                f"top_k {self.top_k} needs a Lanczos basis of {k + 1} vectors of "
+                f"{n} parameters ({need / 2**30:.1f} GB), more than the "
+                f"{free / 2**30:.1f} GB of memory free; lower --top-k"
+            )
+            raise ConfigError(msg)
+
     def compute(self, ctx: AnalysisContext) -> MetricResult:
         """Run Lanczos (or power iteration) on ``ctx.hessian``."""
         start = time.perf_counter()
         H = ctx.hessian
+        self._check_size(ctx, H.n, H.dtype.itemsize)
         before = H.hvp_count
         gen = ctx.generator("spectral")
         v0, start_kind = self._start(ctx, H, gen)
@@ -530,6 +593,10 @@ class Frobenius:
         gen = ctx.generator("frobenius")
         up_front = self._up_front(ctx)
         steps = H.n if up_front else self.deflation
+        _check_basis(
+            ctx, f"frobenius (deflation {self.deflation})", steps, H.n,
+            "lower -o frobenius.deflation",
+        )  # fmt: skip
         if ctx.max_hvps is not None and not up_front:
             steps = min(steps, max(ctx.max_hvps // 2, 1))
         deflation = _krylov(ctx, H, steps, gen) if steps > 0 else None
@@ -677,6 +744,11 @@ class Trace:
         gen = ctx.generator("trace")
         target = None if self.probes else self.rel_stderr
         up_front = _exact_up_front(ctx, self.exact_max, self._fewest())
+        if self.method in ("auto", "hutch++") or up_front:
+            _check_basis(
+                ctx, f"trace (sketch {self.sketch})",
+                H.n if up_front else self.sketch, H.n, "lower -o trace.sketch",
+            )  # fmt: skip
         if up_front:
             return self._exact(ctx, H, gen, start, before, up_front)
         fallback = None
@@ -921,6 +993,13 @@ class Density:
         if steps < 1 or grid < 2:
             msg = f"steps must be >= 1 and grid >= 2, got {steps} and {grid}"
             raise ConfigError(msg)
+        if grid > MAX_DENSITY_GRID:
+            # the smoothing holds a (nodes x grid) matrix: 1e9 points is gigabytes
+            msg = (
+                f"grid {grid} asks for {grid} density points; the limit is "
+                f"{MAX_DENSITY_GRID} (finer than any plot): lower grid"
+            )
+            raise ConfigError(msg)
         if sigma is not None:
             _positive("sigma", sigma)
         self.probes = probes
@@ -956,6 +1035,10 @@ class Density:
         before = H.hvp_count
         gen = ctx.generator("density")
         up_front = self._up_front(ctx)
+        _check_basis(
+            ctx, f"density (steps {self.steps})", H.n if up_front else self.steps,
+            H.n, "lower -o density.steps",
+        )  # fmt: skip
         if up_front:
             return self._exact(ctx, H, gen, start, before, up_front)
         probes, steps = self.probes, min(self.steps, H.n)

@@ -3,7 +3,10 @@
 Results go to stdout (a rich table, or JSON with ``--json``); progress, warnings
 and errors go to stderr. A :class:`~sharpkit.SharpkitError` becomes one line,
 ``error: <message>``, and exit status 1; ``--debug`` (or ``SHARPKIT_DEBUG=1``)
-shows the traceback instead.
+shows the traceback instead. Ctrl-C (SIGINT), SIGTERM and SIGHUP end a command
+the same way: the stack unwinds (temporary files removed, a sweep's workers
+stopped), one line says so, and the exit status is ``128 + signal`` (130, 143,
+129).
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import warnings
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
+
+# typer vendors click (0.2x): its usage errors are these, not click's own
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
-from sharpkit.cli._progress import err_console
+from sharpkit.cli._progress import print_line
 from sharpkit.errors import SharpkitError, SharpkitWarning
 
 __all__ = ["app", "main"]
@@ -40,30 +45,52 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    text = escape(str(message))  # a message is text, never rich markup or emoji
-    if issubclass(category, SharpkitWarning):
-        err_console.print(f"[yellow]warning:[/] {text}", highlight=False, emoji=False)
-    else:
-        err_console.print(
-            f"[yellow]warning:[/] {category.__name__}: {text}",
-            highlight=False,
-            emoji=False,
-        )
+    text = str(message)
+    if not issubclass(category, SharpkitWarning):
+        text = f"{category.__name__}: {text}"
+    print_line("warning", text)
+
+
+def _usage_error(exc: UsageError) -> typer.Exit:
+    """One line for a usage error (exit status 2), instead of click's box.
+
+    ``no_args_is_help`` (a command run bare) still shows the help.
+    """
+    if isinstance(exc, NoArgsIsHelpError) or _debug_enabled():
+        raise exc
+    where = exc.ctx.command_path if exc.ctx is not None else "sharpkit"
+    message = exc.format_message().rstrip(".")
+    print_line("error", f"{message}; see '{where} --help'")
+    return typer.Exit(2)
 
 
 class _ErrorBoundary(TyperGroup):
-    """Turn SharpkitError into one line on stderr and exit status 1."""
+    """Turn SharpkitError into one line on stderr and exit status 1.
+
+    A usage error (an unknown option, a value of the wrong type) is one line
+    too, with exit status 2; a signal ends the command as described above.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        """Parse the top-level options; a usage error in them is one line."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as exc:
+            raise _usage_error(exc) from None
 
     def invoke(
         self, ctx: Any
     ) -> Any:  # typer vendors click; its Context type is private
+        from sharpkit._fs import Terminated, remove_live_temps, unwind_on_signals
         from sharpkit._hints import cli_hints
 
         old_show = warnings.showwarning
         warnings.showwarning = _show_warning
         try:
-            with cli_hints():  # error messages name flags, not Python arguments
+            with unwind_on_signals(), cli_hints():  # hints name flags, not arguments
                 return super().invoke(ctx)
+        except UsageError as exc:
+            raise _usage_error(exc) from None
         except SharpkitError as exc:
             if _debug_enabled():
                 raise
@@ -73,20 +100,25 @@ class _ErrorBoundary(TyperGroup):
                 _distributed.record_error(exc)
                 raise typer.Exit(1) from None
             # Text, not markup: "sharpkit[hf]" and "pkg:name:" print as they are.
-            text = str(exc).replace("\n", " ")
-            message = escape(_distributed.rank_prefix() + text)
-            err_console.print(
-                f"[red]error:[/] {message}",
-                highlight=False,
-                soft_wrap=True,
-                emoji=False,
-            )
+            print_line("error", _distributed.rank_prefix() + str(exc))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err_console.print("[red]interrupted[/]")
+            remove_live_temps()
+            print_line("error", _interrupted("Ctrl-C (SIGINT)"))
             raise typer.Exit(130) from None
+        except Terminated as exc:
+            remove_live_temps()
+            print_line("error", _interrupted(exc.name))
+            raise typer.Exit(exc.status) from None
         finally:
             warnings.showwarning = old_show
+
+
+def _interrupted(what: str) -> str:
+    return (
+        f"interrupted by {what}: what was complete is kept and nothing half-written "
+        "is left; run the same command again to continue (train: add --resume)"
+    )
 
 
 app = typer.Typer(
@@ -110,6 +142,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -132,13 +165,29 @@ def _root(
             "Also $SHARPKIT_DISABLE_PLUGINS=a,b.",
         ),
     ] = None,
+    disable: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--disable",
+            metavar="KIND:NAME[@PLUGIN]",
+            help="Leave out one component, from every plugin or from one "
+            "(e.g. metric:spectral@builtin when two plugins provide spectral); "
+            "repeatable. Also $SHARPKIT_DISABLE.",
+        ),
+    ] = None,
 ) -> None:
     """Measure how sharp or flat the minimum of a trained PyTorch model is."""
     _STATE["debug"] = debug
-    if disable_plugin:
-        from sharpkit.registry import reset_registry
+    from sharpkit import registry
 
-        reset_registry(disabled=disable_plugin)
+    if disable_plugin or disable:
+        registry.reset_registry(
+            disabled=disable_plugin or (), disabled_components=disable or ()
+        )
+    elif registry._REGISTRY is not None and ctx.invoked_subcommand != "plugins":
+        # Built quietly while plugin commands were collected: say now what failed
+        # (`sharpkit plugins` lists the failures itself).
+        registry._REGISTRY.report_failures()
 
 
 def _add_builtin_commands() -> None:
@@ -189,16 +238,19 @@ def add_plugin_commands() -> None:
     if _PLUGIN_COMMANDS_ADDED:
         return
     _PLUGIN_COMMANDS_ADDED = True
-    from sharpkit.registry import get_registry, reset_registry
+    from sharpkit.registry import reset_registry
 
-    disabled = _argv_disabled(sys.argv[1:])
+    disabled = _argv_values(sys.argv[1:], "--disable-plugin")
+    components = _argv_values(sys.argv[1:], "--disable")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SharpkitWarning)
             reg = (
-                reset_registry(disabled=disabled, warn=False)
-                if disabled
-                else (get_registry())
+                reset_registry(
+                    disabled=disabled, disabled_components=components, warn=False
+                )
+                if disabled or components
+                else reset_registry(warn=False)
             )
             reg.register_commands(app, reserved=BUILTIN_COMMANDS)
     except SharpkitError:
@@ -206,12 +258,12 @@ def add_plugin_commands() -> None:
         return
 
 
-def _argv_disabled(argv: list[str]) -> list[str]:
+def _argv_values(argv: list[str], flag: str) -> list[str]:
     out: list[str] = []
     for i, arg in enumerate(argv):
-        if arg == "--disable-plugin" and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             out.append(argv[i + 1])
-        elif arg.startswith("--disable-plugin="):
+        elif arg.startswith(flag + "="):
             out.append(arg.split("=", 1)[1])
     return out
 

@@ -308,9 +308,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     Rank 0 prints; the others are silent. Returns the exit status: 0 when every
     rank succeeded, 1 after printing one error line, 130 on Ctrl-C.
     """
-    from rich.markup import escape
-
-    from sharpkit.cli._progress import err_console
+    from sharpkit.cli._progress import print_line
 
     with tempfile.TemporaryDirectory(prefix="sharpkit-ranks-") as tmp:
         folder = Path(tmp)
@@ -325,9 +323,7 @@ def launch(nproc: int, argv: list[str]) -> int:
             return 0
         ended = _stop(procs, grace=_GRACE)
         line = _root_cause(folder, procs, ended)
-    err_console.print(
-        f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True, emoji=False
-    )
+    print_line("error", line)
     return 1
 
 

@@ -1,4 +1,10 @@
-"""The CLI's one progress mechanism: a rich display fed by ProgressCallbacks."""
+"""The CLI's progress display (fed by ProgressCallbacks) and its lines on stderr.
+
+Everything the CLI prints is text, never rich markup or emoji codes: the
+consoles have both off, so a path such as ``run[lr=0.1].pt`` or ``a[/].pt``, an
+option such as ``step:a:b`` or a plugin's description prints as it is. Styles
+(the red ``error:``) are applied to :class:`~rich.text.Text`, not parsed.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +24,25 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from sharpkit.interfaces import ProgressCallback
 
-err_console = Console(stderr=True)
+err_console = Console(
+    stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True
+)
+_STYLES = {"error": "red", "warning": "yellow", "interrupted": "red"}
+
+
+def print_line(kind: str, text: str) -> None:
+    """Print ``<kind>: <text>`` on stderr as one line of plain text.
+
+    Args:
+        kind: ``"error"``, ``"warning"`` or ``"interrupted"`` (its colour).
+        text: The message; line breaks in it become spaces.
+    """
+    flat = text.replace("\r", " ").replace("\n", " ")
+    err_console.print(Text.assemble((f"{kind}:", _STYLES.get(kind, "")), " ", flat))
 
 
 def _fmt(value: Any) -> str:
@@ -72,10 +93,10 @@ def progress_display(label: str, *, enabled: bool = True) -> Iterator[ProgressCa
     """
     progress = Progress(
         SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),

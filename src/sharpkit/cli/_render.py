@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-out_console = Console(soft_wrap=True)
+# Text only: no markup, emoji codes or highlighting in paths, names and numbers.
+out_console = Console(soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 
 def _clean(value: Any) -> Any:

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sharpkit.cli._progress import err_console, progress_display
+from sharpkit.cli._progress import print_line, progress_display
 from sharpkit.cli._render import print_json, print_table
 
 if TYPE_CHECKING:
@@ -40,11 +40,12 @@ def _report(result: SweepResult, json_output: bool) -> None:
         )
         for probe in result.probes:
             if "error" in probe:
-                err_console.print(
-                    f"[red]interpolation {probe['a']} → {probe['b']}: {probe['error']}"
+                print_line(
+                    "error",
+                    f"interpolation {probe['a']} → {probe['b']}: {probe['error']}",
                 )
     for o in result.failures:
-        err_console.print(f"[red]error:[/] {o.point.label}: {o.error}", highlight=False)
+        print_line("error", f"{o.point.label}: {o.error}")
 
 
 def with_device(cfg: SweepConfig, device: str) -> SweepConfig:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from sharpkit.cli._options import (
     AnalysisOptions,
@@ -22,11 +21,11 @@ from sharpkit.cli._options import (
     distribute_options,
     with_analysis_options,
 )
-from sharpkit.cli._progress import err_console, progress_display
+from sharpkit.cli._progress import print_line, progress_display
+from sharpkit.cli._render import fmt_number, print_json, print_table
 
 if TYPE_CHECKING:
     from sharpkit.cli._distributed import RankSession
-from sharpkit.cli._render import fmt_number, print_json, print_table
 
 
 def _uncertainty(value: Any) -> str:
@@ -216,20 +215,12 @@ def _measure_all(
                 if stop_at_error:
                     partial = exc
                 else:
-                    err_console.print(
-                        f"[red]error:[/] {escape(f'{path}: {exc}')}",
-                        highlight=False,
-                        emoji=False,
-                    )
+                    print_line("error", f"{path}: {exc}")
             except SharpkitError as exc:
                 if stop_at_error or isinstance(exc, DistributedError):
                     raise
                 failed += 1
-                err_console.print(
-                    f"[red]error:[/] {escape(f'{path}: {exc}')}",
-                    highlight=False,
-                    emoji=False,
-                )
+                print_line("error", f"{path}: {exc}")
                 continue
             outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
             rows.extend(_rows(os.fspath(path), result))

@@ -25,10 +25,10 @@ def sweep(
     data_root: DataRootOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Train, measure and store a grid of runs; run it again to resume.
+    r"""Train, measure and store a grid of runs; run it again to resume.
 
-    The TOML format is described in the docs (Batch analyses): a [train] table
-    whose list values span the grid, optional [measure] and [[interpolate]].
+    The TOML format is described in the docs (Batch analyses): a \[train] table
+    whose list values span the grid, optional \[measure] and \[\[interpolate]].
     """
     from sharpkit.sweep import load_sweep
 

@@ -84,11 +84,14 @@ def seal(objects: dict[str, bytes]) -> bytes:
     """
     doc = json.loads(objects.pop("zarr.json"))
     attrs = doc["attributes"]
+    listed = {k: [len(v), _sha256(v)] for k, v in sorted(objects.items())}
     attrs[_MANIFEST] = {
         "format": MANIFEST_FORMAT,
         "hash": "sha256",
         "attributes": _sha256(_canonical(attrs)),
-        "objects": {k: [len(v), _sha256(v)] for k, v in sorted(objects.items())},
+        # the list itself is checked too: a changed name would hide an object
+        "index": _sha256(_canonical(listed)),
+        "objects": listed,
     }
     return json.dumps(doc, indent=2, allow_nan=False).encode()
 
@@ -142,6 +145,10 @@ class Manifest:
         if value.get("attributes") != _sha256(_canonical(attrs)):
             msg = "the run's attributes are not what was written (checksum differs)"
             raise Damage(msg)
+        # "index" is absent only in manifests from before it existed (same format)
+        if "index" in value and value["index"] != _checked_index(value["objects"]):
+            msg = "the run's manifest is not what was written (checksum differs)"
+            raise Damage(msg)
         objects: dict[str, tuple[int, str]] = {}
         for key, entry in value["objects"].items():
             ok = (
@@ -155,6 +162,13 @@ class Manifest:
                 raise Damage(msg)
             objects[key] = (int(entry[0]), entry[1])
         return cls(objects)
+
+
+def _checked_index(objects: Mapping[str, Any]) -> str | None:
+    try:
+        return _sha256(_canonical(objects))
+    except (TypeError, ValueError):  # not JSON-serialisable as written: damaged
+        return None
 
 
 def parse_run_doc(raw: bytes) -> tuple[dict[str, Any], Manifest | None]:

@@ -282,6 +282,10 @@ class ResultStore:
     def _init_root(self, create: bool) -> dict[str, Any]:
         """Make an empty location a store; return the root document that won."""
         if not self._backend.is_empty():
+            # A concurrent creator may have written its root since we looked.
+            doc = self._read_root()
+            if doc is not None:
+                return doc
             if "runs" in self._backend.children(""):
                 raise self._lost_root("is missing")
             local = self.is_local

@@ -107,8 +107,8 @@ def _layout_problems(store: ResultStore) -> list[str]:
     out = []
     for sub in subs:
         raw = store._backend.get(f"{sub}/zarr.json")
-        if raw is None and sub == "staging":
-            continue  # created on the first write
+        if raw is None and (sub == "staging" or not store._backend.children(sub)):
+            continue  # created on the first write; a store only opened has none
         try:
             ok = raw is not None and json.loads(raw).get("node_type") == "group"
         except (ValueError, AttributeError):

@@ -28,9 +28,34 @@ if TYPE_CHECKING:
 
     from sharpkit.builtin._landscape.evaluation import Evaluator
 
-__all__ = ["Checkpointer", "grid_text", "parse_grid", "sweep"]
+__all__ = [
+    "MAX_GRID_POINTS",
+    "Checkpointer",
+    "check_points",
+    "grid_text",
+    "parse_grid",
+    "sweep",
+]
 
 _SNAP = 1e-9
+# Each point is at least one pass over the evaluation data (and a batch-norm
+# re-estimate): 100k points is days of work already, and 1e8 would need
+# gigabytes before the first point. A grid (or a plane's x*y) is held to it.
+MAX_GRID_POINTS = 100_000
+
+
+def check_points(count: int, what: str) -> None:
+    """Refuse a grid of more than :data:`MAX_GRID_POINTS` points, before any work.
+
+    Raises:
+        ConfigError: ``count`` exceeds the limit.
+    """
+    if count > MAX_GRID_POINTS:
+        msg = (
+            f"{what} asks for {count} points; the limit is {MAX_GRID_POINTS} "
+            "(each point is a pass over the data): use fewer points"
+        )
+        raise ConfigError(msg)
 
 
 def parse_grid(text: str, *, name: str = "alpha") -> np.ndarray:
@@ -47,7 +72,9 @@ def parse_grid(text: str, *, name: str = "alpha") -> np.ndarray:
         The grid as a strictly increasing float64 array.
 
     Raises:
-        ConfigError: A malformed, empty, non-finite or non-increasing grid.
+        ConfigError: A malformed, empty, non-finite or non-increasing grid, an
+            empty item in a list (``"0,,1"``), or more than
+            :data:`MAX_GRID_POINTS` points.
     """
     raw = str(text).strip()
     try:
@@ -58,11 +85,20 @@ def parse_grid(text: str, *, name: str = "alpha") -> np.ndarray:
             start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
             if num < 1 or not (math.isfinite(start) and math.isfinite(stop)):
                 raise ValueError(raw)
+            check_points(num, f"option {name!r} ({text!r})")
             values = np.linspace(start, stop, num, dtype=np.float64)
         else:
-            values = np.array(
-                [float(v) for v in raw.split(",") if v.strip()], dtype=np.float64
-            )
+            items = raw.split(",")
+            if len(items) > 1 and not all(v.strip() for v in items):
+                msg = (
+                    f"option {name!r} has an empty value in {text!r}; write "
+                    "comma-separated numbers such as '0,0.5,1'"
+                )
+                raise ConfigError(msg)
+            check_points(len(items), f"option {name!r}")
+            values = np.array([float(v) for v in items if v.strip()], dtype=np.float64)
+    except ConfigError:
+        raise  # already says what is wrong (a ConfigError is a ValueError too)
     except ValueError:
         msg = (
             f"option {name!r} must be 'start:stop:num' (e.g. '-1:2:31') or "

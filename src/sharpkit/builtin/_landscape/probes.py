@@ -48,7 +48,13 @@ from sharpkit.builtin._landscape.geometry import (
     set_params,
     state_digest,
 )
-from sharpkit.builtin._landscape.grid import Checkpointer, grid_text, parse_grid, sweep
+from sharpkit.builtin._landscape.grid import (
+    Checkpointer,
+    check_points,
+    grid_text,
+    parse_grid,
+    sweep,
+)
 from sharpkit.builtin._landscape.readouts import (
     Readouts,
     minimum_readouts,
@@ -176,6 +182,10 @@ class _GridProbe:
             name: parse_grid(getattr(self, name), name=name)
             for name, _ in self.grid_options
         }
+        sizes = [len(g) for g in self._grids.values()]
+        if len(sizes) > 1:
+            shown = " x ".join(str(s) for s in sizes)
+            check_points(math.prod(sizes), f"the {self.name!r} grid ({shown})")
 
     def _check(self) -> None:
         """Validate and normalise the options (before the grids are parsed)."""
