@@ -48,7 +48,14 @@ def _start(argv: list[object], cwd: Path) -> subprocess.Popen[bytes]:
             stderr=err,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # as from a terminal: a shell's background job (`pytest &`, nohup)
+            # starts with SIGINT ignored, and Python then keeps ignoring Ctrl-C
+            preexec_fn=_default_sigint,
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finish(argv: list[object], cwd: Path) -> None:
