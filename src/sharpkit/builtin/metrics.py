@@ -179,7 +179,9 @@ def _path_attrs(
     return out
 
 
-def _check_basis(ctx: AnalysisContext, what: str, k: int, n: int, advice: str) -> None:
+def _check_basis(
+    ctx: AnalysisContext, what: str, k: int, n: int, advice: str, *, itemsize: int = 8
+) -> None:
     """Refuse a Lanczos basis of ``k + 1`` vectors of ``n`` that would not fit.
 
     Checked before the first product, so an option such as ``deflation=1e9`` on
@@ -192,7 +194,7 @@ def _check_basis(ctx: AnalysisContext, what: str, k: int, n: int, advice: str) -
     """
     from sharpkit._fs import available_memory
 
-    need = (min(k, n) + 1) * n * 8  # float64 at most: the worst case is refused
+    need = (min(k, n) + 1) * n * itemsize  # float64 by default: the worst case
     if ctx.memory_budget is not None:  # the basis is capped to the budget
         need = min(need, ctx.memory_budget)
     free = available_memory(ctx.device)
@@ -345,8 +347,6 @@ class Spectral:
                 ``max_hvps`` products can find, or whose Lanczos basis
                 (``top_k + 1`` vectors of ``n``) would not fit in memory.
         """
-        from sharpkit._fs import available_memory
-
         k = self.top_k * (2 if self.which == "both" else 1)
         if k > n:
             msg = (
@@ -362,15 +362,9 @@ class Spectral:
                 "--top-k"
             )
             raise ConfigError(msg)
-        need = (k + 1) * n * itemsize
-        free = available_memory(ctx.device)
-        if free is not None and need > free:
-            msg = (
-                f"top_k {self.top_k} needs a Lanczos basis of {k + 1} vectors of "
-                f"{n} parameters ({need / 2**30:.1f} GB), more than the "
-                f"{free / 2**30:.1f} GB of memory free; lower --top-k"
-            )
-            raise ConfigError(msg)
+        _check_basis(
+            ctx, f"top_k {self.top_k}", k, n, "lower --top-k", itemsize=itemsize
+        )
 
     def compute(self, ctx: AnalysisContext) -> MetricResult:
         """Run Lanczos (or power iteration) on ``ctx.hessian``."""
