@@ -129,7 +129,14 @@ def kill_mid_write(
         reported.add(first.split()[0])
         if reaped_on_write:
             assert not previous & leftovers()
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.1))
+        # then kill as soon as a write of this writer is under way (a random
+        # moment alone missed it 30 times in a row: encoding happens in memory,
+        # the staged objects exist only for a short burst of writes)
+        known = leftovers()
+        deadline = time.monotonic() + 2.0
+        while not (leftovers() - known) and time.monotonic() < deadline:
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
         reported |= {line.split()[0] for line in out.splitlines() if line.strip()}
