@@ -56,6 +56,10 @@ def _start(argv: list[object], cwd: Path) -> subprocess.Popen[bytes]:
 
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # and nothing blocked: a mask is inherited through exec too
+    signal.pthread_sigmask(
+        signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    )
 
 
 def _finish(argv: list[object], cwd: Path) -> None:
