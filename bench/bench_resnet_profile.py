@@ -8,9 +8,16 @@ same machine state. Their true relative error is taken against the cached
 ground truth of ``bench_curvature.py`` when there is one, else against
 ``--truth`` (λ₁ of docs/benchmarks.md for this checkpoint). Part 2 profiles one
 product through the kept gradient graph with ``torch.profiler`` and one
-gradient for scale, and prints the operators that take the time.
+gradient for scale, and prints the operators that take the time. Part 3
+(``steps``) runs sharpkit's Lanczos from the gradient start for ``--steps``
+products and prints, after each, the top Ritz value, its true error, its
+residual and bound, and what the stopping rule says. Part 4 (``variants``)
+times the gradient-graph build and three products, interleaved, for the plain
+``torch.autograd.grad`` way (PyHessian's), sharpkit's operator with and without
+its batch-norm fusion, and plain autograd on a channels-last copy.
 
-    python bench/bench_resnet_profile.py              # ~4 min on a quiet 2-core machine
+    python bench/bench_resnet_profile.py       # ~15 min on a quiet 2-core machine
+    python bench/bench_resnet_profile.py --parts steps variants
 """
 
 from __future__ import annotations
@@ -99,24 +106,156 @@ def profile_section(model, x, y) -> dict[str, Any]:
     }
 
 
+def steps_section(model, x, y, truth: list[float], steps: int) -> dict[str, Any]:
+    """sharpkit's Lanczos step by step: where the stopping rule stops, and why."""
+    import numpy as np
+
+    from sharpkit.builtin.metrics import _mixed_start
+    from sharpkit.curvature.lanczos import lanczos, ritz_bounds
+
+    H = bc.HessianOperator(model, bc.LOSS, [(x, y)])
+    gen = torch.Generator().manual_seed(0)
+    v0 = _mixed_start(H.gradient(), H.n, gen, torch.empty(0, dtype=H.dtype))
+    # tol far below reach: run exactly ``steps`` products, judge each prefix here
+    res = lanczos(H, H.n, tol=1e-12, max_matvecs=steps, v0=v0, generator=gen)
+    a, b = res.alphas, res.betas
+    eps = torch.finfo(H.dtype).eps
+    tol, min_gap = 1e-3, 0.01
+    rows: list[dict[str, Any]] = []
+    prev_ok, prev_val, prev_bound = False, None, 0.0
+    for m in range(1, len(a) + 1):
+        T = np.diag(a[:m]) + np.diag(b[: m - 1], 1) + np.diag(b[: m - 1], -1)
+        w, S = np.linalg.eigh(T)
+        w, S = w[::-1], S[:, ::-1]
+        beta = b[m - 1] if m < len(a) else res.beta
+        r = np.abs(beta * S[-1, :])
+        bounds, _ = ritz_bounds(w, r, eps=eps)
+        theta = float(w[0])
+        ok = bounds[0] <= tol * theta and r[0] <= (tol * min_gap) ** 0.5 * theta
+        ok = ok and m >= 2
+        confirmed = (
+            ok
+            and prev_ok
+            and prev_val is not None
+            and abs(theta - prev_val) <= prev_bound
+        )
+        rows.append(
+            {
+                "products": m,
+                "theta": theta,
+                "true_rel_error": abs(theta - truth[0]) / abs(truth[0]),
+                "rel_residual": float(r[0]) / theta,
+                "rel_bound": float(bounds[0]) / theta,
+                "criterion": bool(ok),
+                "stop": bool(confirmed),
+            }
+        )
+        print(
+            f"  {m:2d} θ₁ {theta:.6f} true err {rows[-1]['true_rel_error']:.1e} "
+            f"r/θ {rows[-1]['rel_residual']:.1e} bound/θ {rows[-1]['rel_bound']:.1e}"
+            f"{' criterion' if ok else ''}{' STOP' if confirmed else ''}",
+            flush=True,
+        )
+        prev_ok, prev_val, prev_bound = ok, theta, float(bounds[0])
+    return {"rows": rows}
+
+
+def variants_section(model, x, y, rounds: int) -> dict[str, Any]:
+    """Graph build and product times: plain autograd, sharpkit, channels-last."""
+    import copy
+
+    F = torch.nn.functional
+    n = sum(p.numel() for p in model.parameters())
+    v = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    cl_x = x.contiguous(memory_format=torch.channels_last)
+
+    def plain(m, inputs) -> tuple[float, list[float]]:
+        ps = list(m.parameters())
+        t0 = time.perf_counter()
+        g = torch.autograd.grad(F.cross_entropy(m(inputs), y), ps, create_graph=True)
+        build = time.perf_counter() - t0
+        parts = torch.split(v, [p.numel() for p in ps])
+        vs = [c.view_as(p) for c, p in zip(parts, ps, strict=True)]
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            torch.autograd.grad(g, ps, vs, retain_graph=True)
+            times.append(time.perf_counter() - t0)
+        return build, times
+
+    def operator(fuse: bool) -> tuple[float, list[float]]:
+        H = bc.HessianOperator(model, bc.LOSS, [(x, y)], fuse_bn=fuse)
+        H.gradient()
+        for _ in range(3):
+            H(v)
+        return H.setup_seconds, list(H._hvp_seconds)
+
+    variants = {
+        "plain autograd (PyHessian's way)": lambda: plain(model, x),
+        "sharpkit operator": lambda: operator(True),
+        "sharpkit operator, fuse_bn=False": lambda: operator(False),
+        "plain autograd, channels-last": lambda: plain(cl_model, cl_x),
+    }
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            build, times = run()
+            out[name].append({"build_s": build, "products_s": times})
+            print(
+                f"  {name}: build {build:.1f} s, products "
+                f"{', '.join(f'{t:.1f}' for t in times)} s",
+                flush=True,
+            )
+    return out
+
+
+PARTS = ("ratio", "profile", "steps", "variants")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--truth", type=float, nargs=2, default=[8568.80, 1080.91])
-    parser.add_argument("--skip-profile", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(bc.THREADS)
-    model, x, y = resnet_workload()
-    cached = RESULTS / f"truth_resnet_{bc.state_hash(model)}.json"
-    truth = (
-        json.loads(cached.read_text())["eigenvalues"] if cached.exists() else args.truth
+    parser.add_argument(
+        "--truth",
+        type=float,
+        nargs=2,
+        help="λ₁ λ₂ of this checkpoint (default: the cache of bench_curvature.py)",
     )
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--images", type=int, default=256)
+    args = parser.parse_args()
+    if args.skip_profile:
+        args.parts = [p for p in args.parts if p != "profile"]
+    torch.set_num_threads(bc.THREADS)
+    model, x, y = resnet_workload(args.images)
+    cached = RESULTS / f"truth_resnet_{bc.state_hash(model)}.json"
+    if cached.exists() and args.images == 256:
+        truth = json.loads(cached.read_text())["eigenvalues"]
+    elif args.truth:
+        truth = list(args.truth)
+    else:
+        sys.exit(
+            "no ground truth for this checkpoint: run "
+            "`python bench/bench_curvature.py --only-resnet` first, or pass --truth"
+        )
     print(f"torch {torch.__version__}, load {os.getloadavg()}, truth {truth}")
     out: dict[str, Any] = {"truth": truth, "truth_cached": cached.exists()}
-    out["lambda_max"] = ratio_section(model, x, y, truth, args.rounds)
-    if not args.skip_profile:
+    if "ratio" in args.parts:
+        out["lambda_max"] = ratio_section(model, x, y, truth, args.rounds)
+    if "profile" in args.parts:
         out["profile"] = profile_section(model, x, y)
+    if "steps" in args.parts:
+        print("Lanczos step by step (tol 1e-3, min_gap 0.01, confirm):")
+        out["steps"] = steps_section(model, x, y, truth, args.steps)
+    if "variants" in args.parts:
+        print("graph build and products, interleaved:")
+        out["variants"] = variants_section(model, x, y, args.rounds)
     dest = RESULTS / "bench_resnet_profile.json"
+    if dest.exists():  # keep the parts not run this time
+        out = {**json.loads(dest.read_text()), **out}
     dest.write_text(json.dumps(out, indent=1, default=float))
     print(f"figures written to {dest}")
 
