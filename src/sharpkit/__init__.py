@@ -25,7 +25,6 @@ from sharpkit.api import (
     load_dataset,
     load_model,
     measure,
-    open_results,
     probe,
     reuse_datasets,
     train,
@@ -101,7 +100,7 @@ if TYPE_CHECKING:
     )
     from sharpkit.plotting import build_figure, plot_figure
     from sharpkit.reproduce import experiment
-    from sharpkit.store import ResultStore, Run, RunInfo
+    from sharpkit.store import ResultStore, Run, RunInfo, open_results
     from sharpkit.sweep import SweepConfig, SweepResult, load_sweep, run_sweep
 
 # Public names whose modules are imported on first access (torch, zarr, matplotlib).
@@ -124,7 +123,9 @@ _LAZY = {
         ),
         "sharpkit.curvature",
     ),
-    **dict.fromkeys(("ResultStore", "Run", "RunInfo"), "sharpkit.store"),
+    **dict.fromkeys(
+        ("ResultStore", "Run", "RunInfo", "open_results"), "sharpkit.store"
+    ),
     **dict.fromkeys(
         ("SweepConfig", "SweepResult", "load_sweep", "run_sweep"), "sharpkit.sweep"
     ),
