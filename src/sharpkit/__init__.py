@@ -29,7 +29,6 @@ from sharpkit.api import (
     load_dataset,
     load_model,
     measure,
-    open_results,
     probe,
     reuse_datasets,
     train,
@@ -110,7 +109,7 @@ if TYPE_CHECKING:
     from sharpkit.curvature.lanczos import ritz_bounds
     from sharpkit.plotting import build_figure, plot_figure
     from sharpkit.reproduce import experiment
-    from sharpkit.store import ResultStore, Run, RunInfo
+    from sharpkit.store import ResultStore, Run, RunInfo, open_results
     from sharpkit.sweep import SweepConfig, SweepResult, load_sweep, run_sweep
 
 # Public names whose modules are imported on first access (torch, zarr, matplotlib).
@@ -137,7 +136,9 @@ _LAZY = {
         "sharpkit.curvature",
     ),
     "ritz_bounds": "sharpkit.curvature.lanczos",
-    **dict.fromkeys(("ResultStore", "Run", "RunInfo"), "sharpkit.store"),
+    **dict.fromkeys(
+        ("ResultStore", "Run", "RunInfo", "open_results"), "sharpkit.store"
+    ),
     **dict.fromkeys(
         ("SweepConfig", "SweepResult", "load_sweep", "run_sweep"), "sharpkit.sweep"
     ),
