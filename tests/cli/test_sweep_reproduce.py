@@ -20,6 +20,12 @@ runner = CliRunner()
 SMALL_SWEEP = Path(__file__).parents[1] / "data" / "small-sweep.toml"
 
 
+@pytest.fixture(autouse=True)
+def _calibration_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time prediction's calibration cache stays out of the home folder."""
+    monkeypatch.setenv("SHARPKIT_CALIBRATION", str(tmp_path / "calibration.json"))
+
+
 @pytest.mark.slow
 def test_sweep_json_then_resume(tmp_path: Path) -> None:
     shutil.copy(SMALL_SWEEP, tmp_path / "small.toml")
