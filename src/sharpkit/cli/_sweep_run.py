@@ -50,8 +50,9 @@ def _report(result: SweepResult, json_output: bool) -> None:
                 "error": o.error,
             }
         )
+    sizes = disk_sizes(result.config)
     if json_output:
-        print_json({"points": rows, "probes": list(result.probes)})
+        print_json({"points": rows, "probes": list(result.probes), **sizes})
     else:
         metric_cols = sorted({k for o in result.points for k in o.metrics})
         print_table(
@@ -72,8 +73,36 @@ def _report(result: SweepResult, json_output: bool) -> None:
                     "error",
                     f"interpolation {probe['a']} → {probe['b']}: {probe['error']}",
                 )
+        if sizes:
+            print_line("disk", _sizes_line(sizes))
     for o in result.failures:
         print_line("error", f"{o.point.label}: {o.error}")
+
+
+def disk_sizes(cfg: SweepConfig) -> dict[str, int]:
+    """Bytes on disk of the sweep's store and checkpoints (local folders only)."""
+    out: dict[str, int] = {}
+    for key, where in (("store_bytes", cfg.store), ("checkpoint_bytes", cfg.out)):
+        if isinstance(where, Path) and where.exists():
+            out[key] = sum(f.stat().st_size for f in where.rglob("*") if f.is_file())
+    if isinstance(cfg.out, Path) and cfg.out.exists():
+        out["checkpoints"] = sum(1 for _ in cfg.out.rglob("*.pt"))
+    return out
+
+
+def _sizes_line(sizes: dict[str, int]) -> str:
+    def mb(n: int) -> str:
+        return f"{n / 1e6:.1f} MB"
+
+    parts = []
+    if "store_bytes" in sizes:
+        parts.append(f"store {mb(sizes['store_bytes'])}")
+    if "checkpoint_bytes" in sizes:
+        parts.append(
+            f"checkpoints {mb(sizes['checkpoint_bytes'])} "
+            f"({sizes.get('checkpoints', 0)} files)"
+        )
+    return ", ".join(parts)
 
 
 def with_device(cfg: SweepConfig, device: str) -> SweepConfig:

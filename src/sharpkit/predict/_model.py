@@ -125,12 +125,15 @@ class SweepEstimate:
 
     @property
     def remaining(self) -> float:
-        """Predicted wall time of what is left (points in ``jobs`` workers)."""
-        return (
-            makespan([p.remaining for p in self.points], self.jobs)
-            + self.extra_seconds
-            + (self.startup_seconds if any(p.remaining for p in self.points) else 0)
-        )
+        """Predicted wall time of what is left (points in ``jobs`` workers).
+
+        Nothing once every point is done: the interpolations after them are
+        then reused from the store as well (or cost seconds).
+        """
+        left = [p.remaining for p in self.points]
+        if not any(left):  # interpolations of finished points are reused too
+            return 0.0
+        return makespan(left, self.jobs) + self.extra_seconds + self.startup_seconds
 
     @property
     def total(self) -> float:
