@@ -297,3 +297,23 @@ def test_last_pt_removed_once_final_pt_exists_unless_kept(tmp_path: Path) -> Non
     result = run_sweep(cfg)
     assert not any(o.trained for o in result.points)
     assert not (Path(cfg.points()[0].out_dir) / "last.pt").exists()
+
+
+def test_progress_eta_column_counts_down_the_prediction() -> None:
+    from rich.progress import Progress
+
+    from sharpkit.cli._progress import _Callback, _Remaining
+
+    progress = Progress(_Remaining())
+    callback = _Callback(progress, "sweep")
+    callback(0, 9, description="start", eta=3725.0)
+    # seconds pass between the call and the rendering on a busy machine
+    assert 3700 < _shown(_Remaining().render(progress.tasks[0])) <= 3725
+    assert "eta" not in progress.tasks[0].fields["info"]  # not shown twice
+    callback(3, 9, description="later", eta=60.0)
+    assert 40 < _shown(_Remaining().render(progress.tasks[0])) <= 60
+
+
+def _shown(text: object) -> int:
+    hours, minutes, seconds = (int(x) for x in str(text).split(":"))
+    return 3600 * hours + 60 * minutes + seconds
