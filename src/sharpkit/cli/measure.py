@@ -271,12 +271,13 @@ def _print_rows(rows: list[dict[str, Any]], measured: list[Path]) -> None:
             ("value", "value"),
             ("uncertainty", "±"),
             ("kind", "of"),
-            ("converged", "converged"),
+            ("converged", "conv."),
             ("hvps", "HVPs"),
             ("seconds", "s"),
         ]
         + ([("note", "note")] if any(r["note"] for r in rows) else []),
         title=None if common is None else f"checkpoints under {common}",
+        drop=("seconds", "hvps", "converged", "kind", "note"),
     )
 
 
