@@ -258,6 +258,12 @@ def _mixed_start(
 # --------------------------------------------------------------------------- spectral
 
 
+BLOCK = 2
+"""Start vectors of ``spectral``'s Lanczos run (band Lanczos, see
+:func:`sharpkit.curvature.lanczos.lanczos`): the start direction and a random
+one, so that a near-degenerate top pair or a repeated eigenvalue cannot hide."""
+
+
 class Spectral:
     """λ_max (or the ``top_k`` extreme eigenvalues) with a certified bound.
 
@@ -314,6 +320,7 @@ class Spectral:
         self.method = method
         self.bound = bound
         self.start = start
+        self.block = BLOCK
 
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
         """A typical cost: ~10 products for λ_max, 3 more per extra eigenvalue."""
@@ -390,6 +397,7 @@ class Spectral:
             progress=_progress(ctx),
             bound=self.bound,
             max_basis_bytes=ctx.basis_budget(),
+            block=self.block,
         )
         if self.which == "largest":
             ctx.eigenvectors = res.eigenvectors
@@ -399,9 +407,15 @@ class Spectral:
             worst = float(
                 np.max(res.bounds / np.maximum(np.abs(res.eigenvalues), 1e-300))
             )
+            what = (
+                f"{res.block} equal Ritz values fill the block, so the eigenvalues "
+                "after them may be further copies, not the next distinct ones,"
+                if res.stopped_by == "multiplicity"
+                else f"relative bound {worst:.2g} > tol {ctx.tol:g}"
+            )
             _warn(
                 "spectral",
-                f"relative bound {worst:.2g} > tol {ctx.tol:g}",
+                what,
                 res.n_matvecs,
                 "the memory budget held no more Lanczos vectors: raise --memory-budget"
                 if res.stopped_by == "memory"
@@ -436,6 +450,7 @@ class Spectral:
                 "start": start_kind,
                 "restarts": res.restarts,
                 "stopped_by": res.stopped_by,
+                "block": res.block,
                 "krylov_dim": int(res.n_matvecs),
                 "hvp_method": H.method,
                 "bound_meaning": (
