@@ -20,10 +20,13 @@ matrices instead of re-running autograd: the estimators are the code under test
 and 100 subsets then take about a second instead of minutes on the CI's 2 cores.
 The split's own values are exact (dense eigen-decomposition of the mean).
 
-Measured (this seed): coverage λ_max 96 %, ‖H‖_F 98 %, trace 96 %; reported
-stderr over actual spread 1.29, 1.18, 1.12 (the jackknife errs high, as the
-Efron-Stein inequality says it must; the standard errors are also widened by
-t_{0.975,15}/1.96 = 1.09). The thresholds are the issue's: 90 % and 1.5.
+Measured (these seeds, 100 subsets): coverage λ_max 96 %, ‖H‖_F 93 %, trace
+93 %; mean reported stderr over the actual spread of the estimates 1.07, 1.12,
+0.98 (the standard errors are widened by t_{0.975,15}/1.96 = 1.09; the
+jackknife variance errs high, Efron & Stein, 1981). The thresholds are the
+issue's: 90 % and a factor 1.5. 100 subsets rather than the issue's minimum of
+40 because a miss is then 1 %, not 2.5 %, of the coverage: the test measures the
+method, not the luck of 40 draws.
 """
 
 from __future__ import annotations

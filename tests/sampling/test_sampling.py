@@ -27,7 +27,7 @@ from sharpkit.curvature.sampling import (
     linear_estimate,
     sample_indices,
 )
-from sharpkit.curvature.stochastic import t_factor
+from sharpkit.curvature.stopping import t_factor
 from sharpkit.curvature.uncertainty import (
     exact_trace_estimate,
     frobenius_estimate,

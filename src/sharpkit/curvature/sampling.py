@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from sharpkit._data import DataSplit
 from sharpkit.curvature.operator import HessianOperator
-from sharpkit.curvature.stochastic import t_factor
+from sharpkit.curvature.stopping import t_factor
 from sharpkit.errors import ConfigError
 
 __all__ = [

@@ -30,7 +30,7 @@ from sharpkit.curvature.sampling import (
     jackknife,
     linear_estimate,
 )
-from sharpkit.curvature.stochastic import t_factor
+from sharpkit.curvature.stopping import t_factor
 from sharpkit.errors import ConfigError
 
 __all__ = [
