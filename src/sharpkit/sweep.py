@@ -672,6 +672,10 @@ def _run_dask(
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # the scheduler serves HTTP even without a dashboard, by default on
+            # port 8787: another cluster on the machine may hold it (a warning
+            # and a leaked socket); a free local port instead
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         )
         client = Client(cluster)
     else:
