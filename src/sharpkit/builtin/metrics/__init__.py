@@ -76,7 +76,7 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
                     "which": "Which end of the spectrum.",
                     "method": "Lanczos (certified) or power iteration (as PyHessian).",
                     "bound": "Stopping bound: r²/gap estimate or rigorous residual.",
-                    "start": "Start vector: gradient plus random, or random.",
+                    "start": "Start vectors: two random, or gradient plus random.",
                 },
                 choices=Spectral.CHOICES,
             ),
