@@ -17,7 +17,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sharpkit._data import evaluate
 from sharpkit._hints import arg as arg_hint
+from sharpkit._seed import derived_seed
+from sharpkit._seed import generator as seeded_generator
+from sharpkit._tensors import same_bits
 from sharpkit.api import (
     Measurement,
     Tracker,
@@ -208,12 +212,17 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "ProbeResult",
     "ProbeSpec",
     "ProgressCallback",
-    "no_progress",
-    "arg_hint",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "TrainerSpec",
+    # helpers for plugins
+    "evaluate",
+    "seeded_generator",
+    "derived_seed",
+    "same_bits",
+    "no_progress",
+    "arg_hint",
     # checkpoints
     "Checkpoint",
     "CheckpointMeta",

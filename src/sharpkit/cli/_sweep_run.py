@@ -228,7 +228,7 @@ def report_estimate(cfg: SweepConfig, est: SweepEstimate, json_output: bool) -> 
     doc = est.to_json()
     for row in doc["points"]:
         sec = recorded.get(row["index"])
-        row["recorded_seconds"] = None if sec is None else round(sec, 1)
+        row["recorded_seconds"] = None if sec is None else round(sec, 3)
     pairs = [(est.by_index()[i].seconds, sec) for i, sec in recorded.items() if sec > 0]
     if pairs:
         predicted, actual = sum(p for p, _ in pairs), sum(a for _, a in pairs)

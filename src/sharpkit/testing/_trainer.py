@@ -25,14 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BASE_CURVES", "TrainerContract"]
 
-BASE_CURVES = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-)
+BASE_CURVES = sharpkit.TrainResult.BASE_CURVES
 """The per-epoch curves every :class:`~sharpkit.TrainResult` carries."""
 
 
@@ -45,11 +38,9 @@ def _tmpdir() -> Iterator[Path]:
 def _same_state(
     a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], what: str
 ) -> None:
-    import torch
-
     expect(list(a) == list(b), f"{what}: different state_dict keys")
     for key, value in a.items():
-        expect(torch.equal(value, b[key]), f"{what}: {key!r} differs")
+        expect(sharpkit.same_bits(value, b[key]), f"{what}: {key!r} differs")
 
 
 class TrainerContract:
