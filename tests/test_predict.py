@@ -80,7 +80,7 @@ def test_point_seconds_from_known_timings() -> None:
     t = TrainTiming(
         example_seconds=1e-3, eval_seconds=1e-4, overhead=2.0, n_train=6000, n_test=1000
     )
-    train, per_epoch = point_seconds(t, epochs=10, n_train=5000, measure=0.0)
+    train, per_epoch = point_seconds(t, epochs=10, n_train=5000)
     # one epoch: 5000 steps' examples at 1 ms + the 1000 test examples at 0.1 ms
     assert per_epoch == pytest.approx(5.0 + 0.1)
     # overhead + 10 epochs + the exact pass over the 5000 training examples
