@@ -74,6 +74,7 @@ __all__ = [
     "jackknife",
     "linear_estimate",
     "sample_indices",
+    "samples_for_precision",
 ]
 
 DEFAULT_CHUNKS = 16
@@ -502,3 +503,30 @@ def linear_estimate(
         numerical_stderr=numerical_stderr,
         per_chunk=v,
     )
+
+
+def samples_for_precision(estimate: DataEstimate, precision: float) -> int:
+    """The examples that would bring ``stderr / |estimate|`` down to ``precision``.
+
+    A data standard error falls as ``1/sqrt(N)``, so ``N · (r / precision)²``
+    with ``r`` the relative standard error measured on ``N`` examples (rounded
+    up; at least ``N`` when the precision is already met, never fewer than
+    measured). The measured ``r`` is itself uncertain (about ``1/sqrt(2(K-1))``
+    relative), so the answer is a planning figure, not a guarantee: measure
+    again at that size.
+
+    Args:
+        estimate: A data estimate measured on ``estimate.samples`` examples.
+        precision: The relative standard error wanted, e.g. ``0.02``.
+
+    Raises:
+        ConfigError: ``precision`` is not positive, or the estimate is 0.
+    """
+    if not precision > 0:
+        msg = f"precision must be > 0 (e.g. 0.02 for 2 %), got {precision}"
+        raise ConfigError(msg)
+    if estimate.estimate == 0:
+        msg = "the estimate is 0: no relative precision can be reached"
+        raise ConfigError(msg)
+    rel = estimate.stderr / abs(estimate.estimate)
+    return max(estimate.samples, math.ceil(estimate.samples * (rel / precision) ** 2))
