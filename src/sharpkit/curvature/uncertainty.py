@@ -153,7 +153,7 @@ def _deflation(recorder: ChunkRecorder | None) -> tuple[Tensor | None, Tensor | 
     """
     if recorder is None or not recorder.complete or recorder.m == 0:
         return None, None
-    x = torch.stack(recorder.inputs)
+    x = recorder.inputs
     gram = (x.double() @ x.double().T).cpu()
     if float((gram - torch.eye(len(x), dtype=torch.float64)).abs().max()) > (
         _ORTHONORMAL_TOL
