@@ -26,6 +26,7 @@ retrains.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import numbers
 import os
@@ -288,22 +289,47 @@ def _canonical(obj: Any) -> Any:
 _GLOBAL_RE = re.compile(r"(?:GLOBAL|global)\s+([\w.]+)")
 
 
-def _check_archive(path: Path) -> None:
-    """Refuse, before reading it, a file that is empty, cut short or a zip bomb.
+def _read_once(path: Path) -> bytes:
+    """The file's bytes, read once through one open file.
+
+    The hash that keys stored results and the tensors loaded are both taken
+    from these bytes: a file replaced (renamed over) while it is read gives
+    the old file's bytes to both, never one file's hash with another's weights.
+    A file bigger than the memory free is refused before anything is read.
+
+    Raises:
+        CorruptCheckpointError: The file is empty, or larger than the memory free.
+    """
+    with path.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            msg = f"checkpoint {str(path)!r} is empty (0 bytes); re-save it"
+            raise CorruptCheckpointError(msg)
+        free = available_memory()
+        if free is not None and size > free:
+            msg = (
+                f"checkpoint {str(path)!r} is {_size(size)}, more than the "
+                f"{_size(free)} of memory free; it was refused before reading it: "
+                "free memory or pick another file"
+            )
+            raise CorruptCheckpointError(msg)
+        return fh.read()
+
+
+def _check_archive(path: Path, data: bytes) -> None:
+    """Refuse, before unpickling it, a file that is cut short or a zip bomb.
 
     Raises:
         CorruptCheckpointError: Which of these it is, in one line.
     """
-    size = path.stat().st_size
+    size = len(data)
     if size == 0:
         msg = f"checkpoint {str(path)!r} is empty (0 bytes); re-save it"
         raise CorruptCheckpointError(msg)
-    with path.open("rb") as fh:
-        magic = fh.read(len(_ZIP_MAGIC))
-    if magic != _ZIP_MAGIC:
+    if data[: len(_ZIP_MAGIC)] != _ZIP_MAGIC:
         return
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         msg = (
@@ -329,16 +355,16 @@ def _check_archive(path: Path) -> None:
         raise CorruptCheckpointError(msg)
 
 
-def _load_pickle(path: Path) -> Any:
+def _load_pickle(path: Path, data: bytes) -> Any:
     import torch
 
-    _check_archive(path)
+    _check_archive(path, data)
     try:
         with warnings.catch_warnings():
             # "Detected pickle protocol N": torch's note on what it may not read;
             # what it could not read is the error below.
             warnings.filterwarnings("ignore", "Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = _GLOBAL_RE.search(text)
@@ -356,16 +382,15 @@ def _load_pickle(path: Path) -> Any:
                 "torch.export.export(model.eval(), (x,)), 'model.pt2')"
             )
             raise UnsafeCheckpointError(msg) from exc
-        raise _corrupt(path, exc) from exc
+        raise _corrupt(path, exc, len(data)) from exc
     except Exception as exc:  # anything else the unpickler trips over: not a checkpoint
-        raise _corrupt(path, exc) from exc
+        raise _corrupt(path, exc, len(data)) from exc
 
 
 _UNPICKLER_RE = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
 
 
-def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
-    size = path.stat().st_size
+def _corrupt(path: Path, exc: BaseException, size: int) -> CorruptCheckpointError:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     found = _UNPICKLER_RE.search(text)
@@ -428,10 +453,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         hint = "it is a directory" if p.is_dir() else "no such file"
         msg = f"checkpoint {str(p)!r} not found ({hint}); check the path"
         raise CheckpointNotFoundError(msg)
-    sha = file_sha256(p)
+    data = _read_once(p)
+    sha = hashlib.sha256(data).hexdigest()  # the very bytes that are loaded
     if p.suffix == ".safetensors":
-        return _load_safetensors(p, sha)
-    obj = _load_pickle(p)
+        return _load_safetensors(p, data, sha)
+    obj = _load_pickle(p, data)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
         state = obj.get("state_dict")
         if not _is_state_dict(state):
@@ -469,21 +495,35 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     raise CorruptCheckpointError(msg)
 
 
-def _load_safetensors(p: Path, sha: str) -> Checkpoint:
-    from safetensors import safe_open
-
-    _check_archive(p)
+def _safetensors_header(p: Path, data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` table of a safetensors file's header, from its bytes."""
+    if len(data) < 8:
+        raise _corrupt(p, EOFError("truncated header"), len(data))
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise _corrupt(p, EOFError("truncated header"), len(data))
     try:
-        with safe_open(str(p), framework="pt") as fh:
-            header = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        header = json.loads(data[8 : 8 + n])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(p, exc, len(data)) from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _load_safetensors(p: Path, data: bytes, sha: str) -> Checkpoint:
+    from safetensors.torch import load
+
+    _check_archive(p, data)
+    header = _safetensors_header(p, data)
+    try:
+        state = load(data)
     except Exception as exc:  # safetensors raises its own SafetensorError
-        raise _corrupt(p, exc) from exc
+        raise _corrupt(p, exc, len(data)) from exc
     meta = CheckpointMeta()
     if _SAFETENSORS_META_KEY in header:
         try:
             raw = json.loads(header[_SAFETENSORS_META_KEY])
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, TypeError) as exc:
             msg = (
                 f"checkpoint {str(p)!r} has unreadable sharpkit metadata (not JSON: "
                 f"{exc}); re-save it"

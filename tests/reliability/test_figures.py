@@ -30,6 +30,12 @@ CLASSES = [
     ("test_plugins", "plugin contract violations"),
     ("test_signals", "signals to single- and multi-process commands, kill -9"),
     ("test_fuzz", "property-based fuzzing of parsers and checkpoint readers"),
+    (
+        "test_reuse_keys",
+        "same key, other computation (model, loss, data, options, checkpoint race, "
+        "plugins, sweeps)",
+    ),
+    ("test_fingerprint", "the reuse key's digests (behaviour, data, code)"),
 ]
 
 

@@ -30,6 +30,7 @@ from sharpkit._data import DataSplit, evaluate
 from sharpkit._hints import arg
 from sharpkit._meta import json_safe
 from sharpkit.api.distributed import broadcast_names, rank_and_world
+from sharpkit.api.fingerprint import code_digest, key_fields
 from sharpkit.api.fit import check_fit
 from sharpkit.api.losses import resolve_loss
 from sharpkit.api.provenance import (
@@ -343,7 +344,9 @@ def measure(
     attrs["code_sha256"] = code_sha256(
         source.code_sha256, chosen_loss.code_sha256, data_info.code_sha256
     )
-    settings = {k: attrs[k] for k in _KEY_SETTINGS}
+    settings = {k: attrs[k] for k in _KEY_SETTINGS} | key_fields(
+        work, loss_fn, data_info.analysis, batch_size=batch_size
+    )
     settings.update(
         {k: attrs[k] for k in _OPTIONAL_KEY_SETTINGS if attrs.get(k) is not None}
     )
@@ -353,6 +356,7 @@ def measure(
             n,
             options=parsed[n],
             provider=provider_of(reg, "metric", n),
+            component_code=code_digest(specs[n].factory),
             **settings,
         )
         for n in names
