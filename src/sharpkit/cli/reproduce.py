@@ -33,7 +33,7 @@ def _complete_experiment(incomplete: str) -> list[str]:
 
 
 def _print_measurements(store: Path | str) -> None:
-    from sharpkit.api import open_results
+    from sharpkit.store import open_results
 
     rows = open_results(store, as_frame=False)
     trainers = {
