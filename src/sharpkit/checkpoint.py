@@ -25,6 +25,7 @@ retrains.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -45,6 +46,7 @@ from sharpkit._hints import arg
 from sharpkit.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    DataError,
     StateDictMismatchError,
     UnsafeCheckpointError,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "FORMAT_NAME",
     "Checkpoint",
     "CheckpointMeta",
+    "check_archive",
     "file_sha256",
     "load_checkpoint",
     "load_state_dict_into",
@@ -305,6 +308,7 @@ def _read_once(path: Path) -> bytes:
         if size == 0:
             msg = f"checkpoint {str(path)!r} is empty (0 bytes); re-save it"
             raise CorruptCheckpointError(msg)
+        _check_start(path, fh, size)
         free = available_memory()
         if free is not None and size > free:
             msg = (
@@ -316,41 +320,85 @@ def _read_once(path: Path) -> bytes:
         return fh.read()
 
 
-def _check_archive(path: Path, data: bytes) -> None:
-    """Refuse, before unpickling it, a file that is cut short or a zip bomb.
+def check_archive(
+    path: Path,
+    data: bytes | None = None,
+    *,
+    what: str = "checkpoint",
+    max_inflation: float = _MAX_INFLATION,
+) -> None:
+    """Refuse, before unpacking it, a file that is empty, cut short or a zip bomb.
+
+    Only the zip archive's directory is read: what its entries declare is
+    compared with the file's size (``max_inflation`` times it, beyond a few MB)
+    and with the memory free.
+
+    Args:
+        path: The file (named in messages; read when ``data`` is not given).
+        data: The file's bytes, if already read.
+        what: What the file is, for messages (``"checkpoint"``, ``"data file"``).
+        max_inflation: How far its entries may inflate past its size.
 
     Raises:
         CorruptCheckpointError: Which of these it is, in one line.
+        DataError: The same, for a data file (``what`` starting with "data").
     """
-    size = len(data)
+    error = DataError if what.startswith("data") else CorruptCheckpointError
+    size = len(data) if data is not None else path.stat().st_size
     if size == 0:
-        msg = f"checkpoint {str(path)!r} is empty (0 bytes); re-save it"
-        raise CorruptCheckpointError(msg)
-    if data[: len(_ZIP_MAGIC)] != _ZIP_MAGIC:
-        return
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        msg = (
-            f"checkpoint {str(path)!r} is truncated or damaged: a zip archive "
-            f"without its directory ({_size(size)} on disk, {exc}); re-save it or "
-            "pick another file"
+        msg = f"{what} {str(path)!r} is empty (0 bytes); re-save it"
+        raise error(msg)
+    with contextlib.ExitStack() as stack:
+        fh = (
+            io.BytesIO(data)
+            if data is not None
+            else stack.enter_context(path.open("rb"))
         )
-        raise CorruptCheckpointError(msg) from None
+        if fh.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            return
+        fh.seek(0)
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                entries = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            msg = (
+                f"{what} {str(path)!r} is truncated or damaged: a zip archive "
+                f"without its directory ({_size(size)} on disk, {exc}); re-save it "
+                "or pick another file"
+            )
+            raise error(msg) from None
     declared = sum(e.file_size for e in entries)
-    limit = max(_MAX_INFLATION * size, size + _INFLATION_SLACK)
+    limit = max(max_inflation * size, size + _INFLATION_SLACK)
     free = available_memory()
     if declared > limit or (free is not None and declared > free):
         why = (
-            "compressed entries, which torch.save never writes"
+            f"{declared / size:.0f}x its size, more than the {max_inflation:g}x "
+            "real data ever inflates by"
             if declared > limit
             else f"more than the {_size(free or 0)} of memory free"
         )
         msg = (
-            f"checkpoint {str(path)!r} declares {_size(declared)} of data in "
+            f"{what} {str(path)!r} declares {_size(declared)} of data in "
             f"{_size(size)} on disk ({why}); it was refused before reading it: "
-            "re-save the weights with torch.save or pick another file"
+            "re-save it uncompressed (torch.save, np.savez) or pick another file"
+        )
+        raise error(msg)
+
+
+def _check_start(path: Path, fh: Any, size: int) -> None:
+    """Refuse a file whose first bytes are no checkpoint's, before reading it all."""
+    head = fh.read(16)
+    fh.seek(0)
+    if path.suffix == ".safetensors":
+        n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+        good = 0 < n <= size - 8 and head[8:9] == b"{"
+    else:  # a zip archive (torch.save), or a pickle (protocol 2 and later)
+        good = head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80"
+    if not good:
+        msg = (
+            f"checkpoint {str(path)!r} is not a PyTorch checkpoint (it starts with "
+            f"bytes {head[:8].hex(' ')}, {_size(size)}); it was refused before "
+            "reading it: pick another file"
         )
         raise CorruptCheckpointError(msg)
 
@@ -358,7 +406,7 @@ def _check_archive(path: Path, data: bytes) -> None:
 def _load_pickle(path: Path, data: bytes) -> Any:
     import torch
 
-    _check_archive(path, data)
+    check_archive(path, data)
     try:
         with warnings.catch_warnings():
             # "Detected pickle protocol N": torch's note on what it may not read;
@@ -513,7 +561,7 @@ def _safetensors_header(p: Path, data: bytes) -> dict[str, str]:
 def _load_safetensors(p: Path, data: bytes, sha: str) -> Checkpoint:
     from safetensors.torch import load
 
-    _check_archive(p, data)
+    check_archive(p, data)
     header = _safetensors_header(p, data)
     try:
         state = load(data)

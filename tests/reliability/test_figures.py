@@ -36,6 +36,11 @@ CLASSES = [
         "plugins, sweeps)",
     ),
     ("test_fingerprint", "the reuse key's digests (behaviour, data, code)"),
+    (
+        "test_plugin_isolation",
+        "plugins changing data, loss, hooks or flags for others; bad result numbers",
+    ),
+    ("test_bounded_files", "sparse files, zip bombs (.npz, .pt data, .pt2)"),
 ]
 
 
@@ -75,6 +80,8 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + len(ckpts.BRACKETED)
         + 1  # the bad checkpoint in a batch of three
         + len(plugins.VIOLATIONS)
+        + len(mods["test_plugin_isolation"].CORRUPTIONS)
+        + 2  # a sparse checkpoint and a .pt2 zip bomb from the CLI
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)

@@ -35,6 +35,7 @@ from sharpkit.api.usercode import (
     option_hint,
     source_sha256,
 )
+from sharpkit.checkpoint import check_archive
 from sharpkit.errors import ConfigError, DataError
 from sharpkit.interfaces import Dataset
 
@@ -57,6 +58,9 @@ __all__ = [
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
 INPUT_KEYS = ("inputs", "x", "x_train")
+# How far a compressed .npz may inflate: real arrays (images, token ids, floats)
+# compress by well under 100x; a zip bomb by ~1000x.
+_NPZ_INFLATION = 200.0
 """Keys tried, in order, for the inputs (the training split, or the only one)."""
 TARGET_KEYS = ("targets", "y", "labels", "y_train")
 """Keys tried, in order, for the targets."""
@@ -364,6 +368,12 @@ def _dataset(
 def _read_tensor_file(path: Path) -> Mapping[str, Any]:
     import pickle
 
+    # Zip archives are looked at before anything is inflated: np.savez_compressed
+    # gains a few x on real data, torch.save stores entries as they are.
+    compressed = path.suffix == ".npz"
+    check_archive(
+        path, what="data file", max_inflation=_NPZ_INFLATION if compressed else 2.0
+    )
     try:
         if path.suffix == ".npz":
             import numpy as np

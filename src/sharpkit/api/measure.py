@@ -32,6 +32,7 @@ from sharpkit._meta import json_safe
 from sharpkit.api.distributed import broadcast_names, rank_and_world
 from sharpkit.api.fingerprint import code_digest, key_fields
 from sharpkit.api.fit import check_fit
+from sharpkit.api.isolation import ContextGuard, changed_context, check_result
 from sharpkit.api.losses import resolve_loss
 from sharpkit.api.provenance import (
     code_sha256,
@@ -759,17 +760,22 @@ def _compute(
             before()
         _check_loss(ctx)
         for name, metric in metrics.items():
-            guard = _StateGuard(ctx)
+            guard, isolated = _StateGuard(ctx), ContextGuard(ctx)
             try:
                 results[name] = _run_metric(reg, name, metric, ctx)
             except SharpkitError as exc:
                 if not alone:
                     raise
                 failures[name] = exc
-            changed = guard.restore()
-            if changed:
+            changed, other = guard.restore(), isolated.restore()
+            if changed or other:
                 results.pop(name, None)
-                failures.setdefault(name, _changed_model(name, changed))
+                failures.setdefault(
+                    name,
+                    _changed_model(name, changed)
+                    if changed
+                    else changed_context(name, other),
+                )
     return failures
 
 
@@ -903,6 +909,7 @@ def _run_metric(
         msg = f"metric {name!r} returned {type(result).__name__}, expected MetricResult"
         raise PluginContractError(msg)
     result = _numbers(name, result)
+    check_result(name, result)
     if not math.isfinite(result.value):
         msg = f"metric {name!r} returned a non-finite value ({result.value})"
         raise NumericalError(msg)
