@@ -35,7 +35,6 @@ FUNCTION_ALLOWED: dict[str, str] = {
     "api/probe.py:probe": "front door",
     "api/train.py:train": "front door",
     "builtin/_models.py:sharpkit_register_models": "built-ins",
-    "builtin/_trainer.py:SGDTrainer.fit": "built-ins: the training loop in steps",
     "builtin/metrics/__init__.py:sharpkit_register_metrics": "built-ins",
     "cli/plugins.py:plugins": "front door",
     "curvature/lanczos.py:lanczos": "engine (issue 22 works in it)",

@@ -456,3 +456,14 @@ def test_a_point_trained_otherwise_is_refused_not_reused(
     (again,) = _sweep(tmp_path, before)  # the settings it was trained with: reused
     assert again.error is None
     assert not again.trained
+
+
+def test_a_point_resumed_for_more_epochs_is_trained_on(tmp_path: Path) -> None:
+    """The documented way to continue: final.pt copied to last.pt, more epochs."""
+    (first,) = _sweep(tmp_path, "epochs = 1\nlr = [0.1]")
+    final = Path(str(first.checkpoint))
+    final.rename(final.parent / "last.pt")
+    (longer,) = _sweep(tmp_path, "epochs = 2\nlr = [0.1]")
+    assert longer.error is None
+    assert longer.trained
+    assert load_checkpoint(final).meta.epoch == 2

@@ -88,6 +88,7 @@ def check_point_folder(
             (stored and asked), and what to do.
     """
     want = _config(train)
+    resuming = isinstance(out_dir, Path) and not (out_dir / "final.pt").is_file()
     stored_file = Path(out_dir) / POINT_FILE if isinstance(out_dir, Path) else None
     if stored_file is not None and stored_file.is_file():
         try:
@@ -97,7 +98,9 @@ def check_point_folder(
         if not isinstance(stored, dict):
             _refuse(out_dir, f"its {POINT_FILE} is not a table")
         for key in sorted(set(stored) | set(want)):
-            if not _same(stored.get(key), want.get(key)):
+            if not _same(stored.get(key), want.get(key)) and not (
+                resuming and _longer(key, stored.get(key), want.get(key))
+            ):
                 _refuse(out_dir, _differs(key, stored.get(key), want.get(key)))
         return
     if meta is None:
@@ -106,8 +109,20 @@ def check_point_folder(
     for key in _META_FIELDS:
         had = getattr(meta, key)
         asked = train.get(key, defaults.get(key))
-        if had is not None and asked is not None and not _same(had, asked):
+        if had is None or asked is None or _same(had, asked):
+            continue
+        if not (resuming and _longer(key, had, asked)):
             _refuse(out_dir, _differs(key, had, asked))
+
+
+def _longer(key: str, had: Any, asked: Any) -> bool:
+    """More epochs for a point resumed from its ``last.pt``: training continued."""
+    return (
+        key == "epochs"
+        and isinstance(had, int)
+        and isinstance(asked, int)
+        and asked > had
+    )
 
 
 def _differs(key: str, had: Any, asked: Any) -> str:
@@ -118,7 +133,8 @@ def _refuse(out_dir: Path | str, why: str) -> NoReturn:
     msg = (
         f"the point folder {str(out_dir)!r} holds another training ({why}); it is "
         "not reused: move that folder away (or set another [sweep] out) to train "
-        "this point afresh"
+        "this point afresh; to train it for more epochs, copy its final.pt to "
+        "last.pt and remove final.pt"
     )
     raise ConfigError(msg)
 
