@@ -9,6 +9,7 @@ inflated. Each is one line that says the size and the limit.
 from __future__ import annotations
 
 import io
+import sys
 import zipfile
 from pathlib import Path
 
@@ -117,3 +118,63 @@ def test_a_pt2_zip_bomb_is_refused_before_torch_reads_it(tmp_path: Path) -> None
     line = one_line(cli("measure", path, "--data", "synthetic", "--no-store"))
     assert "exported program" in line
     assert "declares" in line
+
+
+HUGE_SOURCES = '''
+import torch
+
+READS = [0]
+
+
+def _count():
+    READS[0] += 1
+    if READS[0] > 20000:
+        raise RuntimeError("read far more than needed")
+
+
+class Huge(torch.utils.data.Dataset):
+    """10^9 examples of 4 KB each: 4 TB."""
+
+    def __len__(self):
+        return 10**9
+
+    def __getitem__(self, i):
+        _count()
+        return torch.zeros(1024), 0
+
+
+class Endless(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        while True:
+            _count()
+            yield torch.zeros(1 << 16), 0
+
+
+def huge():
+    return Huge()
+
+
+def endless():
+    return torch.utils.data.DataLoader(Endless(), batch_size=64)
+'''
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [("huge", "1000000000 examples"), ("endless", "more than")],
+)
+def test_a_data_source_too_big_for_memory_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, says: str
+) -> None:
+    (tmp_path / "bigdata.py").write_text(HUGE_SOURCES)
+    monkeypatch.setattr(
+        "sharpkit.api.datafiles.available_memory", lambda: 2 * GB, raising=False
+    )
+    try:
+        with pytest.raises(sharpkit.DataError) as info:
+            load_data(f"{tmp_path / 'bigdata.py'}:{name}")
+    finally:
+        for mod in [m for m in sys.modules if m.startswith("sharpkit_user_bigdata")]:
+            del sys.modules[mod]
+    assert says in str(info.value)
+    assert "1.0 GiB" in str(info.value)  # the limit: half the memory free

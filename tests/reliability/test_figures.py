@@ -40,7 +40,10 @@ CLASSES = [
         "test_plugin_isolation",
         "plugins changing data, loss, hooks or flags for others; bad result numbers",
     ),
-    ("test_bounded_files", "sparse files, zip bombs (.npz, .pt data, .pt2)"),
+    (
+        "test_bounded_files",
+        "sparse files, zip bombs (.npz, .pt data, .pt2), endless data sources",
+    ),
 ]
 
 
