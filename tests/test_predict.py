@@ -397,3 +397,19 @@ def test_a_point_cut_off_mid_way_resumes_bit_exact_and_is_predicted_so(
         assert file_sha256(Path(a.out_dir) / "final.pt") == file_sha256(
             Path(b.out_dir) / "final.pt"
         )
+
+
+def test_log_lines_carry_the_sweeps_eta(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sharpkit.cli import _progress
+
+    clock = iter([0.0, 0.0, 5.0])
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: next(clock))
+    with _progress.progress_display("fig1-paper") as cb:  # stderr is no terminal
+        cb(0, 30, description="fig1-paper: 30 points", eta=3725.0)
+        cb(1, 30, description="lr=0.005 batch_size=25 seed=0", eta=90000.0)
+    assert capsys.readouterr().err.splitlines() == [
+        "fig1-paper: fig1-paper: 30 points [0/30] (0 s, ETA 1:02:05)",
+        "fig1-paper: lr=0.005 batch_size=25 seed=0 [1/30] (5 s, ETA 25:00:00)",
+    ]
