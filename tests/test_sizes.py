@@ -34,8 +34,6 @@ FUNCTION_ALLOWED: dict[str, str] = {
     "api/measure.py:measure": "front door: a short function over the executor",
     "api/probe.py:probe": "front door",
     "api/train.py:train": "front door",
-    "builtin/_models.py:sharpkit_register_models": "built-ins",
-    "builtin/metrics/__init__.py:sharpkit_register_metrics": "built-ins",
     "cli/plugins.py:plugins": "front door",
     "curvature/lanczos.py:lanczos": "engine (issue 22 works in it)",
     "curvature/operator.py:HessianOperator.__init__": "engine (issue 22 works in it)",

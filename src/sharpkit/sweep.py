@@ -247,6 +247,9 @@ class SweepConfig:
                 else self.out / (folder or "run")
             )
             out.append(SweepPoint(i, args, where))
+        from sharpkit.api.pointfolder import check_unique
+
+        check_unique([(str(p.out_dir), dict(p.train)) for p in out])
         return out
 
 
@@ -284,7 +287,9 @@ def _place(base: Path, value: Any) -> Path | str:
 
 
 def _slug(value: Any) -> str:
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = str(value)
+    if isinstance(value, float):  # shortest text that reads back as the value
+        text = f"{value:g}" if float(f"{value:g}") == value else repr(value)
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
 
 
@@ -423,10 +428,13 @@ def _train_local(
     ``last.pt``.
     """
     from sharpkit import api
+    from sharpkit.api.pointfolder import check_local_folder, record_point
 
     final = out_dir / "final.pt"
+    check_local_folder(out_dir, point.train)
     trained = not final.is_file()
     if trained:
+        record_point(out_dir, point.train)
         api.train(
             **dict(point.train),
             out_dir=out_dir,
@@ -463,6 +471,10 @@ def _train_remote(
     final_url = f"{url}/final.pt"
     done = fetch(final_url)
     if done is not None:
+        from sharpkit.api.pointfolder import check_point_folder
+        from sharpkit.checkpoint import load_checkpoint
+
+        check_point_folder(url, point.train, load_checkpoint(done).meta)
         return done, False, final_url
     cache = local_copy_of(final_url).parent
     cache.mkdir(parents=True, exist_ok=True)
@@ -672,6 +684,10 @@ def _run_dask(
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # the scheduler serves HTTP even without a dashboard, by default on
+            # port 8787: another cluster on the machine may hold it (a warning
+            # and a leaked socket); a free local port instead
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         )
         client = Client(cluster)
     else:

@@ -109,12 +109,50 @@ class _Remaining(TimeRemainingColumn):
         return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
 
 
+class _Lines:
+    """A ProgressCallback for logs: a line on stderr per step, no redrawing.
+
+    A step is a new description (a sweep point done, a metric started); lines
+    come at most one a second, except the last one of a finished task.
+    """
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._start = time.monotonic()
+        self._last = float("-inf")
+        self._said: str | None = None
+
+    def __call__(
+        self,
+        completed: float,
+        total: float | None = None,
+        /,
+        *,
+        description: str | None = None,
+        **info: Any,
+    ) -> None:
+        finished = total is not None and completed >= total
+        now = time.monotonic()
+        if description is None or description == self._said:
+            return
+        if not finished and now - self._last < 1.0:
+            return
+        self._last, self._said = now, description
+        count = f" [{_fmt(completed)}/{_fmt(total)}]" if total else ""
+        elapsed = f"{now - self._start:.0f} s"
+        err_console.print(f"{self._label}: {description}{count} ({elapsed})")
+
+
 @contextmanager
 def progress_display(label: str, *, enabled: bool = True) -> Iterator[ProgressCallback]:
     """Show a progress display on stderr while the block runs.
 
-    Turns itself off when stderr is not a terminal (logs, pipes, CI).
+    On a terminal, a live bar; in logs, pipes and CI (stderr not a terminal),
+    a plain line per step (see :class:`_Lines`), so a long job shows it lives.
     """
+    if enabled and not err_console.is_terminal:
+        yield _Lines(label)
+        return
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}", style="progress.description", markup=False),
