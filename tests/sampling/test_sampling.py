@@ -81,6 +81,26 @@ def test_chunks_sum_to_the_operator_over_all_the_data(setup: dict) -> None:
     assert np.allclose(setup["chunked"].weights, 1 / K)
 
 
+def test_chunks_of_a_batch_norm_net_in_eval_mode_are_exact() -> None:
+    """Eval-mode batch norm: examples do not interact, chunking changes nothing."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(96, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (96,), generator=gen)
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+    net = net.double()
+    net.train()
+    net(x)  # running statistics that are not the identity
+    net.eval()
+    split = DataSplit(x, y)
+    chunked = ChunkedHessian.from_split(net, CE, split, chunks=6)
+    op = HessianOperator(net, CE, split)
+    v = torch.randn(op.n, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(chunked @ v, op @ v, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="bn_mode='eval'"):
+        ChunkedHessian.from_split(net, CE, split, chunks=6, bn_mode="train")
+
+
 def test_recorder_projections_are_the_chunk_hessians(setup: dict) -> None:
     rec = _everything(setup["chunked"])
     c = rec.projections()

@@ -243,7 +243,8 @@ class ChunkedHessian:
                 (``bn_mode``, ``dtype``, ``device``, ``params``...).
 
         Raises:
-            ConfigError: Fewer than 2 examples or chunks.
+            ConfigError: Fewer than 2 examples or chunks, or ``bn_mode="train"``
+                (batch statistics make the chunks' Hessians depend on the chunking).
         """
         n = len(data)
         k = min(int(chunks), n)
@@ -251,6 +252,13 @@ class ChunkedHessian:
             msg = (
                 f"a data standard error needs at least 2 chunks of at least one "
                 f"example; got {n} examples and chunks={chunks}"
+            )
+            raise ConfigError(msg)
+        if operator_options.get("bn_mode", "eval") == "train":
+            msg = (
+                "data standard errors need examples that do not interact, but with "
+                "bn_mode='train' each chunk's batch statistics enter its Hessian; "
+                "use bn_mode='eval'"
             )
             raise ConfigError(msg)
         bounds = [n * i // k for i in range(k + 1)]
