@@ -40,8 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharpkit.errors import ConfigError
-from sharpkit.interfaces import ModelSpec, Option
+from sharpkit import ConfigError, ModelSpec, Option
 
 __all__ = [
     "MLP",
@@ -432,17 +431,35 @@ def build_timm(
 _PAPER = "Jastrzębski et al. 2017, Finding flatter minima with SGD (ICLR-W 2018)"
 
 
+# The options of the registered models (a factory's keyword parameters).
+_MLP_OPTIONS = (
+    Option(
+        name="depth",
+        type=int,
+        default=4,
+        help="Linear layers, classifier included (the paper's '4-layer')",
+    ),
+    Option(name="width", type=int, default=256, help="Units per hidden layer"),
+)
+_RESNET_OPTIONS = (
+    Option(name="depth", type=int, default=56, help="6n+2: 20, 32, 44, 56 or 110"),
+)
+_VGG_OPTIONS = (
+    Option(
+        name="depth",
+        type=int,
+        default=11,
+        help="11, 13, 16 or 19",
+        choices=(11, 13, 16, 19),
+    ),
+)
+_TIMM_OPTIONS = (
+    Option(name="drop_rate", type=float, default=0.0, help="Classifier dropout"),
+)
+
+
 def sharpkit_register_models() -> list[ModelSpec]:
     """Register mlp-bn, mlp, resnet-cifar, vgg-cifar and timm:<name>."""
-    mlp_options = (
-        Option(
-            name="depth",
-            type=int,
-            default=4,
-            help="Linear layers, classifier included (the paper's '4-layer')",
-        ),
-        Option(name="width", type=int, default=256, help="Units per hidden layer"),
-    )
     return [
         ModelSpec(
             name="mlp-bn",
@@ -451,7 +468,7 @@ def sharpkit_register_models() -> list[ModelSpec]:
                 "Batch-normalised ReLU MLP of the paper's Fig. 1 "
                 "(default 784-256-256-256-10, 336,650 parameters)"
             ),
-            options=mlp_options,
+            options=_MLP_OPTIONS,
             source=_PAPER,
         ),
         ModelSpec(
@@ -461,7 +478,7 @@ def sharpkit_register_models() -> list[ModelSpec]:
                 "ReLU MLP without batch norm (default 784-256-256-256-10, 335,114 "
                 "parameters): function unchanged by layer rescaling"
             ),
-            options=mlp_options,
+            options=_MLP_OPTIONS,
             source="Dinh, Pascanu, Bengio & Bengio 2017, Sharp Minima Can "
             "Generalize for Deep Nets (ICML): the rescaling argument",
         ),
@@ -472,14 +489,7 @@ def sharpkit_register_models() -> list[ModelSpec]:
                 "He et al. 2016 CIFAR ResNet, depth 6n+2, option-A shortcuts "
                 "(resnet56: 853,018 parameters)"
             ),
-            options=(
-                Option(
-                    name="depth",
-                    type=int,
-                    default=56,
-                    help="6n+2: 20, 32, 44, 56 or 110",
-                ),
-            ),
+            options=_RESNET_OPTIONS,
             source="He, Zhang, Ren, Sun 2016, Deep Residual Learning (CVPR), Sec. 4.2",
         ),
         ModelSpec(
@@ -489,15 +499,7 @@ def sharpkit_register_models() -> list[ModelSpec]:
                 "VGG-11/13/16/19 with batch norm and a 512->classes classifier "
                 "for 32x32 inputs (vgg11: 9,231,114 parameters)"
             ),
-            options=(
-                Option(
-                    name="depth",
-                    type=int,
-                    default=11,
-                    help="11, 13, 16 or 19",
-                    choices=(11, 13, 16, 19),
-                ),
-            ),
+            options=_VGG_OPTIONS,
             source="Simonyan, Zisserman 2015, Very Deep Convolutional Networks (ICLR)",
         ),
         ModelSpec(
@@ -507,11 +509,7 @@ def sharpkit_register_models() -> list[ModelSpec]:
                 "Any timm architecture as timm:<name>, no pretrained weights, "
                 "classes and channels from the dataset"
             ),
-            options=(
-                Option(
-                    name="drop_rate", type=float, default=0.0, help="Classifier dropout"
-                ),
-            ),
+            options=_TIMM_OPTIONS,
             prefix=True,
             source="timm, https://github.com/huggingface/pytorch-image-models",
         ),

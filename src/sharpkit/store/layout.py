@@ -65,8 +65,8 @@ __all__ = [
 SCHEMA_VERSION: Final = 1
 """Layout version written to the root's ``schema_version`` attribute."""
 
-KINDS: Final = ("measure", "train", "probe", "track")
-"""The kinds of run a store holds."""
+KINDS: Final = ("measure", "train", "probe", "track", "sweep")
+"""The kinds of run a store holds (``sweep``: a point's predicted and actual time)."""
 
 STALE_SECONDS: Final = 3600.0
 """Age (s) after which :meth:`ResultStore.gc` removes killed writers' leftovers."""
@@ -360,7 +360,8 @@ class ResultStore:
         """Write one run; it becomes visible to readers only once complete.
 
         Args:
-            kind: ``"measure"``, ``"train"``, ``"probe"`` or ``"track"``.
+            kind: ``"measure"``, ``"train"``, ``"probe"``, ``"track"`` or
+                ``"sweep"``.
             attrs: Provenance (checkpoint sha256 and path, model, dataset, ``lr``,
                 ``batch_size``, seeds, versions, ``time``, ``command``, ...),
                 JSON-compatible. Non-finite floats are stored as ``null``.
