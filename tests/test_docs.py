@@ -104,6 +104,23 @@ def test_quickstart_runs_as_written_and_shows_the_papers_claim(
             assert not differences(shown[1], got, rtol=2e-3, err_factor=1), got
 
 
+def test_sample_outputs_compare_words_exactly_and_numbers_within_tolerance() -> None:
+    shown = "│ large-ratio/final.pt │ spectral λ_max │ 12.47 │ ±9.5e-05 │ bound │"
+    same = "│ large-ratio/final.pt │ spectral λ_max │  12.9 │   ±0.0001 │ bound │"
+    assert differences(shown, same, rtol=0.25, err_factor=100) == []
+    assert differences(shown, same.replace("12.9", "17"), rtol=0.25, err_factor=100)
+    assert differences(
+        shown, same.replace("bound", "stderr"), rtol=0.25, err_factor=100
+    )
+    assert differences(shown, same.replace("±0.0001", "±1"), rtol=0.25, err_factor=100)
+    repr_shown = "Measurement(spectral=4.77707, trace=30.4266±0)"
+    repr_printed = "Measurement(spectral=4.77707, trace=30.4265±0)"
+    assert differences(repr_shown, repr_printed, rtol=2e-3, err_factor=1) == []
+    assert differences(
+        repr_shown, "Measurement(spectral=4.77707, trace=30.4)", rtol=2e-3, err_factor=1
+    )
+
+
 def test_installation_commands_run() -> None:
     from sharpkit.cli import app
 

@@ -25,7 +25,9 @@ retrains.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import numbers
 import os
@@ -44,6 +46,7 @@ from sharpkit._hints import arg
 from sharpkit.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    DataError,
     StateDictMismatchError,
     UnsafeCheckpointError,
 )
@@ -55,6 +58,7 @@ __all__ = [
     "FORMAT_NAME",
     "Checkpoint",
     "CheckpointMeta",
+    "check_archive",
     "file_sha256",
     "load_checkpoint",
     "load_state_dict_into",
@@ -288,57 +292,127 @@ def _canonical(obj: Any) -> Any:
 _GLOBAL_RE = re.compile(r"(?:GLOBAL|global)\s+([\w.]+)")
 
 
-def _check_archive(path: Path) -> None:
-    """Refuse, before reading it, a file that is empty, cut short or a zip bomb.
+def _read_once(path: Path) -> bytes:
+    """The file's bytes, read once through one open file.
+
+    The hash that keys stored results and the tensors loaded are both taken
+    from these bytes: a file replaced (renamed over) while it is read gives
+    the old file's bytes to both, never one file's hash with another's weights.
+    A file bigger than the memory free is refused before anything is read.
+
+    Raises:
+        CorruptCheckpointError: The file is empty, or larger than the memory free.
+    """
+    with path.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            msg = f"checkpoint {str(path)!r} is empty (0 bytes); re-save it"
+            raise CorruptCheckpointError(msg)
+        _check_start(path, fh, size)
+        free = available_memory()
+        if free is not None and size > free:
+            msg = (
+                f"checkpoint {str(path)!r} is {_size(size)}, more than the "
+                f"{_size(free)} of memory free; it was refused before reading it: "
+                "free memory or pick another file"
+            )
+            raise CorruptCheckpointError(msg)
+        return fh.read()
+
+
+def check_archive(
+    path: Path,
+    data: bytes | None = None,
+    *,
+    what: str = "checkpoint",
+    max_inflation: float = _MAX_INFLATION,
+) -> None:
+    """Refuse, before unpacking it, a file that is empty, cut short or a zip bomb.
+
+    Only the zip archive's directory is read: what its entries declare is
+    compared with the file's size (``max_inflation`` times it, beyond a few MB)
+    and with the memory free.
+
+    Args:
+        path: The file (named in messages; read when ``data`` is not given).
+        data: The file's bytes, if already read.
+        what: What the file is, for messages (``"checkpoint"``, ``"data file"``).
+        max_inflation: How far its entries may inflate past its size.
 
     Raises:
         CorruptCheckpointError: Which of these it is, in one line.
+        DataError: The same, for a data file (``what`` starting with "data").
     """
-    size = path.stat().st_size
+    error = DataError if what.startswith("data") else CorruptCheckpointError
+    size = len(data) if data is not None else path.stat().st_size
     if size == 0:
-        msg = f"checkpoint {str(path)!r} is empty (0 bytes); re-save it"
-        raise CorruptCheckpointError(msg)
-    with path.open("rb") as fh:
-        magic = fh.read(len(_ZIP_MAGIC))
-    if magic != _ZIP_MAGIC:
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        msg = (
-            f"checkpoint {str(path)!r} is truncated or damaged: a zip archive "
-            f"without its directory ({_size(size)} on disk, {exc}); re-save it or "
-            "pick another file"
+        msg = f"{what} {str(path)!r} is empty (0 bytes); re-save it"
+        raise error(msg)
+    with contextlib.ExitStack() as stack:
+        fh = (
+            io.BytesIO(data)
+            if data is not None
+            else stack.enter_context(path.open("rb"))
         )
-        raise CorruptCheckpointError(msg) from None
+        if fh.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            return
+        fh.seek(0)
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                entries = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            msg = (
+                f"{what} {str(path)!r} is truncated or damaged: a zip archive "
+                f"without its directory ({_size(size)} on disk, {exc}); re-save it "
+                "or pick another file"
+            )
+            raise error(msg) from None
     declared = sum(e.file_size for e in entries)
-    limit = max(_MAX_INFLATION * size, size + _INFLATION_SLACK)
+    limit = max(max_inflation * size, size + _INFLATION_SLACK)
     free = available_memory()
     if declared > limit or (free is not None and declared > free):
         why = (
-            "compressed entries, which torch.save never writes"
+            f"{declared / size:.0f}x its size, more than the {max_inflation:g}x "
+            "real data ever inflates by"
             if declared > limit
             else f"more than the {_size(free or 0)} of memory free"
         )
         msg = (
-            f"checkpoint {str(path)!r} declares {_size(declared)} of data in "
+            f"{what} {str(path)!r} declares {_size(declared)} of data in "
             f"{_size(size)} on disk ({why}); it was refused before reading it: "
-            "re-save the weights with torch.save or pick another file"
+            "re-save it uncompressed (torch.save, np.savez) or pick another file"
+        )
+        raise error(msg)
+
+
+def _check_start(path: Path, fh: Any, size: int) -> None:
+    """Refuse a file whose first bytes are no checkpoint's, before reading it all."""
+    head = fh.read(16)
+    fh.seek(0)
+    if path.suffix == ".safetensors":
+        n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+        good = 0 < n <= size - 8 and head[8:9] == b"{"
+    else:  # a zip archive (torch.save), or a pickle (protocol 2 and later)
+        good = head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80"
+    if not good:
+        msg = (
+            f"checkpoint {str(path)!r} is not a PyTorch checkpoint (it starts with "
+            f"bytes {head[:8].hex(' ')}, {_size(size)}); it was refused before "
+            "reading it: pick another file"
         )
         raise CorruptCheckpointError(msg)
 
 
-def _load_pickle(path: Path) -> Any:
+def _load_pickle(path: Path, data: bytes) -> Any:
     import torch
 
-    _check_archive(path)
+    check_archive(path, data)
     try:
         with warnings.catch_warnings():
             # "Detected pickle protocol N": torch's note on what it may not read;
             # what it could not read is the error below.
             warnings.filterwarnings("ignore", "Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         found = _GLOBAL_RE.search(text)
@@ -356,16 +430,15 @@ def _load_pickle(path: Path) -> Any:
                 "torch.export.export(model.eval(), (x,)), 'model.pt2')"
             )
             raise UnsafeCheckpointError(msg) from exc
-        raise _corrupt(path, exc) from exc
+        raise _corrupt(path, exc, len(data)) from exc
     except Exception as exc:  # anything else the unpickler trips over: not a checkpoint
-        raise _corrupt(path, exc) from exc
+        raise _corrupt(path, exc, len(data)) from exc
 
 
 _UNPICKLER_RE = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
 
 
-def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
-    size = path.stat().st_size
+def _corrupt(path: Path, exc: BaseException, size: int) -> CorruptCheckpointError:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     found = _UNPICKLER_RE.search(text)
@@ -428,10 +501,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         hint = "it is a directory" if p.is_dir() else "no such file"
         msg = f"checkpoint {str(p)!r} not found ({hint}); check the path"
         raise CheckpointNotFoundError(msg)
-    sha = file_sha256(p)
+    data = _read_once(p)
+    sha = hashlib.sha256(data).hexdigest()  # the very bytes that are loaded
     if p.suffix == ".safetensors":
-        return _load_safetensors(p, sha)
-    obj = _load_pickle(p)
+        return _load_safetensors(p, data, sha)
+    obj = _load_pickle(p, data)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
         state = obj.get("state_dict")
         if not _is_state_dict(state):
@@ -469,21 +543,35 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     raise CorruptCheckpointError(msg)
 
 
-def _load_safetensors(p: Path, sha: str) -> Checkpoint:
-    from safetensors import safe_open
-
-    _check_archive(p)
+def _safetensors_header(p: Path, data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` table of a safetensors file's header, from its bytes."""
+    if len(data) < 8:
+        raise _corrupt(p, EOFError("truncated header"), len(data))
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise _corrupt(p, EOFError("truncated header"), len(data))
     try:
-        with safe_open(str(p), framework="pt") as fh:
-            header = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        header = json.loads(data[8 : 8 + n])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(p, exc, len(data)) from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _load_safetensors(p: Path, data: bytes, sha: str) -> Checkpoint:
+    from safetensors.torch import load
+
+    check_archive(p, data)
+    header = _safetensors_header(p, data)
+    try:
+        state = load(data)
     except Exception as exc:  # safetensors raises its own SafetensorError
-        raise _corrupt(p, exc) from exc
+        raise _corrupt(p, exc, len(data)) from exc
     meta = CheckpointMeta()
     if _SAFETENSORS_META_KEY in header:
         try:
             raw = json.loads(header[_SAFETENSORS_META_KEY])
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, TypeError) as exc:
             msg = (
                 f"checkpoint {str(p)!r} has unreadable sharpkit metadata (not JSON: "
                 f"{exc}); re-save it"

@@ -18,6 +18,7 @@ import contextlib
 import difflib
 import importlib.metadata
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -599,7 +600,9 @@ class Registry:
         end the run (with exit status 0) and lose what was already computed.
         """
         try:
-            yield
+            # What a plugin prints is not the command's output (--json stays JSON).
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
         except SharpkitError:
             raise
         except (Exception, SystemExit) as exc:  # sys.exit in a plugin ends only it

@@ -247,6 +247,9 @@ class SweepConfig:
                 else self.out / (folder or "run")
             )
             out.append(SweepPoint(i, args, where))
+        from sharpkit.api.pointfolder import check_unique
+
+        check_unique([(str(p.out_dir), dict(p.train)) for p in out])
         return out
 
 
@@ -284,7 +287,9 @@ def _place(base: Path, value: Any) -> Path | str:
 
 
 def _slug(value: Any) -> str:
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = str(value)
+    if isinstance(value, float):  # shortest text that reads back as the value
+        text = f"{value:g}" if float(f"{value:g}") == value else repr(value)
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
 
 
@@ -378,7 +383,7 @@ def _run_point(
     where: Path | str
     try:
         if isinstance(point.out_dir, str):
-            final, trained, where = _train_remote(point, store, data_root)
+            final, trained, where = _train_remote(point, store, data_root, keep_last)
         else:
             final, trained = _train_local(
                 point, point.out_dir, store, data_root, keep_last
@@ -423,10 +428,13 @@ def _train_local(
     ``last.pt``.
     """
     from sharpkit import api
+    from sharpkit.api.pointfolder import check_local_folder, record_point
 
     final = out_dir / "final.pt"
+    check_local_folder(out_dir, point.train)
     trained = not final.is_file()
     if trained:
+        record_point(out_dir, point.train)
         api.train(
             **dict(point.train),
             out_dir=out_dir,
@@ -440,7 +448,10 @@ def _train_local(
 
 
 def _train_remote(
-    point: SweepPoint, store: str | None, data_root: str | None
+    point: SweepPoint,
+    store: str | None,
+    data_root: str | None,
+    keep_last: bool = False,
 ) -> tuple[Path, bool, str]:
     """Train the point with its checkpoints on an object store; no shared disk.
 
@@ -448,7 +459,7 @@ def _train_remote(
     (cached by ETag) and nothing is trained. Otherwise the point trains in a
     local scratch folder, starting from the object store's ``last.pt`` if a
     killed worker left one, uploading ``last.pt`` as it changes and
-    ``final.pt`` last.
+    ``final.pt`` last; then ``last.pt`` is removed unless ``keep_last``.
 
     Returns:
         The local ``final.pt``, whether it was trained now, and its URL.
@@ -463,6 +474,10 @@ def _train_remote(
     final_url = f"{url}/final.pt"
     done = fetch(final_url)
     if done is not None:
+        from sharpkit.api.pointfolder import check_point_folder
+        from sharpkit.checkpoint import load_checkpoint
+
+        check_point_folder(url, point.train, load_checkpoint(done).meta)
         return done, False, final_url
     cache = local_copy_of(final_url).parent
     cache.mkdir(parents=True, exist_ok=True)
@@ -480,6 +495,10 @@ def _train_remote(
                 store=store,
             )
         sync.upload("final.pt")  # last: from now on the point is done
+        if not keep_last:  # final.pt holds what last.pt did: keep one
+            from sharpkit.store.objects import ObjectBackend
+
+            ObjectBackend(url).delete(["last.pt"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     found = fetch(final_url)

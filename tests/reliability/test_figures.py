@@ -30,6 +30,20 @@ CLASSES = [
     ("test_plugins", "plugin contract violations"),
     ("test_signals", "signals to single- and multi-process commands, kill -9"),
     ("test_fuzz", "property-based fuzzing of parsers and checkpoint readers"),
+    (
+        "test_reuse_keys",
+        "same key, other computation (model, loss, data, options, checkpoint race, "
+        "plugins, sweeps)",
+    ),
+    ("test_fingerprint", "the reuse key's digests (behaviour, data, code)"),
+    (
+        "test_plugin_isolation",
+        "plugins changing data, loss, hooks or flags for others; bad result numbers",
+    ),
+    (
+        "test_bounded_files",
+        "sparse files, zip bombs (.npz, .pt data, .pt2), endless data sources",
+    ),
 ]
 
 
@@ -69,6 +83,8 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + len(ckpts.BRACKETED)
         + 1  # the bad checkpoint in a batch of three
         + len(plugins.VIOLATIONS)
+        + len(mods["test_plugin_isolation"].CORRUPTIONS)
+        + 2  # a sparse checkpoint and a .pt2 zip bomb from the CLI
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
+from sharpkit._fs import available_memory
 from sharpkit._seed import generator
 from sharpkit.api.usercode import (
     call_with,
@@ -35,6 +36,7 @@ from sharpkit.api.usercode import (
     option_hint,
     source_sha256,
 )
+from sharpkit.checkpoint import check_archive
 from sharpkit.errors import ConfigError, DataError
 from sharpkit.interfaces import Dataset
 
@@ -57,6 +59,9 @@ __all__ = [
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
 INPUT_KEYS = ("inputs", "x", "x_train")
+# How far a compressed .npz may inflate: real arrays (images, token ids, floats)
+# compress by well under 100x; a zip bomb by ~1000x.
+_NPZ_INFLATION = 200.0
 """Keys tried, in order, for the inputs (the training split, or the only one)."""
 TARGET_KEYS = ("targets", "y", "labels", "y_train")
 """Keys tried, in order, for the targets."""
@@ -276,14 +281,19 @@ def as_split(data: Any, samples: int | None) -> DataSplit:
     xs: list[Any] = []
     ys: list[torch.Tensor] = []
     count = 0
+    budget = _read_budget()
     if isinstance(data, torch.utils.data.DataLoader):
+        held = 0
         for batch in data:
             x, y = batch[0], batch[1]
             xs.append(x)
             ys.append(torch.as_tensor(y))
             count += len(ys[-1])
+            held += _nbytes(xs[-1]) + _nbytes(ys[-1])
             if samples is not None and count >= samples:
                 break
+            if held > budget:
+                _too_big(type(data).__name__, f"more than {count} examples", budget)
     elif isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
         n = len(data)
         n = n if samples is None else min(samples, n)
@@ -291,6 +301,8 @@ def as_split(data: Any, samples: int | None) -> DataSplit:
             item = data[i]
             xs.append(_one(item[0]))
             ys.append(torch.as_tensor(item[1]).unsqueeze(0))
+            if i == 0 and n * (_nbytes(xs[0]) + _nbytes(ys[0])) > budget:
+                _too_big(type(data).__name__, f"{n} examples", budget)
     else:
         msg = (
             f"cannot use {type(data).__name__} as data; pass a dataset name, a "
@@ -308,6 +320,31 @@ def as_split(data: Any, samples: int | None) -> DataSplit:
     )
     split = make_split(inputs, torch.cat(ys))
     return split.head(samples) if samples is not None else split
+
+
+def _read_budget() -> int:
+    """What a data source may take in memory: half the memory free (else 8 GiB)."""
+    free = available_memory()
+    return free // 2 if free is not None else 8 << 30
+
+
+def _nbytes(value: Any) -> int:
+    import torch
+
+    if isinstance(value, Mapping):
+        return sum(_nbytes(v) for v in value.values())
+    t = torch.as_tensor(value)
+    return int(t.numel() * t.element_size())
+
+
+def _too_big(kind: str, what: str, budget: int) -> None:
+    msg = (
+        f"the data ({kind}) holds {what}, more than the {budget / 2**30:.1f} GiB "
+        "it may take in memory (half the memory free); it was refused before "
+        "reading it all: give a source of fewer examples (e.g. an argument of "
+        f"your data function, {option_hint(OPTIONS_FLAG, 'n')})"
+    )
+    raise DataError(msg)
 
 
 def _is_batch_part(value: Any) -> bool:
@@ -364,6 +401,12 @@ def _dataset(
 def _read_tensor_file(path: Path) -> Mapping[str, Any]:
     import pickle
 
+    # Zip archives are looked at before anything is inflated: np.savez_compressed
+    # gains a few x on real data, torch.save stores entries as they are.
+    compressed = path.suffix == ".npz"
+    check_archive(
+        path, what="data file", max_inflation=_NPZ_INFLATION if compressed else 2.0
+    )
     try:
         if path.suffix == ".npz":
             import numpy as np

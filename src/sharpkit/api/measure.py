@@ -30,7 +30,9 @@ from sharpkit._data import DataSplit, evaluate
 from sharpkit._hints import arg
 from sharpkit._meta import json_safe
 from sharpkit.api.distributed import broadcast_names, rank_and_world
+from sharpkit.api.fingerprint import code_digest, key_fields
 from sharpkit.api.fit import check_fit
+from sharpkit.api.isolation import ContextGuard, changed_context, check_result
 from sharpkit.api.losses import resolve_loss
 from sharpkit.api.provenance import (
     code_sha256,
@@ -343,7 +345,9 @@ def measure(
     attrs["code_sha256"] = code_sha256(
         source.code_sha256, chosen_loss.code_sha256, data_info.code_sha256
     )
-    settings = {k: attrs[k] for k in _KEY_SETTINGS}
+    settings = {k: attrs[k] for k in _KEY_SETTINGS} | key_fields(
+        work, loss_fn, data_info.analysis, batch_size=batch_size
+    )
     settings.update(
         {k: attrs[k] for k in _OPTIONAL_KEY_SETTINGS if attrs.get(k) is not None}
     )
@@ -353,6 +357,7 @@ def measure(
             n,
             options=parsed[n],
             provider=provider_of(reg, "metric", n),
+            component_code=code_digest(specs[n].factory),
             **settings,
         )
         for n in names
@@ -778,17 +783,22 @@ def _compute(
             before()
         _check_loss(ctx)
         for name, metric in metrics.items():
-            guard = _StateGuard(ctx)
+            guard, isolated = _StateGuard(ctx), ContextGuard(ctx)
             try:
                 results[name] = _run_metric(reg, name, metric, ctx)
             except SharpkitError as exc:
                 if not alone:
                     raise
                 failures[name] = exc
-            changed = guard.restore()
-            if changed:
+            changed, other = guard.restore(), isolated.restore()
+            if changed or other:
                 results.pop(name, None)
-                failures.setdefault(name, _changed_model(name, changed))
+                failures.setdefault(
+                    name,
+                    _changed_model(name, changed)
+                    if changed
+                    else changed_context(name, other),
+                )
     return failures
 
 
@@ -922,6 +932,7 @@ def _run_metric(
         msg = f"metric {name!r} returned {type(result).__name__}, expected MetricResult"
         raise PluginContractError(msg)
     result = _numbers(name, result)
+    check_result(name, result)
     if not math.isfinite(result.value):
         msg = f"metric {name!r} returned a non-finite value ({result.value})"
         raise NumericalError(msg)

@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any
 from sharpkit._hints import arg
 from sharpkit._seed import seeded
 from sharpkit.api.usercode import call_with, load_object, source_sha256
-from sharpkit.checkpoint import Checkpoint, CheckpointMeta, file_sha256
+from sharpkit.checkpoint import (
+    Checkpoint,
+    CheckpointMeta,
+    check_archive,
+    file_sha256,
+)
 from sharpkit.errors import (
     CheckpointNotFoundError,
     ConfigError,
@@ -199,6 +204,7 @@ def load_exported(path: str | os.PathLike[str]) -> tuple[ExportedModel, Checkpoi
             "torch.export.save(torch.export.export(model.eval(), (x,)), path)"
         )
         raise CorruptCheckpointError(msg)
+    check_archive(p, what="exported program")  # before torch inflates anything
     _check_pickles(p)
     try:
         with _weights_only_loads():

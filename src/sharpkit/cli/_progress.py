@@ -91,6 +91,12 @@ class _Callback:
         self._progress.update(self._task, **kwargs)
 
 
+def _hms(seconds: float) -> str:
+    hours, rest = divmod(max(0, int(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class _Remaining(TimeRemainingColumn):
     """Time left: the caller's prediction (``eta=`` seconds) if it gave one.
 
@@ -103,10 +109,8 @@ class _Remaining(TimeRemainingColumn):
         deadline = task.fields.get("deadline")
         if not isinstance(deadline, float) or task.finished:
             return super().render(task)
-        left = max(0, int(deadline - time.monotonic()))
-        hours, rest = divmod(left, 3600)
-        minutes, seconds = divmod(rest, 60)
-        return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+        left = deadline - time.monotonic()
+        return Text(_hms(left), style="progress.remaining")
 
 
 class _Lines:
@@ -140,7 +144,9 @@ class _Lines:
         self._last, self._said = now, description
         count = f" [{_fmt(completed)}/{_fmt(total)}]" if total else ""
         elapsed = f"{now - self._start:.0f} s"
-        err_console.print(f"{self._label}: {description}{count} ({elapsed})")
+        eta = info.get("eta")  # a sweep's prediction of the time left
+        left = f", ETA {_hms(float(eta))}" if isinstance(eta, int | float) else ""
+        err_console.print(f"{self._label}: {description}{count} ({elapsed}{left})")
 
 
 @contextmanager
