@@ -45,6 +45,10 @@ CLASSES = [
         "sparse files, zip bombs (.npz, .pt data, .pt2), endless data sources",
     ),
     ("test_one_liners", "checkpoints damaged on disk (CRC), sparse or meta weights"),
+    (
+        "test_fuzz_keys",
+        "property-based fuzzing of plugin results, data files and the data digest",
+    ),
 ]
 
 
