@@ -80,7 +80,7 @@ def test_point_seconds_from_known_timings() -> None:
     t = TrainTiming(
         example_seconds=1e-3, eval_seconds=1e-4, overhead=2.0, n_train=6000, n_test=1000
     )
-    train, per_epoch = point_seconds(t, epochs=10, n_train=5000, measure=0.0)
+    train, per_epoch = point_seconds(t, epochs=10, n_train=5000)
     # one epoch: 5000 steps' examples at 1 ms + the 1000 test examples at 0.1 ms
     assert per_epoch == pytest.approx(5.0 + 0.1)
     # overhead + 10 epochs + the exact pass over the 5000 training examples
@@ -365,3 +365,51 @@ def test_smooth_fits_step_cost_over_batch_sizes() -> None:
     assert smooth({32: exact[25]}) == {32: exact[25]}
     odd = {25: _timing(1e-5), 1000: _timing(1e-3)}  # dearer per example at large S
     assert smooth(odd) == odd
+
+
+@pytest.mark.slow
+def test_a_point_cut_off_mid_way_resumes_bit_exact_and_is_predicted_so(
+    tmp_path: Path,
+) -> None:
+    """A preemptible machine: the sweep dies in a point's epoch 2 and is run again."""
+    from sharpkit.checkpoint import file_sha256
+
+    cfg = dataclass_replace(config(tmp_path / "cut", epochs=3), measure=None)
+    whole = dataclass_replace(config(tmp_path / "whole", epochs=3), measure=None)
+    run_sweep(whole)
+    point = cfg.points()[1]
+
+    def die_in_epoch_2(done: float, total: float | None = None, **_: Any) -> None:
+        if total and done > total / 3:  # epoch 1 saved, epoch 2 under way
+            raise KeyboardInterrupt  # what a preemption's SIGINT raises
+
+    with pytest.raises(KeyboardInterrupt):
+        sharpkit.train(**point.train, out_dir=point.out_dir, progress=die_in_epoch_2)
+    folder = Path(point.out_dir)
+    assert (folder / "last.pt").is_file()
+    assert not (folder / "final.pt").exists()
+    est = estimate_points(cfg.points(), None, _Known())
+    assert [p.status for p in est.points] == ["train", "resume"]
+    assert est.points[1].epochs_done == 1
+    result = run_sweep(cfg)
+    assert all(o.trained for o in result.points)
+    for a, b in zip(cfg.points(), whole.points(), strict=True):
+        assert file_sha256(Path(a.out_dir) / "final.pt") == file_sha256(
+            Path(b.out_dir) / "final.pt"
+        )
+
+
+def test_log_lines_carry_the_sweeps_eta(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sharpkit.cli import _progress
+
+    clock = iter([0.0, 0.0, 5.0])
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: next(clock))
+    with _progress.progress_display("fig1-paper") as cb:  # stderr is no terminal
+        cb(0, 30, description="fig1-paper: 30 points", eta=3725.0)
+        cb(1, 30, description="lr=0.005 batch_size=25 seed=0", eta=90000.0)
+    assert capsys.readouterr().err.splitlines() == [
+        "fig1-paper: fig1-paper: 30 points [0/30] (0 s, ETA 1:02:05)",
+        "fig1-paper: lr=0.005 batch_size=25 seed=0 [1/30] (5 s, ETA 25:00:00)",
+    ]

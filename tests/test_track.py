@@ -159,9 +159,7 @@ def test_cold_tracking_gives_the_same_values() -> None:
             opt.step()
             tracker.step(net)
         assert tracker.last is not None
-        assert tracker.last["spectral"].attrs["start"] == (
-            "warm" if warm else "gradient"
-        )
+        assert tracker.last["spectral"].attrs["start"] == ("warm" if warm else "random")
         runs[warm] = tracker.curves["spectral"]
     # both certified to the relative tolerance 1e-3 of the same λ_max
     np.testing.assert_allclose(runs[True], runs[False], rtol=2e-3)

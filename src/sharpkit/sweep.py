@@ -383,7 +383,7 @@ def _run_point(
     where: Path | str
     try:
         if isinstance(point.out_dir, str):
-            final, trained, where = _train_remote(point, store, data_root)
+            final, trained, where = _train_remote(point, store, data_root, keep_last)
         else:
             final, trained = _train_local(
                 point, point.out_dir, store, data_root, keep_last
@@ -448,7 +448,10 @@ def _train_local(
 
 
 def _train_remote(
-    point: SweepPoint, store: str | None, data_root: str | None
+    point: SweepPoint,
+    store: str | None,
+    data_root: str | None,
+    keep_last: bool = False,
 ) -> tuple[Path, bool, str]:
     """Train the point with its checkpoints on an object store; no shared disk.
 
@@ -456,7 +459,7 @@ def _train_remote(
     (cached by ETag) and nothing is trained. Otherwise the point trains in a
     local scratch folder, starting from the object store's ``last.pt`` if a
     killed worker left one, uploading ``last.pt`` as it changes and
-    ``final.pt`` last.
+    ``final.pt`` last; then ``last.pt`` is removed unless ``keep_last``.
 
     Returns:
         The local ``final.pt``, whether it was trained now, and its URL.
@@ -492,6 +495,10 @@ def _train_remote(
                 store=store,
             )
         sync.upload("final.pt")  # last: from now on the point is done
+        if not keep_last:  # final.pt holds what last.pt did: keep one
+            from sharpkit.store.objects import ObjectBackend
+
+            ObjectBackend(url).delete(["last.pt"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     found = fetch(final_url)
@@ -684,6 +691,10 @@ def _run_dask(
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # the scheduler serves HTTP even without a dashboard, by default on
+            # port 8787: another cluster on the machine may hold it (a warning
+            # and a leaked socket); a free local port instead
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         )
         client = Client(cluster)
     else:

@@ -105,7 +105,7 @@ def test_spectral_top_k_matches_dense(name: str) -> None:
     assert res.bound is not None
     assert abs(res.value - evals[0]) <= res.bound
     assert res.hvps == ctx.hessian.hvp_count
-    assert res.attrs["start"] == "gradient"
+    assert res.attrs["start"] == "random"
     vecs = ctx.eigenvectors
     assert vecs is not None
     assert vecs.shape == (case.n, 3)
@@ -179,7 +179,7 @@ def test_spectral_budget_exhaustion_warns() -> None:
 
 def test_spectral_estimated_hvps() -> None:
     ctx = context(bn_mlp(), max_hvps=5)
-    assert M.Spectral().estimated_hvps(context(bn_mlp())) == 10
+    assert M.Spectral().estimated_hvps(context(bn_mlp())) == 13
     assert M.Spectral(top_k=4).estimated_hvps(ctx) == 5
 
 

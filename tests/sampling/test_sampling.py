@@ -26,6 +26,7 @@ from sharpkit.curvature.sampling import (
     jackknife,
     linear_estimate,
     sample_indices,
+    samples_for_precision,
 )
 from sharpkit.curvature.stopping import t_factor
 from sharpkit.curvature.uncertainty import (
@@ -248,6 +249,15 @@ def test_sample_indices_first_random_and_stratified() -> None:
         sample_indices(1000, 10, "last")
     with pytest.raises(ConfigError, match="samples must be >= 1"):
         sample_indices(1000, 0, "first")
+
+
+def test_samples_for_precision_scales_as_one_over_sqrt_n() -> None:
+    est = linear_estimate([9.0, 11.0, 10.0, 10.0], samples=1000)
+    rel = est.stderr / est.estimate  # 4.1 % with 4 chunks
+    assert samples_for_precision(est, rel / 2) == 4000
+    assert samples_for_precision(est, rel * 2) == 1000  # met: never fewer
+    with pytest.raises(ConfigError, match="precision must be > 0"):
+        samples_for_precision(est, 0.0)
 
 
 def test_bad_input_is_a_config_error(setup: dict) -> None:

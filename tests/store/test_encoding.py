@@ -302,7 +302,7 @@ def test_bad_names_and_arrays_write_nothing(store: ResultStore) -> None:
             metrics={"m": MetricResult(value=1.0, arrays={"s": np.array(["a", "b"])})},
         )
     with pytest.raises(StoreError, match="run kind"):
-        store.write_run(kind="sweep", attrs={})
+        store.write_run(kind="nonsense", attrs={})  # "sweep" is a kind now (#25)
     with pytest.raises(StoreError, match="both as a coordinate"):
         store.write_run(
             kind="probe",

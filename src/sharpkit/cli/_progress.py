@@ -91,6 +91,12 @@ class _Callback:
         self._progress.update(self._task, **kwargs)
 
 
+def _hms(seconds: float) -> str:
+    hours, rest = divmod(max(0, int(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class _Remaining(TimeRemainingColumn):
     """Time left: the caller's prediction (``eta=`` seconds) if it gave one.
 
@@ -103,18 +109,56 @@ class _Remaining(TimeRemainingColumn):
         deadline = task.fields.get("deadline")
         if not isinstance(deadline, float) or task.finished:
             return super().render(task)
-        left = max(0, int(deadline - time.monotonic()))
-        hours, rest = divmod(left, 3600)
-        minutes, seconds = divmod(rest, 60)
-        return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+        left = deadline - time.monotonic()
+        return Text(_hms(left), style="progress.remaining")
+
+
+class _Lines:
+    """A ProgressCallback for logs: a line on stderr per step, no redrawing.
+
+    A step is a new description (a sweep point done, a metric started); lines
+    come at most one a second, except the last one of a finished task.
+    """
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._start = time.monotonic()
+        self._last = float("-inf")
+        self._said: str | None = None
+
+    def __call__(
+        self,
+        completed: float,
+        total: float | None = None,
+        /,
+        *,
+        description: str | None = None,
+        **info: Any,
+    ) -> None:
+        finished = total is not None and completed >= total
+        now = time.monotonic()
+        if description is None or description == self._said:
+            return
+        if not finished and now - self._last < 1.0:
+            return
+        self._last, self._said = now, description
+        count = f" [{_fmt(completed)}/{_fmt(total)}]" if total else ""
+        elapsed = f"{now - self._start:.0f} s"
+        eta = info.get("eta")  # a sweep's prediction of the time left
+        left = f", ETA {_hms(float(eta))}" if isinstance(eta, int | float) else ""
+        err_console.print(f"{self._label}: {description}{count} ({elapsed}{left})")
 
 
 @contextmanager
 def progress_display(label: str, *, enabled: bool = True) -> Iterator[ProgressCallback]:
     """Show a progress display on stderr while the block runs.
 
-    Turns itself off when stderr is not a terminal (logs, pipes, CI).
+    On a terminal, a live bar; in logs, pipes and CI (stderr not a terminal),
+    a plain line per step (see :class:`_Lines`), so a long job shows it lives.
     """
+    if enabled and not err_console.is_terminal:
+        yield _Lines(label)
+        return
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}", style="progress.description", markup=False),

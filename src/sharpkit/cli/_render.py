@@ -76,12 +76,14 @@ def _cells(
     return [[fmt_number(row.get(key), digits) for key in keys] for row in rows]
 
 
-def _min_width(columns: Sequence[tuple[str, str]], cells: list[list[str]]) -> int:
+def _min_width(
+    columns: Sequence[tuple[str, str]], cells: list[list[str]], *, fold: bool = True
+) -> int:
     """The narrowest this table gets without splitting a number or a word of a header.
 
-    Number columns never wrap; a text column may fold down to
-    :data:`_TEXT_MIN` cells. Each column adds 3 cells (padding and its left
-    rule), the table 1 (its right rule).
+    Number columns never wrap; a text column wraps between words, and with
+    ``fold`` within them too, down to :data:`_TEXT_MIN` cells. Each column adds 3
+    cells (padding and its left rule), the table 1 (its right rule).
     """
     total = 1
     for i, (_, header) in enumerate(columns):
@@ -90,10 +92,48 @@ def _min_width(columns: Sequence[tuple[str, str]], cells: list[list[str]]) -> in
         wide = max([head, *(cell_len(c) for c in column)])
         if all(_is_number(c) for c in column):
             total += wide + 3
-        else:
-            word = max((cell_len(w) for w in header.split()), default=1)
+            continue
+        word = max((cell_len(w) for w in header.split()), default=1)
+        if fold:
             total += max(min(wide, _TEXT_MIN), word) + 3
+        else:  # wrapped between words only: a path stays whole
+            words = [cell_len(w) for c in column for w in c.split()]
+            total += max([word, *words]) + 3
     return total
+
+
+def _plan(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    width: int,
+    drop: Sequence[str],
+    digits: int,
+    *,
+    fold: bool,
+) -> tuple[list[tuple[str, str]], list[str], list[list[str]]] | None:
+    """Columns shown, headers left out and cells of a table that fits, or ``None``.
+
+    In this order until it fits: as it is; headers stacked; numbers to 4
+    digits; the ``drop`` columns left out one by one.
+    """
+    shown = list(columns)
+    hidden: list[str] = []
+    cells = _cells(rows, [k for k, _ in shown], digits)
+    if _min_width(shown, cells, fold=fold) > width:
+        shown = _stack_headers(shown)
+    if _min_width(shown, cells, fold=fold) > width and digits > 4:
+        cells = _cells(rows, [k for k, _ in shown], 4)
+        digits = 4
+    for key in drop:
+        if _min_width(shown, cells, fold=fold) <= width:
+            break
+        if key in dict(shown):
+            hidden.append(dict(columns)[key] or key)
+            shown = [c for c in shown if c[0] != key]
+            cells = _cells(rows, [k for k, _ in shown], digits)
+    if _min_width(shown, cells, fold=fold) > width:
+        return None
+    return shown, hidden, cells
 
 
 def _stack_headers(columns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -111,12 +151,12 @@ def print_table(
 ) -> None:
     """Print ``rows`` as a rich table with ``(key, header)`` columns.
 
-    The table fits the terminal without ever splitting a number across lines:
-    text cells (paths, notes) may wrap; if the table is still too wide, headers
-    are stacked a word a line, numbers shortened to 4 significant digits, the
-    columns in ``drop`` left out in that order (a caption says which; ``--json``
-    has them all), and as a last resort each row is printed as ``header: value``
-    lines.
+    The table fits the terminal without ever splitting a number across lines.
+    Until it fits: headers are stacked a word a line, numbers shortened to 4
+    significant digits, the columns in ``drop`` left out in that order (a
+    caption says which; ``--json`` has them all), text wrapping between words;
+    if that is not enough, the same again with words (paths) folded; as a last
+    resort each row is printed as ``header: value`` lines.
 
     Args:
         rows: The rows, one mapping per row.
@@ -126,31 +166,25 @@ def print_table(
         digits: Significant digits of float cells.
     """
     width = _fit_width()
-    shown = list(columns)
-    hidden: list[str] = []
-    cells = _cells(rows, [k for k, _ in shown], digits)
-    if _min_width(shown, cells) > width:
-        shown = _stack_headers(shown)
-    if _min_width(shown, cells) > width and digits > 4:
-        digits = 4
-        cells = _cells(rows, [k for k, _ in shown], digits)
-    for key in drop:
-        if _min_width(shown, cells) <= width:
-            break
-        if key in dict(shown):
-            hidden.append(dict(columns)[key] or key)
-            shown = [c for c in shown if c[0] != key]
-            cells = _cells(rows, [k for k, _ in shown], digits)
-    if _min_width(shown, cells) > width:
-        _print_stacked(rows, columns, title, digits)
+    # First with text wrapped between words only (a path stays whole), leaving
+    # columns out as needed; only if that fails, with words folded too.
+    fold = False
+    plan = _plan(rows, columns, width, drop, digits, fold=False)
+    if plan is None:
+        fold = True
+        plan = _plan(rows, columns, width, drop, digits, fold=True)
+    if plan is None:
+        _print_stacked(rows, columns, title, min(digits, 4))
         return
+    shown, hidden, cells = plan
     caption = f"not shown: {', '.join(hidden)} (see --json)" if hidden else None
     table = Table(title=title, caption=caption, show_lines=False)
     for i, (_, header) in enumerate(shown):
         number = all(_is_number(row[i]) for row in cells)
+        whole = not fold and not any(" " in row[i] for row in cells)  # paths
         table.add_column(
-            header, justify="right" if number else "left", no_wrap=number,
-            overflow="fold",
+            header, justify="right" if number else "left",
+            no_wrap=number or whole, overflow="fold",
         )  # fmt: skip
     for row in cells:
         table.add_row(*row)

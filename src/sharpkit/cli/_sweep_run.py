@@ -136,7 +136,8 @@ def run_and_report(
         json_output: Print JSON instead of a table.
         device: Overrides the sweep's ``device`` (training and measuring) when
             given.
-        predict: Predict the sweep's time first (not with a ``scheduler``).
+        predict: Predict the sweep's time first (not with a ``scheduler``: the
+            points then run on other machines).
         estimate_only: Print the prediction and return without running.
 
     Returns:
@@ -154,14 +155,13 @@ def run_and_report(
         msg = "--estimate predicts this machine's time; drop --scheduler"
         raise ConfigError(msg)
     estimate = None
-    if predict or estimate_only:
+    # on a cluster the points run on other machines: this one's timing says nothing
+    if estimate_only or (predict and scheduler is None):
         estimate = predict_sweep(cfg, jobs=jobs, quiet=json_output and estimate_only)
     if estimate_only:
         assert estimate is not None
         report_estimate(cfg, estimate, json_output)
         return None
-    if estimate is not None and scheduler is not None:
-        estimate = None  # other machines: this one's prediction says nothing
     with progress_display(cfg.name, enabled=not json_output) as cb:
         result = run_sweep(
             cfg, jobs=jobs, scheduler=scheduler, progress=cb, estimate=estimate

@@ -280,7 +280,7 @@ def _print_rows(rows: list[dict[str, Any]], measured: list[Path]) -> None:
         ]
         + ([("note", "note")] if any(r["note"] for r in rows) else []),
         title=None if common is None else f"checkpoints under {common}",
-        drop=("seconds", "hvps", "converged", "kind", "note"),
+        drop=("seconds", "hvps", "converged", "note", "kind"),
     )
 
 

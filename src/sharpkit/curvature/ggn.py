@@ -212,9 +212,6 @@ def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
         for nxt, _ in node.next_functions:
             if nxt is not None and nxt not in seen:
                 stack.append((nxt, False))
-    why = _shared_use(order, names)
-    if why:
-        return False, why
     for node in order:
         inputs = [nxt for nxt, _ in node.next_functions if nxt is not None]
         if type(node).__name__ == "AccumulateGrad":
@@ -250,7 +247,8 @@ def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
                         return False, f"{base} multiplies a parameter with itself"
             continue
         return False, f"operation {type(node).__name__} is not piecewise linear"
-    return True, ""
+    why = _shared_use(order, names)
+    return (False, why) if why else (True, "")
 
 
 def _shared_use(order: Sequence[Any], names: dict[int, str]) -> str:

@@ -74,6 +74,7 @@ __all__ = [
     "jackknife",
     "linear_estimate",
     "sample_indices",
+    "samples_for_precision",
 ]
 
 DEFAULT_CHUNKS = 16
@@ -343,7 +344,8 @@ class ChunkRecorder:
         self.dtype = chunked.dtype
         self.device = chunked.device
         self.max_bytes = _RECORD_BYTES if max_bytes is None else int(max_bytes)
-        self.inputs: list[Tensor] = []
+        self._buf: Tensor | None = None  # rows 0..m-1: the inputs, grown by doubling
+        self._m = 0
         self._rows: list[Tensor] = []  # row j: (K, j+1) values x_iᵀ H_k x_j, i <= j
         self.gram = torch.zeros(chunked.chunks, chunked.chunks, dtype=torch.float64)
         self.complete = True
@@ -360,19 +362,32 @@ class ChunkRecorder:
 
     def _record(self, x: Tensor, hx: Tensor) -> None:
         size = x.numel() * x.element_size()
-        if (len(self.inputs) + 1) * size > self.max_bytes:
+        if (self._m + 1) * size > self.max_bytes:
             self.complete = False
-            self.inputs, self._rows = [], []
+            self._buf, self._m, self._rows = None, 0, []
             return
-        self.inputs.append(x.detach().clone())
-        stacked = torch.stack(self.inputs)  # (j+1, n)
-        self._rows.append((hx @ stacked.T).double().cpu())
+        if self._buf is None or self._m == self._buf.shape[0]:
+            cap = min(max(8, 2 * self._m), max(1, self.max_bytes // size))
+            grown = torch.empty(cap, self.n, dtype=x.dtype, device=x.device)
+            if self._buf is not None:
+                grown[: self._m] = self._buf[: self._m]
+            self._buf = grown
+        self._buf[self._m] = x.detach()
+        self._m += 1
+        self._rows.append((hx @ self._buf[: self._m].T).double().cpu())
         self.gram += (hx @ hx.T).double().cpu()
 
     @property
     def m(self) -> int:
         """Inputs recorded."""
-        return len(self.inputs)
+        return self._m
+
+    @property
+    def inputs(self) -> Tensor:
+        """The recorded inputs as rows, ``(m, n)`` (a view; do not modify)."""
+        if self._buf is None:
+            return torch.empty(0, self.n, dtype=self.dtype, device=self.device)
+        return self._buf[: self._m]
 
     def projections(self) -> Tensor:
         """``C_k = Xᵀ H_k X`` for every chunk, symmetrised: ``(K, m, m)`` float64."""
@@ -389,7 +404,7 @@ class ChunkRecorder:
         ``(B, T)``: the coefficients ``B`` of an orthonormal basis ``X B`` of the
         recorded inputs' span, and ``T_k = Bᵀ C_k B``, ``(K, r, r)``.
         """
-        x = torch.stack(self.inputs).double()
+        x = self.inputs.double()
         s = x @ x.T
         evals, evecs = torch.linalg.eigh(s)
         keep = evals > tol * evals.max()
@@ -502,3 +517,30 @@ def linear_estimate(
         numerical_stderr=numerical_stderr,
         per_chunk=v,
     )
+
+
+def samples_for_precision(estimate: DataEstimate, precision: float) -> int:
+    """The examples that would bring ``stderr / |estimate|`` down to ``precision``.
+
+    A data standard error falls as ``1/sqrt(N)``, so ``N · (r / precision)²``
+    with ``r`` the relative standard error measured on ``N`` examples (rounded
+    up; at least ``N`` when the precision is already met, never fewer than
+    measured). The measured ``r`` is itself uncertain (about ``1/sqrt(2(K-1))``
+    relative), so the answer is a planning figure, not a guarantee: measure
+    again at that size.
+
+    Args:
+        estimate: A data estimate measured on ``estimate.samples`` examples.
+        precision: The relative standard error wanted, e.g. ``0.02``.
+
+    Raises:
+        ConfigError: ``precision`` is not positive, or the estimate is 0.
+    """
+    if not precision > 0:
+        msg = f"precision must be > 0 (e.g. 0.02 for 2 %), got {precision}"
+        raise ConfigError(msg)
+    if estimate.estimate == 0:
+        msg = "the estimate is 0: no relative precision can be reached"
+        raise ConfigError(msg)
+    rel = estimate.stderr / abs(estimate.estimate)
+    return max(estimate.samples, math.ceil(estimate.samples * (rel / precision) ** 2))

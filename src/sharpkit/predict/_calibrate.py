@@ -439,7 +439,7 @@ def _estimate_point(
     epochs = int(train["epochs"])
     subset = train.get("subset")
     n = min(int(subset), timing.n_train) if subset else timing.n_train
-    seconds, per_epoch = point_seconds(timing, epochs=epochs, n_train=n, measure=0.0)
+    seconds, per_epoch = point_seconds(timing, epochs=epochs, n_train=n)
     m_seconds = 0.0
     if measure:
         mt = calibrator.measure(train, measure)

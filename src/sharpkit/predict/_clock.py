@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -128,6 +127,7 @@ def record_point(
     Returns:
         The run's id.
     """
+    from sharpkit.api.provenance import run_attrs
     from sharpkit.interfaces import MetricResult
     from sharpkit.store import ResultStore
 
@@ -150,11 +150,10 @@ def record_point(
         "measure_seconds": max(0.0, seconds - train_seconds),
         "predicted_train_seconds": left_train,
         "predicted_measure_seconds": _left_measure(predicted),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
     }
     return ResultStore(store).write_run(
         kind="sweep",
-        attrs=attrs,
+        attrs=run_attrs("sweep", attrs),
         metrics={
             "seconds": MetricResult(value=seconds, seconds=seconds),
             "predicted_seconds": MetricResult(value=predicted.remaining + startup),

@@ -213,21 +213,19 @@ def makespan(durations: Sequence[float], jobs: int) -> float:
 
 
 def point_seconds(
-    timing: TrainTiming,
-    *,
-    epochs: int,
-    n_train: int,
-    measure: float,
+    timing: TrainTiming, *, epochs: int, n_train: int
 ) -> tuple[float, float]:
     """Predicted (training, per-epoch) seconds of a point; measurement apart.
 
     Training is the fixed overhead, ``epochs`` epochs over ``n_train`` examples
     and the test split, and the exact pass over the ``n_train`` training
-    examples after the last epoch. ``measure`` is accepted for symmetry with
-    the caller and checked to be non-negative.
+    examples after the last epoch.
+
+    Raises:
+        ConfigError: ``epochs`` or ``n_train`` is not positive.
     """
-    if measure < 0 or epochs < 1 or n_train < 1:
-        msg = "epochs and n_train must be positive and measure >= 0"
+    if epochs < 1 or n_train < 1:
+        msg = f"epochs and n_train must be positive, got {epochs} and {n_train}"
         raise ConfigError(msg)
     per_epoch = timing.epoch(n_train)
     train = timing.overhead + epochs * per_epoch + n_train * timing.eval_seconds

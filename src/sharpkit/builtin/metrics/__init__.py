@@ -64,7 +64,7 @@ _SPECTRAL_HELP = {
     "which": "Which end of the spectrum.",
     "method": "Lanczos (certified) or power iteration (as PyHessian).",
     "bound": "Stopping bound: r²/gap estimate or rigorous residual.",
-    "start": "Start vector: gradient plus random, or random.",
+    "start": "Start vectors: two random, or gradient plus random.",
 }
 _FROBENIUS_HELP = {
     "rel_stderr": _HELP["rel_stderr"],
