@@ -200,9 +200,18 @@ class Job:
         )
 
     def training_data(
-        self, name: str, source: ResolvedModel, *, with_subset: bool = True
+        self,
+        name: str,
+        source: ResolvedModel,
+        *,
+        with_subset: bool = True,
+        registered: bool = False,
     ) -> tuple[Dataset, int | None]:
-        """The dataset ``name`` as ``source``'s model was trained on it."""
+        """The dataset ``name`` as ``source``'s model was trained on it.
+
+        ``registered``: ``name`` came out of :func:`resolve_data` as a name,
+        so it is a registered dataset and is not classified again.
+        """
         return load_training_data(
             name,
             source.meta,
@@ -211,6 +220,7 @@ class Job:
             registry=self.registry,
             with_subset=with_subset,
             options=self.inputs.data_options,
+            registered=registered,
         )
 
     def recorded(self, source: ResolvedModel) -> Any:
@@ -281,7 +291,9 @@ def analysis_data(
         if split not in ("train", "test"):
             msg = f"split must be 'train' or 'test', got {split!r}"
             raise ConfigError(msg)
-        ds, train_subset = job.training_data(data, source, with_subset=split == "train")
+        ds, train_subset = job.training_data(
+            data, source, with_subset=split == "train", registered=True
+        )
         out = AnalysisData(
             analysis=selection.pick(ds.train if split == "train" else ds.test),
             train=ds.train,

@@ -323,14 +323,8 @@ def run_measure(
         want_dtype = next(source.net.parameters()).dtype
     attrs = _run_attributes(job, source, data_info, analysis, want_dtype)
     keys = {n: ex.key(calls[n], **_key_settings(attrs)) for n in names}
-    rank, world = rank_and_world()
-    ex.store = open_store(inputs.store) if rank == 0 else None  # rank 0 alone
-    results: dict[str, MetricResult] = {}
-    for n in names:
-        found = ex.stored(calls[n], keys[n])
-        if found is not None:
-            results[n] = found
-    reused = broadcast_names(list(results)) if world > 1 else list(results)
+    ex.store = open_store(inputs.store) if rank_and_world()[0] == 0 else None
+    results, reused = _stored(ex, calls, keys)
     todo = [n for n in names if n not in reused]
     failures: dict[str, SharpkitError] = {}
     if todo:
@@ -352,20 +346,8 @@ def run_measure(
         failures = _compute(ex, calls, created, ctx, results, before=fits)
         warm_start = _top_vector(ctx, warm_start)
     ordered = {n: results[n] for n in names if n in results}
-    new_names = [n for n in todo if n in results]
-    run_id = None
-    if ex.store is not None and new_names:
-        new = {
-            n: dataclasses.replace(
-                ordered[n], attrs={**ordered[n].attrs, "key": keys[n]}
-            )
-            for n in new_names
-        }
-        run_id = ex.write(
-            "measure", attrs, metrics=new,
-            metric_labels={n: _labels(calls[n].spec) for n in new_names},
-        )  # fmt: skip
-        ordered.update(new)
+    new = {n: calls[n] for n in todo if n in results}
+    run_id = _write(ex, ordered, new, keys, attrs)
     out = Measurement(
         ordered, attrs, run_id=run_id, reused=reused, warm_start=warm_start
     )
@@ -375,6 +357,42 @@ def run_measure(
 
 
 # --------------------------------------------------------------------------- steps
+
+
+def _stored(
+    ex: Executor, calls: Mapping[str, PluginCall], keys: Mapping[str, str]
+) -> tuple[dict[str, MetricResult], list[str]]:
+    """What the store holds (rank 0 reads it), and its names, known to every rank."""
+    found: dict[str, MetricResult] = {}
+    for name, call in calls.items():
+        result = ex.stored(call, keys[name])
+        if result is not None:
+            found[name] = result
+    world = rank_and_world()[1]
+    return found, broadcast_names(list(found)) if world > 1 else list(found)
+
+
+def _write(
+    ex: Executor,
+    ordered: dict[str, MetricResult],
+    new: Mapping[str, PluginCall],
+    keys: Mapping[str, str],
+    attrs: Mapping[str, Any],
+) -> str | None:
+    """Write the metrics computed now as one run; add their keys to ``ordered``."""
+    if ex.store is None or not new:
+        return None
+    done = {
+        n: dataclasses.replace(ordered[n], attrs={**ordered[n].attrs, "key": keys[n]})
+        for n in new
+    }
+    ordered.update(done)
+    return ex.write(
+        "measure",
+        attrs,
+        metrics=done,
+        metric_labels={n: _labels(call.spec) for n, call in new.items()},
+    )
 
 
 def _key_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:

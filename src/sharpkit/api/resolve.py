@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -57,17 +58,21 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SAMPLES",
     "DataLike",
+    "ModelKind",
     "ModelLike",
     "ResolvedModel",
     "StoreLike",
     "adapt_model",
     "as_split",
+    "build_classified",
     "build_model",
     "check_finite",
     "is_code_model",
     "load_dataset",
     "load_model",
+    "load_registered",
     "load_training_data",
+    "model_kind",
     "model_prefixes",
     "open_store",
     "prepare_model",
@@ -230,6 +235,24 @@ def load_dataset(
     if is_data_source(name, reg.names("dataset")):
         source: Dataset = resolve_data(name, options=options, registry=reg)
         return source
+    return load_registered(
+        name, root=root, download=download, subset=subset, seed=seed,
+        options=options, registry=reg,
+    )  # fmt: skip
+
+
+def load_registered(
+    name: str,
+    *,
+    root: str | os.PathLike[str] | None,
+    download: bool,
+    subset: int | None,
+    seed: int,
+    options: Mapping[str, Any] | None,
+    registry: Registry,
+) -> Dataset:
+    """:func:`load_dataset` of a name known to be a registered dataset."""
+    reg = registry
     _check_root(root)
     if subset is not None and subset < 1:
         msg = f"subset must be a positive number of examples, got {subset}"
@@ -309,17 +332,33 @@ def model_prefixes(registry: Registry) -> tuple[str, ...]:
     )
 
 
-def is_code_model(name: object, registry: Registry) -> bool:
-    """Whether ``name`` is a code spec (``pkg.mod:Net``, ``file.py:Net``).
+class ModelKind(StrEnum):
+    """What a model name names; :func:`model_kind` decides it once per name."""
 
-    Not ``hf:PATH``, nor ``<prefix>:<variant>`` of a registered prefix model
-    (``timm:resnet18``).
+    REGISTERED = "registered"
+    """A registered architecture (``mlp-bn``, ``timm:resnet18``)."""
+    CODE = "code"
+    """The user's code: ``package.module:name`` or ``path/to/file.py:name``."""
+    HF = "hf"
+    """A Hugging Face ``save_pretrained`` folder, ``hf:PATH``."""
+
+
+def model_kind(name: str, registry: Registry) -> ModelKind:
+    """Classify a model name: ``hf:PATH``, the user's code, or a registered name.
+
+    ``<prefix>:<variant>`` of a registered prefix model (``timm:resnet18``) is
+    registered, not code.
     """
-    return (
-        isinstance(name, str)
-        and not is_hf_spec(name)
-        and is_code_spec(name, model_prefixes(registry))
-    )
+    if is_hf_spec(name):
+        return ModelKind.HF
+    if is_code_spec(name, model_prefixes(registry)):
+        return ModelKind.CODE
+    return ModelKind.REGISTERED
+
+
+def is_code_model(name: object, registry: Registry) -> bool:
+    """Whether ``name`` is a code spec (``pkg.mod:Net``, ``file.py:Net``)."""
+    return isinstance(name, str) and model_kind(name, registry) is ModelKind.CODE
 
 
 def build_model(
@@ -359,16 +398,34 @@ def build_model(
         ConfigError: An ``hf:`` folder (load those with :func:`load_model`), or
             code that cannot be imported or called.
     """
+    reg = registry or get_registry()
+    return build_classified(
+        name, model_kind(name, reg), input_shape=input_shape,
+        num_classes=num_classes, options=options, seed=seed, registry=reg,
+    )  # fmt: skip
+
+
+def build_classified(
+    name: str,
+    kind: ModelKind,
+    *,
+    input_shape: Sequence[int] | None,
+    num_classes: int | None,
+    options: Mapping[str, Any] | None,
+    seed: int | None,
+    registry: Registry,
+) -> torch.nn.Module:
+    """:func:`build_model` of a name the caller classified already (``kind``)."""
     import torch
 
-    reg = registry or get_registry()
-    if is_hf_spec(name):
+    reg = registry
+    if kind is ModelKind.HF:
         msg = (
             f"{name} is a saved model, not an architecture to build; load it with "
             "sharpkit.load_model(name) or measure it directly"
         )
         raise ConfigError(msg)
-    if is_code_model(name, reg):
+    if kind is ModelKind.CODE:
         net, _ = build_code_model(
             name,
             input_shape=input_shape,
@@ -500,7 +557,8 @@ def _load_model(
             "mlp-bn), your own package.module:Class or file.py:Class, or hf:PATH"
         )
         raise ConfigError(msg)
-    if model is None and is_code_model(name, registry):
+    kind = model_kind(name, registry)
+    if model is None and kind is ModelKind.CODE:
         msg = (
             f"checkpoint {where!r} was made with the code {name}, which sharpkit "
             f"imports only when you name it: pass {arg(flag[0], flag[1], name)}"
@@ -512,14 +570,14 @@ def _load_model(
     opts.update(model_options or {})
     code_sha: str | None = None
     source = f"checkpoint {where!r}"
-    if is_hf_spec(name):
+    if kind is ModelKind.HF:
         net, _ = load_hf(name)
         from sharpkit.api.wrappers import unwrap
 
         load_state_dict_into(unwrap(net), ckpt.state_dict, source=source)
         net.eval()
         return net, ckpt, None
-    code = is_code_model(name, registry)
+    code = kind is ModelKind.CODE
     input_shape, num_classes = _shape_of(
         ckpt, input_shape, num_classes, data, data_root, registry, required=not code
     )
@@ -532,11 +590,13 @@ def _load_model(
             seed=0,
         )
     else:
-        net = build_model(
+        net = build_classified(
             name,
+            kind,
             input_shape=input_shape,
             num_classes=num_classes,
             options=opts,
+            seed=None,
             registry=registry,
         )
     load_state_dict_into(net, ckpt.state_dict, source=source)
@@ -655,6 +715,7 @@ def load_training_data(
     registry: Registry,
     with_subset: bool = True,
     options: Mapping[str, Any] | None = None,
+    registered: bool = False,
 ) -> tuple[Dataset, int | None]:
     """Load the dataset ``name`` as the checkpoint with ``meta`` was trained on it.
 
@@ -663,19 +724,23 @@ def load_training_data(
     "the training loss" is the loss on what the model was trained on. ``name``
     may also be a data file, folder or code spec (see :func:`resolve_data`).
 
+    ``registered``: the caller classified ``name`` already as a registered
+    dataset (:func:`resolve_data` returned it as a name), so it is not again.
+
     Returns:
         The dataset and the training-subset size (``None``: the full split).
     """
-    source = resolve_data(name, options=options, registry=registry, root=root)
-    if isinstance(source, SourceDataset):
-        return source, None
+    if not registered:
+        source = resolve_data(name, options=options, registry=registry, root=root)
+        if isinstance(source, SourceDataset):
+            return source, None
     options = {
         **(dict(meta.dataset_options) if name == meta.dataset else {}),
         **(options or {}),
     }
     subset = options.pop("subset", None)
     train_subset = int(subset) if with_subset and subset is not None else None
-    ds = load_dataset(
+    ds = load_registered(
         name,
         root=root,
         download=download,
@@ -804,8 +869,8 @@ def resolve_model(
     input_shape, num_classes = _data_shape(data)
     if (
         isinstance(model, str)
+        and not os.path.exists(model)  # a file is not classified as a name
         and is_code_model(model, registry)
-        and not os.path.exists(model)
     ):
         return _code_model(model, model_name, model_options, data)
     net, ckpt, code_sha = _load_model(
