@@ -26,10 +26,13 @@ def hook_names() -> list[str]:
 def test_entry_points_name_exactly_the_builtin_modules() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     eps = meta["project"]["entry-points"]["sharpkit"]
+    builtin = ROOT / "src/sharpkit/builtin"
     modules = {
-        p.stem
-        for p in (ROOT / "src/sharpkit/builtin").glob("*.py")
-        if not p.stem.startswith("_")
+        p.stem for p in builtin.glob("*.py") if not p.stem.startswith("_")
+    } | {  # a built-in may be a package (builtin/metrics/)
+        p.parent.name
+        for p in builtin.glob("*/__init__.py")
+        if not p.parent.name.startswith("_")
     }
     assert {k.removeprefix("builtin.") for k in eps} == modules
     assert all(

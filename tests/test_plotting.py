@@ -108,6 +108,18 @@ def test_fig1_selectors_and_empty_selection() -> None:
         build_figure(rows, "fig1", dataset="cifar10")
 
 
+def test_plain_records_take_the_store_filter_rules() -> None:
+    """One filter implementation: comparisons and wildcards work without a store."""
+    rows = measure_rows()
+    fig = build_figure(rows, "fig1", filter=["batch_size>=100", "dataset=fashion*"])
+    assert len(artist_xy(fig.axes[0])) == 2  # S = 512 at two η
+    runs = [interp_run(0.4, 200), interp_run(0.025, 12)]
+    fig = build_figure(runs, "fig2", filter=["run_id=run-0.4-*", "batch_size<100"])
+    assert len([a for a in fig.axes if a.get_visible()]) == 2  # 1 panel + its twin
+    with pytest.raises(ConfigError, match="unknown column"):
+        build_figure(rows, "fig1", filter=["nonsense=1"])
+
+
 # -------------------------------------------------------------------------- fig2 / fig3
 
 

@@ -17,6 +17,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sharpkit._data import evaluate
+from sharpkit._hints import arg as arg_hint
+from sharpkit._seed import derived_seed
+from sharpkit._seed import generator as seeded_generator
 from sharpkit.api import (
     Measurement,
     Tracker,
@@ -25,7 +29,6 @@ from sharpkit.api import (
     load_dataset,
     load_model,
     measure,
-    open_results,
     probe,
     reuse_datasets,
     train,
@@ -81,14 +84,17 @@ from sharpkit.interfaces import (
     Trainer,
     TrainerSpec,
     TrainResult,
+    no_progress,
 )
 
 if TYPE_CHECKING:
     from sharpkit.correlation import Correlation, Interval, correlate
     from sharpkit.curvature import (
+        Deflation,
         DensityEstimate,
         Estimate,
         HessianOperator,
+        LanczosProcess,
         LanczosResult,
         PowerResult,
         analysis_mode,
@@ -99,19 +105,23 @@ if TYPE_CHECKING:
         lanczos,
         power_iteration,
         slq_density,
+        smooth_density,
     )
+    from sharpkit.curvature.lanczos import ritz_bounds
     from sharpkit.plotting import build_figure, plot_figure
     from sharpkit.reproduce import experiment
-    from sharpkit.store import ResultStore, Run, RunInfo
+    from sharpkit.store import ResultStore, Run, RunInfo, open_results
     from sharpkit.sweep import SweepConfig, SweepResult, load_sweep, run_sweep
 
 # Public names whose modules are imported on first access (torch, zarr, matplotlib).
 _LAZY = {
     **dict.fromkeys(
         (
+            "Deflation",
             "DensityEstimate",
             "Estimate",
             "HessianOperator",
+            "LanczosProcess",
             "LanczosResult",
             "PowerResult",
             "analysis_mode",
@@ -122,10 +132,14 @@ _LAZY = {
             "lanczos",
             "power_iteration",
             "slq_density",
+            "smooth_density",
         ),
         "sharpkit.curvature",
     ),
-    **dict.fromkeys(("ResultStore", "Run", "RunInfo"), "sharpkit.store"),
+    "ritz_bounds": "sharpkit.curvature.lanczos",
+    **dict.fromkeys(
+        ("ResultStore", "Run", "RunInfo", "open_results"), "sharpkit.store"
+    ),
     **dict.fromkeys(
         ("SweepConfig", "SweepResult", "load_sweep", "run_sweep"), "sharpkit.sweep"
     ),
@@ -169,12 +183,16 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "analysis_mode",
     "lanczos",
     "LanczosResult",
+    "LanczosProcess",
+    "ritz_bounds",
     "power_iteration",
     "PowerResult",
     "hutchinson_trace",
     "hutchpp_trace",
     "frobenius_norm",
     "slq_density",
+    "smooth_density",
+    "Deflation",
     "Estimate",
     "DensityEstimate",
     "dense_hessian",
@@ -198,6 +216,12 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "TrainResult",
     "Trainer",
     "TrainerSpec",
+    # helpers for plugins
+    "evaluate",
+    "seeded_generator",
+    "derived_seed",
+    "no_progress",
+    "arg_hint",
     # checkpoints
     "Checkpoint",
     "CheckpointMeta",

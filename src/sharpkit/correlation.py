@@ -427,17 +427,9 @@ def _filtered(
 ) -> list[dict[str, Any]]:
     if not filter:
         return rows
-    from sharpkit.store.table import matches, parse_filters
+    from sharpkit.store.table import select
 
-    items = (
-        [f"{k}={v}" for k, v in filter.items()]
-        if isinstance(filter, Mapping)
-        else [filter]
-        if isinstance(filter, str)
-        else list(filter)
-    )
-    parsed = parse_filters(items)
-    return [r for r in rows if matches(r, parsed)]
+    return select(rows, filter)
 
 
 def _varying(models: Sequence[_Model], axes: Sequence[str] | None) -> list[str]:

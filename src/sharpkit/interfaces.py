@@ -16,10 +16,6 @@ Protocols below (structurally: no inheritance needed):
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +32,23 @@ import numpy as np
 
 from sharpkit._data import DataSplit
 from sharpkit._seed import generator as _generator
-from sharpkit.errors import ConfigError, PluginContractError
+from sharpkit._specs import (
+    DatasetSpec,
+    MetricSpec,
+    ModelSpec,
+    Option,
+    ProbeSpec,
+    TrainerSpec,
+    validate_name,
+)
+from sharpkit._specs import _Spec as _Spec  # noqa: PLC0414 - re-exported for the registry
 
 if TYPE_CHECKING:
     import torch
 
+    from sharpkit.curvature.lanczos import LanczosProcess
     from sharpkit.curvature.operator import HessianOperator
+    from sharpkit.curvature.stochastic import Deflation
 
 __all__ = [
     "JSON",
@@ -64,6 +71,8 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainerSpec",
+    "no_progress",
+    "validate_name",
 ]
 
 JSON: TypeAlias = (
@@ -73,337 +82,6 @@ JSON: TypeAlias = (
 
 LossFn: TypeAlias = "Callable[[torch.Tensor, torch.Tensor], torch.Tensor]"
 """``loss(outputs, targets) -> scalar``, mean-reduced over the batch."""
-
-_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-_OPTION_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-# --------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Option:
-    """One option of a component, settable as ``--option name=value`` on the CLI.
-
-    Attributes:
-        name: A snake_case keyword parameter of the spec's factory.
-        type: ``int``, ``float``, ``str`` or ``bool``; CLI strings are parsed to it.
-        default: The value used when the option is not given (for documentation;
-            the factory's own default is what applies).
-        help: One line for ``sharpkit plugins`` and the docs.
-        choices: The allowed values, if the option is a closed choice.
-    """
-
-    name: str
-    type: type = str
-    default: Any = None
-    help: str = ""
-    choices: tuple[Any, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if not _OPTION_RE.match(self.name):
-            msg = f"option name {self.name!r} must be snake_case"
-            raise ConfigError(msg)
-        if self.type not in (int, float, str, bool):
-            msg = f"option {self.name!r}: type must be int, float, str or bool"
-            raise ConfigError(msg)
-
-    def parse(self, value: Any) -> Any:
-        """Convert ``value`` (a CLI string or a Python value) to this option's type.
-
-        Raises:
-            ConfigError: The value cannot be converted or is not one of ``choices``.
-        """
-        out: Any
-        try:
-            if self.type is bool:
-                if isinstance(value, bool):
-                    out = value
-                elif str(value).lower() in _TRUE:
-                    out = True
-                elif str(value).lower() in _FALSE:
-                    out = False
-                else:
-                    raise ValueError(value)
-            elif self.type is int:
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError(value)
-                out = int(value)
-            elif self.type is float:
-                out = float(value)
-                if not math.isfinite(out):
-                    raise ValueError(value)
-            else:
-                out = str(value)
-        except (TypeError, ValueError):
-            msg = f"option {self.name!r} expects {self.type.__name__}, got {value!r}"
-            raise ConfigError(msg) from None
-        if self.choices is not None and out not in self.choices:
-            allowed = ", ".join(repr(c) for c in self.choices)
-            msg = f"option {self.name!r} must be one of {allowed}, got {value!r}"
-            raise ConfigError(msg)
-        return out
-
-
-# --------------------------------------------------------------------------- specs
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Spec:
-    name: str
-    factory: Callable[..., Any]
-    description: str
-    options: tuple[Option, ...] = ()
-
-    kind: ClassVar[str] = "component"
-    supplied: ClassVar[tuple[str, ...]] = ()
-    """Keyword arguments sharpkit passes to the factory itself."""
-
-    def option(self, name: str) -> Option | None:
-        """Return the option called ``name``, or ``None``."""
-        for opt in self.options:
-            if opt.name == name:
-                return opt
-        return None
-
-    def arguments(self) -> tuple[str, ...]:
-        """The keyword arguments sharpkit passes to this spec's factory itself."""
-        return self.supplied
-
-    def parse_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate ``options`` against :attr:`options` and convert their values.
-
-        CLI strings become the option's type (``"5"`` → ``5``).
-
-        Raises:
-            ConfigError: An unknown option name (with the closest known one) or a
-                value of the wrong type.
-        """
-        parsed: dict[str, Any] = {}
-        for key, value in options.items():
-            opt = self.option(key)
-            if opt is None:
-                known = [o.name for o in self.options]
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                listing = ", ".join(known) if known else "none"
-                msg = (
-                    f"{self.kind} {self.name!r} has no option {key!r}; {hint}"
-                    f"its options: {listing}"
-                )
-                raise ConfigError(msg)
-            parsed[key] = opt.parse(value)
-        return parsed
-
-    def validate(self, *, strict: bool = False) -> None:
-        """Check the spec against the plugin contract (the registry calls this).
-
-        The name is kebab-case; the description is one non-empty line; options
-        are :class:`Option` objects with unique names that do not shadow an
-        argument sharpkit passes itself; the factory is callable, takes no
-        ``*args``, accepts every option and every argument sharpkit passes, and
-        requires nothing else. With ``strict`` (the conformance suites in
-        :mod:`sharpkit.testing`) each documented default must also parse to its
-        option's type and equal the factory's own default.
-
-        Raises:
-            PluginContractError: The spec breaks the contract; the message says how.
-        """
-        where = f"{self.kind} {self.name!r}"
-        name: object = self.name  # plugins may hand in anything
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            msg = f"{self.kind} name {self.name!r} is not kebab-case (e.g. 'my-metric')"
-            raise PluginContractError(msg)
-        desc: object = self.description
-        if not isinstance(desc, str) or not desc.strip() or "\n" in desc.strip():
-            msg = f"{where}: description must be one non-empty line"
-            raise PluginContractError(msg)
-        factory: object = self.factory
-        if not callable(factory):
-            msg = f"{where}: factory is not callable"
-            raise PluginContractError(msg)
-        self._validate_options(where, strict=strict)
-        try:
-            params = inspect.signature(self.factory).parameters
-        except (TypeError, ValueError):  # builtins without a signature
-            return
-        _check_factory(where, params, [o.name for o in self.options], self.arguments())
-        if strict:
-            _check_defaults(where, params, self.options)
-
-    def _validate_options(self, where: str, *, strict: bool) -> None:
-        options: object = self.options
-        if not isinstance(options, tuple) or not all(
-            isinstance(o, Option) for o in options
-        ):
-            msg = f"{where}: options must be a tuple of sharpkit.Option"
-            raise PluginContractError(msg)
-        seen: set[str] = set()
-        for opt in self.options:
-            if opt.name in seen:
-                msg = f"{where}: option {opt.name!r} is declared twice"
-                raise PluginContractError(msg)
-            seen.add(opt.name)
-            if opt.name in self.arguments():
-                msg = (
-                    f"{where}: option {opt.name!r} shadows an argument sharpkit "
-                    "passes to the factory itself; rename it"
-                )
-                raise PluginContractError(msg)
-            if strict and opt.default is not None:
-                try:
-                    parsed = opt.parse(opt.default)
-                except ConfigError as exc:
-                    msg = f"{where}: default of option {opt.name!r}: {exc}"
-                    raise PluginContractError(msg) from None
-                if parsed != opt.default:
-                    msg = (
-                        f"{where}: default {opt.default!r} of option {opt.name!r} "
-                        f"is not a {opt.type.__name__}"
-                    )
-                    raise PluginContractError(msg)
-
-
-def _check_factory(
-    where: str,
-    params: Mapping[str, inspect.Parameter],
-    options: Sequence[str],
-    supplied: Sequence[str],
-) -> None:
-    """The factory accepts the options and sharpkit's arguments, needs no other."""
-    if any(p.kind is p.VAR_POSITIONAL for p in params.values()):
-        msg = f"{where}: factory must not take *args"
-        raise PluginContractError(msg)
-    needed = [*options, *supplied]
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        missing = [n for n in needed if n not in params]
-        if missing:
-            listing = ", ".join(repr(m) for m in missing)
-            msg = f"{where}: factory does not accept {listing}"
-            raise PluginContractError(msg)
-    required = [
-        n
-        for n, p in params.items()
-        if p.default is p.empty
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
-        and n not in needed
-    ]
-    if required:
-        listing = ", ".join(repr(r) for r in required)
-        msg = (
-            f"{where}: factory requires {listing} which is neither an option nor "
-            "supplied by sharpkit"
-        )
-        raise PluginContractError(msg)
-
-
-def _check_defaults(
-    where: str, params: Mapping[str, inspect.Parameter], options: Sequence[Option]
-) -> None:
-    """Each documented default is the factory's own."""
-    for opt in options:
-        param = params.get(opt.name)
-        if param is None or param.default is param.empty or opt.default is None:
-            continue
-        if param.default != opt.default:
-            msg = (
-                f"{where}: option {opt.name!r} documents default {opt.default!r} "
-                f"but the factory's default is {param.default!r}"
-            )
-            raise PluginContractError(msg)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelSpec(_Spec):
-    """A model architecture.
-
-    The factory is called as ``factory(input_shape=..., num_classes=..., **options)``
-    and returns a :class:`torch.nn.Module` mapping a batch of inputs to logits.
-    A *prefix* spec (``prefix=True``, e.g. ``timm``) matches ``<name>:<variant>``
-    and its factory additionally receives ``variant=<variant>``.
-
-    Attributes:
-        source: Where the architecture comes from (paper, repository).
-    """
-
-    prefix: bool = False
-    source: str = ""
-
-    kind: ClassVar[str] = "model"
-    supplied: ClassVar[tuple[str, ...]] = ("input_shape", "num_classes")
-
-    def arguments(self) -> tuple[str, ...]:
-        """``input_shape`` and ``num_classes``, and ``variant`` for a prefix."""
-        return (*self.supplied, "variant") if self.prefix else self.supplied
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DatasetSpec(_Spec):
-    """A dataset.
-
-    The factory is called as
-    ``factory(root=Path | None, download=bool, subset=int | None, seed=int, **options)``
-    and returns a :class:`Dataset`.
-    """
-
-    kind: ClassVar[str] = "dataset"
-    supplied: ClassVar[tuple[str, ...]] = ("root", "download", "subset", "seed")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TrainerSpec(_Spec):
-    """A training algorithm; the factory returns a :class:`Trainer`."""
-
-    kind: ClassVar[str] = "trainer"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MetricSpec(_Spec):
-    """A sharpness metric; the factory returns a :class:`Metric`.
-
-    Attributes:
-        stochastic: Whether the metric is a random estimate; then its result
-            must carry a standard error and be reproducible from the seed.
-        unit: The value's unit (e.g. ``"loss / parameter²"``), stored with every
-            result as the ``units`` attribute.
-        long_name: What the value is, for tables, figures and the stored
-            ``long_name`` attribute (e.g. ``"largest Hessian eigenvalue λ_max"``);
-            default: the name.
-    """
-
-    stochastic: bool = False
-    unit: str = ""
-    long_name: str = ""
-
-    kind: ClassVar[str] = "metric"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProbeSpec(_Spec):
-    """A loss-landscape probe; the factory returns a :class:`Probe`.
-
-    Attributes:
-        n_models: How many models the probe takes (1: around one minimum;
-            2: between two minima).
-    """
-
-    n_models: int = 1
-
-    kind: ClassVar[str] = "probe"
-
-    def validate(self, *, strict: bool = False) -> None:
-        """Check the spec as every spec is checked, and that ``n_models`` is 1 or 2.
-
-        Raises:
-            PluginContractError: The spec breaks the contract.
-        """
-        super(ProbeSpec, self).validate(strict=strict)
-        if self.n_models not in (1, 2):
-            msg = f"probe {self.name!r}: n_models must be 1 or 2, got {self.n_models!r}"
-            raise PluginContractError(msg)
-
 
 # --------------------------------------------------------------------------- data
 
@@ -443,7 +121,7 @@ class ProgressCallback(Protocol):
         ...
 
 
-def _no_progress(
+def no_progress(
     completed: float,
     total: float | None = None,
     /,
@@ -451,7 +129,11 @@ def _no_progress(
     description: str | None = None,
     **info: Any,
 ) -> None:
+    """A :class:`ProgressCallback` that reports nothing (the default everywhere)."""
     return None
+
+
+_no_progress = no_progress  # the old private name, still imported by the API
 
 
 # --------------------------------------------------------------------------- analysis
@@ -476,9 +158,10 @@ class AnalysisContext:
         max_hvps: Budget of Hessian-vector products per metric (``None``: no cap).
         progress: Progress callback; call it as work advances.
         train_data: The training split, where known (BN re-estimation, probes).
-        cache: Shared between metrics measured in one call on one model, so that
-            e.g. ``frobenius`` can reuse the Krylov space ``spectral`` built. Keys
-            are owned by whoever writes them; prefix them with the plugin name.
+        cache: Shared between metrics measured in one call on one model, for a
+            plugin's own memos (e.g. a check it need not repeat). Keys are owned
+            by whoever writes them; prefix them with the plugin name. The Krylov
+            space metrics share is :attr:`krylov_process`, not a cache entry.
         warm_start: A flat, parameter-sized start vector for iterative
             eigensolvers (e.g. the top eigenvector of the previous measurement
             while tracking during training), or ``None``.
@@ -488,8 +171,16 @@ class AnalysisContext:
         memory_budget: Bytes sharpkit may keep between products (``None``: no
             limit beyond the operator's default): up to half for the gradient
             graph :attr:`hessian` keeps, the rest for Krylov bases (pass
-            :meth:`basis_budget` to the Lanczos routines).
+            :meth:`basis_budget` to the Lanczos routines); see also
+            :meth:`krylov_capacity` and :meth:`free_memory`.
         tf32: Let float32 products use TF32 / bf16 kernels (off: full precision).
+
+    Sharing Krylov work: ``spectral`` runs :func:`~sharpkit.lanczos` on
+    :attr:`hessian` and hands its process over (``ctx.krylov_process =
+    result.process``); ``frobenius``, ``trace`` and ``density`` then call
+    :meth:`krylov` for the basis they deflate, which extends that process
+    instead of repeating the products it spent. A third-party metric can do
+    either side of this.
     """
 
     model: torch.nn.Module
@@ -502,7 +193,7 @@ class AnalysisContext:
     bn_mode: str = "eval"
     tol: float = 1e-3
     max_hvps: int | None = None
-    progress: ProgressCallback = _no_progress
+    progress: ProgressCallback = no_progress
     train_data: DataSplit | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     warm_start: torch.Tensor | None = field(default=None, repr=False)
@@ -510,6 +201,7 @@ class AnalysisContext:
     memory_budget: int | None = None
     tf32: bool = False
     _hessian: HessianOperator | None = field(default=None, repr=False)
+    _krylov: LanczosProcess | None = field(default=None, init=False, repr=False)
 
     @property
     def hessian(self) -> HessianOperator:
@@ -538,6 +230,97 @@ class AnalysisContext:
         if self.memory_budget is None:
             return None
         return max(self.memory_budget - self.hessian.graph_bytes, 0)
+
+    def free_memory(self) -> int | None:
+        """Bytes of memory free now on :attr:`device` (host RAM for the CPU).
+
+        For refusing work that cannot fit before its first product, with one
+        line instead of swapping or the out-of-memory killer. ``None`` where it
+        cannot be told.
+        """
+        from sharpkit._fs import available_memory
+
+        return available_memory(self.device)
+
+    def krylov_capacity(self) -> int | None:
+        """The most Lanczos steps on :attr:`hessian` the memory budget holds.
+
+        At most ``hessian.n`` (a float64 basis falls back to float32 when that
+        holds more); 0 when not even two steps fit; ``None`` without a
+        :attr:`memory_budget`. Builds :attr:`hessian`.
+        """
+        from sharpkit.curvature.lanczos import basis_plan
+        from sharpkit.errors import ConfigError
+
+        budget = self.basis_budget()
+        if budget is None:
+            return None
+        H = self.hessian
+        try:
+            rows = basis_plan(H.n, H.dtype, H.n + 1, budget)[1]
+        except ConfigError:
+            return 0
+        return min(rows - 1, H.n)
+
+    @property
+    def krylov_process(self) -> LanczosProcess | None:
+        """The Lanczos process on :attr:`hessian` that this measurement's metrics share.
+
+        ``None`` until a metric sets it (``ctx.krylov_process =
+        lanczos_result.process``, for a :func:`~sharpkit.lanczos` run on
+        :attr:`hessian`) or calls :meth:`krylov`. A process on another operator
+        (one built before the model changed) reads as ``None``.
+        """
+        proc = self._krylov
+        if proc is None or self._hessian is None or proc.matvec is not self._hessian:
+            return None
+        return proc
+
+    @krylov_process.setter
+    def krylov_process(self, process: LanczosProcess | None) -> None:
+        self._krylov = process
+
+    def krylov(
+        self, steps: int, *, generator: torch.Generator | None = None
+    ) -> Deflation:
+        """The shared Krylov basis of :attr:`hessian`, extended to ``steps`` vectors.
+
+        Continues :attr:`krylov_process` (or starts it from a random vector of
+        ``generator``, its basis within :meth:`basis_budget`) and returns the
+        span as a :class:`~sharpkit.Deflation`, for the ``deflation`` argument
+        of :func:`~sharpkit.frobenius_norm` and :func:`~sharpkit.hutchpp_trace`.
+        Only the new steps cost products (``Deflation.n_matvecs``). Its rank is
+        lower than ``steps`` where the memory budget holds fewer vectors or the
+        space is exhausted.
+
+        Raises:
+            ConfigError: ``steps >= n`` (the exact path: the whole space) but the
+                memory budget holds fewer vectors.
+        """
+        from sharpkit._hints import arg
+        from sharpkit.curvature.lanczos import LanczosProcess
+        from sharpkit.curvature.stochastic import krylov_deflation
+        from sharpkit.errors import ConfigError
+
+        H = self.hessian
+        proc = self.krylov_process
+        if proc is None:
+            proc = LanczosProcess(
+                H,
+                H.n,
+                generator=generator,
+                max_basis_bytes=self.basis_budget(),
+                steps_hint=steps,
+            )
+            self._krylov = proc
+        if steps >= H.n and proc.max_steps < H.n:
+            msg = (
+                f"the exact path needs a Krylov basis of all {H.n:,} dimensions but "
+                f"the memory budget holds {proc.max_steps}; raise "
+                f"{arg('memory_budget', '--memory-budget')}"
+            )
+            raise ConfigError(msg)
+        return krylov_deflation(H, H.n, steps, process=proc)
 
     def generator(self, stream: str = "") -> torch.Generator:
         """Return a fresh generator seeded from ``seed`` and a stream name.
@@ -570,7 +353,7 @@ class ProbeContext:
     batch_size: int = 1024
     device: torch.device
     seed: int = 0
-    progress: ProgressCallback = _no_progress
+    progress: ProgressCallback = no_progress
 
     def generator(self, stream: str = "") -> torch.Generator:
         """Return a fresh generator seeded from ``seed`` and a stream name."""
@@ -686,13 +469,24 @@ class TrainResult:
 
     Attributes:
         checkpoint: Path of the final checkpoint (``None`` if nothing was saved).
-        curves: Per-epoch arrays, all of the same length: ``epoch``, ``lr``,
-            ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``,
-            and for each tracked metric ``<name>`` and ``<name>_stderr``/``_bound``.
+        curves: Per-epoch arrays, all of the same length: the
+            :attr:`BASE_CURVES` (``epoch``, ``lr``, ``train_loss``,
+            ``train_accuracy``, ``test_loss``, ``test_accuracy``), and for each
+            tracked metric ``<name>`` and ``<name>_stderr``/``_bound``.
         final: The last epoch's scalars.
         seconds: Wall time of this call (not of earlier, resumed-from calls).
         attrs: JSON-serialisable details.
     """
+
+    BASE_CURVES: ClassVar[tuple[str, ...]] = (
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+    )
+    """The curves every trainer's result carries; a trainer may add more."""
 
     checkpoint: Path | None
     curves: Mapping[str, np.ndarray]
@@ -742,8 +536,3 @@ class Trainer(Protocol):
     ) -> TrainResult:
         """Train ``model`` on ``data.train`` (evaluating on ``data.test``)."""
         ...
-
-
-def validate_name(name: str) -> bool:
-    """Return whether ``name`` is a valid kebab-case component name."""
-    return bool(_NAME_RE.match(name))

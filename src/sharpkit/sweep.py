@@ -46,6 +46,7 @@ never trained again (``docs/scaling.md``).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -55,10 +56,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sharpkit.errors import ConfigError, SharpkitError
 from sharpkit.interfaces import ProgressCallback, _no_progress
+from sharpkit.predict import SweepClock
+
+if TYPE_CHECKING:
+    from sharpkit.predict import SweepEstimate
 
 __all__ = [
     "PointOutcome",
@@ -142,6 +147,8 @@ class SweepConfig:
     interpolate: Sequence[Mapping[str, Any]] = ()
     data_root: str | None = None
     grid: str = "product"
+    keep_last: bool = False
+    """Keep each point's ``last.pt`` beside its ``final.pt`` (default: removed)."""
 
     @classmethod
     def from_dict(
@@ -181,7 +188,9 @@ class SweepConfig:
             if "a" not in item or "b" not in item:
                 msg = "each [[interpolate]] needs tables a and b selecting grid points"
                 raise ConfigError(msg)
-        _check_keys("sweep", head, {"name", "out", "store", "data_root", "grid"})
+        _check_keys(
+            "sweep", head, {"name", "out", "store", "data_root", "grid", "keep_last"}
+        )
         grid = str(head.get("grid", "product"))
         if grid not in ("product", "zip"):
             msg = f"[sweep] grid must be 'product' or 'zip', got {grid!r}"
@@ -199,6 +208,7 @@ class SweepConfig:
             interpolate=interps,
             data_root=head.get("data_root"),
             grid=grid,
+            keep_last=bool(head.get("keep_last", False)),
         )
 
     def points(self) -> list[SweepPoint]:
@@ -324,6 +334,10 @@ class PointOutcome:
     final: Mapping[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    train_seconds: float = 0.0
+    """Of ``seconds``, the training (0 when ``final.pt`` was there)."""
+    predicted_seconds: float | None = None
+    """What was predicted for the work left of the point (``None``: no estimate)."""
 
 
 @dataclass(frozen=True)
@@ -346,6 +360,7 @@ def _run_point(
     store: str | None,
     data_root: str | None,
     threads: int | None = None,
+    keep_last: bool = False,
 ) -> PointOutcome:
     """Train (or resume, or reuse) one point and measure it.
 
@@ -365,8 +380,11 @@ def _run_point(
         if isinstance(point.out_dir, str):
             final, trained, where = _train_remote(point, store, data_root)
         else:
-            final, trained = _train_local(point, point.out_dir, store, data_root)
+            final, trained = _train_local(
+                point, point.out_dir, store, data_root, keep_last
+            )
             where = final
+        trained_at = time.perf_counter()
         ckpt = load_checkpoint(final)
         values: dict[str, float] = {}
         if measure:
@@ -383,28 +401,42 @@ def _run_point(
             values,
             dict(ckpt.meta.final),
             time.perf_counter() - start,
+            train_seconds=trained_at - start,
         )
     except SharpkitError as exc:
         return PointOutcome(point, seconds=time.perf_counter() - start, error=str(exc))
 
 
 def _train_local(
-    point: SweepPoint, out_dir: Path, store: str | None, data_root: str | None
+    point: SweepPoint,
+    out_dir: Path,
+    store: str | None,
+    data_root: str | None,
+    keep_last: bool = False,
 ) -> tuple[Path, bool]:
-    """Train the point into ``out_dir`` unless its ``final.pt`` is there."""
+    """Train the point into ``out_dir`` unless its ``final.pt`` is there.
+
+    Once ``final.pt`` exists, ``last.pt`` (the same weights and training
+    state, written every epoch so that a killed run resumes) is removed unless
+    ``keep_last``: a point keeps one checkpoint on disk, not two. Continuing
+    a finished point for more epochs starts from a copy of ``final.pt`` named
+    ``last.pt``.
+    """
     from sharpkit import api
 
     final = out_dir / "final.pt"
-    if final.is_file():
-        return final, False
-    api.train(
-        **dict(point.train),
-        out_dir=out_dir,
-        resume=(out_dir / "last.pt").is_file(),
-        data_root=data_root,
-        store=store,
-    )
-    return final, True
+    trained = not final.is_file()
+    if trained:
+        api.train(
+            **dict(point.train),
+            out_dir=out_dir,
+            resume=(out_dir / "last.pt").is_file(),
+            data_root=data_root,
+            store=store,
+        )
+    if not keep_last and final.is_file():
+        (out_dir / "last.pt").unlink(missing_ok=True)
+    return final, trained
 
 
 def _train_remote(
@@ -486,6 +518,7 @@ def run_sweep(
     scheduler: str | None = None,
     progress: ProgressCallback | None = None,
     on_point: Callable[[PointOutcome], None] | None = None,
+    estimate: SweepEstimate | None = None,
 ) -> SweepResult:
     """Run every grid point (train → measure → store), then the interpolations.
 
@@ -495,8 +528,14 @@ def run_sweep(
             ``LocalCluster``). Torch threads are split between them.
         scheduler: ``None`` (local), ``"dask"`` (a new Dask ``LocalCluster``) or
             the address of a Dask scheduler (``"tcp://host:8786"``).
-        progress: Called with (points done, points total).
+        progress: Called with (points done, points total); with an
+            ``estimate``, also with ``eta``, the predicted seconds left
+            (:func:`sharpkit.predict.remaining_eta`).
         on_point: Called with each point's outcome as it finishes.
+        estimate: The sweep's prediction (:mod:`sharpkit.predict`): each
+            point's outcome carries its ``predicted_seconds``, and each point
+            that did work is recorded in the store as a ``sweep`` run
+            (predicted and actual seconds).
 
     Returns:
         Every point's outcome (failed points carry ``error``) and the probes run.
@@ -509,16 +548,27 @@ def run_sweep(
     points = config.points()
     store = str(config.store) if config.store is not None else None
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    args = [(p, config.measure, store, config.data_root, threads) for p in points]
+    args = [
+        (p, config.measure, store, config.data_root, threads, config.keep_last)
+        for p in points
+    ]
     outcomes: list[PointOutcome] = []
     total = len(points)
-    progress(0, total, description=f"{config.name}: {total} points")
+    clock = SweepClock(config.name, estimate, jobs=jobs, store=store)
+    progress(0, total, description=f"{config.name}: {total} points", **clock.eta())
 
     def done(outcome: PointOutcome) -> None:
+        p = outcome.point
+        predicted = clock.finished(
+            p.index, p.train, p.label, outcome.seconds, outcome.train_seconds,
+            ok=outcome.error is None,
+        )  # fmt: skip
+        if predicted is not None:
+            outcome = dataclasses.replace(outcome, predicted_seconds=predicted)
         outcomes.append(outcome)
         if on_point is not None:
             on_point(outcome)
-        progress(len(outcomes), total, description=outcome.point.label)
+        progress(len(outcomes), total, description=outcome.point.label, **clock.eta())
 
     if scheduler is None and jobs == 1:
         for a in args:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import sharpkit
+import sharpkit.api.models as models_module
 import sharpkit.api.resolve as resolve
 from sharpkit.api.executor import Executor
 from sharpkit.api.job import Inputs, Selection
@@ -66,7 +67,7 @@ def test_a_metrics_options_are_parsed_once(
 def test_a_model_and_a_data_name_are_classified_once(
     monkeypatch: pytest.MonkeyPatch, checkpoint: Path
 ) -> None:
-    kinds = _count(monkeypatch, resolve, "model_kind")
+    kinds = _count(monkeypatch, models_module, "model_kind")
     sources = _count(monkeypatch, resolve, "is_data_source")
     sharpkit.measure(checkpoint, "synthetic", metrics=["spectral"], samples=64)
     assert kinds == ["mlp-bn"]
@@ -77,7 +78,7 @@ def test_train_classifies_its_model_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     train_module = sys.modules["sharpkit.api.train"]  # the name is the function
-    kinds = _count(monkeypatch, resolve, "model_kind")
+    kinds = _count(monkeypatch, models_module, "model_kind")
     kinds_here = _count(monkeypatch, train_module, "model_kind")
     sharpkit.train(
         "mlp-bn",

@@ -469,7 +469,7 @@ def test_trace_auto_prefers_hutchpp_for_many_classes(monkeypatch) -> None:
     case = bn_mlp()
     _, tr, _ = truth(case)
     classes = int(case.model(case.data.inputs[:1]).shape[-1])
-    monkeypatch.setattr(M, "GGN_AUTO_MAX_CLASSES", classes - 1)
+    monkeypatch.setattr(M._trace, "GGN_AUTO_MAX_CLASSES", classes - 1)
     res = M.Trace(exact_max=0, probes=8, sketch=4).compute(context(case))
     assert res.attrs["method"] != "exact-ggn"
     assert f"{classes} classes" in str(res.attrs["exact_ggn_not_applicable"])

@@ -255,7 +255,7 @@ def test_resume_with_tracking_is_bit_for_bit(tmp_path: Path) -> None:
     res = trainer.fit(again, data, resume_config(tmp_path / "b", resume=True, **track))
     states_equal(full, again)
     assert set(res.curves) == {
-        *T.BASE_CURVES,
+        *T.CURVES,
         *(f"spectral{s}" for s in T._TRACK_SUFFIXES),
     }
     for key in ref.curves:
@@ -377,7 +377,7 @@ def test_curves_checkpoints_and_layout(tmp_path: Path, reg) -> None:
     ]
     assert result.checkpoint == tmp_path / "final.pt"
     c = result.curves
-    assert set(T.BASE_CURVES) <= set(c)
+    assert set(T.CURVES) <= set(c)
     assert list(c["epoch"]) == [1, 2, 3, 4]
     assert list(c["lr"]) == [0.2, 0.2, 0.1, 0.1]
     assert all(len(v) == 4 for v in c.values())

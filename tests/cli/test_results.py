@@ -188,7 +188,7 @@ def test_bad_options_are_one_line(store_path: Path, args, match: str) -> None:
 
 
 def test_bad_kind_is_a_usage_error(store_path: Path) -> None:
-    result = runner.invoke(app, ["results", str(store_path), "--kind", "sweep"])
+    result = runner.invoke(app, ["results", str(store_path), "--kind", "bogus"])
     assert result.exit_code == 2
 
 

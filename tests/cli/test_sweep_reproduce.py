@@ -20,6 +20,12 @@ runner = CliRunner()
 SMALL_SWEEP = Path(__file__).parents[1] / "data" / "small-sweep.toml"
 
 
+@pytest.fixture(autouse=True)
+def _calibration_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time prediction's calibration cache stays out of the home folder."""
+    monkeypatch.setenv("SHARPKIT_CALIBRATION", str(tmp_path / "calibration.json"))
+
+
 @pytest.mark.slow
 def test_sweep_json_then_resume(tmp_path: Path) -> None:
     shutil.copy(SMALL_SWEEP, tmp_path / "small.toml")
@@ -117,3 +123,37 @@ def test_device_without_cuda_is_one_line_before_anything_runs(
         "use --device cpu"
     ]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_sweep_estimate_then_run_with_prediction_and_disk_sizes(
+    tmp_path: Path,
+) -> None:
+    shutil.copy(SMALL_SWEEP, tmp_path / "small.toml")
+    toml = str(tmp_path / "small.toml")
+    est = runner.invoke(app, ["sweep", toml, "--estimate", "--json"])
+    assert est.exit_code == 0, est.output
+    doc = json.loads(est.stdout)
+    assert [p["status"] for p in doc["points"]] == ["train", "train"]
+    assert all(p["predicted_seconds"] > 0 for p in doc["points"])
+    assert doc["remaining_seconds"] == doc["predicted_seconds"] > 0
+    assert not (tmp_path / "runs").exists()  # an estimate trains nothing
+    run = runner.invoke(app, ["sweep", toml, "--json"])
+    assert run.exit_code == 0, run.output
+    report = json.loads(run.stdout)
+    assert all(p["predicted_seconds"] > 0 for p in report["points"])
+    # one checkpoint per point (final.pt), and the sizes are those on disk
+    assert report["checkpoints"] == 2
+    assert report["store_bytes"] > 0
+    assert report["checkpoint_bytes"] >= sum(
+        f.stat().st_size for f in (tmp_path / "runs").rglob("final.pt")
+    )
+    again = json.loads(
+        runner.invoke(app, ["sweep", toml, "--estimate", "--json"]).stdout
+    )
+    assert [p["status"] for p in again["points"]] == ["done", "done"]
+    assert again["remaining_seconds"] == 0
+    assert all(p["recorded_seconds"] > 0 for p in again["points"])
+    off = runner.invoke(app, ["sweep", toml, "--no-predict", "--json"])
+    assert off.exit_code == 0, off.output
+    assert all(p["predicted_seconds"] is None for p in json.loads(off.stdout)["points"])

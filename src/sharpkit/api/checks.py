@@ -25,7 +25,7 @@ from sharpkit.interfaces import AnalysisContext, MetricResult, ProgressCallback
 if TYPE_CHECKING:
     from sharpkit.api.executor import Executor, PluginCall
     from sharpkit.api.job import AnalysisData
-    from sharpkit.api.resolve import ResolvedModel
+    from sharpkit.api.models import ResolvedModel
     from sharpkit.interfaces import Metric
 
 __all__ = ["check_fits", "check_loss", "run_metric"]

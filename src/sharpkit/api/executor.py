@@ -217,7 +217,8 @@ class ModelGuard:
     Every tensor is kept as the object it was and as a copy of its bits, so a
     plugin that changed values in place, replaced a tensor, or converted the
     model (``.double()``) is found and undone exactly. The context's shared
-    state (cache, eigenvectors, the Hessian operator) is reset with it, since
+    state (cache, eigenvectors, the Hessian operator and its Krylov process) is
+    reset with it, since
     whatever the plugin left there was computed on the changed model.
     """
 
@@ -260,6 +261,7 @@ class ModelGuard:
             self._ctx.cache.update(self._cache)
             self._ctx.eigenvectors = self._eigenvectors
             self._ctx._hessian = None
+            self._ctx.krylov_process = None  # built on the changed model
         return changed
 
 

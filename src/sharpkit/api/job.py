@@ -21,18 +21,17 @@ from typing import TYPE_CHECKING, Any
 from sharpkit._data import DataSplit
 from sharpkit._hints import arg
 from sharpkit.api.losses import ResolvedLoss, resolve_loss
+from sharpkit.api.models import ResolvedModel, resolve_model
 from sharpkit.api.provenance import split_sha256
 from sharpkit.api.resolve import (
     DEFAULT_SAMPLES,
     ModelLike,
-    ResolvedModel,
     StoreLike,
     as_split,
     load_training_data,
     recorded_data,
     resolve_data,
     resolve_device,
-    resolve_model,
 )
 from sharpkit.errors import ConfigError, DataError, SharpkitWarning
 from sharpkit.interfaces import Dataset

@@ -35,16 +35,14 @@ from sharpkit.api.job import (
     analysis_data,
     resolve,
 )
+from sharpkit.api.models import ResolvedModel, check_finite, prepare_model
 from sharpkit.api.provenance import code_sha256
 from sharpkit.api.resolve import (
     DataLike,
     ModelLike,
-    ResolvedModel,
     StoreLike,
-    check_finite,
     memory_bytes,
     open_store,
-    prepare_model,
     resolve_dtype,
     reuse_datasets,
 )

@@ -19,15 +19,9 @@ from sharpkit.api.datafiles import SourceDataset
 from sharpkit.api.executor import Executor, PluginCall
 from sharpkit.api.fit import check_fit
 from sharpkit.api.job import Inputs, Job, resolve
+from sharpkit.api.models import ResolvedModel, check_finite
 from sharpkit.api.provenance import code_sha256, split_sha256
-from sharpkit.api.resolve import (
-    ModelLike,
-    ResolvedModel,
-    StoreLike,
-    check_finite,
-    open_store,
-    recorded_data,
-)
+from sharpkit.api.resolve import ModelLike, StoreLike, open_store, recorded_data
 from sharpkit.errors import ConfigError
 from sharpkit.interfaces import (
     Dataset,

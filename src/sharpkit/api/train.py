@@ -21,14 +21,12 @@ from sharpkit._hints import arg
 from sharpkit.api.datafiles import SourceDataset
 from sharpkit.api.executor import Executor
 from sharpkit.api.job import Inputs
+from sharpkit.api.models import ModelKind, build_classified, model_kind
 from sharpkit.api.provenance import file_sha
 from sharpkit.api.resolve import (
     DEFAULT_SAMPLES,
-    ModelKind,
     StoreLike,
-    build_classified,
     load_registered,
-    model_kind,
     open_store,
     resolve_data,
     resolve_device,

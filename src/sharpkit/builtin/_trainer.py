@@ -59,7 +59,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -67,30 +67,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from sharpkit import Tracker
-from sharpkit._data import evaluate
-from sharpkit._fs import atomic_write
-from sharpkit._meta import version
-from sharpkit._seed import derived_seed, generator
-from sharpkit.checkpoint import (
+import sharpkit
+from sharpkit import (
     CheckpointMeta,
-    load_checkpoint,
-    load_state_dict_into,
-    save_checkpoint,
-)
-from sharpkit.errors import ConfigError, NumericalError
-from sharpkit.interfaces import (
+    ConfigError,
     Dataset,
     DataSplit,
+    NumericalError,
     Option,
     ProgressCallback,
+    Tracker,
     TrainConfig,
     TrainerSpec,
     TrainResult,
-    _no_progress,
+    derived_seed,
+    evaluate,
+    load_checkpoint,
+    no_progress,
+    save_checkpoint,
+    seeded_generator,
 )
+from sharpkit._fs import atomic_write
+from sharpkit.builtin._schedules import SCHEDULE_PRESETS, Schedule, parse_schedule
+from sharpkit.checkpoint import load_state_dict_into
 
 __all__ = [
+    "CURVES",
     "SCHEDULE_PRESETS",
     "TRAIN_METRICS",
     "Closure",
@@ -101,23 +103,8 @@ __all__ = [
     "sharpkit_register_trainers",
 ]
 
-SCHEDULE_PRESETS = {
-    "resnet": "step:60,100,140,180:0.1",
-    "vgg": "every:25:0.5",
-}
-_FORMS = (
-    "constant, step:60,100,140,180:0.1, every:25:0.5, resnet (= step:60,100,140,"
-    "180:0.1) or vgg (= every:25:0.5)"
-)
-BASE_CURVES = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "seconds",
-)
+CURVES = (*TrainResult.BASE_CURVES, "seconds")
+"""The curves ``sgd`` records every epoch (before any tracked metric's)."""
 _RESUME_FIELDS = (
     "model",
     "model_options",
@@ -146,95 +133,6 @@ _PROGRESS_INTERVAL = 0.25  # seconds between progress reports inside an epoch
 
 
 # --------------------------------------------------------------------------- schedules
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """A learning-rate schedule: η for each epoch from the initial η.
-
-    Attributes:
-        kind: ``"constant"``, ``"step"`` or ``"every"``.
-        milestones: Epochs after which η is multiplied by ``factor`` (``step``).
-        period: Multiply η by ``factor`` every this many epochs (``every``).
-        factor: The multiplier.
-        text: The canonical spelling, e.g. ``"step:60,100,140,180:0.1"``.
-    """
-
-    kind: str
-    milestones: tuple[int, ...] = ()
-    period: int = 0
-    factor: float = 1.0
-    text: str = "constant"
-
-    def lr(self, base: float, epoch: int) -> float:
-        """Return η for ``epoch`` (counted from 1) given the initial ``base``."""
-        if epoch < 1:
-            msg = f"epochs are counted from 1, got {epoch}"
-            raise ConfigError(msg)
-        if self.kind == "step":
-            drops = sum(1 for m in self.milestones if m < epoch)
-        elif self.kind == "every":
-            drops = (epoch - 1) // self.period
-        else:
-            drops = 0
-        return base * self.factor**drops
-
-
-def _bad_schedule(text: str, why: str) -> ConfigError:
-    return ConfigError(f"bad schedule {text!r} ({why}); use {_FORMS}")
-
-
-def _factor(text: str, raw: str) -> float:
-    try:
-        factor = float(raw)
-    except ValueError:
-        raise _bad_schedule(text, f"factor {raw!r} is not a number") from None
-    if not (math.isfinite(factor) and factor > 0):
-        raise _bad_schedule(text, "the factor must be a positive number")
-    return factor
-
-
-def parse_schedule(text: str) -> Schedule:
-    """Parse ``constant``, ``step:M1,M2,...:F``, ``every:K:F``, ``resnet`` or ``vgg``.
-
-    Raises:
-        ConfigError: Anything else; the message lists the accepted forms.
-    """
-    spelled = text.strip().lower()
-    spelled = SCHEDULE_PRESETS.get(spelled, spelled)
-    if spelled == "constant":
-        return Schedule("constant")
-    parts = spelled.split(":")
-    if parts[0] == "step":
-        if len(parts) != 3:
-            raise _bad_schedule(text, "step needs step:<epochs>:<factor>")
-        try:
-            milestones = tuple(int(m) for m in parts[1].split(","))
-        except ValueError:
-            raise _bad_schedule(text, "milestones must be whole epochs") from None
-        if any(m < 1 for m in milestones) or list(milestones) != sorted(
-            set(milestones)
-        ):
-            raise _bad_schedule(text, "milestones must be increasing positive epochs")
-        factor = _factor(text, parts[2])
-        canon = f"step:{','.join(map(str, milestones))}:{factor:g}"
-        return Schedule("step", milestones=milestones, factor=factor, text=canon)
-    if parts[0] == "every":
-        if len(parts) != 3:
-            raise _bad_schedule(text, "every needs every:<epochs>:<factor>")
-        try:
-            period = int(parts[1])
-        except ValueError:
-            raise _bad_schedule(text, "the period must be a whole number") from None
-        if period < 1:
-            raise _bad_schedule(text, "the period must be at least 1 epoch")
-        factor = _factor(text, parts[2])
-        return Schedule(
-            "every", period=period, factor=factor, text=f"every:{period}:{factor:g}"
-        )
-    raise _bad_schedule(text, "unknown form")
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -325,6 +223,44 @@ def _exact_from(final: Mapping[str, Any]) -> dict[str, float]:
 # --------------------------------------------------------------------------- trainer
 
 
+@dataclass(eq=False)
+class _Run:
+    """A training run in progress: what the steps of :meth:`SGDTrainer.fit` share."""
+
+    model: nn.Module
+    data: Dataset
+    config: TrainConfig
+    schedule: Schedule
+    progress: ProgressCallback
+    device: torch.device
+    steps: int
+    """Mini-batches per epoch."""
+    optimizer: torch.optim.Optimizer
+    order_gen: torch.Generator
+    """Shuffles every epoch and drives the augmentation."""
+    curves: dict[str, list[float]]
+    warm_start: torch.Tensor | None = None
+    tracker: Tracker | None = None
+    first_epoch: int = 1
+    exact: dict[str, float] = field(default_factory=dict)
+    """The final model's exact training loss and accuracy (last epoch only)."""
+    trained_samples: int = 0
+    train_seconds: float = 0.0
+    x_train: torch.Tensor = field(init=False)
+    y_train: torch.Tensor = field(init=False)
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+
+    @property
+    def n(self) -> int:
+        """Training examples."""
+        return len(self.data.train)
+
+    @property
+    def total(self) -> int:
+        """Mini-batches in the whole run (for progress)."""
+        return self.config.epochs * self.steps
+
+
 class SGDTrainer:
     """Mini-batch SGD over in-memory tensors (see the module docstring).
 
@@ -387,7 +323,7 @@ class SGDTrainer:
             seed=config.seed,
             epoch=epoch,
             epochs=config.epochs,
-            sharpkit_version=version(),
+            sharpkit_version=sharpkit.__version__,
             final={
                 k: float(v)
                 for k, v in row.items()
@@ -493,14 +429,31 @@ class SGDTrainer:
             NumericalError: The training loss became non-finite (divergence).
         """
         start_time = time.perf_counter()
-        progress = progress or _no_progress
         schedule = self._check(config)
+        run = self._start(model, data, config, schedule, progress or no_progress)
+        devices = [run.device] if run.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derived_seed(config.seed, "sgd:global"))
+            self._resume(run)
+            resumed_from = run.first_epoch - 1
+            self._train(run)
+        final_path = self._final(config.out_dir, resumed_from, config.epochs)
+        return self._result(run, final_path, resumed_from, start_time)
+
+    def _start(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        config: TrainConfig,
+        schedule: Schedule,
+        progress: ProgressCallback,
+    ) -> _Run:
+        """Check the data against the settings; set up the model and optimizer."""
         device = torch.device(config.device)
         if config.augment and data.train.augment is None:
             msg = f"dataset {data.name!r} has no training augmentation; drop --augment"
             raise ConfigError(msg)
-        n = len(data.train)
-        size = config.batch_size
+        n, size = len(data.train), config.batch_size
         steps = n // size if self.drop_last else -(-n // size)
         if steps == 0:
             msg = (
@@ -508,9 +461,6 @@ class SGDTrainer:
                 "drop_last; lower --batch-size"
             )
             raise ConfigError(msg)
-
-        out_dir = config.out_dir
-        last_path = out_dir / "last.pt" if out_dir is not None else None
         model.to(device)
         optimizer = torch.optim.SGD(
             model.parameters(),
@@ -518,166 +468,200 @@ class SGDTrainer:
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
-        order_gen = generator(config.seed, "sgd:order")
-        curves: dict[str, list[float]] = {k: [] for k in BASE_CURVES}
+        curves: dict[str, list[float]] = {k: [] for k in CURVES}
         for metric in config.track:
             for suffix in _TRACK_SUFFIXES:
                 curves[metric + suffix] = []
-        warm_start: torch.Tensor | None = None
-        tracker: Tracker | None = None
-        first_epoch = 1
-        exact: dict[str, float] = {}
-        rng_devices = [device] if device.type == "cuda" else []
+        return _Run(
+            model=model,
+            data=data,
+            config=config,
+            schedule=schedule,
+            progress=progress,
+            device=device,
+            steps=steps,
+            optimizer=optimizer,
+            order_gen=seeded_generator(config.seed, "sgd:order"),
+            curves=curves,
+        )
 
-        with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(derived_seed(config.seed, "sgd:global"))
-            if last_path is not None and last_path.exists():
-                if not config.resume:
-                    msg = (
-                        f"{out_dir} already holds a training run ({last_path.name}); "
-                        "pass --resume to continue it or choose another --out"
-                    )
-                    raise ConfigError(msg)
-                ckpt = load_checkpoint(last_path)
-                if ckpt.train_state is None:
-                    msg = f"{last_path} has no training state to resume from"
-                    raise ConfigError(msg)
-                self._check_resume(ckpt.meta, config, data, last_path)
-                state = ckpt.train_state
-                load_state_dict_into(model, ckpt.state_dict, source=str(last_path))
-                optimizer.load_state_dict(state["optimizer"])
-                order_gen.set_state(state["generator"])
-                torch.set_rng_state(state["torch_rng"])
-                if device.type == "cuda" and state.get("cuda_rng") is not None:
-                    torch.cuda.set_rng_state(state["cuda_rng"], device)
-                saved = _with_timing(state["curves"], out_dir, int(state["epoch"]))
-                for key in curves:
-                    curves[key] = [float(v) for v in saved[key]]
-                warm_start = state.get("warm_start")
-                first_epoch = int(state["epoch"]) + 1
-                exact = _exact_from(ckpt.meta.final)
-            resumed_from = first_epoch - 1
+    def _resume(self, run: _Run) -> None:
+        """Continue from ``out_dir``'s ``last.pt`` if any (see the module docstring).
 
-            x_train = data.train.inputs.to(device)
-            y_train = data.train.targets.to(device)
-            augment = data.train.augment if config.augment else None
-            if config.track:
-                # seeded like the measurements before; the same Tracker that
-                # tracks a user's own loop (sharpkit.Tracker)
-                tracker = Tracker(
-                    data.train,
-                    list(config.track),
-                    every=config.track_every,
-                    samples=config.track_samples,
-                    seed=config.seed,
-                    device=device,
-                    warm_start=True if warm_start is None else warm_start,
-                    progress=progress,
-                )
-            total = config.epochs * steps
-            trained_samples = 0
-            train_seconds = 0.0
+        Raises:
+            ConfigError: There is one but ``resume`` is off, it holds no training
+                state, or it was trained with other settings.
+        """
+        config, out_dir = run.config, run.config.out_dir
+        last_path = out_dir / "last.pt" if out_dir is not None else None
+        if last_path is None or not last_path.exists():
+            return
+        if not config.resume:
+            msg = (
+                f"{out_dir} already holds a training run ({last_path.name}); "
+                "pass --resume to continue it or choose another --out"
+            )
+            raise ConfigError(msg)
+        ckpt = load_checkpoint(last_path)
+        if ckpt.train_state is None:
+            msg = f"{last_path} has no training state to resume from"
+            raise ConfigError(msg)
+        self._check_resume(ckpt.meta, config, run.data, last_path)
+        state = ckpt.train_state
+        load_state_dict_into(run.model, ckpt.state_dict, source=str(last_path))
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.order_gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if run.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+        saved = _with_timing(state["curves"], out_dir, int(state["epoch"]))
+        for key in run.curves:
+            run.curves[key] = [float(v) for v in saved[key]]
+        run.warm_start = state.get("warm_start")
+        run.first_epoch = int(state["epoch"]) + 1
+        run.exact = _exact_from(ckpt.meta.final)
 
-            for epoch in range(first_epoch, config.epochs + 1):
-                epoch_start = time.perf_counter()
-                lr = schedule.lr(config.lr, epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                model.train()
-                order = torch.randperm(n, generator=order_gen).to(device)
-                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-                correct = torch.zeros((), dtype=torch.int64, device=device)
-                last_report = time.monotonic()
-                label = f"epoch {epoch}/{config.epochs}"
-                progress((epoch - 1) * steps, total, description=label)
-                for i in range(steps):
-                    idx = order[i * size : (i + 1) * size]
-                    x, y = x_train[idx], y_train[idx]
-                    if augment is not None:
-                        x = augment(x, order_gen)
-                    out, loss = self._update(
-                        model, optimizer, _batch_closure(model, x, y)
-                    )
-                    # On-tensor running sums (no host sync; argmax builds no graph).
-                    loss_sum.add_(loss.detach(), alpha=len(y))
-                    correct.add_(out.argmax(1).eq(y).sum())
-                    now = time.monotonic()
-                    if now - last_report >= _PROGRESS_INTERVAL:
-                        last_report = now
-                        elapsed = time.perf_counter() - epoch_start
-                        progress(
-                            (epoch - 1) * steps + i + 1,
-                            total,
-                            loss=float(loss.detach()),
-                            samples_s=round(min((i + 1) * size, n) / elapsed),
-                        )
-                seen = min(steps * size, n)
-                train_loss = float(loss_sum) / seen
-                train_acc = int(correct) / seen
-                train_seconds += time.perf_counter() - epoch_start
-                trained_samples += seen
-                if not math.isfinite(train_loss):
-                    msg = (
-                        f"training diverged in epoch {epoch} (train loss "
-                        f"{train_loss}) at lr={lr:g}, batch_size={size}; lower --lr"
-                    )
-                    raise NumericalError(msg)
-                model.eval()
-                test_loss, test_acc = _evaluate(
-                    model, data.test, self.eval_batch_size, device
-                )
-                row: dict[str, float] = {
-                    "epoch": float(epoch),
-                    "lr": lr,
-                    "train_loss": train_loss,
-                    "train_accuracy": train_acc,
-                    "test_loss": test_loss,
-                    "test_accuracy": test_acc,
-                }
-                if epoch == config.epochs:
-                    exact = self._exact(model, data, device, row)
-                if tracker is not None:
-                    tracked = (
-                        tracker.step(model, step=epoch, force=epoch == config.epochs)
-                        or {}
-                    )
-                    warm_start = tracker.warm_start
-                    for metric in config.track:
-                        for suffix in _TRACK_SUFFIXES:
-                            row[metric + suffix] = tracked.get(
-                                metric + suffix, math.nan
-                            )
-                model.train()
-                row["seconds"] = time.perf_counter() - epoch_start
-                for key, values in curves.items():
-                    values.append(row[key])
-                progress(
-                    epoch * steps,
-                    total,
-                    description=label,
-                    loss=train_loss,
-                    acc=round(train_acc, 4),
-                    test_acc=round(test_acc, 4),
-                )
-                if out_dir is not None:
-                    self._save(
-                        out_dir, model, optimizer, order_gen, device, config, data,
-                        epoch, {**row, **exact} if epoch == config.epochs else row,
-                        curves, warm_start,
-                    )  # fmt: skip
+    def _train(self, run: _Run) -> None:
+        """The epochs from ``run.first_epoch`` on (the tracker set up first)."""
+        config = run.config
+        run.x_train = run.data.train.inputs.to(run.device)
+        run.y_train = run.data.train.targets.to(run.device)
+        run.augment = run.data.train.augment if config.augment else None
+        if config.track:
+            # seeded like the measurements before; the same Tracker that
+            # tracks a user's own loop (sharpkit.Tracker)
+            run.tracker = Tracker(
+                run.data.train,
+                list(config.track),
+                every=config.track_every,
+                samples=config.track_samples,
+                seed=config.seed,
+                device=run.device,
+                warm_start=True if run.warm_start is None else run.warm_start,
+                progress=run.progress,
+            )
+        for epoch in range(run.first_epoch, config.epochs + 1):
+            self._epoch(run, epoch)
 
-        final_path: Path | None = None
-        if out_dir is not None:
-            final_path = out_dir / "final.pt"
-            if not final_path.exists() or resumed_from < config.epochs:
-                ckpt = load_checkpoint(out_dir / "last.pt")
-                save_checkpoint(
-                    final_path, ckpt.state_dict, ckpt.meta, train_state=ckpt.train_state
+    def _epoch(self, run: _Run, epoch: int) -> None:
+        """Train one epoch, evaluate, track, record and save."""
+        config, model = run.config, run.model
+        epoch_start = time.perf_counter()
+        lr = run.schedule.lr(config.lr, epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        label = f"epoch {epoch}/{config.epochs}"
+        train_loss, train_acc = self._pass(run, epoch, label, epoch_start)
+        if not math.isfinite(train_loss):
+            msg = (
+                f"training diverged in epoch {epoch} (train loss "
+                f"{train_loss}) at lr={lr:g}, batch_size={config.batch_size}; "
+                "lower --lr"
+            )
+            raise NumericalError(msg)
+        model.eval()
+        test_loss, test_acc = _evaluate(
+            model, run.data.test, self.eval_batch_size, run.device
+        )
+        row: dict[str, float] = {
+            "epoch": float(epoch),
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+        }
+        last = epoch == config.epochs
+        if last:
+            run.exact = self._exact(model, run.data, run.device, row)
+        self._track(run, epoch, row)
+        model.train()
+        row["seconds"] = time.perf_counter() - epoch_start
+        for key, values in run.curves.items():
+            values.append(row[key])
+        run.progress(
+            epoch * run.steps,
+            run.total,
+            description=label,
+            loss=train_loss,
+            acc=round(train_acc, 4),
+            test_acc=round(test_acc, 4),
+        )
+        if config.out_dir is not None:
+            self._save(
+                config.out_dir, model, run.optimizer, run.order_gen, run.device,
+                config, run.data, epoch, {**row, **run.exact} if last else row,
+                run.curves, run.warm_start,
+            )  # fmt: skip
+
+    def _pass(
+        self, run: _Run, epoch: int, label: str, epoch_start: float
+    ) -> tuple[float, float]:
+        """One pass over the shuffled training split; its running loss and accuracy."""
+        model, device, size, n = run.model, run.device, run.config.batch_size, run.n
+        model.train()
+        order = torch.randperm(n, generator=run.order_gen).to(device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        last_report = time.monotonic()
+        run.progress((epoch - 1) * run.steps, run.total, description=label)
+        for i in range(run.steps):
+            idx = order[i * size : (i + 1) * size]
+            x, y = run.x_train[idx], run.y_train[idx]
+            if run.augment is not None:
+                x = run.augment(x, run.order_gen)
+            out, loss = self._update(model, run.optimizer, _batch_closure(model, x, y))
+            # On-tensor running sums (no host sync; argmax builds no graph).
+            loss_sum.add_(loss.detach(), alpha=len(y))
+            correct.add_(out.argmax(1).eq(y).sum())
+            now = time.monotonic()
+            if now - last_report >= _PROGRESS_INTERVAL:
+                last_report = now
+                elapsed = time.perf_counter() - epoch_start
+                run.progress(
+                    (epoch - 1) * run.steps + i + 1,
+                    run.total,
+                    loss=float(loss.detach()),
+                    samples_s=round(min((i + 1) * size, n) / elapsed),
                 )
-        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in curves.items()}
+        seen = min(run.steps * size, n)
+        run.train_seconds += time.perf_counter() - epoch_start
+        run.trained_samples += seen
+        return float(loss_sum) / seen, int(correct) / seen
+
+    @staticmethod
+    def _track(run: _Run, epoch: int, row: dict[str, float]) -> None:
+        """Measure the tracked metrics (when due) into ``row``."""
+        if run.tracker is None:
+            return
+        force = epoch == run.config.epochs
+        tracked = run.tracker.step(run.model, step=epoch, force=force) or {}
+        run.warm_start = run.tracker.warm_start
+        for metric in run.config.track:
+            for suffix in _TRACK_SUFFIXES:
+                row[metric + suffix] = tracked.get(metric + suffix, math.nan)
+
+    @staticmethod
+    def _final(out_dir: Path | None, resumed_from: int, epochs: int) -> Path | None:
+        """Write ``final.pt`` (a copy of ``last.pt``) unless it is there already."""
+        if out_dir is None:
+            return None
+        final_path = out_dir / "final.pt"
+        if not final_path.exists() or resumed_from < epochs:
+            ckpt = load_checkpoint(out_dir / "last.pt")
+            save_checkpoint(
+                final_path, ckpt.state_dict, ckpt.meta, train_state=ckpt.train_state
+            )
+        return final_path
+
+    def _result(
+        self, run: _Run, final_path: Path | None, resumed_from: int, start_time: float
+    ) -> TrainResult:
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in run.curves.items()}
         arrays["epoch"] = arrays["epoch"].astype(np.int64)
-        final = {k: float(v[-1]) for k, v in curves.items() if v}
-        final.update(exact)
+        final = {k: float(v[-1]) for k, v in run.curves.items() if v}
+        final.update(run.exact)
+        out_dir = run.config.out_dir
         return TrainResult(
             checkpoint=final_path,
             curves=arrays,
@@ -686,13 +670,13 @@ class SGDTrainer:
             attrs={
                 "resumed_from_epoch": resumed_from,
                 "out_dir": str(out_dir) if out_dir is not None else None,
-                "steps_per_epoch": steps,
-                "samples_per_second": trained_samples / train_seconds
-                if train_seconds > 0
+                "steps_per_epoch": run.steps,
+                "samples_per_second": run.trained_samples / run.train_seconds
+                if run.train_seconds > 0
                 else None,
                 "train_metrics": TRAIN_METRICS,
                 "trainer": self.name,
-                "device": str(device),
+                "device": str(run.device),
             },
         )
 

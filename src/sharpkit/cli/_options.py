@@ -327,7 +327,7 @@ class AnalysisOptions:
         Such a model needs no checkpoint: an ``hf:`` folder holds its weights, and
         a factory in the user's code may load its own.
         """
-        from sharpkit.api.resolve import is_code_model
+        from sharpkit.api.models import is_code_model
         from sharpkit.api.sources import is_hf_spec
         from sharpkit.registry import get_registry
 

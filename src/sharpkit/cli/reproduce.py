@@ -17,7 +17,7 @@ from sharpkit.cli._options import (
 )
 from sharpkit.cli._progress import err_console
 from sharpkit.cli._render import print_table
-from sharpkit.cli._sweep_run import run_and_report
+from sharpkit.cli._sweep_run import EstimateOpt, PredictOpt, run_and_report
 from sharpkit.reproduce import EXPERIMENTS
 
 
@@ -33,7 +33,7 @@ def _complete_experiment(incomplete: str) -> list[str]:
 
 
 def _print_measurements(store: Path | str) -> None:
-    from sharpkit.api import open_results
+    from sharpkit.store import open_results
 
     rows = open_results(store, as_frame=False)
     trainers = {
@@ -94,11 +94,15 @@ def reproduce(
             "(a starting point for `sharpkit sweep`).",
         ),
     ] = False,
+    predict: PredictOpt = True,
+    estimate: EstimateOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Reproduce one of the paper's experiments: train, measure, store, plot.
 
-    Resumable: run the same command again after an interruption.
+    Resumable: run the same command again after an interruption. The wall
+    time is predicted first (a short calibration on this machine, cached);
+    --estimate prints the prediction per point and exits.
     """
     from sharpkit.plotting import plot_figure
     from sharpkit.reproduce import FIGURES, preset_text
@@ -116,7 +120,11 @@ def reproduce(
         data_root=data_root,
         json_output=json_output,
         device=device,
+        predict=predict,
+        estimate_only=estimate,
     )
+    if result is None:
+        return
     assert cfg.store is not None
     figures = []
     for fig in FIGURES[experiment]:

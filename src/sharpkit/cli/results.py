@@ -66,6 +66,7 @@ class RunKind(StrEnum):
     train = "train"
     probe = "probe"
     track = "track"
+    sweep = "sweep"
 
 
 def results(
@@ -127,13 +128,25 @@ def results(
             ),
         ),
     ] = False,
+    merge: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--merge",
+            help=(
+                "Copy every intact run of this store into STORE (created if "
+                "missing), skipping damaged and unfinished ones; repeatable. "
+                "E.g. the stores of a sweep split between two machines."
+            ),
+            metavar="SOURCE",
+        ),
+    ] = None,
 ) -> None:
     """Show everything a results store holds: one row per run x metric.
 
     Rows carry η (lr), S (batch_size), η/S (lr_over_batch), the metric's value and
     standard error, and the checkpoint's final train/test accuracy. --json and
     --csv give every column (the store docs list them). --check and --repair
-    look for damage instead.
+    look for damage instead; --merge gathers other stores' runs into STORE.
     """
     from sharpkit.cli._progress import err_console
     from sharpkit.errors import ConfigError
@@ -142,6 +155,12 @@ def results(
     if json_output and csv_output:
         msg = "--json and --csv cannot be combined; pick one"
         raise ConfigError(msg)
+    if merge:
+        if check or repair or csv_output or filters or kind or gc:
+            msg = "--merge takes only the store, the sources (and --json)"
+            raise ConfigError(msg)
+        _merge(path, merge, json_output=json_output)
+        return
     if check or repair:
         if csv_output or filters or kind or gc:
             msg = "--check and --repair take only the store (and --json)"
@@ -172,6 +191,34 @@ def results(
         out_console.print(text, highlight=False)
         return
     _print_rows(rows, title=repr(path))
+
+
+def _merge(path: str, sources: list[str], *, json_output: bool) -> None:
+    """``--merge``: one line per source; exit 1 if a damaged run was skipped."""
+    from dataclasses import asdict
+
+    from sharpkit.store.merge import merge_stores
+
+    reports = merge_stores(path, sources)
+    if json_output:
+        print_json([asdict(r) for r in reports])
+    else:
+        for r in reports:
+            for rid, why in r.damaged:
+                out_console.print(
+                    f"skipped damaged run {rid} of {r.source!r}: {why}",
+                    highlight=False,
+                    markup=False,
+                )
+            out_console.print(
+                f"{r.source!r} -> {path!r}: {len(r.copied)} run(s) copied, "
+                f"{len(r.present)} already there, {len(r.damaged)} damaged and "
+                f"{len(r.unfinished)} unfinished skipped",
+                highlight=False,
+                markup=False,
+            )
+    if any(r.damaged for r in reports):
+        raise typer.Exit(1)
 
 
 def _check(path: str, *, repair: bool, json_output: bool) -> None:

@@ -14,7 +14,7 @@ from sharpkit.cli._options import (
     SchedulerOpt,
     SweepDeviceOpt,
 )
-from sharpkit.cli._sweep_run import run_and_report
+from sharpkit.cli._sweep_run import EstimateOpt, PredictOpt, run_and_report
 
 
 def sweep(
@@ -23,12 +23,16 @@ def sweep(
     scheduler: SchedulerOpt = None,
     device: SweepDeviceOpt = None,
     data_root: DataRootOpt = None,
+    predict: PredictOpt = True,
+    estimate: EstimateOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     r"""Train, measure and store a grid of runs; run it again to resume.
 
     The TOML format is described in the docs (Batch analyses): a \[train] table
     whose list values span the grid, optional \[measure] and \[\[interpolate]].
+    Before it starts, the sweep's wall time is predicted from a short
+    calibration on this machine (cached); --estimate prints only that.
     """
     from sharpkit.sweep import load_sweep
 
@@ -39,6 +43,8 @@ def sweep(
         data_root=data_root,
         json_output=json_output,
         device=device,
+        predict=predict,
+        estimate_only=estimate,
     )
-    if result.failures:
+    if result is not None and result.failures:
         raise typer.Exit(1)

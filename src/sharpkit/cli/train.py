@@ -56,7 +56,7 @@ def _split_options(
     ``key=value`` goes to whichever of the three has an option ``key``.
     """
     from sharpkit.api.datafiles import is_data_source
-    from sharpkit.api.resolve import is_code_model
+    from sharpkit.api.models import is_code_model
     from sharpkit.registry import get_registry
 
     reg = get_registry()

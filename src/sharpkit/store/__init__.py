@@ -51,15 +51,22 @@ faster than opening each group through zarr-python (``bench/bench_store.py``: 3x
 for 500 runs); run arrays are read through zarr.
 
 The package has one module per job: :mod:`~sharpkit.store.layout` (opening,
-staging and committing runs, listing them), :mod:`~sharpkit.store.encoding`
-(how results become zarr groups and arrays, and back) and
-:mod:`~sharpkit.store.table` (the tidy table, its filters and CSV).
+staging and committing runs, listing them), :mod:`~sharpkit.store.reader`
+(reading one run, every object checked), :mod:`~sharpkit.store.encoding` (how
+results become zarr groups and arrays, and back),
+:mod:`~sharpkit.store.integrity` (manifests and damage),
+:mod:`~sharpkit.store.table` (the tidy table, its filters and CSV),
+:mod:`~sharpkit.store.results` (:func:`open_results`),
+:mod:`~sharpkit.store.repair` (check and repair) and
+:mod:`~sharpkit.store.objects` / :mod:`~sharpkit.store.transfer` (backends).
 """
 
 from sharpkit.store.encoding import Run
-from sharpkit.store.layout import KINDS, SCHEMA_VERSION, ResultStore, RunInfo
+from sharpkit.store.layout import KINDS, SCHEMA_VERSION, ResultStore
+from sharpkit.store.reader import RunInfo
 from sharpkit.store.repair import StoreCheck, check_store, repair_store
-from sharpkit.store.table import COLUMNS, open_results, to_csv
+from sharpkit.store.results import open_results
+from sharpkit.store.table import COLUMNS, to_csv
 
 __all__ = [
     "COLUMNS",

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from sharpkit.errors import StoreError
+
 __all__ = [
     "MANIFEST_FORMAT",
     "Damage",
@@ -37,8 +39,13 @@ MANIFEST_FORMAT: Final = 1
 _MANIFEST: Final = "manifest"
 
 
-class Damage(Exception):
-    """A run cannot be read as it was written; the message says why (one line)."""
+class Damage(StoreError):
+    """A run cannot be read as it was written; the message says why (one line).
+
+    Internal to the store, which reports it as a warning (a damaged run is
+    skipped) or as a :class:`~sharpkit.StoreError` naming the run; a
+    :class:`~sharpkit.StoreError` itself, so none can escape the error tree.
+    """
 
 
 # --------------------------------------------------------------------------- JSON

@@ -25,10 +25,9 @@ import re
 import secrets
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 
@@ -39,7 +38,6 @@ from sharpkit.store import table
 from sharpkit.store.encoding import (
     Plan,
     Run,
-    group_from_objects,
     metric_from_group,
     probe_from_group,
     run_from_group,
@@ -47,12 +45,11 @@ from sharpkit.store.encoding import (
 from sharpkit.store.integrity import (
     Damage,
     Manifest,
-    check_member_attrs,
-    group_attrs,
     parse_run_doc,
     seal,
 )
 from sharpkit.store.objects import Backend, LocalBackend, hostname, open_backend
+from sharpkit.store.reader import RunInfo, load_info, read_group
 
 if TYPE_CHECKING:
     import zarr
@@ -68,8 +65,8 @@ __all__ = [
 SCHEMA_VERSION: Final = 1
 """Layout version written to the root's ``schema_version`` attribute."""
 
-KINDS: Final = ("measure", "train", "probe", "track")
-"""The kinds of run a store holds."""
+KINDS: Final = ("measure", "train", "probe", "track", "sweep")
+"""The kinds of run a store holds (``sweep``: a point's predicted and actual time)."""
 
 STALE_SECONDS: Final = 3600.0
 """Age (s) after which :meth:`ResultStore.gc` removes killed writers' leftovers."""
@@ -79,36 +76,6 @@ _T = TypeVar("_T")
 _MEMBER_RE: Final = re.compile(r"^(metrics|probes)/([^/]+)/zarr\.json$")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _GROUPS: Final = ("metrics/zarr.json", "probes/zarr.json", "training/zarr.json")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunInfo:
-    """A complete run as listed by :meth:`ResultStore.runs` (metadata only, no arrays).
-
-    Attributes:
-        run_id: The run's id (``runs/<run_id>`` in the store); sorts by time.
-        kind: ``"measure"``, ``"train"``, ``"probe"`` or ``"track"``.
-        attrs: The run group's attributes (provenance; ``complete`` is true).
-        metrics: ``{name: stored attributes}`` of each ``metrics/<name>`` group
-            (``value``, ``stderr``, ``bound``, ``converged``, ``hvps``, ``seconds``,
-            ``long_name``, ``units``, ``key``, ...), in the order they were written.
-        probes: ``{name: stored attributes}`` of each ``probes/<name>`` group.
-        training: The ``training`` group's attributes (``variables``, ``final``),
-            or ``None`` if the run has no curves.
-    """
-
-    run_id: str
-    kind: str
-    attrs: Mapping[str, JSON]
-    metrics: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
-    probes: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
-    training: Mapping[str, JSON] | None = None
-
-    @property
-    def time(self) -> str | None:
-        """When the run was recorded (ISO 8601, UTC), if known."""
-        value = self.attrs.get("time")
-        return value if isinstance(value, str) else None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -393,7 +360,8 @@ class ResultStore:
         """Write one run; it becomes visible to readers only once complete.
 
         Args:
-            kind: ``"measure"``, ``"train"``, ``"probe"`` or ``"track"``.
+            kind: ``"measure"``, ``"train"``, ``"probe"``, ``"track"`` or
+                ``"sweep"``.
             attrs: Provenance (checkpoint sha256 and path, model, dataset, ``lr``,
                 ``batch_size``, seeds, versions, ``time``, ``command``, ...),
                 JSON-compatible. Non-finite floats are stored as ``null``.
@@ -493,92 +461,14 @@ class ResultStore:
     def _read_info(self, run_id: str) -> RunInfo | None:
         """A run's metadata, or ``None`` if it is not committed or is damaged."""
         try:
-            return self.load_info(run_id)
+            found = load_info(self._backend, run_id, local=self.is_local)
         except Damage as exc:
             self._damaged(run_id, str(exc))
             return None
-
-    def load_info(self, run_id: str) -> RunInfo | None:
-        """Read and check a run's metadata documents (no arrays).
-
-        Returns:
-            The run, or ``None`` if no run is committed under this id (on an
-            object store: being written, or a killed writer's leftover).
-
-        Raises:
-            Damage: The run is damaged.
-        """
-        base = f"runs/{run_id}/"
-        raw = self._backend.get(base + "zarr.json")
-        if raw is None:
-            if self.is_local and self._backend.walk(base):
-                msg = "its zarr.json is missing"
-                raise Damage(msg)
+        if found is None:
             return None
-        attrs, manifest = parse_run_doc(raw)
-        check_member_attrs("run", "zarr.json", attrs)
-        docs = self._member_docs(run_id, manifest)
-        self._manifests[run_id] = manifest
-        training = docs.get("training/zarr.json")
-        return RunInfo(
-            run_id=run_id,
-            kind=str(attrs["kind"]),
-            attrs=attrs,
-            metrics=_members(docs, "metrics"),
-            probes=_members(docs, "probes"),
-            training=training,
-        )
-
-    def _member_docs(
-        self, run_id: str, manifest: Manifest | None
-    ) -> dict[str, dict[str, Any]]:
-        """The attributes of the run's metric/probe/training group documents."""
-        base = f"runs/{run_id}/"
-        if manifest is not None:
-            keys = [k for k in manifest.under() if k in _GROUPS or _MEMBER_RE.match(k)]
-            got = self._backend.get_many([base + k for k in keys])
-            raws = {k: manifest.verify(k, got[base + k]) for k in keys}
-        else:
-            raws = self._legacy_member_docs(base)
-        docs: dict[str, dict[str, Any]] = {}
-        for key, raw in raws.items():
-            attrs = group_attrs(raw, key)
-            parts = key.split("/")
-            kind = "training" if parts[0] == "training" else parts[0]
-            if len(parts) == 3 or kind == "training":
-                check_member_attrs(kind, key.removesuffix("/zarr.json"), attrs)
-            elif "order" in attrs and not _is_texts(attrs["order"]):
-                msg = f"{key}: attribute 'order' has the wrong type"
-                raise Damage(msg)
-            docs[key] = attrs
-        return docs
-
-    def _legacy_member_docs(self, base: str) -> dict[str, bytes]:
-        """The group documents of a run written before manifests, every one present."""
-        got = self._backend.get_many([base + k for k in _GROUPS])
-        raws = {k: raw for k in _GROUPS if (raw := got[base + k]) is not None}
-        keys: list[str] = []
-        for sub in ("metrics", "probes"):
-            key = f"{sub}/zarr.json"
-            if key not in raws:
-                continue
-            order = group_attrs(raws[key], key).get("order")
-            names = (
-                list(order) if _is_texts(order) else self._backend.children(base + sub)
-            )
-            bad = [n for n in names if not _NAME_RE.match(n)]
-            if bad:
-                msg = f"{key} names a member {bad[0][:40]!r} that cannot exist"
-                raise Damage(msg)
-            keys += [f"{sub}/{n}/zarr.json" for n in names]
-        members = self._backend.get_many([base + k for k in keys])
-        for k in keys:
-            raw = members[base + k]
-            if raw is None:
-                msg = f"{k} is missing"
-                raise Damage(msg)
-            raws[k] = raw
-        return raws
+        info, self._manifests[run_id] = found
+        return info
 
     def _read_infos(self, run_ids: Sequence[str]) -> list[RunInfo | None]:
         """:meth:`_read_info` of several runs; on an object store, 16 at a time."""
@@ -648,60 +538,6 @@ class ResultStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _objects(
-        self, run_id: str, prefix: str, manifest: Manifest | None
-    ) -> dict[str, bytes]:
-        """The run's objects under ``prefix``, checked, keyed relative to it."""
-        base = f"runs/{run_id}/"
-        if manifest is not None:
-            keys = manifest.under(prefix)
-            got = self._backend.get_many([base + k for k in keys])
-            return {k[len(prefix) :]: manifest.verify(k, got[base + k]) for k in keys}
-        infos = self._backend.walk(base + prefix)
-        got = self._backend.get_many([i.key for i in infos])
-        cut = len(base + prefix)
-        return {k[cut:]: v for k, v in got.items() if v is not None}
-
-    def read_group(
-        self,
-        run_id: str,
-        prefix: str,
-        read: Callable[[zarr.Group], _T],
-        *,
-        manifest: Manifest | None,
-        doc: bytes | None = None,
-    ) -> _T:
-        """Read the run's group at ``prefix`` with ``read``, every object checked.
-
-        Args:
-            run_id: The run.
-            prefix: ``""`` (the whole run) or a group such as ``"metrics/spectral/"``.
-            read: Turns the opened zarr group into the result.
-            manifest: The run's manifest (``None``: written before manifests).
-            doc: The run's ``zarr.json`` (needed when ``prefix`` is ``""``).
-
-        Raises:
-            Damage: An object is missing or changed, an array does not decode,
-                or (runs without a manifest) a metric array's data is missing.
-        """
-        objects = self._objects(run_id, prefix, manifest)
-        if doc is not None:
-            objects["zarr.json"] = doc
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                group = group_from_objects(objects)
-                if manifest is None:
-                    _check_chunks(group, prefix)
-                    _decode_all(group, prefix)
-                return read(group)
-        except Damage:
-            raise
-        except Exception as exc:  # zarr's decoders raise many kinds on bad bytes
-            first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-            msg = f"{prefix or 'the run'} cannot be decoded ({first})"
-            raise Damage(msg) from None
-
     def run(self, run_id: str) -> Run:
         """Read one complete run with all its arrays (through zarr).
 
@@ -722,7 +558,8 @@ class ResultStore:
             raise RunNotFoundError(msg)
         try:
             attrs, manifest = parse_run_doc(raw)
-            run = self.read_group(
+            run = read_group(
+                self._backend,
                 run_id,
                 "",
                 lambda g: run_from_group(run_id, g),
@@ -773,7 +610,8 @@ class ResultStore:
         while (hit := index.get(key)) is not None:
             run_id, name = hit
             try:
-                return self.read_group(
+                return read_group(
+                    self._backend,
                     run_id,
                     f"{sub}/{name}/",
                     functools.partial(read, name),
@@ -832,62 +670,3 @@ class ResultStore:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _is_texts(value: Any) -> TypeGuard[list[str]]:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _members(
-    docs: Mapping[str, dict[str, Any]], sub: str
-) -> dict[str, Mapping[str, JSON]]:
-    """``{name: attributes}`` of the groups in ``metrics/`` or ``probes/``, in order."""
-    found = {
-        m.group(2): attrs
-        for key, attrs in docs.items()
-        if (m := _MEMBER_RE.match(key)) is not None and m.group(1) == sub
-    }
-    order = docs.get(f"{sub}/zarr.json", {}).get("order")
-    first = [n for n in order if n in found] if _is_texts(order) else []
-    return {n: found[n] for n in first + sorted(n for n in found if n not in first)}
-
-
-def _decode_all(group: zarr.Group, prefix: str) -> None:
-    """Runs without a manifest: decode every array, naming the first that fails."""
-    import zarr
-
-    for path, node in group.members(max_depth=None):
-        if isinstance(node, zarr.Array):
-            try:
-                node[...]
-            except Exception as exc:  # the codecs raise many kinds on bad bytes
-                first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-                msg = f"{prefix}{path} cannot be decoded ({first})"
-                raise Damage(msg) from None
-
-
-def _check_chunks(group: zarr.Group, prefix: str) -> None:
-    """Runs without a manifest: a metric array whose data is missing is damage.
-
-    Stores written before manifests left out chunks that held only fill values,
-    so a missing chunk cannot be told from a deleted one in general. Float
-    metric arrays (Ritz values, eigenvalues, densities, ...) are never all NaN
-    in practice, and they are what is reused, so there a missing chunk counts;
-    a boolean or integer array may legitimately be all False or 0.
-    """
-    import zarr
-
-    if prefix.startswith("metrics/"):
-        groups = [(prefix, group)]
-    elif not prefix and "metrics" in group:
-        metrics = group["metrics"]
-        assert isinstance(metrics, zarr.Group)
-        groups = [(f"metrics/{n}/", g) for n, g in metrics.groups()]
-    else:
-        return
-    for where, member in groups:
-        for name, array in member.arrays():
-            floats = array.dtype.kind == "f"
-            if floats and array.size and array.nchunks_initialized < array.nchunks:
-                msg = f"{where}{name}: its data is missing"
-                raise Damage(msg)

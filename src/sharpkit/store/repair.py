@@ -31,6 +31,7 @@ from sharpkit.store.layout import (
     valid_run_id,
 )
 from sharpkit.store.objects import LocalBackend
+from sharpkit.store.reader import load_info, read_group
 
 __all__ = ["StoreCheck", "check_store", "repair_store"]
 
@@ -124,15 +125,20 @@ def _check_run(store: ResultStore, run_id: str) -> bool:
     Raises:
         Damage: The run is damaged.
     """
-    info = store.load_info(run_id)
-    if info is None:
+    backend = store._backend
+    if load_info(backend, run_id, local=store.is_local) is None:
         return False
-    raw = store._backend.get(f"runs/{run_id}/zarr.json")
+    raw = backend.get(f"runs/{run_id}/zarr.json")
     if raw is None:  # deleted meanwhile
         return False
     _, manifest = parse_run_doc(raw)
-    store.read_group(
-        run_id, "", lambda g: run_from_group(run_id, g), manifest=manifest, doc=raw
+    read_group(
+        backend,
+        run_id,
+        "",
+        lambda g: run_from_group(run_id, g),
+        manifest=manifest,
+        doc=raw,
     )
     return True
 

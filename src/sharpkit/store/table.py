@@ -10,7 +10,6 @@ import csv
 import fnmatch
 import io
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -19,16 +18,14 @@ from sharpkit.errors import ConfigError
 from sharpkit.store.encoding import labels_of, opt_float, opt_int
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from sharpkit.store.layout import RunInfo
+    from sharpkit.store.reader import RunInfo
 
 __all__ = [
     "COLUMNS",
     "matches",
-    "open_results",
     "parse_filters",
     "run_rows",
+    "select",
     "to_csv",
 ]
 
@@ -80,6 +77,8 @@ _NOT_TRAIN_ROWS: Final = frozenset({"epoch", "lr"})
 _FILTER_RE: Final = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|==|=|>|<)\s*(.*?)\s*$"
 )
+Filter = Mapping[str, Any] | Sequence[str] | None
+"""A row filter: ``{column: value}`` or strings such as ``"lr>=0.01"`` (or one)."""
 _TRUE: Final = frozenset({"true", "yes", "1", "y", "t"})
 _FALSE: Final = frozenset({"false", "no", "0", "n", "f"})
 _NONE: Final = frozenset({"", "none", "null", "nan", "-"})
@@ -88,9 +87,7 @@ _NONE: Final = frozenset({"", "none", "null", "nan", "-"})
 # --------------------------------------------------------------------------- filters
 
 
-def parse_filters(
-    filter: Mapping[str, Any] | Sequence[str] | None,
-) -> list[tuple[str, str, str]]:
+def parse_filters(filter: Filter) -> list[tuple[str, str, str]]:
     """Parse a row filter (see :meth:`ResultStore.records`) into ``(column, op, text)``.
 
     Raises:
@@ -126,12 +123,30 @@ def parse_filters(
 
 
 def matches(row: Mapping[str, Any], filters: Sequence[tuple[str, str, str]]) -> bool:
-    """Whether a table row passes every parsed filter.
+    """Whether a row passes every parsed filter (a column it lacks is missing).
 
     Raises:
         ConfigError: A filter compares a number or a yes/no column with text.
     """
-    return all(_compare(row[k], op, v) for k, op, v in filters)
+    return all(_compare(row.get(k), op, v) for k, op, v in filters)
+
+
+def select(rows: Iterable[Mapping[str, Any]], filter: Filter) -> list[dict[str, Any]]:
+    """The rows (as dicts) that pass ``filter``, in the filter language of the table.
+
+    The one implementation of row filters: :meth:`ResultStore.records`,
+    :func:`sharpkit.correlate` and the figures of plain records all use it.
+
+    Args:
+        rows: Table rows, or any mappings from column names to cells.
+        filter: As for :meth:`ResultStore.records`: ``{column: value}``, or
+            strings such as ``"batch_size>=128"``; ``None`` keeps every row.
+
+    Raises:
+        ConfigError: A bad filter (see :func:`parse_filters` and :func:`matches`).
+    """
+    parsed = parse_filters(filter)
+    return [dict(r) for r in rows if matches(r, parsed)]
 
 
 def _compare(cell: Any, op: str, text: str) -> bool:
@@ -383,59 +398,6 @@ def _track_rows(
         }
         for name in names
     ]
-
-
-# --------------------------------------------------------------------------- public
-
-
-def open_results(
-    path: str | os.PathLike[str],
-    *,
-    filter: Mapping[str, Any] | Sequence[str] | None = None,
-    kind: str | None = None,
-    as_frame: bool | None = None,
-) -> pd.DataFrame | list[dict[str, Any]]:
-    """Read a results store as a tidy table (one row per run × metric).
-
-    Examples:
-        >>> import sharpkit
-        >>> df = sharpkit.open_results("results.zarr")  # doctest: +SKIP
-        >>> spectral = df[df.metric == "spectral"]  # doctest: +SKIP
-        >>> spectral.plot.scatter("lr_over_batch", "value", logx=True)  # doctest: +SKIP
-
-    Args:
-        path: The store directory.
-        filter: Row filter, as for :meth:`ResultStore.records`
-            (``{"metric": "spectral"}`` or ``["batch_size>=128", ...]``).
-        kind: Only rows of this kind of run (``"measure"``, ``"train"``,
-            ``"probe"``, ``"track"``).
-        as_frame: ``True``: a pandas DataFrame (pandas must be installed);
-            ``False``: a list of dicts; ``None`` (default): a DataFrame if pandas
-            is installed, else a list of dicts.
-
-    Returns:
-        The table, with the columns listed in :data:`COLUMNS`.
-
-    Raises:
-        StoreError: ``path`` is not a results store.
-        ConfigError: A bad filter, or ``as_frame=True`` without pandas.
-    """
-    # imported here: the layout imports this module (ResultStore.records)
-    from sharpkit.store.layout import ResultStore
-
-    table = ResultStore(path, create=False).records(filter, kind=kind)
-    if as_frame is False:
-        return table
-    try:
-        import pandas as pd
-    except ImportError:
-        if as_frame:
-            msg = "as_frame=True needs pandas; `pip install pandas` or as_frame=False"
-            raise ConfigError(msg) from None
-        return table
-    frame = pd.DataFrame.from_records(table, columns=list(COLUMNS))
-    frame["time"] = pd.to_datetime(frame["time"], utc=True, errors="coerce")
-    return frame
 
 
 def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:

@@ -25,14 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BASE_CURVES", "TrainerContract"]
 
-BASE_CURVES = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-)
+BASE_CURVES = sharpkit.TrainResult.BASE_CURVES
 """The per-epoch curves every :class:`~sharpkit.TrainResult` carries."""
 
 
