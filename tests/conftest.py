@@ -16,6 +16,26 @@ import pytest
 PLUGIN_DISTS = Path(__file__).parent / "data" / "plugin_dists"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _calibration_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Sweeps predict their time from a cached calibration: cache it here, not in ~.
+
+    Set in the environment, so that ``sharpkit sweep`` run as a subprocess
+    uses it too; shared by the session's tests (a calibration of the same
+    tiny model is then paid once).
+    """
+    import os
+
+    path = tmp_path_factory.mktemp("calibration") / "calibration.json"
+    before = os.environ.get("SHARPKIT_CALIBRATION")
+    os.environ["SHARPKIT_CALIBRATION"] = str(path)
+    yield
+    if before is None:
+        os.environ.pop("SHARPKIT_CALIBRATION", None)
+    else:
+        os.environ["SHARPKIT_CALIBRATION"] = before
+
+
 @pytest.fixture
 def plugin_dists(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
     """Install fake distributions (tests/data/plugin_dists/<name>) for one test.

@@ -65,7 +65,7 @@ def test_own_model_page_runs_as_written(user_folder: Path) -> None:
         elif lang == "console":
             check_console(runner, code, user_folder)
             ran["console"] += 1
-    assert ran == {"file": 2, "python": 6, "bash": 5, "console": 1}
+    assert ran == {"file": 2, "python": 8, "bash": 6, "console": 1}
 
 
 def check_console(runner: CliRunner, block: str, folder: Path) -> None:

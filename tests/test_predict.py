@@ -317,3 +317,51 @@ def test_progress_eta_column_counts_down_the_prediction() -> None:
 def _shown(text: object) -> int:
     hours, minutes, seconds = (int(x) for x in str(text).split(":"))
     return 3600 * hours + 60 * minutes + seconds
+
+
+def test_a_point_that_cannot_be_calibrated_is_named_not_fatal(tmp_path: Path) -> None:
+    class _Failing(_Known):
+        def train(self, train: Any, *, need_model: bool = False) -> TrainTiming:
+            if train["batch_size"] == 128:
+                raise sharpkit.ConfigError("no such model option")
+            return super().train(train)
+
+    cfg = config(tmp_path)
+    est = estimate_points(cfg.points(), cfg.measure, _Failing(), store=None)
+    assert [p.status for p in est.points] == ["train", "error"]
+    assert est.points[1].remaining == 0.0
+    assert est.remaining == pytest.approx(est.points[0].remaining)
+    assert any("no such model option" in n for n in est.notes)
+
+
+def _timing(per_example: float, evals: float = 1e-4, overhead: float = 1.0) -> Any:
+    return TrainTiming(
+        example_seconds=per_example,
+        eval_seconds=evals,
+        overhead=overhead,
+        n_train=60000,
+        n_test=10000,
+    )
+
+
+def test_smooth_fits_step_cost_over_batch_sizes() -> None:
+    from sharpkit.predict import smooth
+
+    alpha, beta = 2e-3, 1e-4  # seconds per step, per example
+    sizes = [25, 50, 100, 250, 500, 1000]
+    exact = {s: _timing(beta + alpha / s) for s in sizes}
+    fitted = smooth(exact)
+    for s in sizes:  # noise-free: the model is recovered to rounding
+        assert fitted[s].example_seconds == pytest.approx(beta + alpha / s, rel=1e-9)
+    # a burst of load doubles one calibration, and its eval and overhead
+    noisy = {**exact, 250: _timing(2 * (beta + alpha / 250), 3e-4, 30.0)}
+    fixed = smooth(noisy)
+    truth = beta + alpha / 250
+    # the fit spreads the error over six points: far closer than the raw 2x
+    assert abs(fixed[250].example_seconds / truth - 1) < 0.35
+    assert fixed[250].eval_seconds == pytest.approx(1e-4)  # the median
+    assert fixed[250].overhead == pytest.approx(1.0)
+    # one batch size: nothing to fit; a negative fit: kept as calibrated
+    assert smooth({32: exact[25]}) == {32: exact[25]}
+    odd = {25: _timing(1e-5), 1000: _timing(1e-3)}  # dearer per example at large S
+    assert smooth(odd) == odd

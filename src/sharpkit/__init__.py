@@ -21,6 +21,7 @@ from sharpkit._data import evaluate
 from sharpkit._hints import arg as arg_hint
 from sharpkit._seed import derived_seed
 from sharpkit._seed import generator as seeded_generator
+from sharpkit._tensors import same_bits
 from sharpkit.api import (
     Measurement,
     Tracker,
@@ -220,6 +221,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "evaluate",
     "seeded_generator",
     "derived_seed",
+    "same_bits",
     "no_progress",
     "arg_hint",
     # checkpoints

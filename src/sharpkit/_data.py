@@ -7,17 +7,18 @@ knowing anything of plugins. It is public as ``sharpkit.DataSplit``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sharpkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DataSplit", "evaluate"]
+__all__ = ["DataSplit", "evaluate", "knows_weights", "loss_weight"]
 
 
 @dataclass(eq=False, slots=True)
@@ -117,6 +118,82 @@ class DataSplit:
             yield x, y
 
 
+_CLASS_LOSSES = ("cross_entropy", "nll_loss")
+_CLASS_MODULES = ("CrossEntropyLoss", "NLLLoss")
+
+
+def _class_loss_options(loss_fn: Any) -> dict[str, Any] | None:
+    """``weight`` and ``ignore_index`` of a torch cross-entropy / NLL loss, or ``None``.
+
+    Recognised: ``F.cross_entropy``, ``F.nll_loss``, a ``functools.partial`` of
+    either, and ``nn.CrossEntropyLoss`` / ``nn.NLLLoss`` (not subclasses with
+    their own ``forward``).
+    """
+    import torch
+
+    funcs = {getattr(torch.nn.functional, name) for name in _CLASS_LOSSES}
+    if loss_fn in funcs:
+        return {}
+    if isinstance(loss_fn, functools.partial) and loss_fn.func in funcs:
+        return dict(loss_fn.keywords)
+    for name in _CLASS_MODULES:
+        cls = getattr(torch.nn, name)
+        if isinstance(loss_fn, cls) and type(loss_fn).forward is cls.forward:
+            return {"weight": loss_fn.weight, "ignore_index": loss_fn.ignore_index}
+    return None
+
+
+def knows_weights(loss_fn: Any) -> bool:
+    """Whether :func:`loss_weight` knows the weights ``loss_fn`` divides by."""
+    return callable(getattr(loss_fn, "batch_weight", None)) or (
+        _class_loss_options(loss_fn) is not None
+    )
+
+
+def loss_weight(loss_fn: Any, targets: Any, size: int) -> float:
+    """The weight a batch's mean loss carries in the dataset's mean loss.
+
+    A weighted-mean loss divides by the sum of its examples' weights, ``Σ wᵢ``,
+    not by the batch size: class weights (``weight=``) and ``ignore_index`` of
+    torch's cross-entropy and NLL losses, or per-example weights of the
+    user's own loss. The dataset-level loss is ``Σ_b W_b ℓ_b / Σ_b W_b`` with
+    ``W_b`` the batch's ``Σ wᵢ``, which does not depend on the batch size (the
+    mean of batch means would). A batch whose targets are all ignored weighs 0.
+
+    Recognised: torch's ``cross_entropy`` / ``nll_loss`` (function, partial or
+    module) with class-index targets, and any loss with a
+    ``batch_weight(targets)`` method returning its ``Σ wᵢ``; anything else is
+    a plain mean, weighing ``size``.
+
+    Args:
+        loss_fn: The loss.
+        targets: The batch's targets.
+        size: Examples in the batch.
+    """
+    import torch
+
+    own = getattr(loss_fn, "batch_weight", None)
+    if callable(own):
+        w = own(targets)
+        value = float(w.sum()) if isinstance(w, torch.Tensor) else float(w)
+        if not (math.isfinite(value) and value >= 0):
+            msg = f"the loss's batch_weight returned {value}; it must be >= 0"
+            raise ConfigError(msg)
+        return value
+    opts = _class_loss_options(loss_fn)
+    if opts is None or not isinstance(targets, torch.Tensor):
+        return float(size)
+    if targets.is_floating_point() or opts.get("reduction", "mean") != "mean":
+        return float(size)  # class probabilities: torch divides by the batch size
+    y = targets.reshape(-1)
+    keep = y != int(opts.get("ignore_index", -100))
+    weight = opts.get("weight")
+    if weight is None:
+        return float(keep.sum())
+    y = y[keep].long()
+    return float(weight.detach().to(y.device).double()[y].sum())
+
+
 def evaluate(
     model: torch.nn.Module,
     split: DataSplit,
@@ -128,9 +205,11 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` (as it is) over ``split``.
 
-    The loss is the size-weighted mean of the batches' mean losses, accumulated
-    in float64. Accuracy is the fraction of examples whose arg-max output equals
-    the integer target; it is NaN when the outputs are not ``(batch, classes ≥ 2)``
+    The loss is the mean of the batches' mean losses weighted by
+    :func:`loss_weight` (their size, or ``Σ wᵢ`` for a weighted-mean loss, so
+    the value does not depend on ``batch_size``), accumulated in float64.
+    Accuracy is the fraction of examples whose arg-max output equals the
+    integer target; it is NaN when the outputs are not ``(batch, classes ≥ 2)``
     logits with integer targets (e.g. a regression model).
 
     Returns:
@@ -147,7 +226,7 @@ def evaluate(
         raise DataError(msg)
     total = 0.0
     correct = 0
-    count = 0
+    count = 0.0
     has_accuracy = True
     with torch.no_grad():
         for x, y in split.batches(batch_size, device=device, dtype=dtype):
@@ -160,10 +239,13 @@ def evaluate(
                 )
                 raise ConfigError(msg)
             n = len(x)
-            total += float(loss.double()) * n
-            count += n
+            w = loss_weight(loss_fn, y, n)
+            if w > 0:  # all targets ignored: the batch has no say (and is NaN)
+                total += float(loss.double()) * w
+            count += w
             if (
                 has_accuracy
+                and isinstance(out, torch.Tensor)  # not a dict or tuple of outputs
                 and out.ndim == 2
                 and out.shape[1] >= 2
                 and y.ndim == 1
@@ -173,4 +255,6 @@ def evaluate(
                 correct += int((out.argmax(dim=1) == y).sum())
             else:
                 has_accuracy = False
-    return total / count, (correct / count if has_accuracy else math.nan)
+    examples = len(split)
+    loss_value = total / count if count > 0 else math.nan
+    return loss_value, (correct / examples if has_accuracy else math.nan)

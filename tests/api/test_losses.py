@@ -16,7 +16,9 @@ def test_builtin_names_are_the_torch_losses() -> None:
     assert resolve_loss(None).label == "cross-entropy"
     assert resolve_loss("nll").fn is F.nll_loss
     assert resolve_loss(F.cross_entropy).label == "cross-entropy"
-    assert set(LOSSES) == {"cross-entropy", "mse", "bce-logits", "nll"}
+    assert set(LOSSES) == {
+        *("cross-entropy", "mse", "bce-logits", "nll", "next-token", "masked-token")
+    }
 
 
 def test_mse_and_bce_compare_outputs_with_targets_of_their_shape() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sharpkit._hints import cli_hints
 from sharpkit.builtin import _datasets as D
 from sharpkit.errors import ConfigError, DataError
 from sharpkit.interfaces import Dataset
@@ -313,11 +314,15 @@ def test_missing_data_lists_where_it_looked_and_how_to_get_it(isolated: Path) ->
         str(isolated / "no-debian"),
         str(D.cache_dir()),
         "dataset-fashion-mnist",
-        "--data-root",
+        "data_root=",  # named as a script passes it ...
         "SHARPKIT_DATA",
-        "--download",
+        "download=",
     ):
         assert part in msg
+    with cli_hints(), pytest.raises(DataError) as info:  # ... and as the CLI does
+        D.load_fashion_mnist(root=root)
+    assert "--data-root" in str(info.value)
+    assert "--download" in str(info.value)
     with pytest.raises(DataError, match=r"cifar10_\{train,test\}\.npz") as info:
         D.load_cifar10(root=root)
     assert "dataset-fashion-mnist" not in str(info.value)

@@ -42,6 +42,7 @@ class Problem:
         batch_size: ``measure``'s batch size; the truth uses the same batches
             (it matters with batch statistics and with weighted losses).
         bn_mode: ``"eval"`` or ``"train"``.
+        dtype: ``measure``'s ``dtype`` (``None``: the model's).
     """
 
     model: nn.Module
@@ -51,6 +52,7 @@ class Problem:
     data: Any = None
     batch_size: int = 24
     bn_mode: str = "eval"
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -376,6 +378,204 @@ def mse_sum(gen: torch.Generator) -> Problem:
     return problem
 
 
+# ------------------------------------------------------- issue 22: weighted losses
+
+
+def _sorted(problem: Problem) -> Problem:
+    """Targets sorted, so whole batches hold one class (and are all ignored)."""
+    order = torch.argsort(problem.targets, stable=True)
+    problem.inputs, problem.targets = problem.inputs[order], problem.targets[order]
+    problem.data = (problem.inputs, problem.targets)
+    return problem
+
+
+def ce_ignore_sorted(gen: torch.Generator) -> Problem:
+    """``ignore_index=0`` with sorted labels in batches of 8: the first batches
+    have no counted target (their mean is 0/0)."""
+    problem = _sorted(_ce(ignore_index=0)(gen))
+    problem.batch_size = 8
+    return problem
+
+
+def ce_weight_small_batches(gen: torch.Generator) -> Problem:
+    problem = _ce(weighted=True, ignore_index=3)(gen)
+    problem.batch_size = 8
+    return problem
+
+
+class SampleWeightedCE(nn.Module):
+    """Cross-entropy weighted per example: targets are ``(class, weight)`` rows."""
+
+    def forward(self, out: Tensor, y: Tensor) -> Tensor:
+        w = y[:, 1]
+        losses = F.cross_entropy(out, y[:, 0].long(), reduction="none")
+        return (w * losses).sum() / w.sum()
+
+    def batch_weight(self, y: Tensor) -> Tensor:
+        """What the mean divides by (sharpkit's weighted-mean protocol)."""
+        return y[:, 1].sum()
+
+
+class UnknownWeightedCE(SampleWeightedCE):
+    """The same loss without ``batch_weight``: its batches cannot be combined."""
+
+    batch_weight = None  # type: ignore[assignment]
+
+
+def sample_weights(gen: torch.Generator, loss: nn.Module | None = None) -> Problem:
+    x, y = _x(gen, 6), _classes(gen, 4)
+    w = 0.2 + 3 * torch.rand(N_EXAMPLES, generator=gen, dtype=DTYPE)
+    targets = torch.stack([y.to(DTYPE), w], 1)
+    return Problem(_relu_mlp(gen), loss or SampleWeightedCE(), x, targets, batch_size=8)
+
+
+def unknown_weights(gen: torch.Generator) -> Problem:
+    return sample_weights(gen, UnknownWeightedCE())
+
+
+# ------------------------------------------------ issue 22: spectra and graphs
+
+
+def linear_3_outputs(gen: torch.Generator) -> Problem:
+    """Linear regression to 3 outputs: H = (2/3N) I₃ ⊗ X̃ᵀX̃, every eigenvalue
+    repeated exactly 3 times."""
+    x = _x(gen, 16)  # 51 parameters: more than the trace's exact path takes
+    y = torch.randn(N_EXAMPLES, 3, generator=gen, dtype=DTYPE)
+    return Problem(_seeded(gen, nn.Linear(16, 3)), nn.MSELoss(), x, y)
+
+
+class TiedParallel(nn.Module):
+    """Two layers sharing one weight, in parallel branches, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 8)
+        self.b = nn.Linear(3, 8)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.a(x[:, :3])) + F.relu(self.b(x[:, 3:])))
+
+
+class Siamese(nn.Module):
+    """One encoder called on both halves of the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(3, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.enc(x[:, :3])) - F.relu(self.enc(x[:, 3:])))
+
+
+class Abs(torch.autograd.Function):
+    """A smooth function (``sqrt(1 + x²)``) whose class is named ``Abs``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.sqrt(1 + x * x)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return g * x / torch.sqrt(1 + x * x)  # differentiable: double backward works
+
+
+class TanhOnce(torch.autograd.Function):
+    """``tanh`` whose backward is marked ``@once_differentiable``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.tanh(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return g * (1 - torch.tanh(x) ** 2)
+
+
+class WithFunction(nn.Module):
+    def __init__(self, fn: type[torch.autograd.Function]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.a = nn.Linear(6, 10)
+        self.b = nn.Linear(10, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.fn.apply(self.a(x)))
+
+
+def tied_parallel(gen: torch.Generator) -> Problem:
+    return Problem(
+        _seeded(gen, TiedParallel()), F.cross_entropy, _x(gen, 6), _classes(gen, 4)
+    )
+
+
+def siamese(gen: torch.Generator) -> Problem:
+    return Problem(
+        _seeded(gen, Siamese()), F.cross_entropy, _x(gen, 6), _classes(gen, 4)
+    )
+
+
+def custom_abs(gen: torch.Generator) -> Problem:
+    model = _seeded(gen, WithFunction(Abs))
+    return Problem(model, F.cross_entropy, _x(gen, 6), _classes(gen, 4))
+
+
+def once_differentiable(gen: torch.Generator) -> Problem:
+    model = _seeded(gen, WithFunction(TanhOnce))
+    return Problem(model, F.cross_entropy, _x(gen, 6), _classes(gen, 4))
+
+
+# ---------------------------------------------------- issue 22: dtypes, outputs
+
+
+def bfloat16(gen: torch.Generator) -> Problem:
+    """A bfloat16 model measured in float64 (the truth: its weights in float64)."""
+    problem = relu_ce(gen)
+    problem.model = problem.model.to(torch.bfloat16)
+    problem.dtype = "float64"
+    return problem
+
+
+class DictOutput(nn.Module):
+    """Returns ``{"logits": ..., "hidden": ...}``, as Hugging Face models do."""
+
+    def __init__(self, as_tuple: bool = False) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 12), nn.ReLU())
+        self.out = nn.Linear(12, 4)
+        self.as_tuple = as_tuple
+
+    def forward(self, x: Tensor) -> Any:
+        h = self.body(x)
+        logits = self.out(h)
+        return (logits, h) if self.as_tuple else {"logits": logits, "hidden": h}
+
+
+def _dict_loss(out: dict[str, Tensor], y: Tensor) -> Tensor:
+    return F.cross_entropy(out["logits"], y)
+
+
+def _tuple_loss(out: tuple[Tensor, Tensor], y: Tensor) -> Tensor:
+    return F.cross_entropy(out[0], y)
+
+
+def dict_output(gen: torch.Generator) -> Problem:
+    model = _seeded(gen, DictOutput())
+    return Problem(model, _dict_loss, _x(gen, 6), _classes(gen, 4))
+
+
+def tuple_output(gen: torch.Generator) -> Problem:
+    model = _seeded(gen, DictOutput(as_tuple=True))
+    return Problem(model, _tuple_loss, _x(gen, 6), _classes(gen, 4))
+
+
 T_EXACT = "test_exact_paths_match_the_dense_hessian"
 T_LARGE = "test_large_model_paths_match_the_dense_hessian"
 T_REFUSED = "test_refused_losses"
@@ -410,6 +610,27 @@ FAMILIES: dict[str, Family] = {
         Family("bn-train", bn_train),
         Family("dropout", dropout, exact_ggn=True),
         Family("sdpa-attention", attention),
+        Family("ce-ignore-sorted", ce_ignore_sorted, exact_ggn=True),
+        Family("ce-weight-batch8", ce_weight_small_batches, exact_ggn=True),
+        Family("per-sample-weights", sample_weights),
+        Family("linear-3-outputs", linear_3_outputs),
+        Family("tied-parallel", tied_parallel),
+        Family("siamese", siamese),
+        Family("custom-function-abs", custom_abs),
+        Family("bfloat16-model", bfloat16, exact_ggn=True),
+        Family("dict-output", dict_output),
+        Family("tuple-output", tuple_output),
+        Family("weights-unknown", unknown_weights, refused="weighted mean"),
+        Family(
+            "once-differentiable",
+            once_differentiable,
+            refused="once_differentiable",
+            xfail={
+                "test_truth_agrees_with_finite_differences": "double backward "
+                "through a @once_differentiable backward silently drops terms: "
+                "what measure must refuse"
+            },
+        ),
         Family("ce-sum", sum_reduction, refused="sums over the batch"),
         Family("mse-sum", mse_sum, refused="sums over the batch"),
     ]
@@ -421,7 +642,7 @@ FAMILIES: dict[str, Family] = {
 
 def _truth_model(problem: Problem) -> nn.Module:
     """A deep copy in the mode ``measure`` analyses: dropout off, BN as asked."""
-    model = copy.deepcopy(problem.model).eval()
+    model = copy.deepcopy(problem.model).to(DTYPE).eval()
     if problem.bn_mode == "train":
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -436,11 +657,18 @@ def _batches(problem: Problem) -> list[tuple[Tensor, Tensor]]:
 
 
 def _mean_loss(problem: Problem, model: nn.Module) -> Tensor:
-    """``(1/N) Σ_b n_b ℓ_b``: the loss ``measure`` differentiates."""
-    total = torch.zeros((), dtype=DTYPE)
-    for x, y in _batches(problem):
-        total = total + problem.loss_fn(model(x), y) * len(x)
-    return total / len(problem.inputs)
+    """The loss of the whole data: the forward per batch (batch statistics),
+    the loss once over all outputs, so a weighted mean is ``Σ wᵢℓᵢ / Σ wᵢ``
+    by the loss's own definition (not a mean of batch means)."""
+    outs, ys = zip(*((model(x), y) for x, y in _batches(problem)), strict=True)
+    first = outs[0]
+    if isinstance(first, dict):
+        out: Any = {k: torch.cat([o[k] for o in outs]) for k in first}
+    elif isinstance(first, tuple):
+        out = tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+    else:
+        out = torch.cat(outs)
+    return problem.loss_fn(out, torch.cat(ys))
 
 
 def _params(model: nn.Module) -> list[Tensor]:

@@ -68,11 +68,13 @@ def _measure(
         bn_mode=problem.bn_mode,
         options=options,
         device=device,
+        dtype=problem.dtype,
     )
 
 
 @pytest.mark.parametrize(
-    "family", [pytest.param(f, id=f.id) for f in FAMILIES.values()]
+    "family",
+    _params(list(FAMILIES.values()), "test_truth_agrees_with_finite_differences"),
 )
 def test_truth_agrees_with_finite_differences(family: Family) -> None:
     """The double-backward truth against central differences of the gradient.

@@ -299,3 +299,25 @@ def test_kill_mid_write_leaves_no_half_run(tmp_path: Path) -> None:
     store = ResultStore(path, create=False)
     assert sorted(store.gc(max_age=None)) == sorted(left)  # writers dead, reaped
     assert os.listdir(staging) == ["zarr.json"]
+
+
+def test_public_surface_names_no_internal_type() -> None:
+    """The store's public methods take and return public types only, and its
+    internal damage error is inside the SharpkitError tree (issue 20)."""
+    import inspect
+
+    from sharpkit.store.integrity import Damage
+
+    assert issubclass(Damage, StoreError)
+    public = [
+        (name, member)
+        for name, member in inspect.getmembers(ResultStore)
+        if not name.startswith("_") and callable(member)
+    ]
+    assert {"run", "runs", "records", "write_run", "find_metric"} <= {
+        n for n, _ in public
+    }
+    for name, member in public:
+        text = str(inspect.signature(member))
+        for internal in ("Manifest", "Damage", "Backend", "zarr."):
+            assert internal not in text, (name, text)

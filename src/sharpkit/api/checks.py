@@ -160,7 +160,7 @@ def _check_reduction(ctx: AnalysisContext) -> None:
     if not (math.isfinite(scale) and scale > 0):
         return
     as_sum = abs(whole - (a + b)) <= 1e-4 * scale  # float32 rounding: ~1e-7
-    as_mean = abs(whole - (k * a + (n - k) * b) / n) <= 1e-2 * scale
+    as_mean = abs(whole - (k * a + (n - k) * b) / n) <= 1e-4 * scale
     if as_sum and not as_mean:
         msg = (
             f"the loss sums over the batch (on {n} examples it equals the sum of "
@@ -168,6 +168,29 @@ def _check_reduction(ctx: AnalysisContext) -> None:
             "batch_size; pass a loss with reduction='mean'"
         )
         raise ConfigError(msg)
+    if not (as_sum or as_mean) and len(ctx.data) > ctx.batch_size:
+        _check_weighted(ctx)
+
+
+def _check_weighted(ctx: AnalysisContext) -> None:
+    """Refuse a weighted-mean loss whose weights the batches cannot be given.
+
+    Its value on the whole data is ``Σ wᵢℓᵢ / Σ wᵢ``; batches must enter with
+    their ``Σ wᵢ``, which :func:`sharpkit._data.loss_weight` knows for torch's
+    cross-entropy and NLL losses and for a loss with a ``batch_weight`` method.
+    """
+    from sharpkit._data import knows_weights
+
+    if knows_weights(ctx.loss_fn):
+        return
+    msg = (
+        "the loss is a weighted mean (on one batch it is neither the mean nor "
+        "the sum of its values on the two halves), so batches of "
+        f"{ctx.batch_size} cannot be combined into the whole data's loss; give "
+        "the loss a batch_weight(targets) method returning the sum of the "
+        f"weights it divides by, or use batch_size >= {len(ctx.data)}"
+    )
+    raise ConfigError(msg)
 
 
 def _numbers(name: str, result: MetricResult) -> MetricResult:

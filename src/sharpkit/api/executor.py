@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from sharpkit._tensors import same_bits
 from sharpkit.api.provenance import provider_of, result_key, run_attrs
 from sharpkit.errors import PluginContractError
 from sharpkit.interfaces import (
@@ -37,8 +38,6 @@ from sharpkit.interfaces import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from sharpkit.interfaces import AnalysisContext
     from sharpkit.registry import Registry
     from sharpkit.store import ResultStore
@@ -263,13 +262,3 @@ class ModelGuard:
             self._ctx._hessian = None
             self._ctx.krylov_process = None  # built on the changed model
         return changed
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors have the same dtype, shape, device and bytes."""
-    import torch
-
-    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
-        return False
-    as_bytes = [t.detach().reshape(-1).contiguous().view(torch.uint8) for t in (a, b)]
-    return bool(torch.equal(*as_bytes))

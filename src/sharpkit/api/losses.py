@@ -1,8 +1,9 @@
-"""Losses by name (``cross-entropy``, ``mse``, ``bce-logits``, ``nll``) or from code.
+"""Losses by name (``cross-entropy``, ``mse``, ``next-token``, ...) or from code.
 
-Every loss is mean-reduced over the batch, so the Hessian is that of the mean
-loss over the analysis set. The name, or the code spec of the user's own loss,
-is recorded with every result and is part of its reuse key.
+Every loss is mean-reduced over the batch (``next-token`` and ``masked-token``:
+over its target tokens), so the Hessian is that of the mean loss over the
+analysis set. The name, or the code spec of the user's own loss, is recorded
+with every result and is part of its reuse key.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ def _targets_like(out: torch.Tensor, target: torch.Tensor, name: str) -> torch.T
 
 
 def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error; integer class targets become one-hot rows."""
+    """Mean squared error over examples *and* output dimensions.
+
+    ``torch.nn.functional.mse_loss`` with its default ``reduction="mean"``: for
+    ``k`` outputs the value (and every curvature number) is ``1/k`` of the sum
+    of squares per example. Integer class targets become one-hot rows.
+    """
     import torch
 
     return torch.nn.functional.mse_loss(out, _targets_like(out, target, "mse"))
@@ -64,6 +70,70 @@ def bce_logits(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     )
 
 
+IGNORE_INDEX = -100
+"""Target tokens with this id are left out of the token losses (padding, and
+the unmasked positions of a masked language model), as in ``transformers``."""
+
+
+def _check_tokens(logits: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+    if logits.ndim != 3 or labels.shape != logits.shape[:2]:
+        msg = (
+            f"the {name} loss needs logits (batch, length, vocabulary) and integer "
+            f"targets (batch, length), got outputs {tuple(logits.shape)} and targets "
+            f"{tuple(labels.shape)}; use a language-model head and token targets"
+        )
+        raise DataError(msg)
+
+
+def _token_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, name: str
+) -> torch.Tensor:
+    """Cross-entropy per token, mean over the tokens whose label is not ignored."""
+    import torch
+
+    _check_tokens(logits, labels, name)
+    if labels.is_floating_point():
+        msg = (
+            f"the {name} loss needs integer token targets, got {labels.dtype}; "
+            f"save the labels as int64 (padding {IGNORE_INDEX})"
+        )
+        raise DataError(msg)
+    labels = labels.long()
+    if not bool((labels != IGNORE_INDEX).any()):
+        msg = (
+            f"every target token of a batch is {IGNORE_INDEX} (ignored), so the "
+            f"{name} loss has nothing to average; check the targets"
+        )
+        raise DataError(msg)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def next_token(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Causal language modelling: the logits at position t predict token t + 1.
+
+    ``out`` is ``(batch, length, vocabulary)``, ``target`` the ``(batch,
+    length)`` token ids (the inputs themselves, with :data:`IGNORE_INDEX` at
+    padding): targets are shifted left by one, as ``transformers`` does when a
+    causal LM is given ``labels``. Mean over the target tokens not ignored.
+    """
+    _check_tokens(out, target, "next-token")
+    return _token_cross_entropy(out[:, :-1], target[:, 1:], "next-token")
+
+
+def masked_token(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Masked language modelling: the logits at position t predict token t.
+
+    ``target`` holds the original ids at the masked positions and
+    :data:`IGNORE_INDEX` elsewhere (what a masked-LM data collator returns as
+    ``labels``). Mean over the target tokens not ignored.
+    """
+    return _token_cross_entropy(out, target, "masked-token")
+
+
 def _builtin(name: str) -> Callable[..., Any]:
     import torch
 
@@ -74,11 +144,13 @@ def _builtin(name: str) -> Callable[..., Any]:
         "nll": torch.nn.functional.nll_loss,
         "mse": mse,
         "bce-logits": bce_logits,
+        "next-token": next_token,
+        "masked-token": masked_token,
     }
     return table[name]
 
 
-LOSSES = ("cross-entropy", "mse", "bce-logits", "nll")
+LOSSES = ("cross-entropy", "mse", "bce-logits", "nll", "next-token", "masked-token")
 """The built-in loss names."""
 
 

@@ -35,12 +35,19 @@ __all__ = [
 
 
 def state_sha256(model: torch.nn.Module) -> str:
-    """Return the sha256 of a module's state (names, shapes and bytes)."""
+    """Return the sha256 of a module's state (names, shapes and bytes).
+
+    The bytes are read as ``uint8``, so dtypes numpy lacks (bfloat16, float8)
+    hash too, and every other dtype hashes as it always has.
+    """
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        digest.update(raw.numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -52,9 +52,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpkit._seed import generator
-from sharpkit.errors import ConfigError, DataError
-from sharpkit.interfaces import DatasetSpec, DataSplit, Option
+from sharpkit import (
+    ConfigError,
+    DataError,
+    DatasetSpec,
+    DataSplit,
+    Option,
+    arg_hint,
+    seeded_generator,
+)
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -171,7 +177,7 @@ def stratified_subset(
     order = sorted(range(num_classes), key=lambda k: (-(exact[k] - quota[k]), k))
     for k in order[:left]:
         quota[k] += 1
-    gen = generator(seed, "subset")
+    gen = seeded_generator(seed, "subset")
     picked = []
     for k in range(num_classes):
         members = torch.nonzero(targets == k).flatten()
@@ -267,8 +273,9 @@ def _not_found(name: str, dirs: list[Path], layouts: str, extra: str = "") -> Da
     where = ", ".join(str(d) for d in dirs)
     msg = (
         f"dataset {name!r} not found; looked in {where} (and their {name}/ "
-        f"sub-folders) for {layouts}; pass --data-root DIR, set {ENV_DATA}, "
-        f"{extra}or add --download to fetch it with torchvision"
+        f"sub-folders) for {layouts}; pass {arg_hint('data_root', '--data-root DIR')}, "
+        f"set {ENV_DATA}, {extra}or add "
+        f"{arg_hint('download', '--download')} to fetch it with torchvision"
     )
     return DataError(msg)
 
@@ -712,7 +719,7 @@ def load_synthetic(
             f"got {classes}, {n_train}, {n_test}, {noise}"
         )
         raise ConfigError(msg)
-    gen = generator(data_seed, "synthetic")
+    gen = seeded_generator(data_seed, "synthetic")
     means = torch.randn(classes, *dims, generator=gen)
 
     def make(n: int) -> DataSplit:

@@ -40,8 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharpkit.errors import ConfigError
-from sharpkit.interfaces import ModelSpec, Option
+from sharpkit import ConfigError, ModelSpec, Option
 
 __all__ = [
     "MLP",

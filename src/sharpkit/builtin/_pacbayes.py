@@ -46,14 +46,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from sharpkit import (
+    AnalysisContext,
+    ConfigError,
+    MetricResult,
+    MetricSpec,
+    NumericalError,
+)
+from sharpkit.builtin._perturber import Perturber, check_finite
 from sharpkit.builtin._spec import signature_options
-from sharpkit.errors import ConfigError, NumericalError
-from sharpkit.interfaces import AnalysisContext, MetricResult, MetricSpec
 
 if TYPE_CHECKING:
     import torch
-
-    from sharpkit.builtin.perturbation import _Perturber
 
 __all__ = ["MagnitudePacBayesSigma", "PacBayesSigma", "pacbayes_specs"]
 
@@ -103,13 +107,11 @@ class PacBayesSigma:
 
     def compute(self, ctx: AnalysisContext, /) -> MetricResult:
         """Bisect for σ* and the ends of its interval on the model in ``ctx``."""
-        from sharpkit.builtin.perturbation import _check_finite, _Perturber
-
         start_time = time.perf_counter()
-        pert = _Perturber(ctx)
+        pert = Perturber(ctx)
         try:
             base = pert.loss()
-            _check_finite(base, "the evaluation at θ")
+            check_finite(base, "the evaluation at θ")
             search = _Search(self, ctx, pert, base)
             sigma = search.root(0.0)
             low = search.root(+1.0, censor=True)[0]
@@ -171,7 +173,7 @@ class _Search:
         self,
         metric: PacBayesSigma,
         ctx: AnalysisContext,
-        pert: _Perturber,
+        pert: Perturber,
         base: float,
     ) -> None:
         self.metric = metric

@@ -41,9 +41,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sharpkit import ConfigError, Option, TrainerSpec
 from sharpkit.builtin._trainer import Closure, SGDTrainer, sgd_options
-from sharpkit.errors import ConfigError
-from sharpkit.interfaces import Option, TrainerSpec
 
 __all__ = [
     "ASAMTrainer",
@@ -201,7 +200,7 @@ class ASAMTrainer(SAMTrainer):
     ) -> None:
         super().__init__(rho=rho, eval_batch_size=eval_batch_size, drop_last=drop_last)
         if not (math.isfinite(eta) and eta >= 0):
-            msg = f"eta must be a number >= 0, got {eta}; try -o asam.eta=0.01"
+            msg = f"eta must be a number >= 0, got {eta}; try asam's eta option 0.01"
             raise ConfigError(msg)
         self.eta = float(eta)
 

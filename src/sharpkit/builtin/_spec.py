@@ -14,8 +14,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sharpkit.errors import ConfigError
-from sharpkit.interfaces import Option
+from sharpkit import ConfigError, Option
 
 __all__ = ["check_choice", "signature_options"]
 

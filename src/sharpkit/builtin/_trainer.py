@@ -80,6 +80,7 @@ from sharpkit import (
     TrainConfig,
     TrainerSpec,
     TrainResult,
+    arg_hint,
     derived_seed,
     evaluate,
     load_checkpoint,
@@ -134,6 +135,11 @@ _PROGRESS_INTERVAL = 0.25  # seconds between progress reports inside an epoch
 
 # --------------------------------------------------------------------------- schedules
 # --------------------------------------------------------------------------- helpers
+
+
+def _out_arg() -> str:
+    """The output directory as the caller names it: ``--out`` or ``out_dir=``."""
+    return arg_hint("out_dir", "--out")
 
 
 def _evaluate(
@@ -299,7 +305,10 @@ class SGDTrainer:
                 msg = f"{name} {why}, got {getattr(config, name)!r}"
                 raise ConfigError(msg)
         if config.resume and config.out_dir is None:
-            msg = "resume needs an output directory (--out) holding last.pt"
+            msg = (
+                "resume needs an output directory "
+                f"({arg_hint('out_dir', '--out')}) holding last.pt"
+            )
             raise ConfigError(msg)
         return schedule
 
@@ -382,7 +391,7 @@ class SGDTrainer:
             if not _same(old, new):
                 msg = (
                     f"{path} was trained with {name}={old!r}, not {new!r}; resume "
-                    "with the same settings or choose another --out"
+                    f"with the same settings or choose another {_out_arg()}"
                 )
                 raise ConfigError(msg)
         for name in ("augment", "trainer_options"):
@@ -390,13 +399,14 @@ class SGDTrainer:
             if not _same(old, new):
                 msg = (
                     f"{path} was trained with {name}={old!r}, not {new!r}; resume "
-                    "with the same settings or choose another --out"
+                    f"with the same settings or choose another {_out_arg()}"
                 )
                 raise ConfigError(msg)
         if meta.epoch is not None and meta.epoch > config.epochs:
             msg = (
-                f"{path} is already at epoch {meta.epoch}, past --epochs "
-                f"{config.epochs}; raise --epochs to continue it"
+                f"{path} is already at epoch {meta.epoch}, past the "
+                f"{config.epochs} epochs asked for; raise "
+                f"{arg_hint('epochs', '--epochs')} to continue it"
             )
             raise ConfigError(msg)
 
@@ -451,14 +461,17 @@ class SGDTrainer:
         """Check the data against the settings; set up the model and optimizer."""
         device = torch.device(config.device)
         if config.augment and data.train.augment is None:
-            msg = f"dataset {data.name!r} has no training augmentation; drop --augment"
+            msg = (
+                f"dataset {data.name!r} has no training augmentation; drop "
+                f"{arg_hint('augment', '--augment')}"
+            )
             raise ConfigError(msg)
         n, size = len(data.train), config.batch_size
         steps = n // size if self.drop_last else -(-n // size)
         if steps == 0:
             msg = (
                 f"batch_size {size} exceeds the {n} training examples with "
-                "drop_last; lower --batch-size"
+                f"drop_last; lower {arg_hint('batch_size', '--batch-size')}"
             )
             raise ConfigError(msg)
         model.to(device)
@@ -499,7 +512,8 @@ class SGDTrainer:
         if not config.resume:
             msg = (
                 f"{out_dir} already holds a training run ({last_path.name}); "
-                "pass --resume to continue it or choose another --out"
+                f"pass {arg_hint('resume', '--resume')} to continue it or "
+                f"choose another {_out_arg()}"
             )
             raise ConfigError(msg)
         ckpt = load_checkpoint(last_path)
@@ -556,7 +570,7 @@ class SGDTrainer:
             msg = (
                 f"training diverged in epoch {epoch} (train loss "
                 f"{train_loss}) at lr={lr:g}, batch_size={config.batch_size}; "
-                "lower --lr"
+                f"lower {arg_hint('lr', '--lr')}"
             )
             raise NumericalError(msg)
         model.eval()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sharpkit.hookspecs import hookimpl
+from sharpkit import hookimpl
 
 if TYPE_CHECKING:
-    from sharpkit.interfaces import DatasetSpec
+    from sharpkit import DatasetSpec
 
 
 @hookimpl

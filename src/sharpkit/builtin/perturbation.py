@@ -54,10 +54,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from sharpkit import (
+    AnalysisContext,
+    ConfigError,
+    MetricResult,
+    MetricSpec,
+    hookimpl,
+)
+from sharpkit.builtin._pacbayes import pacbayes_specs
+from sharpkit.builtin._perturber import Perturber, check_finite
 from sharpkit.builtin._spec import check_choice, signature_options
-from sharpkit.errors import ConfigError, NumericalError
-from sharpkit.hookspecs import hookimpl
-from sharpkit.interfaces import AnalysisContext, MetricResult, MetricSpec
 
 if TYPE_CHECKING:
     import torch
@@ -74,83 +80,6 @@ _LOWER_BOUND_NOTE = (
 )
 
 
-class _Perturber:
-    """Evaluates the loss (and its gradient) at ``θ + δ`` and restores ``θ`` exactly."""
-
-    def __init__(self, ctx: AnalysisContext) -> None:
-        self.ctx = ctx
-        self.params = [
-            p
-            for p in ctx.model.parameters()
-            if p.requires_grad and p.is_floating_point()
-        ]
-        if not self.params:
-            msg = "the model has no trainable floating-point parameters to perturb"
-            raise ConfigError(msg)
-        self.theta = [p.detach().clone() for p in self.params]
-        self.buffers = [(b, b.detach().clone()) for b in ctx.model.buffers()]
-        self.count = sum(len(x) for x, _ in ctx.data.batches(ctx.batch_size))
-        if self.count == 0:
-            msg = "the analysis data is empty"
-            raise ConfigError(msg)
-        self.gradients = 0
-        self.evaluations = 0
-
-    def set(self, delta: Sequence[torch.Tensor] | None) -> None:
-        import torch
-
-        with torch.no_grad():
-            if delta is None:
-                for p, t in zip(self.params, self.theta, strict=True):
-                    p.copy_(t)
-            else:
-                for p, t, d in zip(self.params, self.theta, delta, strict=True):
-                    p.copy_(t + d)
-
-    def restore(self) -> None:
-        import torch
-
-        self.set(None)
-        with torch.no_grad():
-            for buf, saved in self.buffers:
-                buf.copy_(saved)
-
-    def loss(self) -> float:
-        import torch
-
-        total = 0.0
-        with torch.no_grad():
-            for x, y in self.ctx.data.batches(self.ctx.batch_size):
-                total += float(self.ctx.loss_fn(self.ctx.model(x), y)) * len(x)
-        self.evaluations += 1
-        return total / self.count
-
-    def loss_and_grad(self) -> tuple[float, list[torch.Tensor]]:
-        import torch
-
-        total = 0.0
-        grads = [torch.zeros_like(p) for p in self.params]
-        for x, y in self.ctx.data.batches(self.ctx.batch_size):
-            value = self.ctx.loss_fn(self.ctx.model(x), y)
-            weight = len(x) / self.count
-            parts = torch.autograd.grad(value * weight, self.params, allow_unused=True)
-            for g, part in zip(grads, parts, strict=True):
-                if part is not None:
-                    g.add_(part)
-            total += float(value.detach()) * len(x)
-        self.gradients += 1
-        return total / self.count, grads
-
-
-def _check_finite(value: float, what: str) -> None:
-    if not math.isfinite(value):
-        msg = (
-            f"the loss became non-finite ({value}) during {what}; reduce the "
-            "perturbation radius"
-        )
-        raise NumericalError(msg)
-
-
 def _random_signs(
     shape: torch.Size, gen: torch.Generator, like: torch.Tensor
 ) -> torch.Tensor:
@@ -161,7 +90,7 @@ def _random_signs(
 
 
 def _box_ascent(
-    pert: _Perturber,
+    pert: Perturber,
     widths: Sequence[torch.Tensor],
     start: Sequence[torch.Tensor],
     *,
@@ -182,7 +111,7 @@ def _box_ascent(
     for _ in range(steps):
         pert.set([w * ui for w, ui in zip(widths, u, strict=True)])
         value, grads = pert.loss_and_grad()
-        _check_finite(value, "the ascent")
+        check_finite(value, "the ascent")
         curve.append(value)
         with torch.no_grad():
             for i, (g, w) in enumerate(zip(grads, widths, strict=True)):
@@ -194,13 +123,13 @@ def _box_ascent(
         progress()
     pert.set([w * ui for w, ui in zip(widths, u, strict=True)])
     final = pert.loss()
-    _check_finite(final, "the ascent")
+    check_finite(final, "the ascent")
     curve.append(final)
     return max(curve), curve
 
 
 def _ball_ascent(
-    pert: _Perturber,
+    pert: Perturber,
     scale: Sequence[torch.Tensor],
     rho: float,
     *,
@@ -221,7 +150,7 @@ def _ball_ascent(
     for _ in range(steps):
         pert.set([s * ui for s, ui in zip(scale, u, strict=True)])
         value, grads = pert.loss_and_grad()
-        _check_finite(value, "the ascent")
+        check_finite(value, "the ascent")
         curve.append(value)
         with torch.no_grad():
             gu = [g * s for g, s in zip(grads, scale, strict=True)]
@@ -244,7 +173,7 @@ def _ball_ascent(
         progress()
     pert.set([s * ui for s, ui in zip(scale, u, strict=True)])
     final = pert.loss()
-    _check_finite(final, "the ascent")
+    check_finite(final, "the ascent")
     curve.append(final)
     return max(curve), curve
 
@@ -294,7 +223,7 @@ class EpsilonSharpness:
         import torch
 
         start_time = time.perf_counter()
-        pert = _Perturber(ctx)
+        pert = Perturber(ctx)
         gen = ctx.generator("epsilon")
         total = self.restarts * self.steps
         done = [0]
@@ -305,7 +234,7 @@ class EpsilonSharpness:
 
         try:
             base = pert.loss()
-            _check_finite(base, "the evaluation at θ")
+            check_finite(base, "the evaluation at θ")
             widths = [self.epsilon * (t.abs() + 1.0) for t in pert.theta]
             best_values: list[float] = []
             best_curve: list[float] = []
@@ -417,11 +346,11 @@ class AdaptiveSharpness:
     def compute(self, ctx: AnalysisContext, /) -> MetricResult:
         """Measure adaptive sharpness of the model in ``ctx``."""
         start_time = time.perf_counter()
-        pert = _Perturber(ctx)
+        pert = Perturber(ctx)
         gen = ctx.generator("adaptive")
         try:
             base = pert.loss()
-            _check_finite(base, "the evaluation at θ")
+            check_finite(base, "the evaluation at θ")
             scale = [t.abs() for t in pert.theta]
             if self.kind == "average":
                 result = self._average(ctx, pert, scale, base, gen)
@@ -453,7 +382,7 @@ class AdaptiveSharpness:
     def _worst(
         self,
         ctx: AnalysisContext,
-        pert: _Perturber,
+        pert: Perturber,
         scale: list[torch.Tensor],
         base: float,
         gen: torch.Generator,
@@ -502,7 +431,7 @@ class AdaptiveSharpness:
     def _average(
         self,
         ctx: AnalysisContext,
-        pert: _Perturber,
+        pert: Perturber,
         scale: list[torch.Tensor],
         base: float,
         gen: torch.Generator,
@@ -521,7 +450,7 @@ class AdaptiveSharpness:
             ]
             pert.set(delta)
             value = pert.loss()
-            _check_finite(value, "the average-case sampling")
+            check_finite(value, "the average-case sampling")
             increases[k] = value - base
             ctx.progress(k + 1, self.samples)
         mean = float(increases.mean())
@@ -533,8 +462,6 @@ class AdaptiveSharpness:
 @hookimpl
 def sharpkit_register_metrics() -> list[MetricSpec]:
     """Register epsilon, adaptive, pacbayes-sigma and pacbayes-mag-sigma."""
-    from sharpkit.builtin._pacbayes import pacbayes_specs
-
     return [
         MetricSpec(
             name="epsilon",

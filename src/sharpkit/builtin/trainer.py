@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sharpkit.hookspecs import hookimpl
+from sharpkit import hookimpl
 
 if TYPE_CHECKING:
-    from sharpkit.interfaces import TrainerSpec
+    from sharpkit import TrainerSpec
 
 
 @hookimpl

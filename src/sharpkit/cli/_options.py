@@ -123,12 +123,21 @@ LossOpt = Annotated[
     typer.Option(
         "--loss",
         help=(
-            "cross-entropy (default), mse, bce-logits, nll, or your own "
-            "package.module:name / file.py:name (mean over the batch)."
+            "cross-entropy (default), mse (mean over outputs too), bce-logits, "
+            "nll, next-token / masked-token (language models: token targets, "
+            "-100 ignored), or your own package.module:name / file.py:name (mean "
+            "over the batch)."
         ),
         autocompletion=lambda incomplete: [
             n
-            for n in ("cross-entropy", "mse", "bce-logits", "nll")
+            for n in (
+                "cross-entropy",
+                "mse",
+                "bce-logits",
+                "nll",
+                "next-token",
+                "masked-token",
+            )
             if n.startswith(incomplete)
         ],
     ),

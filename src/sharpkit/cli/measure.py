@@ -25,6 +25,7 @@ from sharpkit.cli._options import (
 )
 from sharpkit.cli._progress import print_line, progress_display
 from sharpkit.cli._render import fmt_number, print_json, print_table
+from sharpkit.cli._threads import ThreadsOpt, use_threads
 
 if TYPE_CHECKING:
     from sharpkit.api.job import Analysis, Inputs
@@ -129,6 +130,7 @@ def measure(
             "does the same across machines.",
         ),
     ] = 1,
+    threads: ThreadsOpt = None,
     *,
     analysis: AnalysisOptions,
     option: OptionOpt = None,
@@ -144,6 +146,7 @@ def measure(
     from sharpkit.cli._distributed import check_nproc, rank_session
 
     metrics, per_metric = _metric_options(metric, option, top_k)
+    use_threads(threads)
     targets, inputs = _targets(checkpoints, analysis)
     if nproc != 1:
         check_nproc(nproc, analysis.device)
@@ -286,12 +289,13 @@ def _print_rows(rows: list[dict[str, Any]], measured: list[Path]) -> None:
             ("value", "value"),
             ("uncertainty", "±"),
             ("kind", "of"),
-            ("converged", "converged"),
+            ("converged", "conv."),
             ("hvps", "HVPs"),
             ("seconds", "s"),
         ]
         + ([("note", "note")] if any(r["note"] for r in rows) else []),
         title=None if common is None else f"checkpoints under {common}",
+        drop=("seconds", "hvps", "converged", "kind", "note"),
     )
 
 

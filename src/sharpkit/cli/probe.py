@@ -16,6 +16,7 @@ from sharpkit.cli._options import (
     with_analysis_options,
 )
 from sharpkit.cli._probe_run import probe_options, show_probe
+from sharpkit.cli._threads import ThreadsOpt, use_threads
 
 
 @with_analysis_options
@@ -40,6 +41,7 @@ def probe(
     *,
     analysis: AnalysisOptions,
     batch_size: BatchSizeOpt = 1024,
+    threads: ThreadsOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Run a loss-landscape probe on one or two checkpoints.
@@ -53,6 +55,7 @@ def probe(
 
     get_registry().get("probe", name)  # fail fast with "did you mean"
     extra = probe_options(option, name)
+    use_threads(threads)
     models, inputs = analysis.targets(checkpoints)
     show_probe(
         name,

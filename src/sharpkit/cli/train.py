@@ -29,6 +29,7 @@ from sharpkit.cli._options import (
 )
 from sharpkit.cli._progress import progress_display
 from sharpkit.cli._render import fmt_number, out_console, print_json, print_table
+from sharpkit.cli._threads import ThreadsOpt, use_threads
 from sharpkit.errors import ConfigError
 
 MAX_ROWS = 12
@@ -209,6 +210,7 @@ def train(
     device: DeviceOpt = "cpu",
     store: StoreOpt = DEFAULT_STORE,
     no_store: NoStoreOpt = False,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model with SGD; write checkpoints, curves and a results-store run.
@@ -221,6 +223,7 @@ def train(
     from sharpkit.interfaces import TrainConfig
 
     model_opts, data_opts, trainer_opts = _split_options(option, model, data, trainer)
+    use_threads(threads)
     model_opts.update(parse_pairs(model_option, "--model-option"))
     data_opts.update(parse_pairs(data_option, "--data-option"))
     inputs = Inputs(

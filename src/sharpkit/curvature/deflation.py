@@ -83,16 +83,23 @@ class Deflation:
     def from_lanczos(cls, result: LanczosResult | LanczosProcess) -> Deflation:
         """Deflate the whole Krylov basis of a Lanczos run (no extra products).
 
-        ``Q_mᵀHQ_m = T_m`` and ``‖(I - Q_mQ_mᵀ) H Q_m‖_F = β_m``.
+        ``Q_mᵀHQ_m = T_m`` and ``‖(I - Q_mQ_mᵀ) H Q_m‖_F = β_m`` (for band
+        Lanczos ``T_m`` is banded and ``β_m = ‖C‖_F``).
         """
         if isinstance(result, LanczosProcess):
-            alphas = torch.tensor(result.alphas, dtype=torch.float64)
-            betas = torch.tensor(result.betas, dtype=torch.float64)
-            basis, beta = result.basis, result.beta
-        else:
-            alphas = torch.from_numpy(np.asarray(result.alphas, dtype=np.float64))
-            betas = torch.from_numpy(np.asarray(result.betas, dtype=np.float64))
-            basis, beta = result.basis, result.beta
+            # tridiagonal() is banded for a band process; beta is ‖C‖_F there
+            return cls(
+                result.basis.T,
+                result.tridiagonal(),
+                float(result.beta) ** 2,
+                source="lanczos",
+            )
+        if result.projected is not None:
+            t = torch.from_numpy(np.asarray(result.projected, dtype=np.float64))
+            return cls(result.basis.T, t, float(result.beta) ** 2, source="lanczos")
+        alphas = torch.from_numpy(np.asarray(result.alphas, dtype=np.float64))
+        betas = torch.from_numpy(np.asarray(result.betas, dtype=np.float64))
+        basis, beta = result.basis, result.beta
         m = len(alphas)
         t = torch.diag(alphas)
         if m > 1:

@@ -194,7 +194,8 @@ def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
         out = model(example)
     if not isinstance(out, Tensor) or out.grad_fn is None:
         return False, "the output does not depend on the parameters"
-    params = {id(p) for p in model.parameters() if p.requires_grad}
+    names = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+    params = set(names)
     deps: dict[Any, frozenset[int]] = {}
     order: list[Any] = []
     stack: list[tuple[Any, bool]] = [(out.grad_fn, False)]
@@ -211,6 +212,9 @@ def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
         for nxt, _ in node.next_functions:
             if nxt is not None and nxt not in seen:
                 stack.append((nxt, False))
+    why = _shared_use(order, names)
+    if why:
+        return False, why
     for node in order:
         inputs = [nxt for nxt, _ in node.next_functions if nxt is not None]
         if type(node).__name__ == "AccumulateGrad":
@@ -222,6 +226,12 @@ def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
         deps[node] = union
         if not union:
             continue  # a constant branch: anything goes
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            # a Python autograd.Function: its name says nothing of what it does
+            return False, (
+                f"a custom autograd.Function ({type(node).__name__}) whose "
+                "linearity cannot be checked"
+            )
         base = _base(node)
         if base in _LINEAR or base in _PIECEWISE:
             continue
@@ -241,6 +251,30 @@ def multilinear_check(model: nn.Module, example: Tensor) -> tuple[bool, str]:
             continue
         return False, f"operation {type(node).__name__} is not piecewise linear"
     return True, ""
+
+
+def _shared_use(order: Sequence[Any], names: dict[int, str]) -> str:
+    """Why a trainable parameter enters the graph more than once ("" if none does).
+
+    A weight tied across two layers, a layer called twice per forward pass
+    (a Siamese network) or a layer's weight also used outside it: the
+    identity may still hold, but :func:`ggn_trace` takes each layer's
+    per-example gradient from one call of it, and the square of a sum is not
+    the sum of squares.
+    """
+    uses: dict[Any, int] = {}
+    for node in order:
+        for nxt, _ in node.next_functions:
+            if nxt is not None and type(nxt).__name__ == "AccumulateGrad":
+                uses[nxt] = uses.get(nxt, 0) + 1
+    for leaf, count in uses.items():
+        name = names.get(id(leaf.variable))
+        if name is not None and count > 1:
+            return (
+                f"parameter {name} is used {count} times in one forward pass "
+                "(a shared or tied weight, or a layer called twice)"
+            )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -506,7 +540,9 @@ def ggn_trace(
     (Goodfellow, 2015, "Efficient per-example gradient computations", arXiv:
     1510.01799), one backward pass per class plus one (per position, for logits
     ``(B, C, d1, ...)``), without materialising per-example gradients of linear
-    layers; accumulated in float64. Batches are weighted by size, as in
+    layers; accumulated in float64. Batches are weighted by what their mean
+    divides by (their size, or ``Σ w_{y_i}`` with class weights and
+    ``ignore_index``), as in
     :class:`~sharpkit.curvature.operator.HessianOperator`, and each example by
     its factor in its batch's loss (class weights, ``ignore_index``, label
     smoothing: see the module docstring). The model must pass
@@ -541,6 +577,7 @@ def ggn_trace(
     batches = data.batches(batch_size) if isinstance(data, DataSplit) else data
     total = torch.zeros((), dtype=torch.float64)
     count = 0
+    weights = 0.0
     try:
         for x, y in batches:
             for v in seen.values():
@@ -554,8 +591,11 @@ def ggn_trace(
             if why:
                 raise NotImplementedError(why)
             taps = [(m, seen[m][0][0], seen[m][0][1]) for m in layers]
-            total += logits.shape[0] * _batch_ggn(logits, y, taps, form)
             count += logits.shape[0]
+            weight = _batch_weight(form, logits, y)
+            if weight > 0:  # all targets ignored: no say in the mean loss
+                total += weight * _batch_ggn(logits, y, taps, form)
+                weights += weight
             if progress is not None:
                 progress(count)
     finally:
@@ -563,7 +603,26 @@ def ggn_trace(
             h.remove()
         for v in seen.values():
             v.clear()
-    return float(total / max(count, 1)), count
+    return (float(total / weights) if weights > 0 else 0.0), count
+
+
+def _batch_weight(form: CrossEntropyForm, logits: Tensor, y: Tensor) -> float:
+    """The batch's weight in the mean loss: what its mean divides by.
+
+    ``Σ_i w_{y_i}`` over the examples (and positions) not ignored for class
+    indices, the number of elements for probabilities; as
+    :func:`sharpkit._data.loss_weight` computes it for the Hessian operator.
+    """
+    b, c = logits.shape[0], logits.shape[1]
+    p = logits[0, 0].numel() if logits.dim() > 2 else 1
+    if y.is_floating_point():
+        return float(b * p)
+    y = y.reshape(-1)
+    keep = y != form.ignore_index
+    if form.weight is None:
+        return float(keep.sum())
+    w = form.weight.detach().to(y.device, torch.float64)
+    return float(w[y[keep].long()].sum()) if c else 0.0
 
 
 def _batch_ggn(

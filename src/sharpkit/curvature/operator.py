@@ -8,7 +8,12 @@ is the Hessian, with respect to a flat vector of parameters, of
 the loss averaged over *all* ``N`` examples of the data: every batch ``b`` enters
 with its size ``n_b`` as weight (``ℓ_b`` is the mean loss of the batch), so a
 short last batch does not bias the operator and the result does not depend on
-``batch_size`` (in batch-norm eval mode).
+``batch_size`` (in batch-norm eval mode). For a weighted-mean loss (class
+``weight=`` or ``ignore_index`` of cross-entropy, or a loss with a
+``batch_weight(targets)`` method, see :func:`sharpkit._data.loss_weight`),
+``n_b`` and ``N`` are the sums of the examples' weights instead, so ``L`` is
+``Σ wᵢℓᵢ / Σ wᵢ`` over the whole data, not a mean of batch means; a batch
+whose targets are all ignored has weight 0 and is skipped.
 
 Products are computed exactly (no Gauss-Newton or finite-difference
 approximation) by one of these methods:
@@ -65,7 +70,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sharpkit._data import DataSplit
+from sharpkit._data import DataSplit, loss_weight
 from sharpkit.errors import ConfigError, DataError, DistributedError
 
 if TYPE_CHECKING:
@@ -284,6 +289,30 @@ def _default_budget(device: torch.device) -> int:
     return int(0.25 * total)
 
 
+def _once_differentiable(loss: Tensor) -> str:
+    """The first ``@once_differentiable`` custom Function in ``loss``'s graph.
+
+    Returns "" if there is none. Its backward runs without recording a graph,
+    so a Hessian-vector product through it silently drops the
+    second-derivative terms it should carry (torch raises nothing when the
+    gradient it returns is used again): every curvature number would be wrong.
+    """
+    stack = [loss.grad_fn]
+    seen: set[Any] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        fwd = getattr(node, "_forward_cls", None)
+        backward = getattr(fwd, "backward", None)
+        code = getattr(backward, "__code__", None)
+        if code is not None and "once_differentiable" in code.co_qualname:
+            return str(getattr(fwd, "__qualname__", type(node).__name__))
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return ""
+
+
 def _batch_size_of(x: Any, y: Any) -> int:
     if isinstance(y, Tensor) and y.dim() > 0:
         return int(y.shape[0])
@@ -444,7 +473,9 @@ class HessianOperator:
         self._g_graph: Tensor | None = None  # Σ_kept n_b ∇ℓ_b, graph-connected
         self._fallback = "double-backward"
         self._n_batches_local = 0
-        self._n_total = 0
+        self._n_total = 0.0  # Σ of the batches' loss weights (examples)
+        self._n_examples = 0
+        self._examples = 0
         self._loss: float | None = None
         self._grad: Tensor | None = None
         self._hvp_seconds: list[float] = []
@@ -491,7 +522,7 @@ class HessianOperator:
     def num_examples(self) -> int:
         """Examples in the data (over all ranks)."""
         self._setup()
-        return self._n_total
+        return self._n_examples
 
     @property
     def rank(self) -> int:
@@ -511,8 +542,13 @@ class HessianOperator:
 
     # ------------------------------------------------------------------ data
 
-    def _batches(self) -> Iterator[tuple[Any, Tensor | Any, int]]:
-        """Yield this rank's batches as ``(inputs, targets, size)`` on device."""
+    def _batches(self) -> Iterator[tuple[Any, Tensor | Any, float]]:
+        """Yield this rank's batches as ``(inputs, targets, weight)`` on device.
+
+        ``weight`` is the batch's :func:`~sharpkit._data.loss_weight` (its size
+        for a plain mean); batches of weight 0 are skipped, and
+        ``self._examples`` counts the examples of every batch seen.
+        """
         data = self.data
         if isinstance(data, DataSplit):
             n = len(data)
@@ -538,9 +574,11 @@ class HessianOperator:
                 raise ConfigError(msg) from None
             x, y = self._convert(x), self._convert(y)
             size = _batch_size_of(x, y)
-            if size == 0:
+            self._examples += size
+            weight = loss_weight(self.loss_fn, y, size) if size else 0.0
+            if weight <= 0:
                 continue
-            yield x, y, size
+            yield x, y, weight
 
     def _convert(self, t: Any) -> Any:
         if isinstance(t, Tensor):
@@ -594,11 +632,12 @@ class HessianOperator:
         g_graph: Tensor | None = None
         grad_rest = torch.zeros(self.n, dtype=self._dtype, device=self._device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self._device)
-        count = 0
+        count = 0.0
+        self._examples = 0
         kept = 0
         n_batches = 0
         used = 0
-        calib: tuple[Any, Any, int] | None = None
+        calib: tuple[Any, Any, float] | None = None
         keeping = may_keep  # graphs are kept for a prefix of the batches
         with analysis_mode(self.model, self.bn_mode, fuse_bn=self.fuse_bn):
             for x, y, size in self._batches():
@@ -632,6 +671,8 @@ class HessianOperator:
                     )
                     grad_rest += self._flat(grads)
                     calib = calib or (x, y, size)
+                if n_batches == 1:
+                    self._check_second_order(loss)
                 lval = loss.detach().to(torch.float64)
                 if not torch.isfinite(lval):
                     msg = (
@@ -641,12 +682,23 @@ class HessianOperator:
                     raise DataError(msg)
                 loss_sum += lval * size
                 count += size
-        totals = torch.tensor([float(count)], dtype=torch.float64, device=self._device)
+        totals = torch.tensor(
+            [float(count), float(self._examples)],
+            dtype=torch.float64,
+            device=self._device,
+        )
         totals = self._allreduce(totals)
         loss_sum = self._allreduce(loss_sum.reshape(1))[0]
-        self._n_total = round(float(totals[0]))
-        if self._n_total == 0:
+        self._n_total = float(totals[0])
+        self._n_examples = round(float(totals[1]))
+        if self._n_examples == 0:
             msg = "the analysis data are empty; give at least one example"
+            raise DataError(msg)
+        if self._n_total <= 0:
+            msg = (
+                "every target of the analysis data is ignored by the loss "
+                "(ignore_index, or zero weights); give data with counted targets"
+            )
             raise DataError(msg)
         self._g_graph = g_graph
         self._kept = kept
@@ -664,7 +716,20 @@ class HessianOperator:
         self._ready = True
         self.setup_seconds = time.perf_counter() - start
 
-    def _calibrate(self, batch: tuple[Any, Any, int]) -> str:
+    @staticmethod
+    def _check_second_order(loss: Tensor) -> None:
+        """Refuse a graph whose second derivative autograd cannot compute."""
+        name = _once_differentiable(loss)
+        if name:
+            msg = (
+                f"the custom autograd.Function {name} marks its backward "
+                "@once_differentiable, so Hessian-vector products through it "
+                "would silently miss terms; give it a differentiable backward "
+                "(drop @once_differentiable)"
+            )
+            raise ConfigError(msg)
+
+    def _calibrate(self, batch: tuple[Any, Any, float]) -> str:
         """Time both per-batch methods on one batch; return the faster."""
         x, y, size = batch
         gen = torch.Generator(device="cpu").manual_seed(0)
@@ -691,7 +756,7 @@ class HessianOperator:
 
     # ------------------------------------------------------------------ products
 
-    def _batch_hvp(self, method: str, x: Any, y: Any, size: int, v: Tensor) -> Tensor:
+    def _batch_hvp(self, method: str, x: Any, y: Any, size: float, v: Tensor) -> Tensor:
         """Return ``size * H_b @ v`` for one batch, ``v`` of shape (n, k).
 
         Raises:
@@ -716,7 +781,7 @@ class HessianOperator:
             )
             raise ConfigError(msg) from exc
 
-    def _fallback_hvp(self, x: Any, y: Any, size: int, v: Tensor) -> Tensor:
+    def _fallback_hvp(self, x: Any, y: Any, size: float, v: Tensor) -> Tensor:
         """The per-batch product for a batch outside the kept graph.
 
         With ``method="auto"``, a per-batch method that fails on a batch is
@@ -807,7 +872,7 @@ class HessianOperator:
         self._func = (hvp, vmap)
         return self._func
 
-    def _func_hvp(self, x: Any, y: Any, size: int, v: Tensor) -> Tensor:
+    def _func_hvp(self, x: Any, y: Any, size: float, v: Tensor) -> Tensor:
         hvp, vmap = self._func_setup()
         primals = tuple(p.detach() for p in self.params)
         k = v.shape[1]

@@ -12,6 +12,9 @@ Before a sweep runs, a short calibration times the work it will do, here:
 * per distinct model, data and ``[measure]`` table: one measurement of the
   configured metrics on the configured samples, of the calibration model.
 
+The batch sizes of one model are then fitted together: a step costs
+``α + β·S`` (:func:`smooth`), so one calibration disturbed by a burst of load
+on a shared machine does not decide its batch size's prediction alone.
 A point of ``E`` epochs on ``n`` training and ``m`` test examples is then
 predicted to take ``overhead + E·(n·a(S) + m·e) + n·e + measure`` seconds, and
 resumed points only what is left of that: a point whose ``final.pt`` exists is
@@ -46,6 +49,7 @@ from sharpkit.predict._model import (
     makespan,
     point_seconds,
     remaining_eta,
+    smooth,
 )
 
 __all__ = [
@@ -64,4 +68,5 @@ __all__ = [
     "record_point",
     "recorded_seconds",
     "remaining_eta",
+    "smooth",
 ]

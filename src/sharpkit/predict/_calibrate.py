@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sharpkit.errors import SharpkitError
 from sharpkit.predict._model import (
     MeasureTiming,
     PointEstimate,
@@ -19,6 +20,7 @@ from sharpkit.predict._model import (
     TrainTiming,
     machine,
     point_seconds,
+    smooth,
 )
 
 _MIN_EXAMPLES = 1024  # examples per calibration epoch (at least 4 steps)
@@ -395,6 +397,68 @@ def _alphas(item: Mapping[str, Any]) -> int:
     return len(alpha)
 
 
+def _timings(
+    points: Sequence[Any], calibrator: Calibrator
+) -> dict[int, TrainTiming | SharpkitError]:
+    """Each point's training timing, smoothed over its model's batch sizes."""
+    raw: dict[int, TrainTiming | SharpkitError] = {}
+    groups: dict[str, dict[int, TrainTiming]] = {}
+    for p in points:
+        try:
+            timing = calibrator.train(p.train)
+        except SharpkitError as exc:  # the sweep reports it for the point too
+            raw[p.index] = exc
+            continue
+        raw[p.index] = timing
+        group = json.dumps(
+            {k: p.train.get(k) for k in _STEP_KEYS}, sort_keys=True, default=str
+        )
+        groups.setdefault(group, {})[int(p.train["batch_size"])] = timing
+    fitted = {g: smooth(by_size) for g, by_size in groups.items()}
+    for p in points:
+        if isinstance(raw[p.index], TrainTiming):
+            group = json.dumps(
+                {k: p.train.get(k) for k in _STEP_KEYS}, sort_keys=True, default=str
+            )
+            raw[p.index] = fitted[group][int(p.train["batch_size"])]
+    return raw
+
+
+def _estimate_point(
+    p: Any,
+    measure: Mapping[str, Any] | None,
+    calibrator: Calibrator,
+    shas: set[str],
+    timing: TrainTiming,
+) -> PointEstimate:
+    """One point's estimate from its training timing."""
+    from sharpkit.checkpoint import file_sha256
+
+    train = p.train
+    epochs = int(train["epochs"])
+    subset = train.get("subset")
+    n = min(int(subset), timing.n_train) if subset else timing.n_train
+    seconds, per_epoch = point_seconds(timing, epochs=epochs, n_train=n, measure=0.0)
+    m_seconds = 0.0
+    if measure:
+        mt = calibrator.measure(train, measure)
+        m_seconds = mt.seconds * (n / mt.examples if mt.examples else 1.0)
+    done = _epochs_done(p.out_dir, epochs)
+    measured = False
+    if measure and done >= epochs and isinstance(p.out_dir, Path):
+        measured = file_sha256(p.out_dir / "final.pt") in shas
+    return PointEstimate(
+        index=p.index,
+        label=p.label,
+        epochs=epochs,
+        epochs_done=done,
+        train_seconds=seconds,
+        epoch_seconds=per_epoch,
+        measure_seconds=m_seconds,
+        measured=measured or not measure,
+    )
+
+
 def estimate_points(
     points: Sequence[Any],
     measure: Mapping[str, Any] | None,
@@ -417,48 +481,31 @@ def estimate_points(
     Returns:
         The estimate, what is done already accounted for.
     """
-    from sharpkit.checkpoint import file_sha256
-
     startup = calibrator.startup()
     metrics = list((measure or {}).get("metrics", ["spectral"]))
     shas = _measured_shas(store, metrics) if measure else set()
     out: list[PointEstimate] = []
     timing: TrainTiming | None = None
+    timings = _timings(points, calibrator)
     for p in points:
-        train = p.train
-        epochs = int(train["epochs"])
-        timing = calibrator.train(train)
-        subset = train.get("subset")
-        n = min(int(subset), timing.n_train) if subset else timing.n_train
-        seconds, per_epoch = point_seconds(
-            timing, epochs=epochs, n_train=n, measure=0.0
-        )
-        m_seconds = 0.0
-        if measure:
-            mt = calibrator.measure(train, measure)
-            scale = n / mt.examples if mt.examples else 1.0
-            m_seconds = mt.seconds * scale
-        done = _epochs_done(p.out_dir, epochs)
-        measured = False
-        if measure and done >= epochs and isinstance(p.out_dir, Path):
-            measured = file_sha256(p.out_dir / "final.pt") in shas
-        out.append(
-            PointEstimate(
-                index=p.index,
-                label=p.label,
-                epochs=epochs,
-                epochs_done=done,
-                train_seconds=seconds,
-                epoch_seconds=per_epoch,
-                measure_seconds=m_seconds,
-                measured=measured or not measure,
-            )
-        )
+        try:
+            found = timings[p.index]
+            if isinstance(found, SharpkitError):
+                raise found
+            estimate = _estimate_point(p, measure, calibrator, shas, found)
+            timing = found
+        except SharpkitError as exc:  # the sweep reports it for the point too
+            estimate = PointEstimate(
+                index=p.index, label=p.label, epochs=0, epochs_done=0,
+                train_seconds=0.0, epoch_seconds=0.0, measure_seconds=0.0,
+                error=str(exc),
+            )  # fmt: skip
+        out.append(estimate)
     extra = 0.0
     if timing is not None:
         per_alpha = (2 * timing.n_train + timing.n_test) * timing.eval_seconds
         extra = sum(_alphas(item) * per_alpha for item in interpolate)
-    notes = []
+    notes = [f"{e.label}: cannot be predicted ({e.error})" for e in out if e.error]
     if any(p.train.get("track") for p in points):
         notes.append("tracking during training is not predicted")
     if interpolate:

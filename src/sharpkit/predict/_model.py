@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,8 @@ class PointEstimate:
         epoch_seconds: Predicted seconds of one of its epochs.
         measure_seconds: Predicted seconds of the measurement.
         measured: Whether the store already holds the measurement.
+        error: Why the point cannot be predicted (its calibration failed: the
+            sweep will report the same error for the point); it counts 0 s.
     """
 
     index: int
@@ -74,6 +77,7 @@ class PointEstimate:
     epoch_seconds: float
     measure_seconds: float
     measured: bool = False
+    error: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -83,6 +87,8 @@ class PointEstimate:
     @property
     def remaining(self) -> float:
         """Predicted seconds of what is left to do for the point."""
+        if self.error is not None:
+            return 0.0
         left = 0.0
         if self.epochs_done < self.epochs:
             left += self.train_seconds - self.epochs_done * self.epoch_seconds
@@ -92,7 +98,12 @@ class PointEstimate:
 
     @property
     def status(self) -> str:
-        """``done``, ``measure`` (trained, not measured), ``resume`` or ``train``."""
+        """``done``, ``measure``, ``resume``, ``train`` or ``error``.
+
+        ``measure``: trained, not measured yet; ``error``: not predicted.
+        """
+        if self.error is not None:
+            return "error"
         if self.epochs_done >= self.epochs:
             return "done" if self.measured else "measure"
         return "resume" if self.epochs_done else "train"
@@ -169,6 +180,7 @@ class SweepEstimate:
                     "predicted_train_seconds": round(p.train_seconds, 2),
                     "predicted_measure_seconds": round(p.measure_seconds, 2),
                     "remaining_seconds": round(p.remaining, 2),
+                    "error": p.error,
                 }
                 for p in self.points
             ],
@@ -266,3 +278,45 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     return f"{platform.node()} {cpu} {os.cpu_count()} cpus torch {torch.__version__}"
+
+
+def smooth(timings: Mapping[int, TrainTiming]) -> dict[int, TrainTiming]:
+    """One model's timings at several batch sizes, made consistent with each other.
+
+    A training step costs ``α + β·S`` (a fixed part per step, a part per
+    example), so an example costs ``β + α/S``: fitted to every batch size's
+    calibration at once (least squares on the relative error), one noisy
+    calibration — a burst of load on a shared machine — no longer decides its
+    batch size's prediction alone. The evaluation cost and the fixed cost of
+    a run do not depend on ``S``: their median over the calibrations is used.
+    With a single batch size, or a fit that comes out negative, the
+    calibrations are kept as they are (the fit then says nothing).
+
+    Args:
+        timings: ``{batch size: calibrated timing}`` of one model and data.
+
+    Returns:
+        ``{batch size: timing}`` with the fitted per-example cost.
+    """
+    import numpy as np
+
+    if len(timings) < 2:
+        return dict(timings)
+    sizes = np.array(sorted(timings), dtype=np.float64)
+    step = np.array([timings[int(s)].example_seconds * s for s in sizes])
+    # rows (1/t_i, S_i/t_i) · (α, β) = 1: the relative error of each step time
+    design = np.stack([1.0 / step, sizes / step], axis=1)
+    (alpha, beta), *_ = np.linalg.lstsq(design, np.ones_like(step), rcond=None)
+    if alpha < 0 or beta <= 0:
+        return dict(timings)
+    evals = float(np.median([t.eval_seconds for t in timings.values()]))
+    overhead = float(np.median([t.overhead for t in timings.values()]))
+    return {
+        int(s): dataclasses.replace(
+            timings[int(s)],
+            example_seconds=float(beta + alpha / s),
+            eval_seconds=evals,
+            overhead=overhead,
+        )
+        for s in sizes
+    }

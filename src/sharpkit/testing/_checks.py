@@ -1,6 +1,8 @@
 """Checks shared by the conformance suites: specs, options, module state, tensors.
 
-Everything here uses sharpkit's public API only. The spec rules are the
+Everything here uses sharpkit's public API only; "unchanged" is
+:func:`sharpkit.same_bits`, the comparison ``sharpkit.measure`` restores models
+by. The spec rules are the
 registry's own (:meth:`~sharpkit.MetricSpec.validate`: a spec the registry would
 skip fails :func:`check_spec`), in strict mode: documented defaults must also be
 the factory's.
@@ -146,8 +148,6 @@ def snapshot(module: torch.nn.Module) -> ModuleState:
 def _same_tensors(
     before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor], what: str
 ) -> None:
-    import torch
-
     expect(
         list(after) == list(before),
         f"{what}: names changed from {list(before)} to {list(after)}",
@@ -163,7 +163,7 @@ def _same_tensors(
             new.device == old.device,
             f"{what} {key!r} moved from {old.device} to {new.device}",
         )
-        expect(torch.equal(new, old), f"{what} {key!r} changed")
+        expect(sharpkit.same_bits(new, old), f"{what} {key!r} changed")
 
 
 def assert_unchanged(before: ModuleState, module: torch.nn.Module, what: str) -> None:

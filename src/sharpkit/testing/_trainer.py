@@ -38,11 +38,9 @@ def _tmpdir() -> Iterator[Path]:
 def _same_state(
     a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], what: str
 ) -> None:
-    import torch
-
     expect(list(a) == list(b), f"{what}: different state_dict keys")
     for key, value in a.items():
-        expect(torch.equal(value, b[key]), f"{what}: {key!r} differs")
+        expect(sharpkit.same_bits(value, b[key]), f"{what}: {key!r} differs")
 
 
 class TrainerContract:

@@ -20,10 +20,8 @@ from typing import Any
 
 import torch
 
-from sharpkit._data import DataSplit, evaluate
+from sharpkit import ConfigError, DataSplit, ProbeContext, evaluate
 from sharpkit.builtin._landscape.geometry import tensor_bytes
-from sharpkit.errors import ConfigError
-from sharpkit.interfaces import ProbeContext
 
 __all__ = [
     "DEFAULT_BN_BATCH_SIZE",

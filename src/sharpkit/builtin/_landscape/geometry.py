@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sharpkit.errors import ConfigError
+from sharpkit import ConfigError
 
 __all__ = [
     "BIAS_BN_CHOICES",

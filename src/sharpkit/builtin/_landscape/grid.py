@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sharpkit import ConfigError, DataError, ProbeContext
 from sharpkit._fs import atomic_file
 from sharpkit._meta import stable_key
-from sharpkit.errors import ConfigError, DataError
-from sharpkit.interfaces import ProbeContext
 
 if TYPE_CHECKING:
     import torch

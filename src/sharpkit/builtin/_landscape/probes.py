@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 
+from sharpkit import ConfigError, Option, ProbeContext, ProbeResult, ProbeSpec
 from sharpkit.builtin._landscape.evaluation import (
     DEFAULT_BN_BATCH_SIZE,
     DEFAULT_BN_SAMPLES,
@@ -61,8 +62,6 @@ from sharpkit.builtin._landscape.readouts import (
     plane_readouts,
     two_minima_readouts,
 )
-from sharpkit.errors import ConfigError
-from sharpkit.interfaces import Option, ProbeContext, ProbeResult, ProbeSpec
 
 __all__ = [
     "Direction",

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from sharpkit.errors import ConfigError
+from sharpkit import ConfigError
 
 __all__ = [
     "Readouts",

@@ -32,10 +32,15 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from sharpkit._data import evaluate
+from sharpkit import (
+    ConfigError,
+    DataSplit,
+    ProbeContext,
+    ProbeResult,
+    ProbeSpec,
+    evaluate,
+)
 from sharpkit.builtin._spec import signature_options
-from sharpkit.errors import ConfigError
-from sharpkit.interfaces import DataSplit, ProbeContext, ProbeResult, ProbeSpec
 
 __all__ = ["Rescale", "parse_c_grid", "parse_metric_options"]
 

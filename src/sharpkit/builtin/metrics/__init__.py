@@ -59,6 +59,35 @@ _HELP = {
     "exact_max": "Compute exactly up to this many parameters.",
 }
 
+_SPECTRAL_HELP = {
+    "top_k": "How many eigenvalues.",
+    "which": "Which end of the spectrum.",
+    "method": "Lanczos (certified) or power iteration (as PyHessian).",
+    "bound": "Stopping bound: r²/gap estimate or rigorous residual.",
+    "start": "Start vector: gradient plus random, or random.",
+}
+_FROBENIUS_HELP = {
+    "rel_stderr": _HELP["rel_stderr"],
+    "deflation": "Krylov dimension deflated exactly.",
+    "probes": _HELP["probes"],
+    "exact_max": _HELP["exact_max"],
+}
+_TRACE_HELP = {
+    "method": "Estimator.",
+    "rel_stderr": _HELP["rel_stderr"],
+    "sketch": "Dimension of the deflated subspace (Hutch++).",
+    "sketch_method": "Krylov basis or Meyer et al.'s random sketch.",
+    "probes": _HELP["probes"],
+    "exact_max": _HELP["exact_max"],
+}
+_DENSITY_HELP = {
+    "probes": "Random probes.",
+    "steps": "Lanczos steps per probe.",
+    "sigma": "Gaussian smoothing width (default 1 % of the range).",
+    "grid": "Density grid points.",
+    "exact_max": _HELP["exact_max"],
+}
+
 
 @hookimpl
 def sharpkit_register_metrics() -> list[MetricSpec]:
@@ -71,13 +100,7 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             "with a certified relative bound.",
             options=signature_options(
                 Spectral,
-                {
-                    "top_k": "How many eigenvalues.",
-                    "which": "Which end of the spectrum.",
-                    "method": "Lanczos (certified) or power iteration (as PyHessian).",
-                    "bound": "Stopping bound: r²/gap estimate or rigorous residual.",
-                    "start": "Start vector: gradient plus random, or random.",
-                },
+                _SPECTRAL_HELP,
                 choices=Spectral.CHOICES,
             ),
             stochastic=False,
@@ -91,12 +114,7 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             "plus a deflated Hutchinson estimate.",
             options=signature_options(
                 Frobenius,
-                {
-                    "rel_stderr": _HELP["rel_stderr"],
-                    "deflation": "Krylov dimension deflated exactly.",
-                    "probes": _HELP["probes"],
-                    "exact_max": _HELP["exact_max"],
-                },
+                _FROBENIUS_HELP,
             ),
             stochastic=True,
             unit="loss / parameter²",
@@ -109,14 +127,7 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             "identity), else Krylov-deflated Hutch++ with a standard error.",
             options=signature_options(
                 Trace,
-                {
-                    "method": "Estimator.",
-                    "rel_stderr": _HELP["rel_stderr"],
-                    "sketch": "Dimension of the deflated subspace (Hutch++).",
-                    "sketch_method": "Krylov basis or Meyer et al.'s random sketch.",
-                    "probes": _HELP["probes"],
-                    "exact_max": _HELP["exact_max"],
-                },
+                _TRACE_HELP,
                 choices=Trace.CHOICES,
             ),
             stochastic=True,
@@ -130,13 +141,7 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
             "quadrature; value: its trace estimate.",
             options=signature_options(
                 Density,
-                {
-                    "probes": "Random probes.",
-                    "steps": "Lanczos steps per probe.",
-                    "sigma": "Gaussian smoothing width (default 1 % of the range).",
-                    "grid": "Density grid points.",
-                    "exact_max": _HELP["exact_max"],
-                },
+                _DENSITY_HELP,
             ),
             stochastic=True,
             unit="loss / parameter²",

@@ -52,6 +52,12 @@ def mixed_start(
     return out
 
 
+BLOCK = 2
+"""Start vectors of ``spectral``'s Lanczos run (band Lanczos, see
+:func:`sharpkit.curvature.lanczos.lanczos`): the start direction and a random
+one, so that a near-degenerate top pair or a repeated eigenvalue cannot hide."""
+
+
 class Spectral:
     """λ_max (or the ``top_k`` extreme eigenvalues) with a certified bound.
 
@@ -108,6 +114,7 @@ class Spectral:
         self.method = method
         self.bound = bound
         self.start = start
+        self.block = BLOCK
 
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
         """A typical cost: ~10 products for λ_max, 3 more per extra eigenvalue."""
@@ -180,6 +187,7 @@ class Spectral:
             progress=run.progress(),
             bound=self.bound,
             max_basis_bytes=ctx.basis_budget(),
+            block=self.block,
         )
         if self.which == "largest":
             ctx.eigenvectors = res.eigenvectors
@@ -191,9 +199,15 @@ class Spectral:
 
     def _warn_lanczos(self, ctx: AnalysisContext, res: LanczosResult) -> None:
         worst = float(np.max(res.bounds / np.maximum(np.abs(res.eigenvalues), 1e-300)))
+        what = (
+            f"{res.block} equal Ritz values fill the block, so the eigenvalues "
+            "after them may be further copies, not the next distinct ones,"
+            if res.stopped_by == "multiplicity"
+            else f"relative bound {worst:.2g} > tol {ctx.tol:g}"
+        )
         warn(
             "spectral",
-            f"relative bound {worst:.2g} > tol {ctx.tol:g}",
+            what,
             res.n_matvecs,
             "the memory budget held no more Lanczos vectors: raise "
             f"{arg_hint('memory_budget', '--memory-budget')}"
@@ -231,6 +245,7 @@ class Spectral:
                 "start": start_kind,
                 "restarts": res.restarts,
                 "stopped_by": res.stopped_by,
+                "block": res.block,
                 "krylov_dim": int(res.n_matvecs),
                 "hvp_method": run.H.method,
                 "bound_meaning": (
