@@ -133,18 +133,17 @@ def _warm_up() -> float | None:
 
 def _sizes(train: Mapping[str, Any], data_root: str | None) -> tuple[int, int]:
     """Training (full split) and test examples of the point's dataset."""
+    from sharpkit.api.job import Inputs
     from sharpkit.api.train import _training_data
     from sharpkit.registry import get_registry
 
-    ds, _ = _training_data(
-        str(train["data"]),
-        train.get("data_options"),
-        subset=None,
+    inputs = Inputs(
+        data=str(train["data"]),
+        data_options=train.get("data_options"),
+        data_root=data_root,
         seed=int(train.get("seed", 0)),
-        root=data_root,
-        download=False,
-        registry=get_registry(),
     )
+    ds, _ = _training_data(inputs, subset=None, registry=get_registry())
     return len(ds.train.inputs), len(ds.test.inputs)
 
 
