@@ -54,7 +54,7 @@ from sharpkit.interfaces import (
     MetricResult,
     MetricSpec,
     ProgressCallback,
-    _no_progress,
+    no_progress,
 )
 from sharpkit.registry import Registry, get_registry
 
@@ -345,7 +345,7 @@ def run_measure(
             data=_on_device(data_info.analysis, job.device, want_dtype),
             batch_size=analysis.batch_size, device=job.device, dtype=want_dtype,
             seed=inputs.seed, bn_mode=analysis.bn_mode, tol=analysis.tol,
-            max_hvps=analysis.max_hvps, progress=progress or _no_progress,
+            max_hvps=analysis.max_hvps, progress=progress or no_progress,
             train_data=data_info.train, cache=cache if cache is not None else {},
             warm_start=warm_start, memory_budget=budget, tf32=analysis.tf32,
         )  # fmt: skip

@@ -28,7 +28,7 @@ from sharpkit.interfaces import (
     ProbeContext,
     ProbeResult,
     ProgressCallback,
-    _no_progress,
+    no_progress,
 )
 from sharpkit.registry import Registry, get_registry
 
@@ -139,7 +139,7 @@ def run_probe(
     ctx = ProbeContext(
         models=work, loss_fn=job.loss.fn, train_data=ds.train, test_data=ds.test,
         batch_size=batch_size, device=job.device, seed=inputs.seed,
-        progress=progress or _no_progress,
+        progress=progress or no_progress,
     )  # fmt: skip
     start = time.perf_counter()
     outcome = ex.run(call, "running", ex.create(call).run, ctx)

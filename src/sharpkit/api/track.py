@@ -41,7 +41,7 @@ from sharpkit.api.resolve import (
     open_store,
 )
 from sharpkit.errors import ConfigError, StoreError
-from sharpkit.interfaces import Dataset, ProgressCallback, _no_progress
+from sharpkit.interfaces import Dataset, ProgressCallback, no_progress
 from sharpkit.registry import Registry, get_registry
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class Tracker:
         self._warm: torch.Tensor | None = (
             None if isinstance(warm_start, bool) else warm_start.detach().cpu()
         )
-        self._progress = progress or _no_progress
+        self._progress = progress or no_progress
         self._attrs = dict(attrs or {})
         self._store = open_store(store)  # a bad path fails before training starts
         with _untouched_rng(None):  # a shuffled DataLoader draws from torch's RNG

@@ -37,7 +37,7 @@ from sharpkit.interfaces import (
     ProgressCallback,
     TrainConfig,
     TrainResult,
-    _no_progress,
+    no_progress,
 )
 from sharpkit.registry import Registry, get_registry
 
@@ -179,7 +179,7 @@ def run_train(
             remove_stale_temps(config.out_dir)
     ex.store = open_store(inputs.store)  # a bad store fails now, not after training
     result: TrainResult = ex.run(
-        call, "training", algo.fit, net, ds, config, progress=progress or _no_progress
+        call, "training", algo.fit, net, ds, config, progress=progress or no_progress
     )
     attrs = {
         "model": model, "model_options": config.model_options,
