@@ -37,7 +37,7 @@ data:
 	  echo "note: no apt-get here; sharpkit will use --data-root, \$$SHARPKIT_DATA or --download"; \
 	fi
 
-# The main job on the embedded defaults (about 35 s on 2 CPU cores, after set-up).
+# The main job on the embedded defaults (about 35 s on 2 quiet CPU cores after set-up, plus a first-time calibration of its time prediction).
 demo: $(STAMP)
 	$(BIN)/sharpkit reproduce demo --out $(DEMO)
 

@@ -243,3 +243,31 @@ def test_generalization_study_runs_as_written(
     # Ψ is averaged over the axes that vary one at a time: η, S and the trainer
     assert all(set(r["psi_axes"]) <= {"lr", "batch_size", "trainer"} for r in rows)
     assert any("trainer" in r["psi_axes"] for r in rows)
+
+
+REPRODUCING = ROOT / "docs" / "reproducing.md"
+DEMO = "sharpkit reproduce demo --out demo"
+
+
+@pytest.mark.slow
+def test_the_demo_output_shown_is_a_real_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/reproducing.md shows what `make demo`'s command prints (stdout, and
+    the disk and figures lines of stderr), the larger η/S the flatter."""
+    if not fashion_mnist_available():
+        pytest.skip(
+            "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+        )
+    from sharpkit.cli import app
+
+    folder = Path(tempfile.mkdtemp(prefix="demo", dir="/tmp"))
+    monkeypatch.chdir(folder)
+    result = CliRunner().invoke(app, shlex.split(DEMO)[1:], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    tail = [
+        ln for ln in result.stderr.splitlines() if ln.startswith(("disk:", "figures:"))
+    ]
+    printed = result.stdout.rstrip("\n") + "\n" + "\n".join(tail)
+    printed = printed.replace(f"{folder.resolve()}/", "")  # the store's title
+    # the same seeds as the quickstart, so the same 25 %; wall-clock seconds are
+    # masked (no tolerance pins them on a shared machine)
+    check_block(REPRODUCING, DEMO, printed, rtol=0.25, mask=("s", "predicted s"))
