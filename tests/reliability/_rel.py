@@ -9,6 +9,7 @@ ignored, or plain success. An uncaught exception (a traceback) fails every one.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -56,9 +57,19 @@ def _no_traceback(result: Result) -> None:
     assert "Traceback" not in result.stderr
 
 
+# A progress line: with stderr not a terminal (as here), a long command prints
+# "<label>: <step> [n/N] (<s> s[, ETA h:mm:ss])" per step (cli/_progress.py)
+_PROGRESS = re.compile(r"^\S.*: .+ \(\d+ s(, ETA [\d:]+)?\)$")
+
+
 def stderr_lines(result: Result) -> list[str]:
-    """The non-empty lines the command wrote to stderr."""
-    return [ln for ln in result.stderr.splitlines() if ln.strip()]
+    """The non-empty lines the command wrote to stderr, progress lines left out."""
+    return [
+        ln
+        for ln in result.stderr.splitlines()
+        if ln.strip()
+        and (ln.startswith(("error:", "warning:")) or not _PROGRESS.match(ln))
+    ]
 
 
 def one_line(result: Result, *, code: int = 1) -> str:

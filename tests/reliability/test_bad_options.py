@@ -171,7 +171,7 @@ USAGE_ERRORS: list[tuple[str, list[str], str]] = [
     ("unknown-option", [*MEASURE, "--nosuch"], r"No such option: --nosuch"),
     ("unknown-top-level-option", ["--nosuch", "measure"], r"No such option"),
     ("missing-required", ["train", "--model", "mlp-bn"], r"--data"),
-    ("bad-choice", ["results", TMP, "--kind", "sweep"], r"--kind"),
+    ("bad-choice", ["results", TMP, "--kind", "bogus"], r"--kind"),
     ("option-needs-a-value", [*MEASURE, "--top-k"], r"--top-k"),
 ]  # fmt: skip
 
