@@ -108,6 +108,8 @@ if TYPE_CHECKING:
         smooth_density,
     )
     from sharpkit.curvature.lanczos import ritz_bounds
+    from sharpkit.curvature.sampling import ChunkedHessian, ChunkRecorder, DataEstimate
+    from sharpkit.curvature.uncertainty import spectral_estimate
     from sharpkit.plotting import build_figure, plot_figure
     from sharpkit.reproduce import experiment
     from sharpkit.store import ResultStore, Run, RunInfo, open_results
@@ -137,6 +139,11 @@ _LAZY = {
         "sharpkit.curvature",
     ),
     "ritz_bounds": "sharpkit.curvature.lanczos",
+    **dict.fromkeys(
+        ("ChunkedHessian", "ChunkRecorder", "DataEstimate"),
+        "sharpkit.curvature.sampling",
+    ),
+    "spectral_estimate": "sharpkit.curvature.uncertainty",
     **dict.fromkeys(
         ("ResultStore", "Run", "RunInfo", "open_results"), "sharpkit.store"
     ),
@@ -196,6 +203,11 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "Estimate",
     "DensityEstimate",
     "dense_hessian",
+    # the data's uncertainty
+    "ChunkedHessian",
+    "ChunkRecorder",
+    "DataEstimate",
+    "spectral_estimate",
     # plugin contract
     "hookimpl",
     "AnalysisContext",

@@ -65,6 +65,7 @@ _SPECTRAL_HELP = {
     "method": "Lanczos (certified) or power iteration (as PyHessian).",
     "bound": "Stopping bound: r²/gap estimate or rigorous residual.",
     "start": "Start vectors: two random, or gradient plus random.",
+    "data_error": "Also the standard error over the data (16-chunk jackknife).",
 }
 _FROBENIUS_HELP = {
     "rel_stderr": _HELP["rel_stderr"],
