@@ -118,8 +118,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds on the MLP")
     parser.add_argument("--pair-seeds", type=int, default=50)
     parser.add_argument("--skip-mlp", action="store_true")
+    parser.add_argument("--skip-coverage", action="store_true")
     args = parser.parse_args()
-    coverage(args.pair_seeds)
+    if not args.skip_coverage:
+        coverage(args.pair_seeds)
     if not args.skip_mlp:
         mlp_cost(args.seeds)
 

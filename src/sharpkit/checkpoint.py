@@ -36,6 +36,7 @@ import re
 import sys
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -358,8 +359,7 @@ def check_archive(
             return
         fh.seek(0)
         try:
-            with zipfile.ZipFile(fh) as archive:
-                entries = archive.infolist()
+            archive = stack.enter_context(zipfile.ZipFile(fh))
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             msg = (
                 f"{what} {str(path)!r} is truncated or damaged: a zip archive "
@@ -367,6 +367,30 @@ def check_archive(
                 "or pick another file"
             )
             raise error(msg) from None
+        _check_sizes(path, archive.infolist(), size, what, max_inflation)
+        # With the bytes in hand every entry's CRC-32 is checked (GB/s), so a
+        # file damaged on disk is not read as weights: after the sizes, so
+        # that nothing is inflated past them.
+        try:
+            bad = archive.testzip() if data is not None else None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error):
+            bad = "?"
+    if bad is not None:
+        msg = (
+            f"{what} {str(path)!r} is damaged: its entry {bad!r} no longer matches "
+            "its CRC-32 checksum; re-save it or fetch it again"
+        )
+        raise error(msg)
+
+
+def _check_sizes(
+    path: Path,
+    entries: list[zipfile.ZipInfo],
+    size: int,
+    what: str,
+    max_inflation: float,
+) -> None:
+    error = DataError if what.startswith("data") else CorruptCheckpointError
     declared = sum(e.file_size for e in entries)
     limit = max(max_inflation * size, size + _INFLATION_SLACK)
     free = available_memory()
@@ -412,6 +436,8 @@ def _load_pickle(path: Path, data: bytes) -> Any:
             # "Detected pickle protocol N": torch's note on what it may not read;
             # what it could not read is the error below.
             warnings.filterwarnings("ignore", "Detected pickle protocol")
+            # sparse tensors are refused with one line once loaded (not weights)
+            warnings.filterwarnings("ignore", "Validating sparse tensor")
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
@@ -608,6 +634,22 @@ def _check_kinds(
     ``load_state_dict`` would cast them silently (dropping an imaginary part):
     a float model is never saved that way, so such a file is not its weights.
     """
+    import torch
+
+    hollow = [
+        k
+        for k, t in state_dict.items()
+        if t.layout != torch.strided or t.device.type == "meta"
+    ]
+    if hollow:
+        t = state_dict[hollow[0]]
+        what = "meta (no values)" if t.device.type == "meta" else str(t.layout)
+        msg = (
+            f"{source} holds {what} tensors ({_listing(hollow)}) where the model "
+            "has dense weights; re-save them dense: "
+            "{k: v.to_dense().cpu() for k, v in state_dict.items()}"
+        )
+        raise StateDictMismatchError(msg)
     own = model.state_dict()
     wrong = [
         k

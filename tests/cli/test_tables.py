@@ -92,7 +92,6 @@ def test_any_table_shortens_stacks_or_drops_but_never_splits(
     from sharpkit.cli import _render
 
     monkeypatch.setenv("COLUMNS", str(width))
-    monkeypatch.setattr(_render.out_console, "file", None)  # follow sys.stdout
     values = [-1.3465612, 27.904812, 0.00041997, 1234567.0, 3e-9]
     rows = [
         {
@@ -122,7 +121,6 @@ def test_very_narrow_terminal_stacks_rows(
     from sharpkit.cli import _render
 
     monkeypatch.setenv("COLUMNS", "30")
-    monkeypatch.setattr(_render.out_console, "file", None)
     rows = [{"epoch": 1, "train_loss": 0.440172, "test_accuracy": 0.8123}]
     columns = [
         ("epoch", "epoch"),

@@ -44,6 +44,11 @@ CLASSES = [
         "test_bounded_files",
         "sparse files, zip bombs (.npz, .pt data, .pt2), endless data sources",
     ),
+    ("test_one_liners", "checkpoints damaged on disk (CRC), sparse or meta weights"),
+    (
+        "test_fuzz_keys",
+        "property-based fuzzing of plugin results, data files and the data digest",
+    ),
 ]
 
 
@@ -85,6 +90,7 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + len(plugins.VIOLATIONS)
         + len(mods["test_plugin_isolation"].CORRUPTIONS)
         + 2  # a sparse checkpoint and a .pt2 zip bomb from the CLI
+        + 3  # a checkpoint whose CRC fails; sparse and meta weights
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from _rel import cli, ok, one_line
+from _rel import cli, ok, one_line, subprocess_env
 
 # (metric, what the one error line must say)
 CORRUPTIONS = [
@@ -75,10 +77,14 @@ def test_a_plugin_cannot_change_what_the_next_metric_measures(
     assert metric not in entry["metrics"]  # refused, so never stored
 
 
-def test_a_plugin_that_prints_does_not_break_json(
-    tiny: Path, truth: float, plugin_dists, fresh_registry_env
-) -> None:
-    plugin_dists("corrupts")
-    result = ok(cli("measure", tiny, "-m", "prints", "-m", "spectral", "--json"))
-    assert _values(result.stdout) == {"prints": 4.0, "spectral": truth}
-    assert "progress of the prints metric" in result.stderr
+def test_a_plugin_that_prints_does_not_break_json(tiny: Path, truth: float) -> None:
+    """As a user runs it: ``sharpkit measure ... --json | jq`` in a new process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sharpkit", "measure", str(tiny), "-m", "prints",
+         "-m", "spectral", "--no-store", "--json"],
+        capture_output=True, text=True, env=subprocess_env("corrupts"),
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _values(done.stdout) == {"prints": 4.0, "spectral": truth}
+    assert "progress of the prints metric" in done.stderr

@@ -267,8 +267,11 @@ def check_result(name: str, result: MetricResult) -> None:
             ``None``; an ``hvps`` that is not a non-negative integer.
     """
     for field in ("stderr", "bound"):
-        v = getattr(result, field)
-        if v is not None and not (math.isfinite(v) and v >= 0):
+        v: object = getattr(result, field)
+        if v is None:
+            continue
+        real = isinstance(v, numbers.Real) and not isinstance(v, bool)
+        if not (real and math.isfinite(float(v)) and float(v) >= 0):  # type: ignore[arg-type]
             _bad(name, field, v, "a finite number >= 0 (or None)")
     converged: object = result.converged  # a plugin's: any type at all
     if converged is not None and not isinstance(converged, bool):

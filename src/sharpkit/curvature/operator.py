@@ -682,24 +682,8 @@ class HessianOperator:
                     raise DataError(msg)
                 loss_sum += lval * size
                 count += size
-        totals = torch.tensor(
-            [float(count), float(self._examples)],
-            dtype=torch.float64,
-            device=self._device,
-        )
-        totals = self._allreduce(totals)
+        self._set_totals(count)
         loss_sum = self._allreduce(loss_sum.reshape(1))[0]
-        self._n_total = float(totals[0])
-        self._n_examples = round(float(totals[1]))
-        if self._n_examples == 0:
-            msg = "the analysis data are empty; give at least one example"
-            raise DataError(msg)
-        if self._n_total <= 0:
-            msg = (
-                "every target of the analysis data is ignored by the loss "
-                "(ignore_index, or zero weights); give data with counted targets"
-            )
-            raise DataError(msg)
         self._g_graph = g_graph
         self._kept = kept
         self._n_batches_local = n_batches
@@ -715,6 +699,26 @@ class HessianOperator:
             self._fallback = self._calibrate(calib)
         self._ready = True
         self.setup_seconds = time.perf_counter() - start
+
+    def _set_totals(self, weights: float) -> None:
+        """Sum the loss weights and examples over ranks; refuse empty data."""
+        totals = torch.tensor(
+            [float(weights), float(self._examples)],
+            dtype=torch.float64,
+            device=self._device,
+        )
+        totals = self._allreduce(totals)
+        self._n_total = float(totals[0])
+        self._n_examples = round(float(totals[1]))
+        if self._n_examples == 0:
+            msg = "the analysis data are empty; give at least one example"
+            raise DataError(msg)
+        if self._n_total <= 0:
+            msg = (
+                "every target of the analysis data is ignored by the loss "
+                "(ignore_index, or zero weights); give data with counted targets"
+            )
+            raise DataError(msg)
 
     @staticmethod
     def _check_second_order(loss: Tensor) -> None:
