@@ -144,8 +144,9 @@ def test_cli_measure_json_and_table(tmp_path: Path) -> None:
     rows = [
         r for r in open_results(store).to_dict("records") if r["metric"] == "spectral"
     ]
-    assert sorted(rows, key=lambda r: r["time"])[-1]["data_stderr"] == (
-        spectral["data_stderr"]
+    assert (
+        sorted(rows, key=lambda r: r["time"])[-1]["data_stderr"]
+        == (spectral["data_stderr"])
     )
     for width in ("60", "80", "120"):
         table = runner.invoke(app, [*args, "--no-store"], env={"COLUMNS": width})
