@@ -109,7 +109,7 @@ if TYPE_CHECKING:
     )
     from sharpkit.curvature.lanczos import ritz_bounds
     from sharpkit.curvature.sampling import ChunkedHessian, ChunkRecorder, DataEstimate
-    from sharpkit.curvature.uncertainty import spectral_estimate
+    from sharpkit.curvature.uncertainty import exact_trace_estimate, spectral_estimate
     from sharpkit.plotting import build_figure, plot_figure
     from sharpkit.reproduce import experiment
     from sharpkit.store import ResultStore, Run, RunInfo, open_results
@@ -143,7 +143,9 @@ _LAZY = {
         ("ChunkedHessian", "ChunkRecorder", "DataEstimate"),
         "sharpkit.curvature.sampling",
     ),
-    "spectral_estimate": "sharpkit.curvature.uncertainty",
+    **dict.fromkeys(
+        ("exact_trace_estimate", "spectral_estimate"), "sharpkit.curvature.uncertainty"
+    ),
     **dict.fromkeys(
         ("ResultStore", "Run", "RunInfo", "open_results"), "sharpkit.store"
     ),
@@ -208,6 +210,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "ChunkRecorder",
     "DataEstimate",
     "spectral_estimate",
+    "exact_trace_estimate",
     # plugin contract
     "hookimpl",
     "AnalysisContext",

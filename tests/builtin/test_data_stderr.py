@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from cases import mlp
+from cases import bn_mlp, mlp
 from typer.testing import CliRunner
 
 import sharpkit
@@ -27,8 +28,8 @@ from sharpkit.store import ResultStore, open_results
 runner = CliRunner()
 
 
-def _ctx() -> AnalysisContext:
-    case = mlp()
+def _ctx(case_of: Any = mlp) -> AnalysisContext:
+    case = case_of()
     return AnalysisContext(
         model=case.model,
         loss_fn=case.loss_fn,
@@ -152,3 +153,22 @@ def test_cli_measure_json_and_table(tmp_path: Path) -> None:
         table = runner.invoke(app, [*args, "--no-store"], env={"COLUMNS": width})
         assert table.exit_code == 0, table.output
         assert f"±{spectral['data_stderr']:.2g}" in table.stdout or width == "60"
+
+
+def test_exact_trace_data_stderr_is_the_engines() -> None:
+    """The exact-ggn trace per chunk: equal to the engine's to rounding (rel 1e-10)."""
+    from sharpkit import exact_trace_estimate
+    from sharpkit.builtin.metrics._engine import cross_entropy_form
+    from sharpkit.builtin.metrics._trace import Trace
+
+    ctx = _ctx(bn_mlp)  # ReLU + eval-mode BN: the identity holds
+    result = Trace(method="exact-ggn", exact_max=0, data_error=True).compute(ctx)
+    plain = Trace(method="exact-ggn", exact_max=0).compute(_ctx(bn_mlp))
+    form, _ = cross_entropy_form(ctx.loss_fn)
+    est = exact_trace_estimate(ctx.model, ctx.data, loss=form)
+    assert result.data_method == "jackknife-linear"
+    assert result.data_stderr == pytest.approx(est.stderr, rel=1e-10)
+    assert result.data_stderr > 0
+    # the value is the same exact trace, summed chunk by chunk (rounding: 1e-10)
+    assert result.value == pytest.approx(plain.value, rel=1e-10)
+    assert plain.data_stderr is None

@@ -80,6 +80,7 @@ _TRACE_HELP = {
     "sketch_method": "Krylov basis or Meyer et al.'s random sketch.",
     "probes": _HELP["probes"],
     "exact_max": _HELP["exact_max"],
+    "data_error": "Also the standard error over the data (exact-ggn path only).",
 }
 _DENSITY_HELP = {
     "probes": "Random probes.",
