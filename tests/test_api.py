@@ -158,7 +158,7 @@ def test_loss_must_be_scalar(reg) -> None:
 def test_plugin_failures_name_the_plugin(reg) -> None:
     net = tiny_model()
     with pytest.raises(
-        sharpkit.PluginLoadError, match=r"inline-dist 2 \(inline\).*ZeroDivisionError"
+        sharpkit.PluginRunError, match=r"inline-dist 2 \(inline\).*ZeroDivisionError"
     ):
         sharpkit.measure(net, data(), ["raises"], registry=reg)
     with pytest.raises(sharpkit.PluginContractError, match="expected MetricResult"):
@@ -349,7 +349,7 @@ def test_a_failing_metric_does_not_lose_the_others(counted, tmp_path) -> None:
     assert "mean-loss, counted were measured and stored in run" in msg
     assert list(err.measurement) == ["mean-loss", "counted"]  # measured after it
     assert set(err.failures) == {"raises"}
-    assert isinstance(err.failures["raises"], sharpkit.PluginLoadError)
+    assert isinstance(err.failures["raises"], sharpkit.PluginRunError)
     assert err.measurement.run_id in msg
     # stored: measuring again reuses both and recomputes nothing
     again = sharpkit.measure(

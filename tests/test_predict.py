@@ -413,3 +413,29 @@ def test_log_lines_carry_the_sweeps_eta(
         "fig1-paper: fig1-paper: 30 points [0/30] (0 s, ETA 1:02:05)",
         "fig1-paper: lr=0.005 batch_size=25 seed=0 [1/30] (5 s, ETA 25:00:00)",
     ]
+
+
+def test_an_interpolation_costs_what_the_probe_evaluates_at_each_alpha() -> None:
+    """Per α: at most eval_samples train and test examples, plus bn_samples
+    training examples when BN is re-estimated (the probe's defaults unless the
+    item sets them); the arithmetic is exact."""
+    from sharpkit.builtin._landscape.evaluation import (
+        DEFAULT_BN_SAMPLES,
+        DEFAULT_EVAL_SAMPLES,
+    )
+    from sharpkit.predict._calibrate import _interpolation_seconds
+    from sharpkit.predict._model import TrainTiming
+
+    t = TrainTiming(
+        example_seconds=1e-3, eval_seconds=1e-4, overhead=1.0, n_train=60_000,
+        n_test=10_000,
+    )  # fmt: skip
+    default = _interpolation_seconds({"a": {}, "b": {}}, t)
+    per_alpha = 2 * DEFAULT_EVAL_SAMPLES + DEFAULT_BN_SAMPLES
+    assert default == pytest.approx(31 * per_alpha * 1e-4)
+    all_data = _interpolation_seconds(
+        {"alpha": "-1:2:7", "options": {"eval_samples": 0, "bn_samples": 0}}, t
+    )
+    assert all_data == pytest.approx(7 * (60_000 + 10_000 + 60_000) * 1e-4)
+    no_bn = _interpolation_seconds({"bn_reestimate": False}, t)
+    assert no_bn == pytest.approx(31 * 2 * DEFAULT_EVAL_SAMPLES * 1e-4)

@@ -171,7 +171,7 @@ def test_factory_failure_names_the_plugin() -> None:
     reg = Registry(entry_points=False)
     reg.register_plugin(Plugin(), "inline", distribution="sharpkit-inline", version="9")
     with pytest.raises(
-        sharpkit.PluginLoadError,
+        sharpkit.PluginRunError,
         match=r"sharpkit-inline 9 \(inline\).*ZeroDivisionError",
     ):
         reg.create("metric", "broken")

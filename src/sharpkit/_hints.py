@@ -12,7 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["arg", "cli_hints", "in_cli", "traceback_hint"]
+__all__ = [
+    "arg",
+    "cli_hints",
+    "in_cli",
+    "option_hint",
+    "spelled",
+    "traceback_hint",
+]
 
 _CLI: ContextVar[bool] = ContextVar("sharpkit_cli_hints", default=False)
 
@@ -55,3 +62,28 @@ def arg(python: str, cli: str, value: str | None = None) -> str:
     if _CLI.get():
         return cli if value is None else f"{cli} {value}"
     return f"{python}=" if value is None else f"{python}={value!r}"
+
+
+def option_hint(flag: tuple[str, str], key: str) -> str:
+    """How the caller gives group option ``key``: ``--model-option key=...``, a dict.
+
+    Examples:
+        >>> option_hint(("model_options", "--model-option"), "width")
+        "model_options={'width': ...}"
+        >>> with cli_hints():
+        ...     option_hint(("model_options", "--model-option"), "width")
+        '--model-option width=...'
+    """
+    if _CLI.get():
+        return f"{flag[1]} {key}=..."
+    return f"{flag[0]}={{{key!r}: ...}}"
+
+
+def spelled(python: str, cli: str) -> str:
+    """A whole phrase as the caller writes it: ``cli`` under the CLI, else ``python``.
+
+    Examples:
+        >>> spelled("bn_reestimate=False", "-o bn_reestimate=false")
+        'bn_reestimate=False'
+    """
+    return cli if _CLI.get() else python

@@ -50,6 +50,7 @@ from sharpkit.errors import (
     DataError,
     StateDictMismatchError,
     UnsafeCheckpointError,
+    first_line,
 )
 
 if TYPE_CHECKING:
@@ -466,7 +467,7 @@ _UNPICKLER_RE = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
 
 def _corrupt(path: Path, exc: BaseException, size: int) -> CorruptCheckpointError:
     text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
+    first = first_line(exc)
     found = _UNPICKLER_RE.search(text)
     if found:  # torch's advice about weights_only does not apply: say what broke
         first = f"unreadable pickle: {found.group(1).strip()}"

@@ -25,6 +25,7 @@ __all__ = [
     "PluginContractError",
     "PluginError",
     "PluginLoadError",
+    "PluginRunError",
     "PluginWarning",
     "RunNotFoundError",
     "SharpkitDeprecationWarning",
@@ -52,6 +53,28 @@ class PluginLoadError(PluginError):
         plugin: The entry-point name of the plugin.
         distribution: The distribution that provides it (``None`` if unknown).
         phase: ``"import"``, ``"validate"`` or the name of the hook that raised.
+    """
+
+    def __init__(
+        self, message: str, *, plugin: str, distribution: str | None, phase: str
+    ) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.distribution = distribution
+        self.phase = phase
+
+
+class PluginRunError(PluginError):
+    """A component's own code raised while it was created or ran (computing, training).
+
+    Loading a plugin is :class:`PluginLoadError`; this is a loaded component
+    failing at work. The message names the component, its provider and what it
+    was doing; the original exception is the ``__cause__`` (``--debug`` shows it).
+
+    Attributes:
+        plugin: The entry-point name of the plugin.
+        distribution: The distribution that provides it (``None`` if unknown).
+        phase: What the component was doing (``"computing"``, ``"training"``, ...).
     """
 
     def __init__(
@@ -209,6 +232,24 @@ class ConvergenceWarning(SharpkitWarning):
 
 class SharpkitDeprecationWarning(SharpkitWarning, DeprecationWarning):
     """A feature is deprecated and will be removed."""
+
+
+def first_line(exc: BaseException, *, limit: int | None = None) -> str:
+    r"""The first line of ``exc``'s message (``""`` if none), for one-line errors.
+
+    Args:
+        exc: The exception.
+        limit: Cut the line to this many characters.
+
+    Examples:
+        >>> first_line(ValueError("bad value\nsee the docs"))
+        'bad value'
+        >>> first_line(KeyError())
+        ''
+    """
+    lines = str(exc).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if limit is None else line[:limit]
 
 
 for _cls in [globals()[_name] for _name in __all__]:

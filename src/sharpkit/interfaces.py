@@ -134,9 +134,6 @@ def no_progress(
     return None
 
 
-_no_progress = no_progress  # the old private name, still imported by the API
-
-
 # --------------------------------------------------------------------------- analysis
 
 

@@ -33,10 +33,11 @@ from sharpkit.errors import (
     DuplicateNameError,
     PluginContractError,
     PluginError,
-    PluginLoadError,
+    PluginRunError,
     PluginWarning,
     SharpkitError,
     UnknownNameError,
+    first_line,
 )
 from sharpkit.interfaces import (
     DatasetSpec,
@@ -138,8 +139,7 @@ class PluginFailure:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
+    first = first_line(exc)
     name = type(exc).__name__
     return f"{name}: {first}" if first else name
 
@@ -578,11 +578,23 @@ class Registry:
         Raises:
             UnknownNameError: No such name.
             ConfigError: Bad options.
-            PluginError: The factory of a plugin raised something other than a
+            PluginRunError: The factory of a plugin raised something other than a
                 :class:`~sharpkit.SharpkitError`.
         """
         spec = self.get(kind, name)
         parsed = self.parse_options(spec, options or {})
+        return self.instantiate(spec, name, parsed, **context)
+
+    def instantiate(
+        self, spec: _Spec, name: str, parsed: Mapping[str, Any], **context: Any
+    ) -> Any:
+        """Call ``spec``'s factory with options already parsed by :meth:`parse_options`.
+
+        Raises:
+            PluginRunError: The factory raised something other than a
+                :class:`~sharpkit.SharpkitError`.
+        """
+        kind = next(k for k, t in _SPEC_TYPES.items() if isinstance(spec, t))
         if isinstance(spec, ModelSpec) and spec.prefix:
             context["variant"] = name.split(":", 1)[1]
         with self.guard(kind, name, "being created"):
@@ -594,7 +606,7 @@ class Registry:
 
         A :class:`~sharpkit.SharpkitError` passes through unchanged (it already
         says what to do); any other exception becomes a
-        :class:`~sharpkit.PluginLoadError` naming the component, its provider and
+        :class:`~sharpkit.PluginRunError` naming the component, its provider and
         ``action``, with the original as ``__cause__`` for ``--debug``. A
         ``SystemExit`` raised by plugin code is such an exception too: it must not
         end the run (with exit status 0) and lose what was already computed.
@@ -611,7 +623,7 @@ class Registry:
                 f"{kind} {name!r} ({rec.provider}) failed while {action}: "
                 f"{_one_line(exc)}; rerun with --debug for the traceback"
             )
-            raise PluginLoadError(
+            raise PluginRunError(
                 msg, plugin=rec.name, distribution=rec.distribution, phase=action
             ) from exc
 

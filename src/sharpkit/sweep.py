@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharpkit.errors import ConfigError, SharpkitError
-from sharpkit.interfaces import ProgressCallback, _no_progress
+from sharpkit.interfaces import ProgressCallback, no_progress
 from sharpkit.predict import SweepClock
 
 if TYPE_CHECKING:
@@ -562,7 +562,7 @@ def run_sweep(
     if jobs < 1:
         msg = f"jobs must be >= 1, got {jobs}"
         raise ConfigError(msg)
-    progress = progress or _no_progress
+    progress = progress or no_progress
     _warn_if_local(config, scheduler)
     points = config.points()
     store = str(config.store) if config.store is not None else None

@@ -44,10 +44,11 @@ def test_the_group_becomes_options_in_its_place(
     name, count, analysis = seen[0]
     assert (name, count) == ("x", 2)
     assert analysis == AnalysisOptions(seed=3, no_store=True, model_option=["depth=2"])
-    kwargs = analysis.api_kwargs()
-    assert kwargs["store"] is None
-    assert kwargs["model_options"] == {"depth": "2"}
-    assert AnalysisOptions().api_kwargs()["store"] == DEFAULT_STORE
+    inputs = analysis.inputs()  # the API's one typed value
+    assert inputs.store is None
+    assert inputs.model_options == {"depth": "2"}
+    assert (inputs.seed, inputs.model_name) == (3, None)
+    assert AnalysisOptions().inputs().store == DEFAULT_STORE
     assert isinstance(DEFAULT_STORE, Path)
 
 

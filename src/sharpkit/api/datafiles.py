@@ -28,16 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
 from sharpkit._fs import available_memory
+from sharpkit._hints import option_hint
 from sharpkit._seed import generator
 from sharpkit.api.usercode import (
     call_with,
     is_code_spec,
     load_object,
-    option_hint,
     source_sha256,
 )
 from sharpkit.checkpoint import check_archive
-from sharpkit.errors import ConfigError, DataError
+from sharpkit.errors import ConfigError, DataError, first_line
 from sharpkit.interfaces import Dataset
 
 if TYPE_CHECKING:
@@ -428,7 +428,7 @@ def _read_tensor_file(path: Path) -> Mapping[str, Any]:
         )
         raise DataError(msg) from exc
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         msg = f"cannot read data file {str(path)!r} ({type(exc).__name__}: {first})"
         raise DataError(msg) from exc
     if isinstance(obj, tuple | list) and len(obj) == 2:

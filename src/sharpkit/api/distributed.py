@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from sharpkit.errors import DistributedError
+from sharpkit.errors import DistributedError, first_line
 
 __all__ = ["broadcast_names", "rank_and_world"]
 
@@ -51,7 +51,7 @@ def broadcast_names(names: list[str]) -> list[str]:
             buf.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
         dist.broadcast(buf, src=0)
     except RuntimeError as exc:  # a peer closed its connection, or a timeout
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, limit=200)
         msg = (
             "another process of the group stopped or timed out while rank 0 "
             f"shared what the store holds ({type(exc).__name__}: {first}); its "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
 from sharpkit._hints import arg
-from sharpkit.errors import ConfigError, DataError
+from sharpkit.errors import ConfigError, DataError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -33,8 +33,7 @@ def describe_inputs(split: DataSplit) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines() or [type(exc).__name__])[0][:200]
+    return first_line(exc, limit=200) or type(exc).__name__
 
 
 def check_fit(

@@ -17,75 +17,51 @@ their own; the run ends with a :class:`~sharpkit.MeasurementError` naming it.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import os
-import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sharpkit._data import DataSplit, evaluate
-from sharpkit._hints import arg
+from sharpkit._data import DataSplit
 from sharpkit._meta import json_safe
+from sharpkit.api.checks import check_fits, check_loss, run_metric
 from sharpkit.api.distributed import broadcast_names, rank_and_world
+from sharpkit.api.executor import Executor, PluginCall
 from sharpkit.api.fingerprint import code_digest, key_fields
-from sharpkit.api.fit import check_fit
-from sharpkit.api.isolation import ContextGuard, changed_context, check_result
-from sharpkit.api.losses import resolve_loss
-from sharpkit.api.provenance import (
-    code_sha256,
-    provider_of,
-    result_key,
-    run_attrs,
-    split_sha256,
+from sharpkit.api.job import (
+    Analysis,
+    AnalysisData,
+    Inputs,
+    Job,
+    Selection,
+    analysis_data,
+    resolve,
 )
+from sharpkit.api.models import ResolvedModel, check_finite, prepare_model
+from sharpkit.api.provenance import code_sha256
 from sharpkit.api.resolve import (
-    DEFAULT_SAMPLES,
     DataLike,
     ModelLike,
-    ResolvedModel,
     StoreLike,
-    as_split,
-    check_finite,
-    load_training_data,
     memory_bytes,
     open_store,
-    prepare_model,
-    recorded_data,
-    resolve_data,
-    resolve_device,
     resolve_dtype,
-    resolve_model,
     reuse_datasets,
 )
-from sharpkit.errors import (
-    ConfigError,
-    DataError,
-    MeasurementError,
-    NumericalError,
-    PluginContractError,
-    SharpkitError,
-    SharpkitWarning,
-)
+from sharpkit.errors import MeasurementError, SharpkitError
 from sharpkit.interfaces import (
     AnalysisContext,
-    Dataset,
     Metric,
     MetricResult,
     MetricSpec,
     ProgressCallback,
-    _no_progress,
+    no_progress,
 )
 from sharpkit.registry import Registry, get_registry
 
 if TYPE_CHECKING:
     import torch
 
-    from sharpkit.store import ResultStore
-
-__all__ = ["Measurement", "measure"]
+__all__ = ["Measurement", "measure", "run_measure"]
 
 # The run attributes that can change a metric's value: part of its reuse key.
 _KEY_SETTINGS = (
@@ -305,115 +281,85 @@ def measure(
         ConfigError: Bad arguments or options, or a loss that sums over the
             batch (all checked before anything is computed).
     """
-    reg = registry or get_registry()
-    names = _check_arguments(
-        metrics, bn_mode, tol, max_hvps, samples, batch_size, options or {}
-    )
-    specs = {n: reg.get("metric", n) for n in names}  # unknown names fail early
-    parsed = {n: reg.parse_options(specs[n], (options or {}).get(n, {})) for n in names}
-    dev = resolve_device(device)
-    want_dtype = resolve_dtype(dtype)
-    budget = memory_bytes(memory_budget)
-    chosen_loss = resolve_loss(loss)
-    data = resolve_data(data, options=data_options, registry=reg, root=data_root)
-
-    source = resolve_model(
-        model,
-        data=data,
-        model_name=model_name,
-        model_options=model_options,
-        data_root=data_root,
-        registry=reg,
-    )
-    check_finite(source.net, source.path or "the model")
-    data_info = _analysis_data(
-        data, source, split=split, samples=samples, root=data_root,
-        download=download, registry=reg, options=data_options,
+    inputs = Inputs(
+        data=data, data_options=data_options, data_root=data_root,
+        download=download, model_name=model_name, model_options=model_options,
+        loss=loss, seed=seed, device=device, store=store, force=force,
     )  # fmt: skip
+    analysis = Analysis(
+        selection=Selection(samples=samples, split=split), batch_size=batch_size,
+        tol=tol, max_hvps=max_hvps, bn_mode=bn_mode, dtype=dtype,
+        memory_budget=memory_budget, tf32=tf32,
+    )  # fmt: skip
+    return run_measure(
+        model, metrics, inputs, analysis, options=options, progress=progress,
+        cache=cache, warm_start=warm_start, registry=registry,
+    )  # fmt: skip
+
+
+def run_measure(
+    model: ModelLike,
+    metrics: str | Sequence[str],
+    inputs: Inputs,
+    analysis: Analysis,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: ProgressCallback | None = None,
+    cache: dict[str, Any] | None = None,
+    warm_start: torch.Tensor | None = None,
+    registry: Registry | None = None,
+) -> Measurement:
+    """:func:`measure` with its inputs and analysis options as typed values."""
+    reg = registry or get_registry()
+    names = analysis.metric_names(metrics, options or {})
+    ex = Executor(reg, force=inputs.force)
+    calls = {n: ex.call("metric", n, (options or {}).get(n)) for n in names}
+    want_dtype = resolve_dtype(analysis.dtype)
+    budget = memory_bytes(analysis.memory_budget)
+    job = resolve(inputs, reg)
+    source = job.model(model)
+    check_finite(source.net, source.path or "the model")
+    data_info = analysis_data(job, source, analysis.selection)
     if want_dtype is None:
         want_dtype = next(source.net.parameters()).dtype
-    work = prepare_model(source.net, dev, want_dtype)
-    loss_fn = chosen_loss.fn
-    attrs = _run_attributes(
-        source, data_info, model_name=model_name, model_options=model_options,
-        seed=seed, tol=tol,
-        max_hvps=max_hvps, bn_mode=bn_mode, dtype=want_dtype, device=dev,
-        loss=chosen_loss.label,
-    )  # fmt: skip
-    attrs["tf32"] = True if tf32 else None
-    rank, world = rank_and_world()
-    if world > 1:
-        attrs["world_size"] = world
-    attrs["code_sha256"] = code_sha256(
-        source.code_sha256, chosen_loss.code_sha256, data_info.code_sha256
-    )
-    settings = {k: attrs[k] for k in _KEY_SETTINGS} | key_fields(
-        work, loss_fn, data_info.analysis, batch_size=batch_size
-    )
-    settings.update(
-        {k: attrs[k] for k in _OPTIONAL_KEY_SETTINGS if attrs.get(k) is not None}
+    attrs = _run_attributes(job, source, data_info, analysis, want_dtype)
+    work = prepare_model(source.net, job.device, want_dtype)
+    # what decides a value: settings, the analysis set as used, what the model
+    # and loss compute, and the metric's own code (see api/fingerprint.py)
+    settings = _key_settings(attrs) | key_fields(
+        work, job.loss.fn, data_info.analysis, batch_size=analysis.batch_size
     )
     keys = {
-        n: result_key(
-            "metric",
-            n,
-            options=parsed[n],
-            provider=provider_of(reg, "metric", n),
-            component_code=code_digest(specs[n].factory),
-            **settings,
+        n: ex.key(
+            calls[n], component_code=code_digest(calls[n].spec.factory), **settings
         )
         for n in names
     }
-    rs = open_store(store) if rank == 0 else None  # rank 0 alone reads and writes
-    results = _stored(rs, keys) if not force else {}
-    reused = broadcast_names(list(results)) if world > 1 else list(results)
+    ex.store = open_store(inputs.store) if rank_and_world()[0] == 0 else None
+    results, reused = _stored(ex, calls, keys)
     todo = [n for n in names if n not in reused]
     failures: dict[str, SharpkitError] = {}
     if todo:
-        created = {n: _create_metric(reg, n, parsed[n]) for n in todo}
+        created = {n: ex.create(calls[n]) for n in todo}
         ctx = AnalysisContext(
             model=work,
-            loss_fn=loss_fn,
-            data=_on_device(data_info.analysis, dev, want_dtype),
-            batch_size=batch_size,
-            device=dev,
-            dtype=want_dtype,
-            seed=seed,
-            bn_mode=bn_mode,
-            tol=tol,
-            max_hvps=max_hvps,
-            progress=progress or _no_progress,
-            train_data=data_info.train,
-            cache=cache if cache is not None else {},
-            warm_start=warm_start,
-            memory_budget=budget,
-            tf32=tf32,
-        )
+            loss_fn=job.loss.fn,
+            data=_on_device(data_info.analysis, job.device, want_dtype),
+            batch_size=analysis.batch_size, device=job.device, dtype=want_dtype,
+            seed=inputs.seed, bn_mode=analysis.bn_mode, tol=analysis.tol,
+            max_hvps=analysis.max_hvps, progress=progress or no_progress,
+            train_data=data_info.train, cache=cache if cache is not None else {},
+            warm_start=warm_start, memory_budget=budget, tf32=analysis.tf32,
+        )  # fmt: skip
 
         def fits() -> None:
-            _check_fits(ctx, source, data_info, chosen_loss.label)
+            check_fits(ctx, source, data_info, job.loss.label)
 
-        failures = _compute(reg, created, ctx, results, before=fits)
-        vectors = ctx.eigenvectors
-        if vectors is not None and vectors.ndim == 2 and vectors.shape[1]:
-            warm_start = vectors[:, 0].detach().clone().cpu()
+        failures = _compute(ex, calls, created, ctx, results, before=fits)
+        warm_start = _top_vector(ctx, warm_start)
     ordered = {n: results[n] for n in names if n in results}
-    new_names = [n for n in todo if n in results]
-    run_id = None
-    if rs is not None and new_names:
-        new = {
-            n: dataclasses.replace(
-                ordered[n], attrs={**ordered[n].attrs, "key": keys[n]}
-            )
-            for n in new_names
-        }
-        run_id = rs.write_run(
-            kind="measure",
-            attrs=run_attrs("measure", attrs),
-            metrics=new,
-            metric_labels={n: _labels(specs[n]) for n in new_names},
-        )
-        ordered.update(new)
+    new = {n: calls[n] for n in todo if n in results}
+    run_id = _write(ex, ordered, new, keys, attrs)
     out = Measurement(
         ordered, attrs, run_id=run_id, reused=reused, warm_start=warm_start
     )
@@ -425,188 +371,74 @@ def measure(
 # --------------------------------------------------------------------------- steps
 
 
-def _stored(rs: ResultStore | None, keys: Mapping[str, str]) -> dict[str, MetricResult]:
-    """The metrics ``rs`` already holds, by name (none without a store)."""
+def _stored(
+    ex: Executor, calls: Mapping[str, PluginCall], keys: Mapping[str, str]
+) -> tuple[dict[str, MetricResult], list[str]]:
+    """What the store holds (rank 0 reads it), and its names, known to every rank."""
     found: dict[str, MetricResult] = {}
-    if rs is None:
-        return found
-    for name, key in keys.items():
-        result = rs.find_metric(key)
+    for name, call in calls.items():
+        result = ex.stored(call, keys[name])
         if result is not None:
             found[name] = result
-    return found
+    world = rank_and_world()[1]
+    return found, broadcast_names(list(found)) if world > 1 else list(found)
 
 
-def _check_arguments(
-    metrics: str | Sequence[str],
-    bn_mode: str,
-    tol: float,
-    max_hvps: int | None,
-    samples: int | None,
-    batch_size: int,
-    options: Mapping[str, Any],
-) -> list[str]:
-    """Validate :func:`measure`'s plain arguments; return the metric names."""
-    names = [metrics] if isinstance(metrics, str) else list(metrics)
-    if not names:
-        msg = "no metric requested; pass at least one, e.g. metrics=['spectral']"
-        raise ConfigError(msg)
-    if len(set(names)) != len(names):
-        msg = f"metric listed twice in {names!r}"
-        raise ConfigError(msg)
-    if bn_mode not in ("eval", "train"):
-        msg = f"bn_mode must be 'eval' or 'train', got {bn_mode!r}"
-        raise ConfigError(msg)
-    if not (0 < tol < 1):
-        msg = f"tol must be in (0, 1), got {tol}"
-        raise ConfigError(msg)
-    for label, value in (
-        ("max_hvps", max_hvps),
-        ("samples", samples),
-        ("batch_size", batch_size),
-    ):
-        if value is not None and value < 1:
-            msg = f"{label} must be positive, got {value}"
-            raise ConfigError(msg)
-    unknown = [k for k in options if k not in names]
-    if unknown:
-        msg = f"options given for {unknown[0]!r}, which is not one of {names!r}"
-        raise ConfigError(msg)
-    return names
+def _write(
+    ex: Executor,
+    ordered: dict[str, MetricResult],
+    new: Mapping[str, PluginCall],
+    keys: Mapping[str, str],
+    attrs: Mapping[str, Any],
+) -> str | None:
+    """Write the metrics computed now as one run; add their keys to ``ordered``."""
+    if ex.store is None or not new:
+        return None
+    done = {
+        n: dataclasses.replace(ordered[n], attrs={**ordered[n].attrs, "key": keys[n]})
+        for n in new
+    }
+    ordered.update(done)
+    return ex.write(
+        "measure",
+        attrs,
+        metrics=done,
+        metric_labels={n: _labels(call.spec) for n, call in new.items()},
+    )
 
 
-@dataclass(frozen=True, kw_only=True)
-class _AnalysisData:
-    """The analysis set, the training split (if known) and how they were chosen."""
-
-    analysis: DataSplit
-    train: DataSplit | None = None
-    dataset: str | None = None
-    split: str | None = None
-    train_subset: int | None = None
-    registered: bool = False
-    code_sha256: str | None = None
-
-    def sha256(self) -> str | None:
-        """The analysis set's hash, for data not named by a registered dataset."""
-        return None if self.registered else split_sha256(self.analysis)
+def _key_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The run attributes that are part of every metric's reuse key."""
+    settings = {k: attrs[k] for k in _KEY_SETTINGS}
+    settings.update(
+        {k: attrs[k] for k in _OPTIONAL_KEY_SETTINGS if attrs.get(k) is not None}
+    )
+    return settings
 
 
-def _analysis_data(
-    data: DataLike,
-    source: ResolvedModel,
-    *,
-    split: str,
-    samples: int | None,
-    root: str | os.PathLike[str] | None,
-    download: bool,
-    registry: Registry,
-    options: Mapping[str, Any] | None = None,
-) -> _AnalysisData:
-    """Return the analysis set that ``data`` names for the model in ``source``."""
-    meta = source.meta
-    if data is None:
-        data = resolve_data(
-            recorded_data(meta), options=options, registry=registry, root=root
-        )
-    name = data if isinstance(data, str) else None
-    if data is None:
-        msg = (
-            "no data given and the model does not name its dataset; pass "
-            f"{arg('data', '--data')}"
-        )
-        raise ConfigError(msg)
-    if name is not None:
-        if split not in ("train", "test"):
-            msg = f"split must be 'train' or 'test', got {split!r}"
-            raise ConfigError(msg)
-        ds, train_subset = load_training_data(
-            name, meta, root=root, download=download, registry=registry,
-            with_subset=split == "train", options=options,
-        )  # fmt: skip
-        out = _AnalysisData(
-            analysis=(ds.train if split == "train" else ds.test).head(
-                samples or DEFAULT_SAMPLES
-            ),
-            train=ds.train,
-            dataset=name,
-            split=split,
-            train_subset=train_subset,
-            registered=True,
-        )
-    elif isinstance(data, Dataset):
-        _warn_if_not_the_training_subset(data, source, split)
-        if split == "test" and not getattr(data, "has_test", True):
-            msg = (
-                f"{data.name!r} holds no test split (x_test/y_test, or a test/ "
-                f"folder); measure on {arg('split', '--split', 'train')}"
-            )
-            raise ConfigError(msg)
-        out = _AnalysisData(
-            analysis=(data.train if split == "train" else data.test).head(
-                samples or DEFAULT_SAMPLES
-            ),
-            train=data.train,
-            dataset=data.name,
-            split=split,
-            code_sha256=getattr(data, "code_sha256", None),
-        )
-    else:
-        out = _AnalysisData(analysis=as_split(data, samples))
-    if len(out.analysis) == 0:
-        msg = "the analysis data is empty"
-        raise DataError(msg)
-    if samples is not None and samples > len(out.analysis):
-        n = len(out.analysis)
-        warnings.warn(
-            f"{arg('samples', '--samples')} {samples} asks for {samples} examples, "
-            f"but the analysis data has {n}: all {n} are used",
-            SharpkitWarning,
-            stacklevel=4,
-        )
-    return out
-
-
-def _warn_if_not_the_training_subset(
-    data: Dataset, source: ResolvedModel, split: str
-) -> None:
-    trained_on = source.meta.dataset_options.get("subset")
-    if (
-        split == "train"
-        and trained_on is not None
-        and data.name == source.meta.dataset
-        and len(data.train) != int(trained_on)
-    ):
-        warnings.warn(
-            f"the model was trained on a {trained_on}-example subset of "
-            f"{data.name!r}, but the analysis set comes from the dataset "
-            f"passed in ({len(data.train)} training examples); pass data=None "
-            "to measure on the training subset",
-            SharpkitWarning,
-            stacklevel=4,
-        )
+def _top_vector(
+    ctx: AnalysisContext, default: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The top eigenvector the metrics found (flat, on the CPU), else ``default``."""
+    vectors = ctx.eigenvectors
+    if vectors is not None and vectors.ndim == 2 and vectors.shape[1]:
+        return vectors[:, 0].detach().clone().cpu()
+    return default
 
 
 def _run_attributes(
+    job: Job,
     source: ResolvedModel,
-    data: _AnalysisData,
-    *,
-    model_name: str | None,
-    model_options: Mapping[str, Any] | None,
-    seed: int,
-    tol: float,
-    max_hvps: int | None,
-    bn_mode: str,
+    data: AnalysisData,
+    analysis: Analysis,
     dtype: torch.dtype,
-    device: torch.device,
-    loss: str,
 ) -> dict[str, Any]:
     """Return the provenance of a measurement (what its stored run records)."""
-    meta = source.meta
-    return {
+    meta, inputs = source.meta, job.inputs
+    attrs: dict[str, Any] = {
         **source.attrs(),
-        "model": meta.model or model_name or type(source.net).__name__,
-        "model_options": {**meta.model_options, **(model_options or {})},
+        "model": meta.model or inputs.model_name or type(source.net).__name__,
+        "model_options": {**meta.model_options, **(inputs.model_options or {})},
         "dataset": data.dataset,
         "split": data.split,
         "train_subset": data.train_subset,
@@ -616,16 +448,24 @@ def _run_attributes(
         "momentum": meta.momentum,
         "train_seed": meta.seed,
         "epoch": meta.epoch,
-        "seed": seed,
-        "tol": tol,
-        "max_hvps": max_hvps,
-        "bn_mode": bn_mode,
+        "seed": inputs.seed,
+        "tol": analysis.tol,
+        "max_hvps": analysis.max_hvps,
+        "bn_mode": analysis.bn_mode,
         "dtype": str(dtype).removeprefix("torch."),
-        "device": str(device),
-        "loss": loss,
+        "device": str(job.device),
+        "loss": job.loss.label,
         "data_sha256": data.sha256(),
         "final": dict(meta.final),
+        "tf32": True if analysis.tf32 else None,
     }
+    world = rank_and_world()[1]
+    if world > 1:
+        attrs["world_size"] = world
+    attrs["code_sha256"] = code_sha256(
+        source.code_sha256, job.loss.code_sha256, data.code_sha256
+    )
+    return attrs
 
 
 def _on_device(split: DataSplit, device: torch.device, dtype: torch.dtype) -> DataSplit:
@@ -635,127 +475,14 @@ def _on_device(split: DataSplit, device: torch.device, dtype: torch.dtype) -> Da
     return DataSplit(x, split.targets.to(device), input_names=split.input_names)
 
 
-def _check_fits(
-    ctx: AnalysisContext, source: ResolvedModel, data: _AnalysisData, loss: str
-) -> None:
-    """One line, not a traceback, when the data or the loss do not fit the model."""
-    from sharpkit.api.wrappers import ExportedModel
-
-    model = ctx.model
-    exported = isinstance(model, ExportedModel)
-    if isinstance(model, ExportedModel) and (
-        ctx.bn_mode != "eval" or model.training_ops
-    ):
-        module = arg("model_name", "--model", "package.module:Class")
-        if model.training_ops:
-            msg = (
-                f"the exported program {source.path!r} runs "
-                f"{', '.join(model.training_ops)} in training mode; export it "
-                f"after model.eval(), or give the module itself ({module})"
-            )
-        else:
-            msg = (
-                f"the exported program {source.path!r} fixed its batch norm in "
-                f"eval mode when it was exported; for {arg('bn_mode', '--bn-mode')}"
-                f" train give the module itself ({module} and a state_dict)"
-            )
-        raise ConfigError(msg)
-    name = source.path or source.meta.model or type(source.net).__name__
-    check_fit(
-        ctx.model,
-        ctx.data,
-        ctx.loss_fn,
-        model_label=str(name),
-        data_label=repr(data.dataset) if data.dataset else "the data",
-        expects=source.expects(),
-        loss_label=f"the loss {loss!r}",
-        second_order=exported,
-    )
-
-
 def _labels(spec: MetricSpec) -> dict[str, str]:
     """The long name and unit a stored metric carries, from its spec."""
     return {"long_name": spec.long_name or spec.name, "units": spec.unit}
 
 
-def _check_loss(ctx: AnalysisContext) -> None:
-    """Check the loss is a finite scalar on the analysis set; cache its value."""
-    loss, _ = evaluate(ctx.model, ctx.data, ctx.loss_fn, batch_size=ctx.batch_size)
-    if not math.isfinite(loss):
-        msg = (
-            "the loss is not finite on the analysis data; check the "
-            "checkpoint, the data normalisation and the loss function"
-        )
-        raise DataError(msg)
-    ctx.cache.setdefault("loss", loss)
-    _check_reduction(ctx)
-
-
-def _check_reduction(ctx: AnalysisContext) -> None:
-    """Refuse a loss that sums over the batch instead of averaging.
-
-    On one batch of outputs (computed once, so batch statistics play no part),
-    a mean loss equals the size-weighted mean of its values on the two halves;
-    a summed one equals their sum. A weighted mean (class weights,
-    ``ignore_index``) is neither, and is accepted.
-    """
-    import torch
-
-    n = min(len(ctx.data), ctx.batch_size, 128)  # a few examples tell
-    if n < 2:
-        return
-    x, y = next(ctx.data.batches(n))
-    with torch.no_grad():
-        out = ctx.model(x)
-        if not (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor)):
-            return
-        k = n // 2
-        try:
-            whole, a, b = (
-                float(ctx.loss_fn(out[s], y[s]))
-                for s in (slice(None), slice(0, k), slice(k, n))
-            )
-        except (RuntimeError, ValueError, IndexError):
-            return  # the loss does not take a part of the batch: nothing to say
-    scale = abs(whole) + abs(a) + abs(b)
-    if not (math.isfinite(scale) and scale > 0):
-        return
-    as_sum = abs(whole - (a + b)) <= 1e-4 * scale  # float32 rounding: ~1e-7
-    as_mean = abs(whole - (k * a + (n - k) * b) / n) <= 1e-4 * scale
-    if as_sum and not as_mean:
-        msg = (
-            f"the loss sums over the batch (on {n} examples it equals the sum of "
-            "its values on the two halves), so every value would scale with "
-            "batch_size; pass a loss with reduction='mean'"
-        )
-        raise ConfigError(msg)
-    if not (as_sum or as_mean) and len(ctx.data) > ctx.batch_size:
-        _check_weighted(ctx)
-
-
-def _check_weighted(ctx: AnalysisContext) -> None:
-    """Refuse a weighted-mean loss whose weights the batches cannot be given.
-
-    Its value on the whole data is ``Σ wᵢℓᵢ / Σ wᵢ``; batches must enter with
-    their ``Σ wᵢ``, which :func:`sharpkit._data.loss_weight` knows for torch's
-    cross-entropy and NLL losses and for a loss with a ``batch_weight`` method.
-    """
-    from sharpkit._data import knows_weights
-
-    if knows_weights(ctx.loss_fn):
-        return
-    msg = (
-        "the loss is a weighted mean (on one batch it is neither the mean nor "
-        "the sum of its values on the two halves), so batches of "
-        f"{ctx.batch_size} cannot be combined into the whole data's loss; give "
-        "the loss a batch_weight(targets) method returning the sum of the "
-        f"weights it divides by, or use batch_size >= {len(ctx.data)}"
-    )
-    raise ConfigError(msg)
-
-
 def _compute(
-    reg: Registry,
+    ex: Executor,
+    calls: Mapping[str, PluginCall],
     metrics: Mapping[str, Metric],
     ctx: AnalysisContext,
     results: dict[str, MetricResult],
@@ -766,12 +493,12 @@ def _compute(
 
     ``before`` runs first, in analysis mode (checks that the data fit the
     model). A metric that raises a :class:`SharpkitError` (plugin exceptions
-    become :class:`~sharpkit.PluginLoadError` in ``Registry.guard``) is recorded
+    become :class:`~sharpkit.PluginRunError` in ``Registry.guard``) is recorded
     and the next one runs. So is a metric that changed the model's parameters
     or buffers: its result is dropped and the model restored bit for bit (see
-    :class:`_StateGuard`) before the next metric runs. Across processes an
-    error ends the call instead: a rank that went on alone would wait forever
-    for the others.
+    :class:`~sharpkit.api.executor.ModelGuard`) before the next metric runs.
+    Across processes an error ends the call instead: a rank that went on alone
+    would wait forever for the others.
     """
     from sharpkit.curvature.operator import analysis_mode, full_precision
 
@@ -783,98 +510,15 @@ def _compute(
     ):
         if before is not None:
             before()
-        _check_loss(ctx)
+        check_loss(ctx)
         for name, metric in metrics.items():
-            guard, isolated = _StateGuard(ctx), ContextGuard(ctx)
             try:
-                results[name] = _run_metric(reg, name, metric, ctx)
+                results[name] = run_metric(ex, calls[name], metric, ctx)
             except SharpkitError as exc:
                 if not alone:
                     raise
                 failures[name] = exc
-            changed, other = guard.restore(), isolated.restore()
-            if changed or other:
-                results.pop(name, None)
-                failures.setdefault(
-                    name,
-                    _changed_model(name, changed)
-                    if changed
-                    else changed_context(name, other),
-                )
     return failures
-
-
-def _changed_model(name: str, changed: Sequence[str]) -> PluginContractError:
-    what = ", ".join(repr(c) for c in changed[:2])
-    more = f" and {len(changed) - 2} more" if len(changed) > 2 else ""
-    msg = (
-        f"metric {name!r} changed the model in place ({what}{more}); its result "
-        "was discarded and the model restored for the metrics after it (a metric "
-        "must leave parameters and buffers as it found them: work on a copy)"
-    )
-    return PluginContractError(msg)
-
-
-class _StateGuard:
-    """The model's parameters and buffers before one metric, restored after it.
-
-    Every tensor is kept as the object it was and as a copy of its bits, so a
-    metric that changed values in place, replaced a tensor, or converted the
-    model (``.double()``) is found and undone exactly. The context's shared
-    state (cache, eigenvectors, the Hessian operator) is reset with it, since
-    whatever the metric left there was computed on the changed model.
-    """
-
-    def __init__(self, ctx: AnalysisContext) -> None:
-        self._ctx = ctx
-        self._saved = [
-            (module, table, attr, tensor, tensor.detach().clone(), f"{prefix}{attr}")
-            for prefix, module in (
-                (f"{n}." if n else "", m) for n, m in ctx.model.named_modules()
-            )
-            for table in ("_parameters", "_buffers")
-            for attr, tensor in getattr(module, table).items()
-            if tensor is not None
-        ]
-        self._cache = dict(ctx.cache)
-        self._eigenvectors = ctx.eigenvectors
-
-    def restore(self) -> list[str]:
-        """Undo every change; return the names of the tensors that had changed."""
-        import torch
-
-        changed = []
-        with torch.no_grad():
-            for module, table, attr, tensor, saved, qualname in self._saved:
-                now = getattr(module, table).get(attr)
-                if now is tensor and _same_bits(tensor, saved):
-                    continue
-                changed.append(qualname)
-                getattr(module, table)[attr] = tensor
-                if (tensor.dtype, tensor.shape, tensor.device) == (
-                    saved.dtype,
-                    saved.shape,
-                    saved.device,
-                ):
-                    tensor.copy_(saved)
-                else:
-                    tensor.data = saved.clone()
-        if changed:
-            self._ctx.cache.clear()
-            self._ctx.cache.update(self._cache)
-            self._ctx.eigenvectors = self._eigenvectors
-            self._ctx._hessian = None
-        return changed
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors have the same dtype, shape, device and bytes."""
-    import torch
-
-    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
-        return False
-    as_bytes = [t.detach().reshape(-1).contiguous().view(torch.uint8) for t in (a, b)]
-    return bool(torch.equal(*as_bytes))
 
 
 def _failed(
@@ -895,137 +539,3 @@ def _failed(
     noun = "metric" if len(failures) == 1 else "metrics"
     msg = f"{noun} {names} failed ({why}); {rest}"
     return MeasurementError(msg, measurement=measurement, failures=failures)
-
-
-def _create_metric(reg: Registry, name: str, options: Mapping[str, Any]) -> Metric:
-    """Create one metric (before anything is computed: bad options fail fast)."""
-    metric = reg.create("metric", name, options)
-    if not isinstance(metric, Metric):
-        got = type(metric).__name__
-        msg = f"metric {name!r} factory returned {got} without compute()"
-        raise PluginContractError(msg)
-    return metric
-
-
-def _run_metric(
-    reg: Registry, name: str, metric: Metric, ctx: AnalysisContext
-) -> MetricResult:
-    """Run one metric; fill in its name, products and time."""
-    hvps_before = ctx._hessian.hvp_count if ctx._hessian is not None else 0
-    estimate = getattr(metric, "estimated_hvps", None)
-    n_est = 0
-    if callable(estimate):
-        with reg.guard("metric", name, "estimating its cost"):
-            n_est = int(estimate(ctx) or 0)
-    outer = ctx.progress
-    if n_est:
-        outer(0, float(n_est), description=f"{name} (≈{n_est} HVPs)")
-        ctx.progress = _CostAnnouncer(ctx, outer, name, n_est)
-    else:
-        outer(0, None, description=name)
-    start = time.perf_counter()
-    try:
-        with reg.guard("metric", name, "computing"):
-            result: object = metric.compute(ctx)
-    finally:
-        ctx.progress = outer
-    seconds = time.perf_counter() - start
-    if not isinstance(result, MetricResult):
-        msg = f"metric {name!r} returned {type(result).__name__}, expected MetricResult"
-        raise PluginContractError(msg)
-    result = _numbers(name, result)
-    check_result(name, result)
-    if not math.isfinite(result.value):
-        msg = f"metric {name!r} returned a non-finite value ({result.value})"
-        raise NumericalError(msg)
-    if reg.get("metric", name).stochastic and result.stderr is None:
-        warnings.warn(
-            f"metric {name!r} is stochastic but reported no standard error",
-            stacklevel=2,
-        )
-    hvps_after = ctx._hessian.hvp_count if ctx._hessian is not None else 0
-    return dataclasses.replace(
-        result,
-        metric=name,
-        hvps=result.hvps if result.hvps is not None else hvps_after - hvps_before,
-        seconds=result.seconds if result.seconds is not None else seconds,
-    )
-
-
-def _numbers(name: str, result: MetricResult) -> MetricResult:
-    """``result`` with ``value``, ``stderr`` and ``bound`` as floats, or an error.
-
-    Raises:
-        PluginContractError: One of them is not a real number (text, a
-            collection, ``True``/``False``).
-    """
-    fields: dict[str, float | None] = {}
-    for field in ("value", "stderr", "bound"):
-        given = getattr(result, field)
-        if given is None and field != "value":
-            fields[field] = None
-            continue
-        try:
-            if isinstance(given, str | bytes | bool) or not (
-                isinstance(given, numbers.Real) or hasattr(given, "__float__")
-            ):
-                raise TypeError(field)
-            fields[field] = float(given)
-        except (TypeError, ValueError, RuntimeError):
-            msg = (
-                f"metric {name!r} returned {field} {given!r} "
-                f"({type(given).__name__}); a MetricResult's {field} must be a "
-                "real number"
-            )
-            raise PluginContractError(msg) from None
-    value = fields["value"]
-    assert value is not None  # checked above: a value of None is refused
-    return dataclasses.replace(
-        result, value=value, stderr=fields["stderr"], bound=fields["bound"]
-    )
-
-
-class _CostAnnouncer:
-    """Progress wrapper that adds the time estimate once a product has been timed.
-
-    The estimate is ``estimated_hvps × seconds per product``, shown in the task
-    description as soon as the metric's first product is done; no product is
-    spent on timing alone.
-    """
-
-    def __init__(
-        self, ctx: AnalysisContext, outer: ProgressCallback, name: str, n_est: int
-    ) -> None:
-        self._ctx = ctx
-        self._outer = outer
-        self._name = name
-        self._n_est = n_est
-        self._announced = False
-
-    def __call__(
-        self,
-        completed: float,
-        total: float | None = None,
-        /,
-        *,
-        description: str | None = None,
-        **info: Any,
-    ) -> None:
-        op = self._ctx._hessian
-        if not self._announced and description is None and op is not None:
-            per = op.mean_hvp_seconds
-            if per is not None:
-                self._announced = True
-                secs = self._n_est * per
-                description = (
-                    f"{self._name} (≈{self._n_est} HVPs, ≈{_fmt_seconds(secs)})"
-                )
-        self._outer(completed, total, description=description, **info)
-
-
-def _fmt_seconds(secs: float) -> str:
-    if secs < 60:
-        return f"{secs:.1f} s"
-    if secs < 3600:
-        return f"{secs / 60:.1f} min"
-    return f"{secs / 3600:.1f} h"

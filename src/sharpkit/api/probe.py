@@ -12,46 +12,32 @@ import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sharpkit._hints import arg, in_cli
+from sharpkit._hints import arg, spelled
 from sharpkit.api.datafiles import SourceDataset
+from sharpkit.api.executor import Executor, PluginCall
 from sharpkit.api.fit import check_fit
-from sharpkit.api.losses import resolve_loss
-from sharpkit.api.provenance import (
-    code_sha256,
-    provider_of,
-    result_key,
-    run_attrs,
-    split_sha256,
-)
-from sharpkit.api.resolve import (
-    ModelLike,
-    ResolvedModel,
-    StoreLike,
-    check_finite,
-    load_training_data,
-    open_store,
-    recorded_data,
-    resolve_data,
-    resolve_device,
-    resolve_model,
-)
-from sharpkit.errors import ConfigError, PluginContractError
+from sharpkit.api.job import Inputs, Job, resolve
+from sharpkit.api.models import ResolvedModel, check_finite
+from sharpkit.api.provenance import code_sha256, split_sha256
+from sharpkit.api.resolve import ModelLike, StoreLike, open_store, recorded_data
+from sharpkit.errors import ConfigError
 from sharpkit.interfaces import (
     Dataset,
-    Probe,
     ProbeContext,
     ProbeResult,
     ProgressCallback,
-    _no_progress,
+    no_progress,
 )
 from sharpkit.registry import Registry, get_registry
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["interpolate", "probe"]
+    from sharpkit.api.losses import ResolvedLoss
+
+__all__ = ["interpolate", "probe", "run_probe"]
 
 
 def probe(
@@ -104,118 +90,98 @@ def probe(
     Returns:
         The probe's curves or grid, with width readouts in ``summary``.
     """
-    reg = registry or get_registry()
-    spec = reg.get("probe", name)
-    parsed = reg.parse_options(spec, options or {})
-    if len(models) != spec.n_models:
-        msg = f"probe {name!r} takes {spec.n_models} model(s), got {len(models)}"
+    inputs = Inputs(
+        data=data, data_options=data_options, data_root=data_root,
+        download=download, model_name=model_name, model_options=model_options,
+        loss=loss, seed=seed, device=device, store=store, force=force,
+    )  # fmt: skip
+    return run_probe(
+        name, models, inputs, options=options, batch_size=batch_size,
+        progress=progress, registry=registry,
+    )  # fmt: skip
+
+
+def run_probe(
+    name: str,
+    models: Sequence[ModelLike],
+    inputs: Inputs,
+    *,
+    options: Mapping[str, Any] | None = None,
+    batch_size: int = 1024,
+    progress: ProgressCallback | None = None,
+    registry: Registry | None = None,
+) -> ProbeResult:
+    """:func:`probe` with its inputs as one typed value."""
+    ex = Executor(registry or get_registry(), force=inputs.force)
+    call = ex.call("probe", name, options)
+    if len(models) != call.spec.n_models:
+        msg = f"probe {name!r} takes {call.spec.n_models} model(s), got {len(models)}"
         raise ConfigError(msg)
-    dev = resolve_device(device)
-    chosen_loss = resolve_loss(loss)
-    data = resolve_data(data, options=data_options, registry=reg, root=data_root)
-    ds: Dataset | None = data if isinstance(data, Dataset) else None
-    registered = False
-    sources = [
-        resolve_model(
-            m,
-            data=data if isinstance(data, str | Dataset) else None,
-            model_name=model_name,
-            model_options=model_options,
-            data_root=data_root,
-            registry=reg,
-        )
-        for m in models
-    ]
+    job = resolve(inputs, ex.registry)
+    sources = [job.model(m) for m in models]
     _check_same_architecture([s.net for s in sources])
     for s in sources:
         check_finite(s.net, s.path or "a model")
+    ds, registered = _probe_data(job, sources[0])
     metas = [s.meta for s in sources]
-    if ds is None:
-        ds_name = data if isinstance(data, str) else recorded_data(metas[0])
-        if ds_name is None:
-            msg = (
-                "no data given and the checkpoints do not name a dataset; pass "
-                f"{arg('data', '--data')}"
-            )
-            raise ConfigError(msg)
-        # "Training data" is what the first model was trained on: the same seeded
-        # subset when it was trained on one (the paper's train-loss curves).
-        ds, _ = load_training_data(
-            ds_name, metas[0], root=data_root, download=download, registry=reg,
-            options=data_options,
-        )  # fmt: skip
-        registered = not isinstance(ds, SourceDataset)
-    shas = [s.sha256 for s in sources]
-    paths = [s.path for s in sources]
-    extra = _optional_key(sources, ds, chosen_loss.code_sha256, registered)
-    key = result_key(
-        "probe",
-        name,
-        provider=provider_of(reg, "probe", name),
-        train_subset=[len(ds.train), metas[0].seed],
-        options=parsed,
-        checkpoints=shas,
-        dataset=ds.name,
-        seed=seed,
-        loss=chosen_loss.label,
-        **extra,
-    )
-    rs = open_store(store)
-    if rs is not None and not force:
-        found = rs.find_probe(key)
-        if found is not None:
-            return found
-    work = [copy.deepcopy(s.net).to(dev).eval() for s in sources]
-    _check_probe_fits(
-        sources, work[0], ds, chosen_loss.fn, chosen_loss.label, spec, parsed
-    )
+    extra = _optional_key(sources, ds, job.loss.code_sha256, registered)
+    key = ex.key(
+        call, train_subset=[len(ds.train), metas[0].seed],
+        checkpoints=[s.sha256 for s in sources], dataset=ds.name,
+        seed=inputs.seed, loss=job.loss.label, **extra,
+    )  # fmt: skip
+    ex.store = open_store(inputs.store)
+    found = ex.stored(call, key)
+    if found is not None:
+        return cast("ProbeResult", found)
+    work = [copy.deepcopy(s.net).to(job.device).eval() for s in sources]
+    _check_probe_fits(sources, work[0], ds, job.loss, call)
     ctx = ProbeContext(
-        models=work,
-        loss_fn=chosen_loss.fn,
-        train_data=ds.train,
-        test_data=ds.test,
-        batch_size=batch_size,
-        device=dev,
-        seed=seed,
-        progress=progress or _no_progress,
-    )
-    instance = reg.create("probe", name, parsed)
-    if not isinstance(instance, Probe):
-        msg = f"probe {name!r} factory returned {type(instance).__name__} without run()"
-        raise PluginContractError(msg)
+        models=work, loss_fn=job.loss.fn, train_data=ds.train, test_data=ds.test,
+        batch_size=batch_size, device=job.device, seed=inputs.seed,
+        progress=progress or no_progress,
+    )  # fmt: skip
     start = time.perf_counter()
-    with reg.guard("probe", name, "running"):
-        outcome: object = instance.run(ctx)
-    if not isinstance(outcome, ProbeResult):
-        msg = f"probe {name!r} returned {type(outcome).__name__}, expected ProbeResult"
-        raise PluginContractError(msg)
-    result = dataclasses.replace(
+    outcome = ex.run(call, "running", ex.create(call).run, ctx)
+    seconds = time.perf_counter() - start
+    result: ProbeResult = dataclasses.replace(
         outcome,
         probe=name,
-        seconds=outcome.seconds
-        if outcome.seconds is not None
-        else time.perf_counter() - start,
+        seconds=outcome.seconds if outcome.seconds is not None else seconds,
         attrs={**outcome.attrs, "key": key},
     )
-    if rs is not None:
-        attrs = {
-            "probe": name,
-            "checkpoint_sha256": shas,
-            "checkpoint_path": paths,
-            "model": metas[0].model or model_name,
-            "dataset": ds.name,
-            "loss": chosen_loss.label,
-            **extra,
-            "lr": [m.lr for m in metas],
-            "batch_size": [m.batch_size for m in metas],
-            "train_seed": [m.seed for m in metas],
-            "seed": seed,
-        }
-        run_id = rs.write_run(
-            kind="probe", attrs=run_attrs("probe", attrs), probes={name: result}
-        )
+    attrs = {
+        "probe": name,
+        "checkpoint_sha256": [s.sha256 for s in sources],
+        "checkpoint_path": [s.path for s in sources],
+        "model": metas[0].model or inputs.model_name,
+        "dataset": ds.name, "loss": job.loss.label, **extra,
+        "lr": [m.lr for m in metas], "batch_size": [m.batch_size for m in metas],
+        "train_seed": [m.seed for m in metas], "seed": inputs.seed,
+    }  # fmt: skip
+    run_id = ex.write("probe", attrs, probes={name: result})
+    if run_id is not None:
         result = dataclasses.replace(result, attrs={**result.attrs, "run_id": run_id})
     return result
+
+
+def _probe_data(job: Job, first: ResolvedModel) -> tuple[Dataset, bool]:
+    """The dataset to probe on, and whether it is a registered one.
+
+    "Training data" is what the first model was trained on: the same seeded
+    subset when it was trained on one (the paper's train-loss curves).
+    """
+    if isinstance(job.data, Dataset):
+        return job.data, False
+    ds_name = job.data if isinstance(job.data, str) else recorded_data(first.meta)
+    if ds_name is None:
+        msg = (
+            "no data given and the checkpoints do not name a dataset; pass "
+            f"{arg('data', '--data')}"
+        )
+        raise ConfigError(msg)
+    ds, _ = job.training_data(ds_name, first, registered=isinstance(job.data, str))
+    return ds, not isinstance(ds, SourceDataset)
 
 
 def interpolate(
@@ -240,11 +206,19 @@ def interpolate(
         bn_reestimate: Re-estimate BN statistics at every α.
         **kwargs: Passed to :func:`probe`.
     """
+    opts = line_options(alpha, bn_reestimate, kwargs.pop("options", None))
+    return probe("interpolate", [a, b], data, options=opts, **kwargs)
+
+
+def line_options(
+    alpha: str | Sequence[float],
+    bn_reestimate: bool,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``interpolate`` probe's options: the α grid, BN re-estimation, the rest."""
     if not isinstance(alpha, str):
         alpha = ",".join(repr(float(v)) for v in alpha)
-    opts = {"alpha": alpha, "bn_reestimate": bn_reestimate}
-    opts.update(kwargs.pop("options", None) or {})
-    return probe("interpolate", [a, b], data, options=opts, **kwargs)
+    return {"alpha": alpha, "bn_reestimate": bn_reestimate, **(options or {})}
 
 
 def _optional_key(
@@ -271,20 +245,18 @@ def _check_probe_fits(
     sources: Sequence[ResolvedModel],
     work: torch.nn.Module,
     ds: Dataset,
-    loss_fn: Any,
-    loss: str,
-    spec: Any,
-    parsed: Mapping[str, Any],
+    loss: ResolvedLoss,
+    call: PluginCall,
 ) -> None:
     """One line, not a traceback, when the data or the loss do not fit the models."""
     from sharpkit.api.wrappers import ExportedModel
 
     net = sources[0].net
     if isinstance(net, ExportedModel):
-        opt = spec.option("bn_reestimate")
-        reestimate = parsed.get("bn_reestimate", opt.default if opt else False)
+        opt = call.spec.option("bn_reestimate")
+        reestimate = call.options.get("bn_reestimate", opt.default if opt else False)
         if reestimate and any(b.is_floating_point() for b in net.buffers()):
-            off = "-o bn_reestimate=false" if in_cli() else "bn_reestimate=False"
+            off = spelled("bn_reestimate=False", "-o bn_reestimate=false")
             msg = (
                 f"the batch-norm statistics of the exported program {net.source!r} "
                 f"cannot be re-estimated (its graph is fixed); pass {off}, or give "
@@ -301,11 +273,11 @@ def _check_probe_fits(
     check_fit(
         work,  # a copy in eval mode: the caller's model is not run
         ds.train,
-        loss_fn,
+        loss.fn,
         model_label=str(sources[0].path or type(net).__name__),
         data_label=repr(ds.name),
         expects=sources[0].expects(),
-        loss_label=f"the loss {loss!r}",
+        loss_label=f"the loss {loss.label!r}",
     )
 
 

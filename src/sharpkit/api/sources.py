@@ -34,6 +34,7 @@ from sharpkit.errors import (
     ConfigError,
     CorruptCheckpointError,
     UnsafeCheckpointError,
+    first_line,
 )
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ def _check_pickles(path: Path) -> None:
             try:
                 torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [""])[0]
+                first = first_line(exc)
                 msg = (
                     f"{str(path)!r} holds a pickle ({info.filename}) that would load "
                     f"more than tensors ({first[:120]}); it was not loaded. Export the "
@@ -212,7 +213,7 @@ def load_exported(path: str | os.PathLike[str]) -> tuple[ExportedModel, Checkpoi
     except UnsafeCheckpointError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         msg = (
             f"cannot load the exported program {str(p)!r} ({type(exc).__name__}: "
             f"{first[:160]}); re-export it with this version of torch "
@@ -361,7 +362,7 @@ def load_hf(spec: str) -> tuple[torch.nn.Module, Checkpoint]:
     except ConfigError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         msg = f"cannot load {spec} ({type(exc).__name__}: {first[:160]}); re-save it"
         raise ConfigError(msg) from exc
     finally:

@@ -19,6 +19,7 @@ mechanism.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -28,8 +29,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from sharpkit._data import DataSplit
-from sharpkit.api.measure import Measurement, _check_arguments, measure
-from sharpkit.api.provenance import run_attrs
+from sharpkit.api.executor import Executor
+from sharpkit.api.job import Analysis, Inputs, Selection
+from sharpkit.api.measure import Measurement, run_measure
 from sharpkit.api.resolve import (
     DEFAULT_SAMPLES,
     DataLike,
@@ -39,7 +41,7 @@ from sharpkit.api.resolve import (
     open_store,
 )
 from sharpkit.errors import ConfigError, StoreError
-from sharpkit.interfaces import Dataset, ProgressCallback, _no_progress
+from sharpkit.interfaces import Dataset, ProgressCallback, no_progress
 from sharpkit.registry import Registry, get_registry
 
 if TYPE_CHECKING:
@@ -158,27 +160,29 @@ class Tracker:
             msg = f"every must be a whole number of steps >= 1, got {every!r}"
             raise ConfigError(msg)
         reg = registry or get_registry()
-        names = _check_arguments(
-            metrics, bn_mode, tol, max_hvps, samples, batch_size, options or {}
-        )
-        for name in names:  # unknown metrics and bad options fail now, not later
-            reg.parse_options(reg.get("metric", name), (options or {}).get(name, {}))
+        self._analysis = Analysis(
+            selection=Selection(samples=samples), batch_size=batch_size, tol=tol,
+            max_hvps=max_hvps, bn_mode=bn_mode, dtype=dtype,
+        )  # fmt: skip
+        names = self._analysis.metric_names(metrics, options or {})
+        ex = Executor(reg)  # unknown metrics and bad options fail now, not later
+        self._specs = {
+            n: ex.call("metric", n, (options or {}).get(n)).spec for n in names
+        }
         self.metrics: tuple[str, ...] = tuple(names)
         self.every = every
-        self._settings: dict[str, Any] = {
-            "loss": loss, "seed": seed, "tol": tol, "max_hvps": max_hvps,
-            "bn_mode": bn_mode, "batch_size": batch_size, "dtype": dtype,
-            "device": device, "options": options, "registry": reg,
-        }  # fmt: skip
+        self._inputs = Inputs(loss=loss, seed=seed, device=device)
+        self._options = dict(options or {})
+        self._registry = reg
         self._use_warm = warm_start is not False
         self._warm: torch.Tensor | None = (
             None if isinstance(warm_start, bool) else warm_start.detach().cpu()
         )
-        self._progress = progress or _no_progress
+        self._progress = progress or no_progress
         self._attrs = dict(attrs or {})
         self._store = open_store(store)  # a bad path fails before training starts
         with _untouched_rng(None):  # a shuffled DataLoader draws from torch's RNG
-            self._data, self._dataset = _analysis_split(data, samples, reg)
+            self._data, self._dataset = _analysis_split(data, self._analysis, reg)
         self._rows: list[dict[str, float]] = []
         self._next_step = 1
         self._last_step: int | None = None
@@ -269,25 +273,15 @@ class Tracker:
 
         self._progress(0, None, description=f"measuring {', '.join(self.metrics)}")
         start = time.perf_counter()
-        s = self._settings
+        inputs = dataclasses.replace(self._inputs, data=self._data)
         with _untouched_rng(model), torch.enable_grad():
-            result = measure(
-                model,
-                self._data,
-                metrics=list(self.metrics),
-                loss=s["loss"],
-                batch_size=s["batch_size"],
-                seed=s["seed"],
-                tol=s["tol"],
-                max_hvps=s["max_hvps"],
-                bn_mode=s["bn_mode"],
-                dtype=s["dtype"],
-                device=s["device"],
-                options=s["options"],
-                progress=self._progress,
+            result = run_measure(
+                model, list(self.metrics), inputs,
+                dataclasses.replace(self._analysis, selection=Selection()),
+                options=self._options, progress=self._progress,
                 warm_start=self._warm if self._use_warm else None,
-                registry=s["registry"],
-            )
+                registry=self._registry,
+            )  # fmt: skip
         seconds = time.perf_counter() - start
         if self._use_warm and result.warm_start is not None:
             self._warm = result.warm_start
@@ -400,15 +394,13 @@ class Tracker:
         self._interrupted = interrupted
         if self._store is None or self.last is None:
             return None
-        reg: Registry = self._settings["registry"]
-        self.run_id = self._store.write_run(
-            kind="track",
-            attrs=run_attrs("track", self._run_attributes(self.last)),
+        self.run_id = Executor(self._registry, self._store).write(
+            "track",
+            self._run_attributes(self.last),
             training=self.curves,
             metric_labels={
                 name: {"long_name": spec.long_name or name, "units": spec.unit}
-                for name in self.metrics
-                for spec in (reg.get("metric", name),)
+                for name, spec in self._specs.items()
             },
         )
         return self.run_id
@@ -420,7 +412,7 @@ class Tracker:
             **base,
             "dataset": base.get("dataset") or self._dataset,
             "metrics": list(self.metrics),
-            "options": dict(self._settings["options"] or {}),
+            "options": self._options,
             "every": self.every,
             "measurements": len(steps),
             "first_step": steps[0],
@@ -464,16 +456,15 @@ def _whole(value: object, minimum: int) -> bool:
 
 
 def _analysis_split(
-    data: DataLike, samples: int | None, registry: Registry
+    data: DataLike, analysis: Analysis, registry: Registry
 ) -> tuple[DataSplit, str | None]:
     """The analysis set ``data`` names (read once), and the dataset's name if any."""
     if isinstance(data, str):
         data = load_dataset(data, registry=registry)
     if isinstance(data, Dataset):
-        train = data.train
-        split = train.head(samples) if samples is not None else train
+        split = analysis.selection.pick(data.train, default=None)
         return DataSplit(split.inputs, split.targets), data.name
-    split = as_split(data, samples)
+    split = as_split(data, analysis.selection.samples)
     if len(split) == 0:
         msg = "the tracker's analysis data is empty; pass at least one example"
         raise ConfigError(msg)

@@ -14,34 +14,37 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sharpkit._fs import remove_stale_temps
 from sharpkit._hints import arg
 from sharpkit.api.datafiles import SourceDataset
-from sharpkit.api.provenance import file_sha, run_attrs
+from sharpkit.api.executor import Executor
+from sharpkit.api.job import Inputs
+from sharpkit.api.models import ModelKind, build_classified, model_kind
+from sharpkit.api.provenance import file_sha
 from sharpkit.api.resolve import (
     DEFAULT_SAMPLES,
     StoreLike,
-    build_model,
-    is_code_model,
-    load_dataset,
+    load_registered,
     open_store,
     resolve_data,
     resolve_device,
 )
-from sharpkit.errors import ConfigError, PluginContractError
+from sharpkit.errors import ConfigError
 from sharpkit.interfaces import (
     Dataset,
     ProgressCallback,
     TrainConfig,
-    Trainer,
     TrainResult,
-    _no_progress,
+    no_progress,
 )
 from sharpkit.registry import Registry, get_registry
 
-__all__ = ["train"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["run_train", "train"]
 
 
 def train(
@@ -117,94 +120,103 @@ def train(
     Returns:
         Curves, final metrics and the checkpoint path.
     """
-    reg = registry or get_registry()
-    for label, value in (("lr", lr), ("batch_size", batch_size), ("epochs", epochs)):
-        if not value > 0:
-            msg = f"{label} must be positive, got {value}"
-            raise ConfigError(msg)
-    for t in track:
-        reg.get("metric", t)
-    ds, ds_opts = _training_data(
-        data, data_options, subset=subset, seed=seed, root=data_root,
-        download=download, registry=reg,
+    inputs = Inputs(
+        data=data, data_options=data_options, data_root=data_root,
+        download=download, model_name=model, model_options=model_options,
+        seed=seed, device=device, store=store,
     )  # fmt: skip
-    net = build_model(
-        model,
-        input_shape=ds.input_shape,
-        num_classes=ds.num_classes,
-        options=model_options,
-        seed=seed,
-        registry=reg,
-    )
-    model_opts = (
-        dict(model_options or {})
-        if is_code_model(model, reg)
-        else dict(reg.parse_options(reg.get("model", model), model_options or {}))
-    )
-    config = TrainConfig(
-        lr=lr,
-        batch_size=batch_size,
-        epochs=epochs,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        seed=seed,
-        augment=augment,
+    plan = TrainConfig(
+        lr=lr, batch_size=batch_size, epochs=epochs, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule, seed=seed, augment=augment,
         out_dir=Path(out_dir) if out_dir is not None else None,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        track=tuple(track),
-        track_every=track_every,
-        track_samples=track_samples,
-        device=str(resolve_device(device)),
+        checkpoint_every=checkpoint_every, resume=resume, track=tuple(track),
+        track_every=track_every, track_samples=track_samples,
+    )  # fmt: skip
+    return run_train(
+        inputs, plan, subset=subset, trainer=trainer,
+        trainer_options=trainer_options, progress=progress, registry=registry,
+    )  # fmt: skip
+
+
+def run_train(
+    inputs: Inputs,
+    plan: TrainConfig,
+    *,
+    subset: int | None = None,
+    trainer: str = "sgd",
+    trainer_options: Mapping[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+    registry: Registry | None = None,
+) -> TrainResult:
+    """:func:`train` with its inputs and hyper-parameters as typed values.
+
+    ``plan``'s device, model and dataset fields are filled in here from
+    ``inputs`` (whose ``model_name`` is the model to build, ``data`` the data).
+    """
+    ex = Executor(registry or get_registry())
+    for label in ("lr", "batch_size", "epochs"):
+        if not getattr(plan, label) > 0:
+            msg = f"{label} must be positive, got {getattr(plan, label)}"
+            raise ConfigError(msg)
+    for t in plan.track:
+        ex.registry.get("metric", t)
+    call = ex.call("trainer", trainer, trainer_options)
+    model, data = str(inputs.model_name), str(inputs.data)
+    ds, ds_opts = _training_data(inputs, subset=subset, registry=ex.registry)
+    net, model_opts = _model(model, ds, inputs, ex.registry)
+    config = dataclasses.replace(
+        plan,
+        device=str(resolve_device(inputs.device)),
         model_name=model,
         model_options=model_opts,
         dataset_name=ds.name if isinstance(ds, SourceDataset) else data,
         dataset_options=ds_opts,
     )
-    algo = reg.create("trainer", trainer, trainer_options)
-    if not isinstance(algo, Trainer):
-        msg = (
-            f"trainer {trainer!r} factory returned {type(algo).__name__} without fit()"
-        )
-        raise PluginContractError(msg)
+    algo = ex.create(call)
     if config.out_dir is not None:
         _check_writable(config.out_dir)
-        if resume:  # what a killed run was writing when it died
+        if config.resume:  # what a killed run was writing when it died
             remove_stale_temps(config.out_dir)
-    rs = open_store(store)  # a bad store fails now, not after training
-    with reg.guard("trainer", trainer, "training"):
-        result = algo.fit(net, ds, config, progress=progress or _no_progress)
-    if rs is not None:
-        attrs = {
-            "model": model,
-            "model_options": config.model_options,
-            "dataset": config.dataset_name,
-            "dataset_options": ds_opts,
-            "lr": lr,
-            "batch_size": batch_size,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "schedule": schedule,
-            "seed": seed,
-            "epochs": epochs,
-            "trainer": trainer,
-            "trainer_options": dict(
-                reg.parse_options(reg.get("trainer", trainer), trainer_options or {})
-            ),
-            "checkpoint_path": str(result.checkpoint.resolve())
-            if result.checkpoint
-            else None,
-            "checkpoint_sha256": file_sha(result.checkpoint),
-            "final": dict(result.final),
-        }
-        run_id = rs.write_run(
-            kind="train",
-            attrs=run_attrs("train", attrs),
-            training=dict(result.curves),
-        )
+    ex.store = open_store(inputs.store)  # a bad store fails now, not after training
+    result: TrainResult = ex.run(
+        call, "training", algo.fit, net, ds, config, progress=progress or no_progress
+    )
+    attrs = {
+        "model": model, "model_options": config.model_options,
+        "dataset": config.dataset_name, "dataset_options": ds_opts,
+        "lr": config.lr, "batch_size": config.batch_size,
+        "momentum": config.momentum, "weight_decay": config.weight_decay,
+        "schedule": config.schedule, "seed": config.seed, "epochs": config.epochs,
+        "trainer": trainer, "trainer_options": dict(call.options),
+        "checkpoint_path": str(result.checkpoint.resolve())
+        if result.checkpoint else None,
+        "checkpoint_sha256": file_sha(result.checkpoint),
+        "final": dict(result.final),
+    }  # fmt: skip
+    run_id = ex.write("train", attrs, training=dict(result.curves))
+    if run_id is not None:
         result = dataclasses.replace(result, attrs={**result.attrs, "run_id": run_id})
     return result
+
+
+def _model(
+    name: str, ds: Dataset, inputs: Inputs, registry: Registry
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model to train (seeded) and the options its checkpoints record."""
+    kind = model_kind(name, registry)  # the one place the name is classified
+    net = build_classified(
+        name,
+        kind,
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        options=inputs.model_options,
+        seed=inputs.seed,
+        registry=registry,
+    )
+    given = inputs.model_options or {}
+    if kind is ModelKind.CODE:
+        return net, dict(given)
+    return net, dict(registry.parse_options(registry.get("model", name), given))
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -228,17 +240,13 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def _training_data(
-    data: str,
-    options: Mapping[str, Any] | None,
-    *,
-    subset: int | None,
-    seed: int,
-    root: str | os.PathLike[str] | None,
-    download: bool,
-    registry: Registry,
+    inputs: Inputs, *, subset: int | None, registry: Registry
 ) -> tuple[Dataset, dict[str, Any]]:
     """The dataset to train on and the options to record for it."""
-    source = resolve_data(data, options=options, registry=registry, root=root)
+    data, options = str(inputs.data), inputs.data_options
+    source = resolve_data(
+        data, options=options, registry=registry, root=inputs.data_root
+    )
     if isinstance(source, SourceDataset):
         if subset is not None:
             msg = (
@@ -262,12 +270,12 @@ def _training_data(
         if os.path.exists(data):
             source.name = str(Path(data).resolve())  # found again from elsewhere
         return source, dict(options or {})
-    ds = load_dataset(
+    ds = load_registered(  # resolve_data classified it: a registered name
         data,
-        root=root,
-        download=download,
+        root=inputs.data_root,
+        download=inputs.download,
         subset=subset,
-        seed=seed,
+        seed=inputs.seed,
         options=options,
         registry=registry,
     )

@@ -29,15 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sharpkit._hints import arg, in_cli, traceback_hint
-from sharpkit.errors import ConfigError
+from sharpkit._hints import arg, option_hint, traceback_hint
+from sharpkit.errors import ConfigError, first_line
 
 __all__ = [
     "CodeSpec",
     "call_with",
     "is_code_spec",
     "load_object",
-    "option_hint",
     "parse_code_spec",
     "parse_value",
     "source_sha256",
@@ -151,7 +150,7 @@ def _import_file(spec: CodeSpec, flag: str) -> Any:
 
 
 def _import_failed(spec: CodeSpec, flag: str, exc: BaseException) -> ConfigError:
-    first = (str(exc).strip().splitlines() or [""])[0]
+    first = first_line(exc)
     where = spec.path if spec.path is not None else spec.module
     return ConfigError(
         f"importing {str(where)!r} for {flag} failed with "
@@ -334,22 +333,10 @@ def call_with(
     try:
         return target(**kwargs)
     except Exception as exc:  # the user's constructor or factory raised
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         msg = (
             f"{what} raised {type(exc).__name__} when called with ({shown}): "
             f"{first}; check its options{traceback_hint()}"
         )
         raise ConfigError(msg) from exc
-
-
-def option_hint(flag: tuple[str, str], key: str) -> str:
-    """How the caller gives option ``key``: ``--model-option key=...`` or a dict.
-
-    Examples:
-        >>> option_hint(("model_options", "--model-option"), "width")
-        "model_options={'width': ...}"
-    """
-    if in_cli():
-        return f"{flag[1]} {key}=..."
-    return f"{flag[0]}={{{key!r}: ...}}"

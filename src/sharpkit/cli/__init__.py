@@ -17,9 +17,6 @@ import warnings
 from typing import Annotated, Any
 
 import typer
-
-# typer vendors click (0.2x): its usage errors are these, not click's own
-from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from sharpkit.cli._progress import print_line
@@ -28,6 +25,22 @@ from sharpkit.errors import SharpkitError, SharpkitWarning
 __all__ = ["app", "main"]
 
 _STATE: dict[str, Any] = {"debug": False, "argv": None}
+
+
+def _usage_error_class() -> type[Exception]:
+    """The usage-error class of the click that typer runs on.
+
+    typer 0.2x vendors its own copy of click, whose exceptions are not those of
+    an installed ``click``; ``typer.BadParameter`` (public) is one of them, and
+    its base class ``UsageError`` is the one every usage error derives from.
+    """
+    for cls in typer.BadParameter.__mro__:
+        if cls.__name__ == "UsageError" and issubclass(cls, Exception):
+            return cls
+    return typer.BadParameter  # pragma: no cover - click has always had it
+
+
+UsageError = _usage_error_class()
 
 
 def _debug_enabled() -> bool:
@@ -51,15 +64,16 @@ def _show_warning(
     print_line("warning", text)
 
 
-def _usage_error(exc: UsageError) -> typer.Exit:
+def _usage_error(exc: Exception) -> typer.Exit:
     """One line for a usage error (exit status 2), instead of click's box.
 
     ``no_args_is_help`` (a command run bare) still shows the help.
     """
-    if isinstance(exc, NoArgsIsHelpError) or _debug_enabled():
+    if type(exc).__name__ == "NoArgsIsHelpError" or _debug_enabled():
         raise exc
-    where = exc.ctx.command_path if exc.ctx is not None else "sharpkit"
-    message = exc.format_message().rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "sharpkit"
+    message = str(exc.format_message()).rstrip(".")  # type: ignore[attr-defined]
     print_line("error", f"{message}; see '{where} --help'")
     return typer.Exit(2)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sharpkit.errors import ConfigError, DistributedError, SharpkitError
+from sharpkit.errors import ConfigError, DistributedError, SharpkitError, first_line
 
 __all__ = [
     "RankSession",
@@ -155,7 +155,7 @@ def rank_session(device: str) -> Iterator[RankSession]:
         where = (
             f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         )
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, limit=200)
         msg = (
             f"rank {rank} of {world} could not join the process group at {where} "
             f"({first}); start the ranks with torchrun or sharpkit measure --nproc"

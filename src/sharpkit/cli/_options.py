@@ -10,15 +10,18 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from sharpkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sharpkit.api.job import Inputs
 
 DEFAULT_STORE = Path("sharpkit-results.zarr")
 
@@ -333,7 +336,7 @@ class AnalysisOptions:
         Such a model needs no checkpoint: an ``hf:`` folder holds its weights, and
         a factory in the user's code may load its own.
         """
-        from sharpkit.api.resolve import is_code_model
+        from sharpkit.api.models import is_code_model
         from sharpkit.api.sources import is_hf_spec
         from sharpkit.registry import get_registry
 
@@ -342,26 +345,43 @@ class AnalysisOptions:
             return None
         return m
 
-    def api_kwargs(self) -> dict[str, Any]:
-        """Return the keyword arguments of ``sharpkit.measure`` / ``probe`` they set.
+    def inputs(self) -> Inputs:
+        """The group as the API's one typed value (what ``sharpkit.measure`` takes).
 
         Raises:
             ConfigError: A ``--model-option`` or ``--data-option`` that is not
                 ``key=value``.
         """
-        return {
-            "data": self.data,
-            "data_options": parse_pairs(self.data_option, "--data-option"),
-            "loss": self.loss,
-            "seed": self.seed,
-            "device": self.device,
-            "model_name": self.model,
-            "model_options": parse_pairs(self.model_option, "--model-option"),
-            "data_root": self.data_root,
-            "download": self.download,
-            "store": None if self.no_store else self.store,
-            "force": self.force,
-        }
+        from sharpkit.api.job import Inputs
+
+        return Inputs(
+            data=self.data,
+            data_options=parse_pairs(self.data_option, "--data-option"),
+            data_root=self.data_root,
+            download=self.download,
+            model_name=self.model,
+            model_options=parse_pairs(self.model_option, "--model-option"),
+            loss=self.loss,
+            seed=self.seed,
+            device=self.device,
+            store=None if self.no_store else self.store,
+            force=self.force,
+        )
+
+    def targets(self, given: Sequence[Path] | None) -> tuple[list[Path | str], Inputs]:
+        """The models to analyse and the inputs: ``given``, else a whole ``--model``.
+
+        With no checkpoint, a ``--model`` that is a model by itself (``hf:PATH``,
+        or code that loads its weights) is the one model, and not also its
+        architecture.
+        """
+        inputs = self.inputs()
+        if given:
+            return list(given), inputs
+        alone = self.model_only()
+        if alone is None:
+            return [], inputs
+        return [alone], dataclasses.replace(inputs, model_name=None)
 
 
 def with_analysis_options(command: Callable[..., None]) -> Callable[..., None]:

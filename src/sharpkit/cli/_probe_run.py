@@ -102,7 +102,7 @@ def probe_options(option: list[str] | None, name: str) -> dict[str, str]:
     return parse_options(option, [name])[name] if option else {}
 
 
-def run_probe(
+def show_probe(
     label: str,
     compute: Callable[[ProgressCallback], ProbeResult],
     *,

@@ -14,7 +14,7 @@ from sharpkit.cli._options import (
     OptionOpt,
     with_analysis_options,
 )
-from sharpkit.cli._probe_run import probe_options, run_probe
+from sharpkit.cli._probe_run import probe_options, show_probe
 
 
 @with_analysis_options
@@ -50,21 +50,19 @@ def interpolate(
     them. Prints the curve and the width readouts: for each minimum, the
     α-interval where the training loss stays within width_delta of its own.
     """
-    from sharpkit import api
+    from sharpkit.api.probe import line_options, run_probe
 
-    extra = probe_options(option, "interpolate")
-    kwargs = analysis.api_kwargs()
-    run_probe(
+    options = line_options(alpha, bn_reestimate, probe_options(option, "interpolate"))
+    inputs = analysis.inputs()
+    show_probe(
         "interpolate",
-        lambda cb: api.interpolate(
-            a,
-            b,
-            alpha=alpha,
-            bn_reestimate=bn_reestimate,
-            options=extra,
+        lambda cb: run_probe(
+            "interpolate",
+            [a, b],
+            inputs,
+            options=options,
             batch_size=batch_size,
             progress=cb,
-            **kwargs,
         ),
         checkpoints=[a, b],
         title=f"interpolate {a.name} (α=0) → {b.name} (α=1)",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,6 +28,7 @@ from sharpkit.cli._render import fmt_number, print_json, print_table
 from sharpkit.cli._threads import ThreadsOpt, use_threads
 
 if TYPE_CHECKING:
+    from sharpkit.api.job import Analysis, Inputs
     from sharpkit.cli._distributed import RankSession
 
 
@@ -60,22 +63,19 @@ def _labels(paths: list[Path]) -> tuple[list[str], str | None]:
 
 
 def _targets(
-    checkpoints: list[Path] | None, analysis: AnalysisOptions, kwargs: dict[str, Any]
-) -> list[Path | str]:
+    checkpoints: list[Path] | None, analysis: AnalysisOptions
+) -> tuple[list[Path | str], Inputs]:
     """The models to measure: the checkpoints, else a ``--model`` that is one."""
     from sharpkit.errors import ConfigError
 
-    if checkpoints:
-        return list(checkpoints)
-    alone = analysis.model_only()
-    if alone is None:
+    targets, inputs = analysis.targets(checkpoints)
+    if not targets:
         msg = (
             "give a checkpoint to measure (or --model hf:PATH, or --model "
             "package.module:name for code that loads its own weights)"
         )
         raise ConfigError(msg)
-    kwargs["model_name"] = None
-    return [alone]
+    return targets, inputs
 
 
 @with_analysis_options
@@ -147,26 +147,38 @@ def measure(
     standard error for stochastic estimates. Results are stored (see --store) and
     a checkpoint measured before with the same settings is not measured again.
     """
+    from sharpkit.api.job import Analysis, Selection
     from sharpkit.cli._distributed import check_nproc, rank_session
 
     metrics, per_metric = _metric_options(metric, option, top_k)
     use_threads(threads)
-    kwargs = analysis.api_kwargs()
-    targets = _targets(checkpoints, analysis, kwargs)
+    targets, inputs = _targets(checkpoints, analysis)
     if nproc != 1:
         check_nproc(nproc, analysis.device)
     if nproc > 1:
         _launch(nproc)
-    kwargs.update(
-        samples=samples, split=split, batch_size=batch_size, tol=tol,
-        max_hvps=max_hvps, bn_mode=bn_mode.value,
-        dtype=dtype.value if dtype is not None else None, options=per_metric,
+    how = Analysis(
+        selection=Selection(samples=samples, split=split), batch_size=batch_size,
+        tol=tol, max_hvps=max_hvps, bn_mode=bn_mode.value,
+        dtype=dtype.value if dtype is not None else None,
         memory_budget=memory_budget, tf32=tf32,
     )  # fmt: skip
     with rank_session(analysis.device) as session:
-        kwargs["device"] = session.device
-        _measure_all(targets, metrics, kwargs, session=session,
-                     json_output=json_output)  # fmt: skip
+        job = _Job(
+            metrics, dataclasses.replace(inputs, device=session.device), how,
+            per_metric,
+        )  # fmt: skip
+        _measure_all(targets, job, session=session, json_output=json_output)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every checkpoint is measured with."""
+
+    metrics: list[str]
+    inputs: Inputs
+    analysis: Analysis
+    options: dict[str, dict[str, Any]]
 
 
 def _launch(nproc: int) -> None:
@@ -188,8 +200,7 @@ def _launch(nproc: int) -> None:
 
 def _measure_all(
     targets: list[Path | str],
-    metrics: list[str],
-    kwargs: dict[str, Any],
+    job: _Job,
     *,
     session: RankSession,
     json_output: bool,
@@ -200,6 +211,7 @@ def _measure_all(
     next checkpoint alone would wait for the others forever.
     """
     from sharpkit import api
+    from sharpkit.api.measure import run_measure
     from sharpkit.errors import DistributedError, MeasurementError, SharpkitError
 
     outputs: list[dict[str, Any]] = []
@@ -213,9 +225,10 @@ def _measure_all(
             label = path.name if isinstance(path, Path) else str(path)
             try:
                 with progress_display(label, enabled=not (json_output or quiet)) as cb:
-                    result = api.measure(
-                        os.fspath(path), metrics=metrics, progress=cb, **kwargs
-                    )
+                    result = run_measure(
+                        os.fspath(path), job.metrics, job.inputs, job.analysis,
+                        options=job.options, progress=cb,
+                    )  # fmt: skip
             except MeasurementError as exc:
                 # some metrics failed: show the others, then the one error line
                 failed += 1
@@ -254,12 +267,14 @@ def _metric_options(
     metrics = list(metric or ["spectral"])
     for name in metrics:
         get_registry().get("metric", name)  # fail fast with "did you mean"
-    per_metric = distribute_options(option, "metric", metrics) if option else {}
+    per_metric: dict[str, dict[str, Any]] = {}
+    if option:
+        per_metric.update(distribute_options(option, "metric", metrics))
     if top_k is not None:
         if "spectral" not in metrics:
             msg = "--top-k applies to the spectral metric; add --metric spectral"
             raise ConfigError(msg)
-        per_metric.setdefault("spectral", {})["top_k"] = str(top_k)
+        per_metric.setdefault("spectral", {})["top_k"] = top_k
     return metrics, per_metric
 
 

@@ -15,7 +15,7 @@ from sharpkit.cli._options import (
     complete_probe,
     with_analysis_options,
 )
-from sharpkit.cli._probe_run import probe_options, run_probe
+from sharpkit.cli._probe_run import probe_options, show_probe
 from sharpkit.cli._threads import ThreadsOpt, use_threads
 
 
@@ -50,26 +50,17 @@ def probe(
     filter-normalised direction) or `sharpkit probe plane ckpt.pt -o x=-1:1:21 -o
     y=-1:1:21 -o resume_dir=partial/` (a resumable 2-D grid).
     """
-    from sharpkit import api
+    from sharpkit.api.probe import run_probe
     from sharpkit.registry import get_registry
 
     get_registry().get("probe", name)  # fail fast with "did you mean"
     extra = probe_options(option, name)
     use_threads(threads)
-    kwargs = analysis.api_kwargs()
-    models: list[Path | str] = list(checkpoints or [])
-    alone = analysis.model_only()
-    if not models and alone is not None:
-        models, kwargs["model_name"] = [alone], None
-    run_probe(
+    models, inputs = analysis.targets(checkpoints)
+    show_probe(
         name,
-        lambda cb: api.probe(
-            name,
-            models,
-            options=extra,
-            batch_size=batch_size,
-            progress=cb,
-            **kwargs,
+        lambda cb: run_probe(
+            name, models, inputs, options=extra, batch_size=batch_size, progress=cb
         ),
         checkpoints=[Path(m) for m in models],
         title=f"{name} {' '.join(Path(m).name for m in models)}",

@@ -57,7 +57,7 @@ def _split_options(
     ``key=value`` goes to whichever of the three has an option ``key``.
     """
     from sharpkit.api.datafiles import is_data_source
-    from sharpkit.api.resolve import is_code_model
+    from sharpkit.api.models import is_code_model
     from sharpkit.registry import get_registry
 
     reg = get_registry()
@@ -218,42 +218,31 @@ def train(
     Example: sharpkit train --model mlp-bn --data fashion-mnist --lr 0.1
     --batch-size 128 --epochs 200
     """
-    from sharpkit.api import train as api_train
+    from sharpkit.api.job import Inputs
+    from sharpkit.api.train import run_train
+    from sharpkit.interfaces import TrainConfig
 
     model_opts, data_opts, trainer_opts = _split_options(option, model, data, trainer)
     use_threads(threads)
     model_opts.update(parse_pairs(model_option, "--model-option"))
     data_opts.update(parse_pairs(data_option, "--data-option"))
-    out_dir = out or default_out_dir(model, data, lr, batch_size, seed)
+    inputs = Inputs(
+        data=data, data_options=data_opts, data_root=data_root, download=download,
+        model_name=model, model_options=model_opts, seed=seed, device=device,
+        store=None if no_store else store,
+    )  # fmt: skip
+    plan = TrainConfig(
+        lr=lr, batch_size=batch_size, epochs=epochs, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule, seed=seed, augment=augment,
+        out_dir=out or default_out_dir(model, data, lr, batch_size, seed),
+        checkpoint_every=checkpoint_every, resume=resume, track=tuple(track or ()),
+        track_every=track_every, track_samples=track_samples,
+    )  # fmt: skip
     with progress_display("train") as callback:
-        result = api_train(
-            model,
-            data,
-            lr=lr,
-            batch_size=batch_size,
-            epochs=epochs,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            schedule=schedule,
-            seed=seed,
-            subset=subset,
-            augment=augment,
-            out_dir=out_dir,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            track=tuple(track or ()),
-            track_every=track_every,
-            track_samples=track_samples,
-            trainer=trainer,
-            trainer_options=trainer_opts,
-            model_options=model_opts,
-            data_options=data_opts,
-            data_root=data_root,
-            download=download,
-            device=device,
-            progress=callback,
-            store=None if no_store else store,
-        )
+        result = run_train(
+            inputs, plan, subset=subset, trainer=trainer,
+            trainer_options=trainer_opts, progress=callback,
+        )  # fmt: skip
     curves = {k: [_scalar(x) for x in v] for k, v in result.curves.items()}
     run_id = result.attrs.get("run_id")
     if json_out:

@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sharpkit._data import DataSplit, loss_weight
-from sharpkit.errors import ConfigError, DataError, DistributedError
+from sharpkit.errors import ConfigError, DataError, DistributedError, first_line
 
 if TYPE_CHECKING:
     import torch.distributed as dist_t
@@ -777,7 +777,7 @@ class HessianOperator:
         try:
             return self._func_hvp(x, y, size, v)
         except (RuntimeError, NotImplementedError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc)
             msg = (
                 f"the forward-over-reverse product failed on this model and loss "
                 f"({type(exc).__name__}: {first[:200]}); use method='double-backward' "
@@ -1018,7 +1018,7 @@ class HessianOperator:
         try:
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self._group)
         except RuntimeError as exc:  # a peer closed its connection, or a timeout
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            first = first_line(exc, limit=200)
             msg = (
                 "another process of the group stopped or timed out during an "
                 f"all-reduce ({type(exc).__name__}: {first}); its own error says why"

@@ -133,18 +133,17 @@ def _warm_up() -> float | None:
 
 def _sizes(train: Mapping[str, Any], data_root: str | None) -> tuple[int, int]:
     """Training (full split) and test examples of the point's dataset."""
+    from sharpkit.api.job import Inputs
     from sharpkit.api.train import _training_data
     from sharpkit.registry import get_registry
 
-    ds, _ = _training_data(
-        str(train["data"]),
-        train.get("data_options"),
-        subset=None,
+    inputs = Inputs(
+        data=str(train["data"]),
+        data_options=train.get("data_options"),
+        data_root=data_root,
         seed=int(train.get("seed", 0)),
-        root=data_root,
-        download=False,
-        registry=get_registry(),
     )
+    ds, _ = _training_data(inputs, subset=None, registry=get_registry())
     return len(ds.train.inputs), len(ds.test.inputs)
 
 
@@ -390,6 +389,32 @@ def _measured_shas(store: str | None, metrics: Sequence[str]) -> set[str]:
     return {sha for sha, names in have.items() if set(metrics) <= names}
 
 
+def _interpolation_seconds(item: Mapping[str, Any], timing: TrainTiming) -> float:
+    """One ``[[interpolate]]``'s predicted seconds, from the evaluation cost.
+
+    At each α the probe evaluates at most ``eval_samples`` training and test
+    examples and, with ``bn_reestimate`` (the sweep's default), runs forward
+    passes over ``bn_samples`` training examples (0 means all): the probe's
+    own defaults unless the item sets them.
+    """
+    from sharpkit.registry import get_registry
+
+    spec = get_registry().get("probe", "interpolate")
+    opts: dict[str, Any] = {o.name: o.default for o in spec.options}
+    opts["bn_reestimate"] = item.get("bn_reestimate", True)
+    opts.update(item.get("options") or {})
+
+    def cap(n: int, limit: Any) -> int:
+        return n if not limit else min(n, int(limit))
+
+    examples = cap(timing.n_train, opts.get("eval_samples")) + cap(
+        timing.n_test, opts.get("eval_samples")
+    )
+    if opts["bn_reestimate"]:
+        examples += cap(timing.n_train, opts.get("bn_samples"))
+    return _alphas(item) * examples * timing.eval_seconds
+
+
 def _alphas(item: Mapping[str, Any]) -> int:
     alpha = item.get("alpha", "-1:2:31")
     if isinstance(alpha, str):
@@ -504,8 +529,7 @@ def estimate_points(
         out.append(estimate)
     extra = 0.0
     if timing is not None:
-        per_alpha = (2 * timing.n_train + timing.n_test) * timing.eval_seconds
-        extra = sum(_alphas(item) * per_alpha for item in interpolate)
+        extra = sum(_interpolation_seconds(item, timing) for item in interpolate)
     notes = [f"{e.label}: cannot be predicted ({e.error})" for e in out if e.error]
     if any(p.train.get("track") for p in points):
         notes.append("tracking during training is not predicted")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sharpkit.errors import StoreError
+from sharpkit.errors import StoreError, first_line
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -61,7 +61,7 @@ def loads(raw: bytes, what: str) -> Any:
     try:
         return json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
-        msg = f"{what} is not valid JSON ({str(exc).splitlines()[0][:80]})"
+        msg = f"{what} is not valid JSON ({first_line(exc, limit=80)})"
         raise Damage(msg) from None
 
 

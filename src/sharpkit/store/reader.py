@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeGuard, TypeVar
 
+from sharpkit.errors import first_line
 from sharpkit.interfaces import JSON
 from sharpkit.store.encoding import group_from_objects
 from sharpkit.store.integrity import (
@@ -214,7 +215,7 @@ def read_group(
     except Damage:
         raise
     except Exception as exc:  # zarr's decoders raise many kinds on bad bytes
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        first = first_line(exc, limit=120) or type(exc).__name__
         msg = f"{prefix or 'the run'} cannot be decoded ({first})"
         raise Damage(msg) from None
 
@@ -246,7 +247,7 @@ def _decode_all(group: zarr.Group, prefix: str) -> None:
             try:
                 node[...]
             except Exception as exc:  # the codecs raise many kinds on bad bytes
-                first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+                first = first_line(exc, limit=120) or type(exc).__name__
                 msg = f"{prefix}{path} cannot be decoded ({first})"
                 raise Damage(msg) from None
 

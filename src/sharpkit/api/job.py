@@ -1,0 +1,356 @@
+"""A job's inputs as one typed value, resolved once.
+
+:class:`Inputs` is what a caller names (the model's architecture and options,
+the data and where its files are, the loss, the seed, the device, the store);
+the command line builds it from its option group, the public functions from
+their keyword arguments. :class:`Analysis` holds the analysis options of
+:func:`~sharpkit.measure` and :class:`~sharpkit.Tracker`, and
+:class:`Selection` which examples are analysed. :func:`resolve` turns
+:class:`Inputs` into a :class:`Job`: device, loss and data resolved once, the
+data classified once (a registered name, a file/folder/code source, or objects).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sharpkit._data import DataSplit
+from sharpkit._hints import arg
+from sharpkit.api.losses import ResolvedLoss, resolve_loss
+from sharpkit.api.models import ResolvedModel, resolve_model
+from sharpkit.api.provenance import split_sha256
+from sharpkit.api.resolve import (
+    DEFAULT_SAMPLES,
+    ModelLike,
+    StoreLike,
+    as_split,
+    load_training_data,
+    recorded_data,
+    resolve_data,
+    resolve_device,
+)
+from sharpkit.errors import ConfigError, DataError, SharpkitWarning
+from sharpkit.interfaces import Dataset
+from sharpkit.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "Analysis",
+    "AnalysisData",
+    "Inputs",
+    "Job",
+    "Selection",
+    "analysis_data",
+    "resolve",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inputs:
+    """Where a job's models and data come from, its loss, and where results go.
+
+    Attributes:
+        data: A dataset name, data file, folder or code spec, or data objects
+            (``None``: what the checkpoint names).
+        data_options: Options of data named by a string.
+        data_root: Where dataset files are looked for first.
+        download: Let a named dataset download missing files.
+        model_name: Architecture of a bare ``state_dict`` checkpoint.
+        model_options: Options for that architecture.
+        loss: The loss (see :func:`~sharpkit.api.losses.resolve_loss`).
+        seed: Seed for every random choice.
+        device: Where to compute (``None``: CUDA if present, else the CPU).
+        store: The results store to reuse from and write to.
+        force: Recompute even what the store holds.
+    """
+
+    data: Any = None
+    data_options: Mapping[str, Any] | None = None
+    data_root: str | os.PathLike[str] | None = None
+    download: bool = False
+    model_name: str | None = None
+    model_options: Mapping[str, Any] | None = None
+    loss: Any = None
+    seed: int = 0
+    device: str | torch.device | None = None
+    store: StoreLike = None
+    force: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which examples are analysed: the first ``samples`` of ``split``.
+
+    The one place an analysis set is cut from its data (issue 19 adds random
+    selection here, with its own seed).
+
+    Attributes:
+        samples: How many (``None``: 2048 of data named by a string, else all).
+        split: ``"train"`` or ``"test"``, for a dataset given by name.
+    """
+
+    samples: int | None = None
+    split: str = "train"
+
+    def pick(
+        self, split: DataSplit, *, default: int | None = DEFAULT_SAMPLES
+    ) -> DataSplit:
+        """The selected examples of ``split`` (``default`` if ``samples`` is unset)."""
+        n = self.samples if self.samples is not None else default
+        return split if n is None else split.head(n)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Analysis:
+    """How a model is analysed: what :func:`~sharpkit.measure` takes besides its inputs.
+
+    Attributes:
+        selection: Which examples.
+        batch_size: Examples per forward pass.
+        tol: Relative tolerance of iterative methods.
+        max_hvps: Hessian-vector-product budget per metric.
+        bn_mode: ``"eval"`` or ``"train"``.
+        dtype: ``"float32"``/``"float64"`` (``None``: the model's).
+        memory_budget: What may be kept between products (bytes or ``"8GiB"``).
+        tf32: Allow TF32/bf16 kernels for float32 products.
+    """
+
+    selection: Selection = Selection()
+    batch_size: int = 2048
+    tol: float = 1e-3
+    max_hvps: int | None = None
+    bn_mode: str = "eval"
+    dtype: str | torch.dtype | None = None
+    memory_budget: int | str | None = None
+    tf32: bool = False
+
+    def metric_names(
+        self, metrics: str | Sequence[str], options: Mapping[str, Any]
+    ) -> list[str]:
+        """Check these options and the metric list; return the metric names.
+
+        Raises:
+            ConfigError: No metric, one listed twice, a bad value, or options
+                for a metric not listed.
+        """
+        names = [metrics] if isinstance(metrics, str) else list(metrics)
+        if not names:
+            msg = "no metric requested; pass at least one, e.g. metrics=['spectral']"
+            raise ConfigError(msg)
+        if len(set(names)) != len(names):
+            msg = f"metric listed twice in {names!r}"
+            raise ConfigError(msg)
+        if self.bn_mode not in ("eval", "train"):
+            msg = f"bn_mode must be 'eval' or 'train', got {self.bn_mode!r}"
+            raise ConfigError(msg)
+        if not (0 < self.tol < 1):
+            msg = f"tol must be in (0, 1), got {self.tol}"
+            raise ConfigError(msg)
+        for label, value in (
+            ("max_hvps", self.max_hvps),
+            ("samples", self.selection.samples),
+            ("batch_size", self.batch_size),
+        ):
+            if value is not None and value < 1:
+                msg = f"{label} must be positive, got {value}"
+                raise ConfigError(msg)
+        unknown = [k for k in options if k not in names]
+        if unknown:
+            msg = f"options given for {unknown[0]!r}, which is not one of {names!r}"
+            raise ConfigError(msg)
+        return names
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """:class:`Inputs` resolved: the registry, device, loss and data, each once.
+
+    Attributes:
+        inputs: What the caller named.
+        registry: Where components are looked up.
+        device: Where to compute.
+        loss: The loss function and its label.
+        data: The data: a registered name (``str``), a loaded source or
+            :class:`~sharpkit.Dataset`, data objects, or ``None``.
+    """
+
+    inputs: Inputs
+    registry: Registry
+    device: torch.device
+    loss: ResolvedLoss
+    data: Any
+
+    def model(self, model: ModelLike) -> ResolvedModel:
+        """Resolve one model (module, checkpoint, ``.pt2``, ``hf:``, code)."""
+        data = self.data
+        return resolve_model(
+            model,
+            data=data,
+            model_name=self.inputs.model_name,
+            model_options=self.inputs.model_options,
+            data_root=self.inputs.data_root,
+            registry=self.registry,
+        )
+
+    def training_data(
+        self,
+        name: str,
+        source: ResolvedModel,
+        *,
+        with_subset: bool = True,
+        registered: bool = False,
+    ) -> tuple[Dataset, int | None]:
+        """The dataset ``name`` as ``source``'s model was trained on it.
+
+        ``registered``: ``name`` came out of :func:`resolve_data` as a name,
+        so it is a registered dataset and is not classified again.
+        """
+        return load_training_data(
+            name,
+            source.meta,
+            root=self.inputs.data_root,
+            download=self.inputs.download,
+            registry=self.registry,
+            with_subset=with_subset,
+            options=self.inputs.data_options,
+            registered=registered,
+        )
+
+    def recorded(self, source: ResolvedModel) -> Any:
+        """The data itself, or else what ``source``'s checkpoint was trained on."""
+        if self.data is not None:
+            return self.data
+        return resolve_data(
+            recorded_data(source.meta),
+            options=self.inputs.data_options,
+            registry=self.registry,
+            root=self.inputs.data_root,
+        )
+
+
+def resolve(inputs: Inputs, registry: Registry) -> Job:
+    """Resolve ``inputs`` once: device, loss and data (a file or code is loaded).
+
+    Raises:
+        ConfigError: A bad device, loss or data option.
+    """
+    return Job(
+        inputs=inputs,
+        registry=registry,
+        device=resolve_device(inputs.device),
+        loss=resolve_loss(inputs.loss),
+        data=resolve_data(
+            inputs.data,
+            options=inputs.data_options,
+            registry=registry,
+            root=inputs.data_root,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------- analysis set
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisData:
+    """The analysis set, the training split (if known) and how they were chosen."""
+
+    analysis: DataSplit
+    train: DataSplit | None = None
+    dataset: str | None = None
+    split: str | None = None
+    train_subset: int | None = None
+    registered: bool = False
+    code_sha256: str | None = None
+
+    def sha256(self) -> str | None:
+        """The analysis set's hash, for data not named by a registered dataset."""
+        return None if self.registered else split_sha256(self.analysis)
+
+
+def analysis_data(
+    job: Job, source: ResolvedModel, selection: Selection
+) -> AnalysisData:
+    """Return the analysis set that ``job``'s data names for the model in ``source``."""
+    data = job.recorded(source)
+    split, samples = selection.split, selection.samples
+    if data is None:
+        msg = (
+            "no data given and the model does not name its dataset; pass "
+            f"{arg('data', '--data')}"
+        )
+        raise ConfigError(msg)
+    if isinstance(data, str):
+        if split not in ("train", "test"):
+            msg = f"split must be 'train' or 'test', got {split!r}"
+            raise ConfigError(msg)
+        ds, train_subset = job.training_data(
+            data, source, with_subset=split == "train", registered=True
+        )
+        out = AnalysisData(
+            analysis=selection.pick(ds.train if split == "train" else ds.test),
+            train=ds.train,
+            dataset=data,
+            split=split,
+            train_subset=train_subset,
+            registered=True,
+        )
+    elif isinstance(data, Dataset):
+        _warn_if_not_the_training_subset(data, source, split)
+        if split == "test" and not getattr(data, "has_test", True):
+            msg = (
+                f"{data.name!r} holds no test split (x_test/y_test, or a test/ "
+                f"folder); measure on {arg('split', '--split', 'train')}"
+            )
+            raise ConfigError(msg)
+        out = AnalysisData(
+            analysis=selection.pick(data.train if split == "train" else data.test),
+            train=data.train,
+            dataset=data.name,
+            split=split,
+            code_sha256=getattr(data, "code_sha256", None),
+        )
+    else:
+        out = AnalysisData(analysis=as_split(data, samples))
+    _check_size(out.analysis, samples)
+    return out
+
+
+def _check_size(analysis: DataSplit, samples: int | None) -> None:
+    if len(analysis) == 0:
+        msg = "the analysis data is empty"
+        raise DataError(msg)
+    if samples is not None and samples > len(analysis):
+        n = len(analysis)
+        warnings.warn(
+            f"{arg('samples', '--samples')} {samples} asks for {samples} examples, "
+            f"but the analysis data has {n}: all {n} are used",
+            SharpkitWarning,
+            stacklevel=5,
+        )
+
+
+def _warn_if_not_the_training_subset(
+    data: Dataset, source: ResolvedModel, split: str
+) -> None:
+    trained_on = source.meta.dataset_options.get("subset")
+    if (
+        split == "train"
+        and trained_on is not None
+        and data.name == source.meta.dataset
+        and len(data.train) != int(trained_on)
+    ):
+        warnings.warn(
+            f"the model was trained on a {trained_on}-example subset of "
+            f"{data.name!r}, but the analysis set comes from the dataset "
+            f"passed in ({len(data.train)} training examples); pass data=None "
+            "to measure on the training subset",
+            SharpkitWarning,
+            stacklevel=5,
+        )
