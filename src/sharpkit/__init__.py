@@ -109,6 +109,8 @@ if TYPE_CHECKING:
         smooth_density,
     )
     from sharpkit.curvature.lanczos import ritz_bounds
+    from sharpkit.curvature.sampling import ChunkedHessian, ChunkRecorder, DataEstimate
+    from sharpkit.curvature.uncertainty import exact_trace_estimate, spectral_estimate
     from sharpkit.plotting import build_figure, plot_figure
     from sharpkit.reproduce import experiment
     from sharpkit.store import ResultStore, Run, RunInfo, open_results
@@ -138,6 +140,13 @@ _LAZY = {
         "sharpkit.curvature",
     ),
     "ritz_bounds": "sharpkit.curvature.lanczos",
+    **dict.fromkeys(
+        ("ChunkedHessian", "ChunkRecorder", "DataEstimate"),
+        "sharpkit.curvature.sampling",
+    ),
+    **dict.fromkeys(
+        ("exact_trace_estimate", "spectral_estimate"), "sharpkit.curvature.uncertainty"
+    ),
     **dict.fromkeys(
         ("ResultStore", "Run", "RunInfo", "open_results"), "sharpkit.store"
     ),
@@ -197,6 +206,12 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "Estimate",
     "DensityEstimate",
     "dense_hessian",
+    # the data's uncertainty
+    "ChunkedHessian",
+    "ChunkRecorder",
+    "DataEstimate",
+    "spectral_estimate",
+    "exact_trace_estimate",
     # plugin contract
     "hookimpl",
     "AnalysisContext",

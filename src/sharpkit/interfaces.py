@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from sharpkit.curvature.lanczos import LanczosProcess
     from sharpkit.curvature.operator import HessianOperator
+    from sharpkit.curvature.sampling import ChunkedHessian
     from sharpkit.curvature.stochastic import Deflation
 
 __all__ = [
@@ -219,6 +220,38 @@ class AnalysisContext:
             )
         return self._hessian
 
+    def chunked_hessian(self, chunks: int | None = None) -> ChunkedHessian:
+        """:attr:`hessian` cut into chunks of ``data``, for a data standard error.
+
+        The same operator as :attr:`hessian` (the mean of the chunks' Hessians
+        weighted by their sizes) whose products also give every chunk's
+        product; wrap it in :class:`~sharpkit.ChunkRecorder` and run
+        :func:`~sharpkit.lanczos` on the recorder, then
+        :func:`~sharpkit.spectral_estimate` gives the jackknife standard error
+        over the data (see docs/concepts/curvature.md, "Two kinds of
+        uncertainty"). Built on each call (its products are counted on it, not
+        on :attr:`hessian`); ``data`` should be in random order.
+
+        Args:
+            chunks: ``K`` (default :data:`sharpkit.curvature.sampling.DEFAULT_CHUNKS`).
+
+        Raises:
+            ConfigError: Fewer than 2 examples, or ``bn_mode="train"``.
+        """
+        from sharpkit.curvature.sampling import DEFAULT_CHUNKS, ChunkedHessian
+
+        return ChunkedHessian.from_split(
+            self.model,
+            self.loss_fn,
+            self.data,
+            chunks=DEFAULT_CHUNKS if chunks is None else chunks,
+            memory_budget=(
+                None if self.memory_budget is None else self.memory_budget // 2
+            ),
+            bn_mode=self.bn_mode,
+            allow_tf32=self.tf32,
+        )
+
     def basis_budget(self) -> int | None:
         """Bytes left for Krylov bases: the budget less the kept gradient graph.
 
@@ -376,6 +409,11 @@ class MetricResult:
         arrays: Named arrays behind the value (e.g. ``ritz_values``).
         attrs: JSON-serialisable details (method, tolerance, probes, ...).
         metric: The metric's registered name (filled in by ``measure``).
+        data_stderr: Standard error of ``value`` as an estimate of the same
+            quantity over the data distribution the samples were drawn from
+            (which examples were measured), ``None`` where not computed.
+        data_method: How ``data_stderr`` was computed (e.g.
+            ``"jackknife-ritz"``, ``"jackknife-linear"``), ``None`` with it.
     """
 
     value: float
@@ -387,6 +425,8 @@ class MetricResult:
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     attrs: Mapping[str, JSON] = field(default_factory=dict)
     metric: str = ""
+    data_stderr: float | None = None
+    data_method: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -132,6 +132,8 @@ class Measurement(Mapping[str, MetricResult]):
             name: {
                 "value": json_safe(r.value),
                 "stderr": json_safe(r.stderr),
+                "data_stderr": json_safe(r.data_stderr),
+                "data_method": r.data_method,
                 "bound": json_safe(r.bound),
                 "converged": r.converged,
                 "hvps": r.hvps,

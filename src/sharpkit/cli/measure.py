@@ -36,6 +36,11 @@ def _uncertainty(value: Any) -> str:
     return "-" if value is None else f"±{fmt_number(value, 2)}"
 
 
+def _data(data_stderr: float | None) -> str | None:
+    """The data's standard error, for the ``± data`` column (None: not measured)."""
+    return None if data_stderr is None else f"±{fmt_number(data_stderr, 2)}"
+
+
 def _kind(stderr: float | None, bound: float | None) -> str:
     """What the ± column is: a standard error, a bound, or nothing (exact)."""
     err = stderr if stderr is not None else bound
@@ -287,6 +292,7 @@ def _print_rows(rows: list[dict[str, Any]], measured: list[Path]) -> None:
             ("checkpoint", "checkpoint"),
             ("metric", "metric"),
             ("value", "value"),
+            *([("data", "± data")] if any(r.get("data") for r in rows) else []),
             ("uncertainty", "±"),
             ("kind", "of"),
             ("converged", "conv."),
@@ -295,7 +301,7 @@ def _print_rows(rows: list[dict[str, Any]], measured: list[Path]) -> None:
         ]
         + ([("note", "note")] if any(r["note"] for r in rows) else []),
         title=None if common is None else f"checkpoints under {common}",
-        drop=("seconds", "hvps", "converged", "note", "kind"),
+        drop=("seconds", "hvps", "converged", "note", "kind", "data"),
     )
 
 
@@ -317,6 +323,7 @@ def _rows(path: str, result: Any) -> list[dict[str, Any]]:
                     r.stderr if r.stderr is not None else r.bound
                 ),
                 "kind": _kind(r.stderr, r.bound),
+                "data": _data(r.data_stderr),
                 "converged": r.converged,
                 "hvps": r.hvps,
                 "seconds": r.seconds,

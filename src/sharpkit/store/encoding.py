@@ -49,7 +49,7 @@ LABEL_KEYS: Final = ("long_name", "units")
 # these names is stored as "attr_<name>" (see ``result_attrs``).
 _METRIC_RESERVED: Final = frozenset(
     {"metric", "value", "stderr", "bound", "converged", "hvps", "seconds"}
-    | {"result_attrs", "arrays"}
+    | {"data_stderr", "data_method", "result_attrs", "arrays"}
 )
 _PROBE_RESERVED: Final = frozenset(
     {"probe", "seconds", "summary", "coords", "variables", "result_attrs"}
@@ -355,6 +355,8 @@ def _metric_group(
         "converged": None if result.converged is None else bool(result.converged),
         "hvps": None if result.hvps is None else int(result.hvps),
         "seconds": json_safe(result.seconds),
+        "data_stderr": json_safe(result.data_stderr),
+        "data_method": result.data_method,
         # the metric's own attributes of the same name win over the writer's labels
         **{k: v for k, v in labels.items() if k not in result_attrs},
         **result_attrs,
@@ -547,6 +549,10 @@ def metric_from_group(name: str, group: zarr.Group) -> MetricResult:
         arrays={n: np.asarray(a[...]) for n, a in sorted(group.arrays())},
         attrs=_restore_attrs(stored),
         metric=str(stored.get("metric", name)),
+        data_stderr=opt_float(stored.get("data_stderr")),  # None in older stores
+        data_method=(
+            None if stored.get("data_method") is None else str(stored["data_method"])
+        ),
     )
 
 

@@ -250,6 +250,10 @@ def _text(v: Any) -> bool:
     return isinstance(v, str)
 
 
+def _opt_text(v: Any) -> bool:
+    return v is None or _text(v)
+
+
 def _texts(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
@@ -272,6 +276,8 @@ _TYPES: Final[Mapping[str, Mapping[str, Callable[[Any], bool]]]] = {
         "metric": _text,
         "value": _opt_number,
         "stderr": _opt_number,
+        "data_stderr": _opt_number,
+        "data_method": _opt_text,
         "bound": _opt_number,
         "seconds": _opt_number,
         "converged": _opt_bool,

@@ -65,6 +65,7 @@ _SPECTRAL_HELP = {
     "method": "Lanczos (certified) or power iteration (as PyHessian).",
     "bound": "Stopping bound: r²/gap estimate or rigorous residual.",
     "start": "Start vectors: two random, or gradient plus random.",
+    "data_error": "Also the standard error over the data (16-chunk jackknife).",
 }
 _FROBENIUS_HELP = {
     "rel_stderr": _HELP["rel_stderr"],
@@ -79,6 +80,7 @@ _TRACE_HELP = {
     "sketch_method": "Krylov basis or Meyer et al.'s random sketch.",
     "probes": _HELP["probes"],
     "exact_max": _HELP["exact_max"],
+    "data_error": "Also the standard error over the data (exact-ggn path only).",
 }
 _DENSITY_HELP = {
     "probes": "Random probes.",

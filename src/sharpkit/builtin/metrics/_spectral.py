@@ -85,6 +85,15 @@ class Spectral:
             in ``tests/families/test_near_degenerate.py``; 0 of 30 from two
             random vectors). The context's ``warm_start`` vector, if any,
             takes the first vector's place.
+        data_error: Also give ``data_stderr``, the standard error of λ over
+            the data the samples were drawn from: Lanczos runs on
+            :meth:`~sharpkit.AnalysisContext.chunked_hessian` (16 chunks) and
+            :func:`~sharpkit.spectral_estimate` gives the delete-a-chunk
+            jackknife in the Krylov space (``data_method="jackknife-ritz"``;
+            the bias-corrected estimate is in ``attrs["data_estimate"]``).
+            Off by default: the chunked products cost 1.5-1.8x today's
+            λ_max (docs/benchmarks.md). Only with ``method="lanczos"`` and
+            ``which="largest"``.
     """
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -101,6 +110,7 @@ class Spectral:
         method: str = "lanczos",
         bound: str = "gap",
         start: str = "random",
+        data_error: bool = False,
     ) -> None:
         if top_k < 1:
             msg = f"top_k must be >= 1, got {top_k}"
@@ -119,7 +129,11 @@ class Spectral:
         self.which = which
         self.method = method
         self.bound = bound
+        if data_error and (method != "lanczos" or which != "largest"):
+            msg = "data_error needs method='lanczos' and which='largest'"
+            raise ConfigError(msg)
         self.start = start
+        self.data_error = bool(data_error)
         self.block = BLOCK
 
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
@@ -181,8 +195,13 @@ class Spectral:
         v0, start_kind = self._start(ctx, H, run.gen)
         if self.method == "power":
             return self._power(run, v0, start_kind)
+        recorder = None
+        if self.data_error:
+            from sharpkit import ChunkRecorder
+
+            recorder = ChunkRecorder(ctx.chunked_hessian())
         res = lanczos(
-            H,
+            H if recorder is None else recorder,
             H.n,
             k=self.top_k,
             which=self.which,
@@ -197,11 +216,14 @@ class Spectral:
         )
         if self.which == "largest":
             ctx.eigenvectors = res.eigenvectors
-        if res.process is not None:
+        if res.process is not None and recorder is None:
+            # (a recorded process is not handed on: later metrics count their
+            # products on ctx.hessian, which the recorder does not use)
             ctx.krylov_process = res.process
         if not res.converged:
             self._warn_lanczos(ctx, res)
-        return self._lanczos_result(run, res, start_kind)
+        result = self._lanczos_result(run, res, start_kind)
+        return result if recorder is None else _with_data_error(result, recorder)
 
     def _warn_lanczos(self, ctx: AnalysisContext, res: LanczosResult) -> None:
         worst = float(np.max(res.bounds / np.maximum(np.abs(res.eigenvalues), 1e-300)))
@@ -304,6 +326,29 @@ class Spectral:
                 "relative change, which certifies nothing",
             },
         )
+
+
+def _with_data_error(result: MetricResult, recorder: Any) -> MetricResult:
+    """``result`` with the jackknife's ``data_stderr`` and its chunked products."""
+    import dataclasses
+
+    from sharpkit import spectral_estimate
+
+    est = spectral_estimate(recorder)[0]
+    return dataclasses.replace(
+        result,
+        hvps=recorder.chunked.hvp_count,
+        data_stderr=est.stderr,
+        data_method=est.method,
+        attrs={
+            **result.attrs,
+            "data_estimate": est.estimate,
+            "data_chunks": est.chunks,
+            "data_meaning": "standard error of λ over the data the samples were "
+            "drawn from (delete-a-chunk jackknife in the Krylov space, widened "
+            "for K-1 degrees of freedom); data_estimate is the bias-corrected λ",
+        },
+    )
 
 
 def negative_bottom(process: LanczosProcess, tol: float, kind: str) -> dict[str, Any]:
