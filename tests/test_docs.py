@@ -51,6 +51,11 @@ MEASURE = (
     "--metric spectral --metric frobenius"
 )
 
+DATA = (
+    "sharpkit measure runs/large-ratio/final.pt runs/small-ratio/final.pt "
+    "--metric spectral -o spectral.data_error=true"
+)
+
 
 @pytest.mark.slow
 def test_quickstart_runs_as_written_and_shows_the_papers_claim(
@@ -83,6 +88,8 @@ def test_quickstart_runs_as_written_and_shows_the_papers_claim(
     # of settings (the two models differ by more than 5x).
     table = printed[MEASURE].replace(str(folder.resolve()), "/home/me")
     check_block(QUICKSTART, MEASURE, table, rtol=0.25)
+    with_data = printed[DATA].replace(str(folder.resolve()), "/home/me")
+    check_block(QUICKSTART, DATA, with_data, rtol=0.25)
     as_json = runner.invoke(app, [*shlex.split(MEASURE)[1:], "--json"])
     values = {
         Path(r["checkpoint"]).parent.name: {
