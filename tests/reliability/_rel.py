@@ -8,6 +8,7 @@ ignored, or plain success. An uncaught exception (a traceback) fails every one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -129,3 +130,9 @@ def subprocess_env(*dists: str) -> dict[str, str]:
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200")
     env.pop("SHARPKIT_DEBUG", None)
     return env
+
+
+def metric_values(stdout: str) -> dict[str, float]:
+    """``{metric: value}`` of the one checkpoint in ``measure --json`` output."""
+    (entry,) = json.loads(stdout)
+    return {name: m["value"] for name, m in entry["metrics"].items()}

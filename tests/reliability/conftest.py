@@ -37,3 +37,12 @@ def fresh_registry_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     registry_module._REGISTRY = None
     yield
     registry_module._REGISTRY = None
+
+
+@pytest.fixture(scope="session")
+def truth(tiny: Path) -> float:
+    """λ_max of the tiny checkpoint, measured by the built-in alone."""
+    from _rel import cli, metric_values, ok
+
+    result = ok(cli("measure", tiny, "-m", "spectral", "--no-store", "--json"))
+    return metric_values(result.stdout)["spectral"]

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _rel import cli, ok, one_line, subprocess_env
+from _rel import cli, metric_values, one_line, subprocess_env
 
 # (metric, what the one error line must say)
 CORRUPTIONS = [
@@ -39,18 +39,6 @@ CORRUPTIONS = [
 ]
 
 
-def _values(stdout: str) -> dict[str, float]:
-    (entry,) = json.loads(stdout)
-    return {name: m["value"] for name, m in entry["metrics"].items()}
-
-
-@pytest.fixture(scope="module")
-def truth(tiny: Path) -> float:
-    """λ_max of the tiny checkpoint, measured by the built-in alone."""
-    result = ok(cli("measure", tiny, "-m", "spectral", "--no-store", "--json"))
-    return _values(result.stdout)["spectral"]
-
-
 @pytest.mark.parametrize(
     ("metric", "says"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS]
 )
@@ -69,7 +57,7 @@ def test_a_plugin_cannot_change_what_the_next_metric_measures(
     first = cli(*args)
     line = one_line(first)
     assert re.search(says, line), line
-    assert _values(first.stdout) == {"spectral": truth}
+    assert metric_values(first.stdout) == {"spectral": truth}
     again = cli(*args)
     one_line(again)
     (entry,) = json.loads(again.stdout)
@@ -86,5 +74,5 @@ def test_a_plugin_that_prints_does_not_break_json(tiny: Path, truth: float) -> N
         timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert _values(done.stdout) == {"prints": 4.0, "spectral": truth}
+    assert metric_values(done.stdout) == {"prints": 4.0, "spectral": truth}
     assert "progress of the prints metric" in done.stderr

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from _rel import cli, ok, one_line, warned
+from _rel import cli, metric_values, ok, one_line, warned
 
 # (metric, what the one error line must say). Each must leave the store and the
 # metrics measured with it exactly as a run without it would.
@@ -29,18 +29,6 @@ VIOLATIONS = [
     ("returns-nan", r"'returns-nan'.*non-finite"),
     ("raises", r"'raises'.*RuntimeError: boom"),
 ]
-
-
-def _values(stdout: str) -> dict[str, float]:
-    (entry,) = json.loads(stdout)
-    return {name: m["value"] for name, m in entry["metrics"].items()}
-
-
-@pytest.fixture(scope="module")
-def truth(tiny: Path) -> float:
-    """λ_max of the tiny checkpoint, measured by the built-in alone."""
-    result = ok(cli("measure", tiny, "-m", "spectral", "--no-store", "--json"))
-    return _values(result.stdout)["spectral"]
 
 
 @pytest.mark.parametrize(("metric", "says"), VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
@@ -62,7 +50,7 @@ def test_contract_violation_is_one_line_and_costs_nothing_else(
     assert re.search(says, line), line
     # The metric after the violation ran on the model as it was: the exact value
     # (the same products in the same order: equal to the last bit).
-    assert _values(first.stdout) == {"spectral": truth}
+    assert metric_values(first.stdout) == {"spectral": truth}
     again = cli(
         "measure", tiny, "-m", metric, "-m", "spectral", "--store", store, "--json"
     )
@@ -126,7 +114,7 @@ def test_duplicate_builtin_name_suggests_disabling_one_component(
             "measure", tiny, "-m", "spectral", "--store", store, "--json",
         )
     )  # fmt: skip
-    assert _values(kept.stdout) == {"spectral": truth}
+    assert metric_values(kept.stdout) == {"spectral": truth}
     # The other choice: the plugin's spectral, which is stored under its own key.
     rogue = ok(
         cli(
@@ -134,7 +122,7 @@ def test_duplicate_builtin_name_suggests_disabling_one_component(
             "measure", tiny, "-m", "spectral", "--store", store, "--json",
         )
     )  # fmt: skip
-    assert _values(rogue.stdout) == {"spectral": -999.0}
+    assert metric_values(rogue.stdout) == {"spectral": -999.0}
     # Environment variable, same meaning.
     env = ok(
         cli(
