@@ -365,7 +365,8 @@ class BlockFrobenius:
     Attributes:
         names: The blocks' names.
         blocks: One :class:`~sharpkit.curvature.Estimate` of ``‖H_bb‖_F`` per block.
-        whole: The estimate of ``‖H‖_F``.
+        whole: ``‖H‖_F``.
+        whole_stderr: Its standard error.
         off_share: ``1 - Σ_b ‖H_bb‖_F² / ‖H‖_F²``.
         off_share_stderr: Its standard error (delta method; the block and whole
             estimates use independent probes).
@@ -375,7 +376,8 @@ class BlockFrobenius:
 
     names: tuple[str, ...]
     blocks: tuple[Estimate, ...]
-    whole: Estimate
+    whole: float
+    whole_stderr: float
     off_share: float
     off_share_stderr: float
     n_matvecs: int
@@ -397,7 +399,7 @@ def block_frobenius(
     partition: BlockPartition,
     *,
     spectra: Sequence[LanczosResult] | None = None,
-    whole: Estimate | None = None,
+    whole: tuple[float, float] | None = None,
     deflation_steps: int = 20,
     probes: int = FROBENIUS_MIN_PROBES,
     generator: torch.Generator | None = None,
@@ -417,8 +419,9 @@ def block_frobenius(
         matvec: ``v -> H v`` over the whole flat vector.
         partition: The blocks.
         spectra: The blocks' Lanczos results, deflated for free.
-        whole: An estimate of ``‖H‖_F`` already made (e.g. by the ``frobenius``
-            metric); else one is made here with ``deflation_steps`` and ``probes``.
+        whole: ``(‖H‖_F, stderr)`` already estimated (e.g. by the ``frobenius``
+            metric); else it is estimated here with ``deflation_steps`` and
+            ``probes``.
         deflation_steps: Krylov dimension of the deflations not given.
         probes: Probes per estimate.
         generator: Random source.
@@ -450,8 +453,9 @@ def block_frobenius(
                 vector_dtype=dtype,
             )
         )
+    used = sum(e.n_matvecs for e in ests)
     if whole is None:
-        whole = frobenius_norm(
+        est = frobenius_norm(
             matvec,
             partition.n,
             deflation_steps=deflation_steps,
@@ -460,25 +464,29 @@ def block_frobenius(
             device=dev,
             vector_dtype=dtype,
         )
-    share, share_se = _off_share(ests, whole)
+        whole, used = (est.value, est.stderr), used + est.n_matvecs
+    share, share_se = _off_share(ests, *whole)
     return BlockFrobenius(
         names=tuple(partition.names),
         blocks=tuple(ests),
-        whole=whole,
+        whole=whole[0],
+        whole_stderr=whole[1],
         off_share=share,
         off_share_stderr=share_se,
-        n_matvecs=sum(e.n_matvecs for e in ests) + whole.n_matvecs,
+        n_matvecs=used,
         seconds=time.perf_counter() - start,
     )
 
 
-def _off_share(blocks: Sequence[Estimate], whole: Estimate) -> tuple[float, float]:
+def _off_share(
+    blocks: Sequence[Estimate], whole: float, whole_se: float
+) -> tuple[float, float]:
     """``1 - D/W²`` with ``D = Σ_b ‖H_bb‖²`` and its delta-method standard error."""
     d = sum(e.value**2 for e in blocks)
     se_d = math.sqrt(sum((2 * e.value * e.stderr) ** 2 for e in blocks))
-    w2 = whole.value**2
+    w2 = whole**2
     if w2 <= 0:
         return 0.0, 0.0
     ratio = d / w2
-    se_w2 = 2 * whole.value * whole.stderr
+    se_w2 = 2 * whole * whole_se
     return 1.0 - ratio, math.sqrt((se_d / w2) ** 2 + (ratio * se_w2 / w2) ** 2)
