@@ -92,3 +92,26 @@ def test_bad_blocks_fail_before_any_work():
         _measure(blocks=["x=nothing"])
     with pytest.raises(ConfigError, match="blocks apply to the metrics"):
         _measure(metrics=("density",))
+
+
+def test_plot_blocks_figure(tmp_path):
+    from sharpkit.errors import DataError
+    from sharpkit.plotting import build_figure, plot_figure
+
+    store = tmp_path / "r.zarr"
+    _measure(store, blocks=None, metrics=("spectral",))
+    with pytest.raises(DataError, match="no per-block results"):
+        build_figure(store, "blocks")
+    _, m = _measure(store, metrics=("spectral", "frobenius"))
+    fig = build_figure(store, "blocks")
+    # λ_max, the top eigenvector's shares, ‖H_bb‖_F: one panel each
+    assert len(fig.axes) == 3
+    bars = fig.axes[0].patches
+    np.testing.assert_allclose(
+        [b.get_height() for b in bars], m["spectral"].arrays["block_value"]
+    )
+    assert [t.get_text() for t in fig.axes[-1].get_xticklabels()] == m[
+        "spectral"
+    ].attrs["blocks"]
+    path = plot_figure(store, "blocks", tmp_path / "blocks.png")
+    assert path.stat().st_size > 0
