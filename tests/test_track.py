@@ -199,7 +199,7 @@ def test_steps_due_force_and_counting() -> None:
         ({"every": 0}, "every must be a whole number of steps >= 1"),
         ({"every": 2.5}, "every must be a whole number"),
         ({"metrics": []}, "no metric requested"),
-        ({"samples": 0}, "samples must be positive"),
+        ({"samples": 0}, "samples must be a positive count"),
         ({"options": {"spectral": {"nope": 1}}}, "nope"),
         ({"options": {"trace": {}}}, "options given for 'trace'"),
         ({"bn_mode": "batch"}, "bn_mode must be"),

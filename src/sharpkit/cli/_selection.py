@@ -24,14 +24,14 @@ SweepSamplesOpt = Annotated[
         "--samples",
         metavar="N|all",
         help="Measure every point on N examples, or all (default: the sweep "
-        "file's [measure] samples).",
+        "file's \\[measure] samples).",
     ),
 ]
 SweepSampleOpt = Annotated[
     Sample | None,
     typer.Option(
         "--sample",
-        help="Which examples: first or random (drawn from the [measure] seed); "
+        help="Which examples: first or random (drawn from the \\[measure] seed); "
         "default: the sweep file's, else first.",
     ),
 ]
