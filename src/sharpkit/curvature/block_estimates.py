@@ -270,7 +270,7 @@ def block_trace(
     probes: int = 32,
     sketch: int = 0,
     generator: torch.Generator | None = None,
-    batch: int = 8,
+    batch: int = 1,
     device: torch.device | str | None = None,
     vector_dtype: torch.dtype | None = None,
 ) -> BlockTrace:
@@ -283,7 +283,8 @@ def block_trace(
         sketch: Columns of a Hutch++ sketch ``Q = orth(H S)`` whose part of
             every block trace is computed exactly (``2 · sketch`` products).
         generator: Random source of the probes.
-        batch: Probes per product call (a HessianOperator takes ``(n, k)``).
+        batch: Probes per product call (a HessianOperator takes ``(n, k)``;
+            on a CPU one at a time was measured cheaper).
         device: Device of the vectors (default: the operator's).
         vector_dtype: Dtype of the vectors (default: the operator's).
 

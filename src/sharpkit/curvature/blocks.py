@@ -130,21 +130,22 @@ class BlockPartition:
         Returns:
             ``(B,)`` for a vector, ``(B, k)`` for a block, float64 on the CPU.
         """
-        sq = v.detach().to(torch.float64) ** 2
-        labels = self._labels.to(v.device)
-        shape = (len(self.blocks), *sq.shape[1:])
-        out = torch.zeros(shape, dtype=torch.float64, device=v.device)
-        out.index_add_(0, labels, sq)
-        return out.cpu()
+        return self._segment_sums(v.detach() * v.detach())
 
     def sum_products(self, u: Tensor, w: Tensor) -> Tensor:
         """Return ``u_bᵀ w_b`` for every block (per column of ``(n, k)``), float64."""
-        prod = u.detach().to(torch.float64) * w.detach().to(torch.float64)
-        labels = self._labels.to(u.device)
-        shape = (len(self.blocks), *prod.shape[1:])
-        out = torch.zeros(shape, dtype=torch.float64, device=u.device)
-        out.index_add_(0, labels, prod)
-        return out.cpu()
+        return self._segment_sums(u.detach() * w.detach())
+
+    def _segment_sums(self, values: Tensor) -> Tensor:
+        """Sums of ``values`` (``(n,)`` or ``(n, k)``) over each block, in float64."""
+        labels = self._labels.to(values.device)
+        cols = values.reshape(self.n, -1).to(torch.float64)
+        sums = [
+            torch.bincount(labels, weights=cols[:, j], minlength=len(self.blocks))
+            for j in range(cols.shape[1])
+        ]
+        out = torch.stack(sums, dim=1).cpu()
+        return out[:, 0] if values.dim() == 1 else out
 
 
 def _module_path(name: str) -> list[str]:
