@@ -106,9 +106,19 @@ def run_blocks(
         add_blocks(results, names, ctx, spec)
 
 
-def _attrs(part: BlockPartition, spec: Any, arrays: Sequence[str]) -> dict[str, Any]:
+def _attrs(
+    part: BlockPartition,
+    spec: Any,
+    arrays: Mapping[str, np.ndarray],
+    error: tuple[str, str],
+) -> dict[str, Any]:
+    """The attributes a per-block result carries (the values too, for the table)."""
+    kind, name = error
     return {
         "blocks": part.names,
+        "block_values": [float(v) for v in arrays["block_value"]],
+        "block_errors": [float(v) for v in arrays[name]],
+        "block_error_kind": kind,
         "block_sizes": part.sizes,
         "block_spec": spec,
         "array_dims": {
@@ -162,7 +172,7 @@ def add_blocks(
             generator=ctx.generator("blocks-trace"),
         )
         arrays = {"block_value": est.values, "block_stderr": est.stderrs}
-        attrs = _attrs(part, key, list(arrays))
+        attrs = _attrs(part, key, arrays, ("stderr", "block_stderr"))
         attrs.update(block_total=est.total, block_hvps=est.n_matvecs, exact=est.exact)
         results["trace"] = _with(results["trace"], arrays, attrs)
     if "frobenius" in names and "frobenius" in results:
@@ -176,7 +186,7 @@ def add_blocks(
             generator=ctx.generator("blocks-frobenius"),
         )
         arrays = {"block_value": fro.values, "block_stderr": fro.stderrs}
-        attrs = _attrs(part, key, list(arrays))
+        attrs = _attrs(part, key, arrays, ("stderr", "block_stderr"))
         attrs.update(
             off_block_share=fro.off_share,
             off_block_share_stderr=fro.off_share_stderr,
@@ -212,7 +222,7 @@ def _spectral(
     }
     if ctx.eigenvectors is not None and ctx.eigenvectors.shape[0] == part.n:
         arrays["block_mass"] = block_mass(ctx.eigenvectors[:, 0], part)
-    attrs = _attrs(part, key, list(arrays))
+    attrs = _attrs(part, key, arrays, ("bound", "block_bound"))
     attrs["block_converged"] = all(r.converged for r in spectra)
     results["spectral"] = _with(whole, arrays, attrs)
     return spectra
