@@ -22,7 +22,7 @@ Arrays added (``B`` blocks, ``k`` eigenvalues):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,6 +106,13 @@ def run_blocks(
         add_blocks(results, names, ctx, spec)
 
 
+def _reporter(ctx: AnalysisContext, metric: str) -> Callable[[int, int, str], None]:
+    def report(done: int, total: int, name: str) -> None:
+        ctx.progress(done, total, description=f"{metric} per block: {name}")
+
+    return report
+
+
 def _attrs(
     part: BlockPartition,
     spec: Any,
@@ -164,6 +171,7 @@ def add_blocks(
     if "spectral" in names and "spectral" in results:
         spectra = _spectral(results, ctx, part, key)
     if "trace" in names and "trace" in results:
+        ctx.progress(0, 1, description="trace per block (one pass for all)")
         est = block_trace(
             op,
             part,
@@ -184,6 +192,7 @@ def add_blocks(
             whole=(whole.value, whole.stderr or 0.0),
             probes=FROBENIUS_PROBES,
             generator=ctx.generator("blocks-frobenius"),
+            progress=_reporter(ctx, "frobenius"),
         )
         arrays = {"block_value": fro.values, "block_stderr": fro.stderrs}
         attrs = _attrs(part, key, arrays, ("stderr", "block_stderr"))
@@ -210,6 +219,7 @@ def _spectral(
         tol=ctx.tol,
         max_iter=ctx.max_hvps,
         generator=ctx.generator("blocks-spectral"),
+        progress=_reporter(ctx, "spectral"),
     )
     eig = np.full((len(part), k), np.nan)
     for b, r in enumerate(spectra):

@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 Matvec = Callable[[Tensor], Tensor]
+BlockProgress = Callable[[int, int, str], None]
 BLOCK_METHODS = ("auto", "pad", "sub")
 _COLUMNS = 64  # identity columns per product on the exact path
 
@@ -118,6 +119,7 @@ def block_spectra(
     bound: str = "gap",
     device: torch.device | str | None = None,
     vector_dtype: torch.dtype | None = None,
+    progress: BlockProgress | None = None,
 ) -> list[LanczosResult]:
     """Return the top-``k`` eigenvalues of every diagonal block ``H_bb`` by Lanczos.
 
@@ -135,6 +137,7 @@ def block_spectra(
         bound: ``"gap"`` or ``"residual"`` (see :func:`~sharpkit.curvature.lanczos`).
         device: Device of the vectors (default: the operator's).
         vector_dtype: Dtype of the vectors (default: the operator's).
+        progress: ``progress(done, total, name)`` before each block.
 
     Returns:
         One :class:`~sharpkit.curvature.LanczosResult` per block, in block order.
@@ -146,6 +149,8 @@ def block_spectra(
     dtype, dev = _vector_kind(matvec, device, vector_dtype)
     out = []
     for b, block in enumerate(partition.blocks):
+        if progress is not None:
+            progress(b, len(partition), block.name)
         out.append(
             lanczos(
                 _block_operator(matvec, partition, b, method),
@@ -407,6 +412,7 @@ def block_frobenius(
     method: str = "auto",
     device: torch.device | str | None = None,
     vector_dtype: torch.dtype | None = None,
+    progress: BlockProgress | None = None,
 ) -> BlockFrobenius:
     """Estimate ``‖H_bb‖_F`` per block, ``‖H‖_F`` and the off-block-diagonal share.
 
@@ -429,6 +435,7 @@ def block_frobenius(
         method: How ``H_bb`` is applied (see :func:`block_spectra`).
         device: Device of the vectors (default: the operator's).
         vector_dtype: Dtype of the vectors (default: the operator's).
+        progress: ``progress(done, total, name)`` before each block.
 
     Returns:
         A :class:`BlockFrobenius`.
@@ -441,6 +448,8 @@ def block_frobenius(
     dtype, dev = _vector_kind(matvec, device, vector_dtype)
     ests = []
     for b, block in enumerate(partition.blocks):
+        if progress is not None:
+            progress(b, len(partition), block.name)
         defl = None if spectra is None else Deflation.from_lanczos(spectra[b])
         ests.append(
             frobenius_norm(
