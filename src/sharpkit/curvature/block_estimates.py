@@ -268,6 +268,34 @@ def _check_probes(probes: int, least: int) -> None:
         raise ConfigError(msg)
 
 
+def _exact_trace(
+    matvec: Matvec,
+    partition: BlockPartition,
+    dtype: torch.dtype,
+    dev: torch.device,
+    start: float,
+) -> BlockTrace:
+    """Every ``tr H_bb`` from ``H`` applied to the identity (``n`` products)."""
+    n = partition.n
+    diag = torch.zeros(n, dtype=torch.float64)
+    for lo, cols in _identity_columns(matvec, n, dtype, dev):
+        idx = torch.arange(cols.shape[1], device=cols.device)
+        diag[lo : lo + cols.shape[1]] = cols[lo + idx, idx].double().cpu()
+    values = np.array([float(diag[b.index].sum()) for b in partition.blocks])
+    return BlockTrace(
+        names=tuple(partition.names),
+        values=values,
+        stderrs=np.zeros(len(partition)),
+        total=float(values.sum()),
+        total_stderr=0.0,
+        n_matvecs=n,
+        probes=0,
+        sketch=0,
+        exact=True,
+        seconds=time.perf_counter() - start,
+    )
+
+
 def block_trace(
     matvec: Matvec,
     partition: BlockPartition,
@@ -305,23 +333,7 @@ def block_trace(
     dtype, dev = _vector_kind(matvec, device, vector_dtype)
     names = tuple(partition.names)
     if probes + 2 * sketch >= n:
-        diag = torch.zeros(n, dtype=torch.float64)
-        for lo, cols in _identity_columns(matvec, n, dtype, dev):
-            idx = torch.arange(cols.shape[1], device=cols.device)
-            diag[lo : lo + cols.shape[1]] = cols[lo + idx, idx].double().cpu()
-        values = np.array([float(diag[b.index].sum()) for b in partition.blocks])
-        return BlockTrace(
-            names=names,
-            values=values,
-            stderrs=np.zeros(len(names)),
-            total=float(values.sum()),
-            total_stderr=0.0,
-            n_matvecs=n,
-            probes=0,
-            sketch=0,
-            exact=True,
-            seconds=time.perf_counter() - start,
-        )
+        return _exact_trace(matvec, partition, dtype, dev, start)
     exact_part = np.zeros(len(names))
     basis: Tensor | None = None
     if sketch:
