@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from sharpkit.api.wrappers import unwrap
 from sharpkit.curvature.block_estimates import (
     block_frobenius,
     block_mass,
@@ -166,7 +167,7 @@ def add_blocks(
     """
     key = spec_key(spec)
     op = ctx.hessian
-    part = resolve_blocks(ctx.model, spec, params=op.params)
+    part = resolve_blocks(unwrap(ctx.model), spec, params=op.params)
     spectra = None
     if "spectral" in names and "spectral" in results:
         spectra = _spectral(results, ctx, part, key)

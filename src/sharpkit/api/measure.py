@@ -48,6 +48,7 @@ from sharpkit.api.resolve import (
     resolve_dtype,
     reuse_datasets,
 )
+from sharpkit.api.wrappers import unwrap
 from sharpkit.curvature.blocks import BlockSpec, resolve_blocks
 from sharpkit.errors import MeasurementError, SharpkitError
 from sharpkit.interfaces import (
@@ -430,7 +431,7 @@ def _measure_once(
         work, job.loss.fn, data_info.analysis, batch_size=analysis.batch_size
     )
     if blocks is not None:  # checked before any work; a key of its own
-        resolve_blocks(work, blocks)
+        resolve_blocks(unwrap(work), blocks)  # named as the user's model names them
         settings["blocks"] = spec_key(blocks)
     keys = {
         n: ex.key(

@@ -93,8 +93,7 @@ def _sub_operator(
     op: HessianOperator, partition: BlockPartition, b: int
 ) -> HessianOperator:
     """A :class:`HessianOperator` over block ``b``'s parameters, set up as ``op``."""
-    lookup = dict(op.model.named_parameters())
-    params = [lookup[name] for name in partition.blocks[b].params]
+    params = [op.params[i] for i in partition.blocks[b].members]
     return HessianOperator(
         op.model,
         op.loss_fn,

@@ -58,11 +58,13 @@ class Block:
         name: The block's name (a module path, a group name or ``"rest"``).
         params: Names of its parameters, in flat-vector order.
         index: Positions of its entries in the flat parameter vector (int64, CPU).
+        members: Positions of its parameters in the list the vector is made of.
     """
 
     name: str
     params: tuple[str, ...]
     index: Tensor = field(repr=False)
+    members: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -330,6 +332,7 @@ def resolve_blocks(
         if rest:
             groups[REST] = rest
             owner.update(dict.fromkeys(rest, REST))
+    position = {pname: i for i, pname in enumerate(trainable)}
     offsets: dict[str, tuple[int, int]] = {}
     start = 0
     for p, pname in zip(chosen, trainable, strict=True):
@@ -341,5 +344,6 @@ def resolve_blocks(
         index = torch.cat(
             [torch.arange(*offsets[m], dtype=torch.int64) for m in ordered]
         )
-        blocks.append(Block(group, tuple(ordered), index))
+        at = tuple(position[m] for m in ordered)
+        blocks.append(Block(group, tuple(ordered), index, at))
     return BlockPartition(tuple(blocks), start)
