@@ -68,6 +68,14 @@ def test_measure_adds_blocks_that_match_the_dense_sub_blocks(tmp_path):
         "block"
     )
     assert run["metrics/frobenius"].attrs["blocks"] == names
+    # `sharpkit results` / open_results: a row per block, metric:block
+    table = sharpkit.open_results(tmp_path / "r.zarr")
+    rows = table[table["metric"].str.startswith("spectral:")]
+    assert list(rows["metric"]) == [f"spectral:{n}" for n in names]
+    np.testing.assert_allclose(rows["value"], m["spectral"].arrays["block_value"])
+    np.testing.assert_allclose(rows["bound"], m["spectral"].arrays["block_bound"])
+    tr_rows = table[table["metric"].str.startswith("trace:")]
+    np.testing.assert_allclose(tr_rows["stderr"], tr.arrays["block_stderr"])
 
 
 def test_blocks_are_part_of_the_key(tmp_path):

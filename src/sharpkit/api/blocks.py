@@ -22,7 +22,7 @@ Arrays added (``B`` blocks, ``k`` eigenvalues):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,9 +106,26 @@ def run_blocks(
         add_blocks(results, names, ctx, spec)
 
 
-def _attrs(part: BlockPartition, spec: Any, arrays: Sequence[str]) -> dict[str, Any]:
+def _reporter(ctx: AnalysisContext, metric: str) -> Callable[[int, int, str], None]:
+    def report(done: int, total: int, name: str) -> None:
+        ctx.progress(done, total, description=f"{metric} per block: {name}")
+
+    return report
+
+
+def _attrs(
+    part: BlockPartition,
+    spec: Any,
+    arrays: Mapping[str, np.ndarray],
+    error: tuple[str, str],
+) -> dict[str, Any]:
+    """The attributes a per-block result carries (the values too, for the table)."""
+    kind, name = error
     return {
         "blocks": part.names,
+        "block_values": [float(v) for v in arrays["block_value"]],
+        "block_errors": [float(v) for v in arrays[name]],
+        "block_error_kind": kind,
         "block_sizes": part.sizes,
         "block_spec": spec,
         "array_dims": {
@@ -154,6 +171,7 @@ def add_blocks(
     if "spectral" in names and "spectral" in results:
         spectra = _spectral(results, ctx, part, key)
     if "trace" in names and "trace" in results:
+        ctx.progress(0, 1, description="trace per block (one pass for all)")
         est = block_trace(
             op,
             part,
@@ -162,7 +180,7 @@ def add_blocks(
             generator=ctx.generator("blocks-trace"),
         )
         arrays = {"block_value": est.values, "block_stderr": est.stderrs}
-        attrs = _attrs(part, key, list(arrays))
+        attrs = _attrs(part, key, arrays, ("stderr", "block_stderr"))
         attrs.update(block_total=est.total, block_hvps=est.n_matvecs, exact=est.exact)
         results["trace"] = _with(results["trace"], arrays, attrs)
     if "frobenius" in names and "frobenius" in results:
@@ -174,9 +192,10 @@ def add_blocks(
             whole=(whole.value, whole.stderr or 0.0),
             probes=FROBENIUS_PROBES,
             generator=ctx.generator("blocks-frobenius"),
+            progress=_reporter(ctx, "frobenius"),
         )
         arrays = {"block_value": fro.values, "block_stderr": fro.stderrs}
-        attrs = _attrs(part, key, list(arrays))
+        attrs = _attrs(part, key, arrays, ("stderr", "block_stderr"))
         attrs.update(
             off_block_share=fro.off_share,
             off_block_share_stderr=fro.off_share_stderr,
@@ -200,6 +219,7 @@ def _spectral(
         tol=ctx.tol,
         max_iter=ctx.max_hvps,
         generator=ctx.generator("blocks-spectral"),
+        progress=_reporter(ctx, "spectral"),
     )
     eig = np.full((len(part), k), np.nan)
     for b, r in enumerate(spectra):
@@ -212,7 +232,7 @@ def _spectral(
     }
     if ctx.eigenvectors is not None and ctx.eigenvectors.shape[0] == part.n:
         arrays["block_mass"] = block_mass(ctx.eigenvectors[:, 0], part)
-    attrs = _attrs(part, key, list(arrays))
+    attrs = _attrs(part, key, arrays, ("bound", "block_bound"))
     attrs["block_converged"] = all(r.converged for r in spectra)
     results["spectral"] = _with(whole, arrays, attrs)
     return spectra

@@ -71,7 +71,13 @@ def _whole_row(result: Any, columns: dict[str, list[str]]) -> dict[str, str]:
     return row
 
 
-def print_blocks(label: str, result: Any) -> None:
+def print_blocks(measured: list[tuple[str, Any]]) -> None:
+    """Print a table per block of each ``(label, measurement)`` measured with blocks."""
+    for label, result in measured:
+        _print_one(label, result)
+
+
+def _print_one(label: str, result: Any) -> None:
     """Print one checkpoint's values per block, the whole model's in the last row."""
     columns = _block_columns(result)
     if not columns:

@@ -262,28 +262,17 @@ def _measure_all(
             outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
             rows.extend(_rows(os.fspath(path), result))
             measured.append((label, result))
-    if not quiet:  # the other ranks computed the same values; rank 0 prints them
-        _print_outputs(outputs, rows, measured, json_output=json_output)
+    if quiet:
+        pass  # the other ranks computed the same values; rank 0 prints them
+    elif json_output:
+        print_json(outputs)
+    elif rows:
+        _print_rows(rows, [Path(r["checkpoint"]) for r in outputs])
+        print_blocks(measured)
     if partial is not None:
         raise partial  # the error boundary prints it as one line, exit status 1
     if failed:
         raise typer.Exit(1)
-
-
-def _print_outputs(
-    outputs: list[dict[str, Any]],
-    rows: list[dict[str, Any]],
-    measured: list[tuple[str, Any]],
-    *,
-    json_output: bool,
-) -> None:
-    """Print every checkpoint's values: JSON, or the table and the block tables."""
-    if json_output:
-        print_json(outputs)
-    elif rows:
-        _print_rows(rows, [Path(r["checkpoint"]) for r in outputs])
-        for label, result in measured:
-            print_blocks(label, result)
 
 
 def _metric_options(

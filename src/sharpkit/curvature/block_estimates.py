@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 Matvec = Callable[[Tensor], Tensor]
+BlockProgress = Callable[[int, int, str], None]
 BLOCK_METHODS = ("auto", "pad", "sub")
 _COLUMNS = 64  # identity columns per product on the exact path
 
@@ -118,6 +119,7 @@ def block_spectra(
     bound: str = "gap",
     device: torch.device | str | None = None,
     vector_dtype: torch.dtype | None = None,
+    progress: BlockProgress | None = None,
 ) -> list[LanczosResult]:
     """Return the top-``k`` eigenvalues of every diagonal block ``H_bb`` by Lanczos.
 
@@ -135,6 +137,7 @@ def block_spectra(
         bound: ``"gap"`` or ``"residual"`` (see :func:`~sharpkit.curvature.lanczos`).
         device: Device of the vectors (default: the operator's).
         vector_dtype: Dtype of the vectors (default: the operator's).
+        progress: ``progress(done, total, name)`` before each block.
 
     Returns:
         One :class:`~sharpkit.curvature.LanczosResult` per block, in block order.
@@ -146,6 +149,8 @@ def block_spectra(
     dtype, dev = _vector_kind(matvec, device, vector_dtype)
     out = []
     for b, block in enumerate(partition.blocks):
+        if progress is not None:
+            progress(b, len(partition), block.name)
         out.append(
             lanczos(
                 _block_operator(matvec, partition, b, method),
@@ -263,25 +268,24 @@ def _check_probes(probes: int, least: int) -> None:
         raise ConfigError(msg)
 
 
-def _exact_block_trace(
+def _exact_trace(
     matvec: Matvec,
     partition: BlockPartition,
     dtype: torch.dtype,
     dev: torch.device,
     start: float,
 ) -> BlockTrace:
-    """Every block's trace from the diagonal of ``H`` (``n`` products)."""
+    """Every ``tr H_bb`` from ``H`` applied to the identity (``n`` products)."""
     n = partition.n
-    names = tuple(partition.names)
     diag = torch.zeros(n, dtype=torch.float64)
     for lo, cols in _identity_columns(matvec, n, dtype, dev):
         idx = torch.arange(cols.shape[1], device=cols.device)
         diag[lo : lo + cols.shape[1]] = cols[lo + idx, idx].double().cpu()
     values = np.array([float(diag[b.index].sum()) for b in partition.blocks])
     return BlockTrace(
-        names=names,
+        names=tuple(partition.names),
         values=values,
-        stderrs=np.zeros(len(names)),
+        stderrs=np.zeros(len(partition)),
         total=float(values.sum()),
         total_stderr=0.0,
         n_matvecs=n,
@@ -299,7 +303,7 @@ def block_trace(
     probes: int = 32,
     sketch: int = 0,
     generator: torch.Generator | None = None,
-    batch: int = 8,
+    batch: int = 1,
     device: torch.device | str | None = None,
     vector_dtype: torch.dtype | None = None,
 ) -> BlockTrace:
@@ -312,7 +316,8 @@ def block_trace(
         sketch: Columns of a Hutch++ sketch ``Q = orth(H S)`` whose part of
             every block trace is computed exactly (``2 · sketch`` products).
         generator: Random source of the probes.
-        batch: Probes per product call (a HessianOperator takes ``(n, k)``).
+        batch: Probes per product call (a HessianOperator takes ``(n, k)``;
+            on a CPU one at a time was measured cheaper).
         device: Device of the vectors (default: the operator's).
         vector_dtype: Dtype of the vectors (default: the operator's).
 
@@ -328,7 +333,7 @@ def block_trace(
     dtype, dev = _vector_kind(matvec, device, vector_dtype)
     names = tuple(partition.names)
     if probes + 2 * sketch >= n:
-        return _exact_block_trace(matvec, partition, dtype, dev, start)
+        return _exact_trace(matvec, partition, dtype, dev, start)
     exact_part = np.zeros(len(names))
     basis: Tensor | None = None
     if sketch:
@@ -419,6 +424,7 @@ def block_frobenius(
     method: str = "auto",
     device: torch.device | str | None = None,
     vector_dtype: torch.dtype | None = None,
+    progress: BlockProgress | None = None,
 ) -> BlockFrobenius:
     """Estimate ``‖H_bb‖_F`` per block, ``‖H‖_F`` and the off-block-diagonal share.
 
@@ -441,6 +447,7 @@ def block_frobenius(
         method: How ``H_bb`` is applied (see :func:`block_spectra`).
         device: Device of the vectors (default: the operator's).
         vector_dtype: Dtype of the vectors (default: the operator's).
+        progress: ``progress(done, total, name)`` before each block.
 
     Returns:
         A :class:`BlockFrobenius`.
@@ -453,6 +460,8 @@ def block_frobenius(
     dtype, dev = _vector_kind(matvec, device, vector_dtype)
     ests = []
     for b, block in enumerate(partition.blocks):
+        if progress is not None:
+            progress(b, len(partition), block.name)
         defl = None if spectra is None else Deflation.from_lanczos(spectra[b])
         ests.append(
             frobenius_norm(

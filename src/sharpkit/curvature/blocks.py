@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -104,6 +105,10 @@ class BlockPartition:
 
     def labels(self) -> Tensor:
         """Return the block number of every entry of the flat vector, ``(n,)`` int64."""
+        return self._labels.clone()
+
+    @cached_property
+    def _labels(self) -> Tensor:
         out = torch.empty(self.n, dtype=torch.int64)
         for i, block in enumerate(self.blocks):
             out[block.index] = i
@@ -125,21 +130,22 @@ class BlockPartition:
         Returns:
             ``(B,)`` for a vector, ``(B, k)`` for a block, float64 on the CPU.
         """
-        sq = v.detach().to(torch.float64) ** 2
-        labels = self.labels().to(v.device)
-        shape = (len(self.blocks), *sq.shape[1:])
-        out = torch.zeros(shape, dtype=torch.float64, device=v.device)
-        out.index_add_(0, labels, sq)
-        return out.cpu()
+        return self._segment_sums(v.detach() * v.detach())
 
     def sum_products(self, u: Tensor, w: Tensor) -> Tensor:
         """Return ``u_bᵀ w_b`` for every block (per column of ``(n, k)``), float64."""
-        prod = u.detach().to(torch.float64) * w.detach().to(torch.float64)
-        labels = self.labels().to(u.device)
-        shape = (len(self.blocks), *prod.shape[1:])
-        out = torch.zeros(shape, dtype=torch.float64, device=u.device)
-        out.index_add_(0, labels, prod)
-        return out.cpu()
+        return self._segment_sums(u.detach() * w.detach())
+
+    def _segment_sums(self, values: Tensor) -> Tensor:
+        """Sums of ``values`` (``(n,)`` or ``(n, k)``) over each block, in float64."""
+        labels = self._labels.to(values.device)
+        cols = values.reshape(self.n, -1).to(torch.float64)
+        sums = [
+            torch.bincount(labels, weights=cols[:, j], minlength=len(self.blocks))
+            for j in range(cols.shape[1])
+        ]
+        out = torch.stack(sums, dim=1).cpu()
+        return out[:, 0] if values.dim() == 1 else out
 
 
 def _module_path(name: str) -> list[str]:
