@@ -118,6 +118,11 @@ def test_the_selection_is_part_of_the_store_key(tmp_path: Path) -> None:
     seeds = sorted(r["sample_seed"] or -1 for r in rows)
     assert seeds == [-1, 1, 2]
     assert {r["sample"] for r in rows} == {"first", "random"}
+    # the table shows the selection where the runs differ in it
+    table = runner.invoke(app, ["results", str(store)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    header = next(ln for ln in table.stdout.splitlines() if "sample" in ln)
+    assert "draw" in header
 
 
 def test_samples_all_takes_the_whole_split() -> None:
@@ -270,3 +275,103 @@ def test_cli_bad_values_are_one_line(flag: str, value: str, words: str) -> None:
     assert result.exit_code == 1
     assert words in result.stderr
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ Tracker, sweeps
+
+
+def test_tracker_keeps_one_random_selection_and_the_data_error(tmp_path: Path) -> None:
+    x, y = _data(400)
+    store = tmp_path / "t.zarr"
+    net = _net()
+    with sharpkit.Tracker(
+        (x, y),
+        ["spectral"],
+        every=1,
+        samples=128,
+        sample="random",
+        seed=5,
+        options={"spectral": {"data_error": True}},
+        store=store,
+    ) as tracker:
+        tracker.step(net, step=1)
+        with torch.no_grad():
+            net[0].weight.mul_(1.1)
+        tracker.step(net, step=2)
+    data_err = tracker.curves["spectral_data_stderr"]
+    assert data_err.shape == (2,)
+    assert (data_err > 0).all()
+    # the same 128 examples at every step: the draw happened once
+    assert len(tracker._data) == 128
+    expected = Selection(samples=128, sample="random", seed=5).pick(
+        sharpkit.DataSplit(x, y)
+    )
+    assert torch.equal(tracker._data.inputs, expected.inputs)
+    (row,) = sharpkit.open_results(store, as_frame=False, kind="track")[:1]
+    assert (row["sample"], row["sample_seed"], row["samples"]) == ("random", 5, 128)
+    assert row["data_stderr"] == pytest.approx(float(data_err[-1]))
+
+
+def test_sweep_and_reproduce_options_override_the_measure_table(
+    tmp_path: Path,
+) -> None:
+    from sharpkit.cli._options import Sample
+    from sharpkit.cli._selection import override_measure
+    from sharpkit.sweep import SweepConfig
+
+    def cfg(measure: dict[str, object] | None) -> SweepConfig:
+        train = {
+            "model": "mlp-bn", "data": "synthetic", "lr": 0.1, "batch_size": 16,
+            "epochs": 1,
+        }  # fmt: skip
+        data: dict[str, object] = {"train": train}
+        if measure is not None:
+            data["measure"] = measure
+        return SweepConfig.from_dict(data, base=tmp_path)
+
+    base = cfg({"metrics": ["spectral", "frobenius"], "samples": 2048})
+    assert override_measure(base) is base
+    new = override_measure(
+        base, samples="all", sample=Sample.random, data_error=True
+    ).measure
+    assert new == {
+        "metrics": ["spectral", "frobenius"], "samples": "all", "sample": "random",
+        "options": {"spectral": {"data_error": True}},
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="measures nothing"):
+        override_measure(cfg(None), sample=Sample.random)
+    with pytest.raises(ConfigError, match="none of frobenius"):
+        override_measure(cfg({"metrics": ["frobenius"]}), data_error=True)
+    with pytest.raises(ConfigError, match="positive count or 'all'"):
+        override_measure(base, samples="0")
+
+
+def test_sweep_cli_measures_on_the_selection_asked_for(tmp_path: Path) -> None:
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        '[sweep]\nname = "s"\nout = "runs"\nstore = "r.zarr"\n'
+        '[train]\nmodel = "mlp-bn"\nmodel_options = { depth = 2, width = 8 }\n'
+        'data = "synthetic"\ndata_options = { n_train = 300, n_test = 40, '
+        'shape = "8" }\nlr = [0.05, 0.1]\nbatch_size = 32\nepochs = 1\n'
+        '[measure]\nmetrics = ["spectral"]\nsamples = 2048\n',
+        encoding="utf-8",
+    )
+    args = ["sweep", str(sweep), "--no-predict", "--samples", "200"]
+    done = runner.invoke(app, [*args, "--sample", "random", "--data-error"])
+    assert done.exit_code == 0, done.output
+    rows = [
+        r
+        for r in sharpkit.open_results(tmp_path / "r.zarr", as_frame=False)
+        if r["kind"] == "measure"
+    ]
+    assert len(rows) == 2
+    assert {(r["samples"], r["sample"], r["sample_seed"]) for r in rows} == {
+        (200, "random", 0)
+    }
+    assert all(r["data_stderr"] is not None and r["data_stderr"] > 0 for r in rows)
+    table = runner.invoke(
+        app, ["results", str(tmp_path / "r.zarr"), "-f", "kind=measure"],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert table.exit_code == 0, table.output
+    assert "± data" in table.stdout
