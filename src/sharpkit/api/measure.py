@@ -380,6 +380,8 @@ def _to_precision(
         steps.append(step)
         if step.samples is None:
             break
+        if out.warm_start is not None:  # the same model: start where it ended
+            rest["warm_start"] = out.warm_start
         how = dataclasses.replace(
             how, selection=dataclasses.replace(how.selection, samples=step.samples)
         )
