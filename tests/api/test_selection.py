@@ -375,3 +375,12 @@ def test_sweep_cli_measures_on_the_selection_asked_for(tmp_path: Path) -> None:
     )  # fmt: skip
     assert table.exit_code == 0, table.output
     assert "± data" in table.stdout
+
+
+def test_precision_on_data_objects_refuses_beyond_what_was_given() -> None:
+    x, y = _data(80)
+    with pytest.raises(ConfigError) as err:
+        sharpkit.measure(_net(), (x, y), precision=0.001)
+    line = str(err.value)
+    assert "\n" not in line
+    assert "on 80 samples, the whole split" in line

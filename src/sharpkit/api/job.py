@@ -418,8 +418,8 @@ def analysis_data(
         first = selection.sample == "first"
         whole = as_split(data, selection.count(None) if first else None)
         picked, record = selection.cut(whole, default=None)
-        if first:  # read no further than the selection: the size is not known
-            record["population"] = None
+        if first and selection.count(None) is not None:
+            record["population"] = None  # read no further than the selection
         out = AnalysisData(analysis=picked, selection=record)
     _check_size(out.analysis, selection.count(None))
     return out
