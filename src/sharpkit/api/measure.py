@@ -368,14 +368,14 @@ def _to_precision(
     opts = data_error_options(names, options, registry)
     how = dataclasses.replace(analysis, precision=None)
     steps = []
-    asked = None
+    asked: int | None = None
     for round_ in range(1, MAX_ROUNDS + 1):
         out = _measure_once(
             model, names, inputs, how, options=opts, registry=registry, **rest
         )
         got = int(out.attrs["samples"])
         # data given as objects: the split's size is known once it fell short
-        short = got if asked is not None and got < asked else None
+        short: int | None = got if asked is not None and got < asked else None
         step = plan(
             out, samples=got, population=out.attrs.get("population") or short,
             precision=analysis.precision, last_round=round_ == MAX_ROUNDS,
