@@ -17,8 +17,9 @@ and the ratio of the medians. Results go to
 ``bench/results/samples_all.json``.
 
 Measured (2026-12-07, the paper-scale Fig. 1 point η = 0.005, S = 50 after 200
-epochs, a 2-core VM at load average 6-8): 2.02 s CPU for 2 048 images, 39.0 s
-for all 60 000, a ratio of 19.3 (10 products each; docs/reproducing.md).
+epochs, a shared 2-core VM): 2.02 s CPU for 2 048 images, 39.0 s for all 60 000,
+a ratio of 19.3 at load average 6-8; 2.52 s and 42.1 s, 16.7, at load average
+8-15 (10 products each; docs/reproducing.md).
 """
 
 from __future__ import annotations

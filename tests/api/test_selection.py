@@ -234,7 +234,7 @@ def fashion_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "final.pt"
 
 
-def test_cli_random_selection_and_precision_on_fashion_mnist(
+def test_cli_random_selection_on_fashion_mnist(
     fashion_ckpt: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "r.zarr"
@@ -246,19 +246,30 @@ def test_cli_random_selection_and_precision_on_fashion_mnist(
         "random", 3, 512
     )  # fmt: skip
     assert attrs["population"] == 3000  # the training subset the model saw
+    results = runner.invoke(app, ["results", str(store), "--json"])
+    rows = json.loads(results.stdout)
+    assert any(r.get("sample") == "random" and r["sample_seed"] == 3 for r in rows)
+
+
+def test_cli_precision_and_all_samples_on_fashion_mnist(fashion_ckpt: Path) -> None:
+    args = ["measure", str(fashion_ckpt), "--no-store", "--samples", "512"]
+    whole = runner.invoke(
+        app, ["measure", str(fashion_ckpt), "--samples", "all", "--no-store", "--json"]
+    )
+    assert whole.exit_code == 0, whole.stderr
+    assert json.loads(whole.stdout)[0]["attrs"]["samples"] == 3000
     # the precision is planned from the data error and said in one line
-    prec = runner.invoke(app, [*args, "--precision", "40%", "--no-store"])
+    prec = runner.invoke(app, [*args, "--precision", "40%"])
     assert prec.exit_code == 0, prec.stderr
     notes = [ln for ln in prec.stderr.splitlines() if "precision 40 %" in ln]
     assert len(notes) == 1, prec.stderr
+    assert "data error" in notes[0]
+    assert " on 512" in notes[0]
     refused = runner.invoke(app, [*args, "--precision", "0.1%"])
     assert refused.exit_code == 1
     lines = [ln for ln in refused.stderr.strip().splitlines() if ln.strip()]
     assert "more than the split's 3000" in lines[-1]
     assert "Traceback" not in refused.output
-    results = runner.invoke(app, ["results", str(store), "--json"])
-    rows = json.loads(results.stdout)
-    assert any(r.get("sample") == "random" and r["sample_seed"] == 3 for r in rows)
 
 
 @pytest.mark.parametrize(
