@@ -165,7 +165,8 @@ class Selection:
         The record: ``sample`` and ``population`` (the split's size) always;
         for a random draw that is not the whole split also its ``sample_seed``
         and ``sample_sha256`` (the digest of the indices drawn), ``None``
-        otherwise. All are part of a result's reuse key.
+        otherwise. Those two are part of a result's reuse key, beside the
+        digest of the examples themselves, which any other selection changes.
         """
         self.check()
         n = self.count(default)
