@@ -276,7 +276,6 @@ def test_cli_precision_and_all_samples_on_fashion_mnist(fashion_ckpt: Path) -> N
     ("flag", "value", "words"),
     [
         ("--samples", "0", "--samples must be a positive count or 'all'"),
-        ("--samples", "many", "--samples must be a positive count or 'all'"),
         ("--precision", "200%", "--precision must be a relative error"),
         ("--precision", "two", "--precision must be a relative error"),
     ],
@@ -286,6 +285,13 @@ def test_cli_bad_values_are_one_line(flag: str, value: str, words: str) -> None:
     assert result.exit_code == 1
     assert words in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_cli_samples_that_are_not_a_count_are_a_usage_error() -> None:
+    result = runner.invoke(app, ["measure", "x.pt", "--samples", "many"])
+    assert result.exit_code == 2
+    assert "--samples" in result.output
+    assert "'many' is not a whole number or 'all'" in result.output
 
 
 # ------------------------------------------------------------------ Tracker, sweeps
