@@ -378,18 +378,27 @@ def _to_precision(
     opts = data_error_options(names, options, registry)
     how = dataclasses.replace(analysis, precision=None)
     steps = []
+    asked: int | None = None
     for round_ in range(1, MAX_ROUNDS + 1):
         out = _measure_once(
             model, names, inputs, how, options=opts, registry=registry, **rest
         )
+        got = int(out.attrs["samples"])
+        # data given as objects: the split's size is known once it fell short
+        short: int | None = got if asked is not None and got < asked else None
         step = plan(
-            out, samples=int(out.attrs["samples"]),
-            population=out.attrs.get("population"), precision=analysis.precision,
-            last_round=round_ == MAX_ROUNDS,
+            out, samples=got, population=out.attrs.get("population") or short,
+            precision=analysis.precision, last_round=round_ == MAX_ROUNDS,
         )  # fmt: skip
         steps.append(step)
         if step.samples is None:
             break
+        asked = step.samples
+        # the same model on other examples: start where the last one ended,
+        # with a fresh cache (what it holds was computed on those examples)
+        rest["cache"] = None
+        if out.warm_start is not None:
+            rest["warm_start"] = out.warm_start
         how = dataclasses.replace(
             how, selection=dataclasses.replace(how.selection, samples=step.samples)
         )
