@@ -337,16 +337,25 @@ class ChunkRecorder:
     Pass it wherever a matvec goes (:func:`~sharpkit.curvature.lanczos`): it
     returns ``H x`` and keeps, for the inputs ``x_1, x_2, ...`` it was given,
     ``C_k[i, j] = x_iᵀ H_k x_j`` for every chunk ``k`` (a ``K x m x m`` array)
-    and the cross-chunk Gram ``G[a, b] = Σ_i (H_a x_i)ᵀ(H_b x_i)``. That takes a
-    copy of the inputs (``m`` vectors); past ``max_bytes`` it stops recording
-    (:attr:`complete` turns ``False``) and only computes products.
+    and, with ``gram=True``, the cross-chunk Gram ``G[a, b] = Σ_i (H_a x_i)ᵀ(H_b
+    x_i)`` (``K² n`` multiply-adds per input, about 4 % of a product of a
+    BN-MLP: only ‖H‖_F needs it). That takes a copy of the inputs (``m``
+    vectors); past ``max_bytes`` it stops recording (:attr:`complete` turns
+    ``False``) and only computes products.
 
     Args:
         chunked: The chunked operator.
         max_bytes: Memory for the copy of the inputs (default 1 GiB).
+        gram: Also accumulate the Gram (:attr:`gram` is ``None`` without).
     """
 
-    def __init__(self, chunked: ChunkedHessian, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        chunked: ChunkedHessian,
+        max_bytes: int | None = None,
+        *,
+        gram: bool = True,
+    ) -> None:
         self.chunked = chunked
         self.n = chunked.n
         self.dtype = chunked.dtype
@@ -355,7 +364,11 @@ class ChunkRecorder:
         self._buf: Tensor | None = None  # rows 0..m-1: the inputs, grown by doubling
         self._m = 0
         self._rows: list[Tensor] = []  # row j: (K, j+1) values x_iᵀ H_k x_j, i <= j
-        self.gram = torch.zeros(chunked.chunks, chunked.chunks, dtype=torch.float64)
+        self.gram: Tensor | None = (
+            torch.zeros(chunked.chunks, chunked.chunks, dtype=torch.float64)
+            if gram
+            else None
+        )
         self.complete = True
 
     def __call__(self, v: Tensor) -> Tensor:
@@ -383,7 +396,8 @@ class ChunkRecorder:
         self._buf[self._m] = x.detach()
         self._m += 1
         self._rows.append((hx @ self._buf[: self._m].T).double().cpu())
-        self.gram += (hx @ hx.T).double().cpu()
+        if self.gram is not None:
+            self.gram += (hx @ hx.T).double().cpu()
 
     @property
     def m(self) -> int:
