@@ -115,7 +115,7 @@ class ProbeChunks:
         size = v.abs()
         top = float(size.max())
         if v.dim() != 1 or top == 0 or float(size.min()) < top * (1 - 1e-6):
-            return self.hessian(v)
+            return self.hessian.matvec(v)
         parts = self.chunked.chunk_products(v)
         norm = float(v.double() @ v.double())
         self.values.append((parts @ v).double().cpu() * (self.n / norm))
