@@ -138,3 +138,48 @@ def test_chunked_krylov_is_orthonormal_and_records_each_chunk() -> None:
         np.array(proc.alphas),
         rtol=1e-8,
     )
+
+
+def test_cli_gives_every_metrics_data_error(tmp_path: Any) -> None:
+    """``-o <metric>.data_error=true`` from the command line, in ``--json``."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import sharpkit
+    import sharpkit.builtin._models as models
+    from sharpkit.cli import app
+
+    meta = sharpkit.CheckpointMeta(
+        model="mlp-bn", model_options={"depth": 2, "width": 6}, dataset="synthetic"
+    )
+    torch.manual_seed(0)
+    net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=2, width=6)
+    path = tmp_path / "final.pt"
+    sharpkit.save_checkpoint(path, net, meta)
+    args = ["measure", str(path), "--no-store", "--json"]
+    for name in ("frobenius", "trace", "density", "adaptive"):
+        args += ["-m", name, "-o", f"{name}.data_error=true"]
+    args += ["-o", "adaptive.kind=average", "-o", "trace.method=hutch++"]
+    args += ["-o", "frobenius.exact_max=0", "-o", "trace.exact_max=0"]
+    args += ["-o", "density.exact_max=0", "-o", "density.steps=8"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    entry = json.loads(out.stdout)
+    entry = entry[0] if isinstance(entry, list) else entry
+    for name, method in (
+        ("frobenius", "u-statistic"),
+        ("trace", "jackknife-linear"),
+        ("density", "jackknife-linear"),
+        ("adaptive", "jackknife-linear"),
+    ):
+        got = entry["metrics"][name]
+        assert got["data_method"] == method, (name, got)
+        assert got["data_stderr"] > 0, (name, got)
+    refused = CliRunner().invoke(
+        app, ["measure", str(path), "--no-store", "-m", "adaptive",
+              "-o", "adaptive.data_error=true"],
+    )  # fmt: skip
+    assert refused.exit_code != 0
+    assert "kind='average'" in refused.output
+    assert "Traceback" not in refused.output
