@@ -425,6 +425,7 @@ def lanczos(
             max_basis_bytes=max_basis_bytes,
             steps_hint=limit,
         )
+        proc.steps_cap = limit  # a block product computes no product past it
     else:
         proc = LanczosProcess(
             matvec,
