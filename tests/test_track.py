@@ -186,10 +186,11 @@ def test_steps_due_force_and_counting() -> None:
     assert curves["step"].dtype == np.int64
     assert np.isnan(curves["epoch"][:-1]).all()
     assert curves["epoch"][-1] == 2
-    assert list(curves)[:7] == [
+    assert list(curves)[:8] == [
         "step", "spectral", "spectral_stderr", "spectral_bound", "spectral_hvps",
-        "spectral_seconds", "seconds",
+        "spectral_seconds", "spectral_data_stderr", "seconds",
     ]  # fmt: skip
+    assert np.isnan(curves["spectral_data_stderr"]).all()  # not asked for
 
 
 @pytest.mark.parametrize(
@@ -198,7 +199,7 @@ def test_steps_due_force_and_counting() -> None:
         ({"every": 0}, "every must be a whole number of steps >= 1"),
         ({"every": 2.5}, "every must be a whole number"),
         ({"metrics": []}, "no metric requested"),
-        ({"samples": 0}, "samples must be positive"),
+        ({"samples": 0}, "samples must be a positive count"),
         ({"options": {"spectral": {"nope": 1}}}, "nope"),
         ({"options": {"trace": {}}}, "options given for 'trace'"),
         ({"bn_mode": "batch"}, "bn_mode must be"),

@@ -19,7 +19,7 @@ A sweep is described by a TOML file (or the equivalent dict)::
 
     [measure]                    # keyword arguments of sharpkit.measure
     metrics = ["spectral", "frobenius"]
-    samples = 2048
+    samples = 2048               # or "all"; sample = "random" draws them from seed
 
     [[interpolate]]              # optional: probes between two grid points
     a = { lr = 0.1, batch_size = 32 }
@@ -101,6 +101,8 @@ _TRAIN_KEYS = {
 _MEASURE_KEYS = {
     "metrics",
     "samples",
+    "sample",
+    "precision",
     "split",
     "batch_size",
     "seed",

@@ -12,10 +12,11 @@ data classified once (a registered name, a file/folder/code source, or objects).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
@@ -83,27 +84,109 @@ class Inputs:
     force: bool = False
 
 
+ALL = "all"
+"""``samples=ALL``: every example of the split (no default cut)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Selection:
-    """Which examples are analysed: the first ``samples`` of ``split``.
+    """Which examples are analysed: ``samples`` of ``split``, chosen by ``sample``.
 
-    The one place an analysis set is cut from its data (issue 19 adds random
-    selection here, with its own seed).
+    The one place an analysis set is cut from its data. ``"first"`` takes the
+    first ``samples`` examples: every checkpoint is then measured on the same
+    examples, so differences between models are not blurred by which examples
+    each was measured on. ``"random"`` draws a seeded uniform subset, stratified
+    by class where the targets are class indices
+    (:func:`~sharpkit.curvature.sampling.sample_indices`): independent draws
+    across seeds, what the data's error bar is about.
 
     Attributes:
-        samples: How many (``None``: 2048 of data named by a string, else all).
+        samples: How many (``None``: 2048 of data named by a string, else all;
+            ``"all"``: the whole split).
         split: ``"train"`` or ``"test"``, for a dataset given by name.
+        sample: ``"first"`` or ``"random"``.
+        seed: Seed of the ``"random"`` draw.
     """
 
-    samples: int | None = None
+    samples: int | str | None = None
     split: str = "train"
+    sample: str = "first"
+    seed: int = 0
+
+    def check(self) -> None:
+        """Check the selection's values.
+
+        Raises:
+            ConfigError: ``samples`` neither a positive count nor ``"all"``, or
+                an unknown ``sample``.
+        """
+        from sharpkit.curvature.sampling import SELECTIONS
+
+        n = self.samples
+        if n is not None and n != ALL and not (_whole(n) and int(n) >= 1):
+            msg = f"samples must be a positive count or 'all', got {n!r}"
+            raise ConfigError(msg)
+        if self.sample not in SELECTIONS:
+            msg = f"sample must be one of {', '.join(SELECTIONS)}, got {self.sample!r}"
+            raise ConfigError(msg)
+
+    def count(self, default: int | None = DEFAULT_SAMPLES) -> int | None:
+        """How many examples to take (``None``: all of them)."""
+        if self.samples == ALL:
+            return None
+        return int(self.samples) if self.samples is not None else default
+
+    def indices(
+        self, split: DataSplit, *, default: int | None = DEFAULT_SAMPLES
+    ) -> torch.Tensor:
+        """The indices of the selected examples of ``split``, in order."""
+        from sharpkit.curvature.sampling import sample_indices
+
+        self.check()
+        return sample_indices(
+            len(split),
+            self.count(default),
+            self.sample,
+            seed=self.seed,
+            targets=split.targets,
+        )
 
     def pick(
         self, split: DataSplit, *, default: int | None = DEFAULT_SAMPLES
     ) -> DataSplit:
         """The selected examples of ``split`` (``default`` if ``samples`` is unset)."""
-        n = self.samples if self.samples is not None else default
-        return split if n is None else split.head(n)
+        return self.cut(split, default=default)[0]
+
+    def cut(
+        self, split: DataSplit, *, default: int | None = DEFAULT_SAMPLES
+    ) -> tuple[DataSplit, dict[str, Any]]:
+        """The selected examples of ``split`` and what a stored run records of them.
+
+        The record: ``sample`` and ``population`` (the split's size) always;
+        for a random draw that is not the whole split also its ``sample_seed``
+        and ``sample_sha256`` (the digest of the indices drawn), ``None``
+        otherwise. All are part of a result's reuse key.
+        """
+        self.check()
+        n = self.count(default)
+        record: dict[str, Any] = {
+            "sample": self.sample,
+            "sample_seed": None,
+            "sample_sha256": None,
+            "population": len(split),
+        }
+        if n is None or n >= len(split):
+            return split, record
+        if self.sample == "first":
+            return split.head(n), record
+        idx = self.indices(split, default=default)
+        digest = hashlib.sha256(idx.cpu().numpy().astype("<i8").tobytes())
+        record.update(sample_seed=int(self.seed), sample_sha256=digest.hexdigest())
+        return split.take(idx), record
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +202,8 @@ class Analysis:
         dtype: ``"float32"``/``"float64"`` (``None``: the model's).
         memory_budget: What may be kept between products (bytes or ``"8GiB"``).
         tf32: Allow TF32/bf16 kernels for float32 products.
+        precision: The relative data standard error wanted (e.g. ``0.02``):
+            the sample count is chosen to reach it (``None``: as selected).
     """
 
     selection: Selection = Selection()
@@ -129,6 +214,7 @@ class Analysis:
     dtype: str | torch.dtype | None = None
     memory_budget: int | str | None = None
     tf32: bool = False
+    precision: float | None = None
 
     def metric_names(
         self, metrics: str | Sequence[str], options: Mapping[str, Any]
@@ -152,9 +238,15 @@ class Analysis:
         if not (0 < self.tol < 1):
             msg = f"tol must be in (0, 1), got {self.tol}"
             raise ConfigError(msg)
+        self.selection.check()
+        if self.precision is not None and not (0 < self.precision < 1):
+            msg = (
+                f"precision must be a relative error in (0, 1), e.g. 0.02 for 2 %, "
+                f"got {self.precision}"
+            )
+            raise ConfigError(msg)
         for label, value in (
             ("max_hvps", self.max_hvps),
-            ("samples", self.selection.samples),
             ("batch_size", self.batch_size),
         ):
             if value is not None and value < 1:
@@ -268,6 +360,8 @@ class AnalysisData:
     train_subset: int | None = None
     registered: bool = False
     code_sha256: str | None = None
+    selection: Mapping[str, Any] = field(default_factory=dict)
+    """What :meth:`Selection.cut` recorded: ``sample``, ``sample_seed``, ..."""
 
     def sha256(self) -> str | None:
         """The analysis set's hash, for data not named by a registered dataset."""
@@ -279,7 +373,7 @@ def analysis_data(
 ) -> AnalysisData:
     """Return the analysis set that ``job``'s data names for the model in ``source``."""
     data = job.recorded(source)
-    split, samples = selection.split, selection.samples
+    split = selection.split
     if data is None:
         msg = (
             "no data given and the model does not name its dataset; pass "
@@ -293,8 +387,10 @@ def analysis_data(
         ds, train_subset = job.training_data(
             data, source, with_subset=split == "train", registered=True
         )
+        picked, record = selection.cut(ds.train if split == "train" else ds.test)
         out = AnalysisData(
-            analysis=selection.pick(ds.train if split == "train" else ds.test),
+            analysis=picked,
+            selection=record,
             train=ds.train,
             dataset=data,
             split=split,
@@ -309,16 +405,23 @@ def analysis_data(
                 f"folder); measure on {arg('split', '--split', 'train')}"
             )
             raise ConfigError(msg)
+        picked, record = selection.cut(data.train if split == "train" else data.test)
         out = AnalysisData(
-            analysis=selection.pick(data.train if split == "train" else data.test),
+            analysis=picked,
+            selection=record,
             train=data.train,
             dataset=data.name,
             split=split,
             code_sha256=getattr(data, "code_sha256", None),
         )
     else:
-        out = AnalysisData(analysis=as_split(data, samples))
-    _check_size(out.analysis, samples)
+        first = selection.sample == "first"
+        whole = as_split(data, selection.count(None) if first else None)
+        picked, record = selection.cut(whole, default=None)
+        if first:  # read no further than the selection: the size is not known
+            record["population"] = None
+        out = AnalysisData(analysis=picked, selection=record)
+    _check_size(out.analysis, selection.count(None))
     return out
 
 

@@ -79,8 +79,15 @@ _KEY_SETTINGS = (
 )
 # Recorded when they apply, and then part of the key: the hash of data not
 # named by a registered dataset, and of the user's code (model, loss, data);
-# TF32 products, when asked for.
-_OPTIONAL_KEY_SETTINGS = ("data_sha256", "code_sha256", "tf32")
+# TF32 products, when asked for; a random selection's seed and the digest of
+# the indices it drew.
+_OPTIONAL_KEY_SETTINGS = (
+    "data_sha256",
+    "code_sha256",
+    "tf32",
+    "sample_seed",
+    "sample_sha256",
+)
 
 
 class Measurement(Mapping[str, MetricResult]):
@@ -158,7 +165,9 @@ def measure(
     metrics: str | Sequence[str] = ("spectral",),
     *,
     loss: Any = None,
-    samples: int | None = None,
+    samples: int | str | None = None,
+    sample: str = "first",
+    precision: float | None = None,
     split: str = "train",
     batch_size: int = 2048,
     seed: int = 0,
@@ -214,8 +223,22 @@ def measure(
             with a :class:`~sharpkit.ConfigError` (its Hessian would scale with
             ``batch_size``): it is detected by comparing its value on a batch
             with its values on the two halves of that batch.
-        samples: Use the first ``samples`` examples of the data (default: 2048 for
-            data named by a string, all of it for data given as objects).
+        samples: Measure on ``samples`` examples of the data (default: 2048 for
+            data named by a string, all of it for data given as objects;
+            ``"all"``: the whole split, its kept graph within
+            ``memory_budget``).
+        sample: Which ones: ``"first"`` (the first ``samples``, the same for
+            every model: differences between models are not sampling noise) or
+            ``"random"`` (a uniform subset drawn from ``seed``, stratified by
+            class where the targets are class indices: what the data's error
+            bar is about). The selection is part of the reuse key.
+        precision: The relative data standard error wanted, e.g. ``0.02``:
+            the metrics that report one (spectral, trace) are asked for it
+            (``data_error``), and if it is larger the model is measured again
+            on the sample count that reaches it (``stderr ∝ 1/√N``,
+            :func:`~sharpkit.curvature.sampling.samples_for_precision`); what
+            was chosen and why is in ``attrs["precision_note"]``. Refused with
+            a :class:`~sharpkit.ConfigError` when that count exceeds the split.
         split: ``"train"`` or ``"test"``, for a dataset given by name.
         batch_size: Examples per forward pass. Batches are weighted by their
             size, so with batch norm in eval mode it does not change the value;
@@ -287,9 +310,9 @@ def measure(
         loss=loss, seed=seed, device=device, store=store, force=force,
     )  # fmt: skip
     analysis = Analysis(
-        selection=Selection(samples=samples, split=split), batch_size=batch_size,
-        tol=tol, max_hvps=max_hvps, bn_mode=bn_mode, dtype=dtype,
-        memory_budget=memory_budget, tf32=tf32,
+        selection=Selection(samples=samples, split=split, sample=sample, seed=seed),
+        batch_size=batch_size, tol=tol, max_hvps=max_hvps, bn_mode=bn_mode,
+        dtype=dtype, memory_budget=memory_budget, tf32=tf32, precision=precision,
     )  # fmt: skip
     return run_measure(
         model, metrics, inputs, analysis, options=options, progress=progress,
@@ -312,6 +335,72 @@ def run_measure(
     """:func:`measure` with its inputs and analysis options as typed values."""
     reg = registry or get_registry()
     names = analysis.metric_names(metrics, options or {})
+    if analysis.precision is not None:
+        return _to_precision(
+            model, names, inputs, analysis, options=options, progress=progress,
+            cache=cache, warm_start=warm_start, registry=reg,
+        )  # fmt: skip
+    return _measure_once(
+        model, names, inputs, analysis, options=options, progress=progress,
+        cache=cache, warm_start=warm_start, registry=reg,
+    )  # fmt: skip
+
+
+def _to_precision(
+    model: ModelLike,
+    names: list[str],
+    inputs: Inputs,
+    analysis: Analysis,
+    *,
+    registry: Registry,
+    options: Mapping[str, Mapping[str, Any]] | None,
+    **rest: Any,
+) -> Measurement:
+    """Measure, then again on more samples until ``analysis.precision`` is met.
+
+    Each measurement goes through :func:`_measure_once` (and so the store);
+    the last is returned, with what was chosen and why in
+    ``attrs["precision_note"]`` (see :mod:`sharpkit.api.precision`).
+    """
+    from sharpkit.api.precision import MAX_ROUNDS, data_error_options, note, plan
+
+    assert analysis.precision is not None
+    opts = data_error_options(names, options, registry)
+    how = dataclasses.replace(analysis, precision=None)
+    steps = []
+    for round_ in range(1, MAX_ROUNDS + 1):
+        out = _measure_once(
+            model, names, inputs, how, options=opts, registry=registry, **rest
+        )
+        step = plan(
+            out, samples=int(out.attrs["samples"]),
+            population=out.attrs.get("population"), precision=analysis.precision,
+            last_round=round_ == MAX_ROUNDS,
+        )  # fmt: skip
+        steps.append(step)
+        if step.samples is None:
+            break
+        how = dataclasses.replace(
+            how, selection=dataclasses.replace(how.selection, samples=step.samples)
+        )
+    out.attrs["precision_note"] = note(steps, analysis.precision)
+    return out
+
+
+def _measure_once(
+    model: ModelLike,
+    names: list[str],
+    inputs: Inputs,
+    analysis: Analysis,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: ProgressCallback | None = None,
+    cache: dict[str, Any] | None = None,
+    warm_start: torch.Tensor | None = None,
+    registry: Registry,
+) -> Measurement:
+    """One measurement on the selected samples (the steps of :func:`measure`)."""
+    reg = registry
     ex = Executor(reg, force=inputs.force)
     calls = {n: ex.call("metric", n, (options or {}).get(n)) for n in names}
     want_dtype = resolve_dtype(analysis.dtype)
@@ -443,6 +532,10 @@ def _run_attributes(
         "split": data.split,
         "train_subset": data.train_subset,
         "samples": len(data.analysis),
+        "sample": data.selection.get("sample", "first"),
+        "sample_seed": data.selection.get("sample_seed"),
+        "sample_sha256": data.selection.get("sample_sha256"),
+        "population": data.selection.get("population"),
         "lr": meta.lr,
         "batch_size": meta.batch_size,
         "momentum": meta.momentum,

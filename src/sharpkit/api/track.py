@@ -51,8 +51,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Tracker"]
 
-SUFFIXES: Final = ("", "_stderr", "_bound", "_hvps", "_seconds")
-"""Curve names per tracked metric ``m``: ``m``, ``m_stderr``, ..., ``m_seconds``."""
+SUFFIXES: Final = ("", "_stderr", "_bound", "_hvps", "_seconds", "_data_stderr")
+"""Curve names per tracked metric ``m``: ``m``, ``m_stderr``, ..., ``m_seconds``,
+``m_data_stderr`` (the data's standard error, NaN where not measured)."""
 
 # Measurement attributes that describe one state of the model, not the run.
 _PER_STATE: Final = frozenset(
@@ -108,7 +109,13 @@ class Tracker:
             (its training split). Pass examples without augmentation.
         metrics: Metric names (``sharpkit plugins`` lists them).
         every: Measure at steps that are multiples of this.
-        samples: Use the first ``samples`` examples of ``data`` (``None``: all).
+        samples: Measure on ``samples`` examples of ``data`` (``None`` or
+            ``"all"``: all).
+        sample: Which ones, chosen once for the whole run: ``"first"`` or
+            ``"random"`` (a class-stratified subset drawn from ``seed``); see
+            :func:`~sharpkit.measure`. With ``options={"spectral":
+            {"data_error": True}}`` each measurement also carries its data
+            standard error (the ``m_data_stderr`` curve).
         loss: ``loss(outputs, targets) -> scalar`` with mean reduction; default
             cross-entropy.
         seed: Seed for every random choice of the measurements.
@@ -141,7 +148,8 @@ class Tracker:
         metrics: str | Sequence[str] = ("spectral",),
         *,
         every: int = 50,
-        samples: int | None = DEFAULT_SAMPLES,
+        samples: int | str | None = DEFAULT_SAMPLES,
+        sample: str = "first",
         loss: Any = None,
         seed: int = 0,
         tol: float = 1e-3,
@@ -162,8 +170,9 @@ class Tracker:
             raise ConfigError(msg)
         reg = registry or get_registry()
         self._analysis = Analysis(
-            selection=Selection(samples=samples), batch_size=batch_size, tol=tol,
-            max_hvps=max_hvps, bn_mode=bn_mode, dtype=dtype,
+            selection=Selection(samples=samples, sample=sample, seed=seed),
+            batch_size=batch_size, tol=tol, max_hvps=max_hvps, bn_mode=bn_mode,
+            dtype=dtype,
         )  # fmt: skip
         names = self._analysis.metric_names(metrics, options or {})
         ex = Executor(reg)  # unknown metrics and bad options fail now, not later
@@ -183,7 +192,11 @@ class Tracker:
         self._attrs = dict(attrs or {})
         self._store = open_store(store)  # a bad path fails before training starts
         with _untouched_rng(None):  # a shuffled DataLoader draws from torch's RNG
-            self._data, self._dataset = _analysis_split(data, self._analysis, reg)
+            self._data, self._dataset, record = _analysis_split(
+                data, self._analysis, reg
+            )
+        self._sample_seed: int | None = record.get("sample_seed")
+        self._population: int | None = record.get("population")
         # the curve's data as used, as measure keys it (api/fingerprint.py)
         self._data_digest = data_digest(self._data)
         self._rows: list[dict[str, float]] = []
@@ -292,7 +305,14 @@ class Tracker:
         for name, res in result.items():
             for suffix, value in zip(
                 SUFFIXES,
-                (res.value, res.stderr, res.bound, res.hvps, res.seconds),
+                (
+                    res.value,
+                    res.stderr,
+                    res.bound,
+                    res.hvps,
+                    res.seconds,
+                    res.data_stderr,
+                ),
                 strict=True,
             ):
                 row[name + suffix] = math.nan if value is None else float(value)
@@ -423,6 +443,10 @@ class Tracker:
             "last_step": steps[-1],
             "warm_start": self._use_warm,
             "interrupted": self._interrupted,
+            # the selection was made once, before the first measurement
+            "sample": self._analysis.selection.sample,
+            "sample_seed": self._sample_seed,
+            "population": self._population,
             **self._attrs,
         }
 
@@ -461,18 +485,27 @@ def _whole(value: object, minimum: int) -> bool:
 
 def _analysis_split(
     data: DataLike, analysis: Analysis, registry: Registry
-) -> tuple[DataSplit, str | None]:
-    """The analysis set ``data`` names (read once), and the dataset's name if any."""
+) -> tuple[DataSplit, str | None, dict[str, Any]]:
+    """The analysis set ``data`` names (read once), its dataset's name, its record.
+
+    The record is :meth:`~sharpkit.api.job.Selection.cut`'s (``sample``, ...).
+    """
     if isinstance(data, str):
         data = load_dataset(data, registry=registry)
+    selection = analysis.selection
     if isinstance(data, Dataset):
-        split = analysis.selection.pick(data.train, default=None)
-        return DataSplit(split.inputs, split.targets), data.name
-    split = as_split(data, analysis.selection.samples)
+        split, record = selection.cut(data.train, default=None)
+        return DataSplit(split.inputs, split.targets), data.name, record
+    first = selection.sample == "first"
+    split, record = selection.cut(
+        as_split(data, selection.count(None) if first else None), default=None
+    )
+    if first:  # read no further than the selection: the size is not known
+        record["population"] = None
     if len(split) == 0:
         msg = "the tracker's analysis data is empty; pass at least one example"
         raise ConfigError(msg)
-    return DataSplit(split.inputs, split.targets), None
+    return DataSplit(split.inputs, split.targets), None, record
 
 
 @contextmanager

@@ -420,3 +420,79 @@ def with_analysis_options(command: Callable[..., None]) -> Callable[..., None]:
     for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
         setattr(wrapper, attr, getattr(command, attr))
     return wrapper
+
+
+class Sample(StrEnum):
+    """How the analysis set is chosen from its split."""
+
+    first = "first"
+    random = "random"
+
+
+SamplesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--samples",
+        metavar="N|all",
+        help="Analysis-set size: N examples of the split (default 2048), or all "
+        "of them (products stream over it within --memory-budget).",
+    ),
+]
+SampleOpt = Annotated[
+    Sample,
+    typer.Option(
+        "--sample",
+        help="Which examples: first (the same for every model; default) or "
+        "random (a class-stratified subset drawn from --seed).",
+    ),
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        metavar="REL",
+        help="Wanted relative data error, e.g. 2% or 0.02: asks spectral/trace "
+        "for it and measures again on the sample count that reaches it "
+        "(stderr ∝ 1/√N); refused if that exceeds the split.",
+    ),
+]
+
+
+def parse_samples(text: str | None) -> int | str | None:
+    """``--samples``: a positive count, ``all``, or unset.
+
+    Raises:
+        ConfigError: Anything else.
+    """
+    if text is None:
+        return None
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        msg = f"--samples must be a positive count or 'all', got {text!r}"
+        raise ConfigError(msg)
+    return n
+
+
+def parse_precision(text: str | None) -> float | None:
+    """``--precision``: ``2%`` or ``0.02`` as a fraction in (0, 1), or unset.
+
+    Raises:
+        ConfigError: Not a number, or outside (0, 1).
+    """
+    if text is None:
+        return None
+    raw = text.strip()
+    scale = 100.0 if raw.endswith("%") else 1.0
+    try:
+        value = float(raw.removesuffix("%")) / scale
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        msg = f"--precision must be a relative error such as 2% or 0.02, got {text!r}"
+        raise ConfigError(msg)
+    return value

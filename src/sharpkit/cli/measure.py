@@ -19,8 +19,14 @@ from sharpkit.cli._options import (
     MemoryBudgetOpt,
     MetricOpt,
     OptionOpt,
+    PrecisionOpt,
+    Sample,
+    SampleOpt,
+    SamplesOpt,
     TF32Opt,
     distribute_options,
+    parse_precision,
+    parse_samples,
     with_analysis_options,
 )
 from sharpkit.cli._progress import print_line, progress_display
@@ -91,10 +97,9 @@ def measure(
         ),
     ] = None,
     metric: MetricOpt = None,
-    samples: Annotated[
-        int | None,
-        typer.Option(help="Analysis-set size: the first N examples (default 2048)."),
-    ] = None,
+    samples: SamplesOpt = None,
+    sample: SampleOpt = Sample.first,
+    precision: PrecisionOpt = None,
     split: Annotated[
         str, typer.Option(help="Dataset split to analyse: train or test.")
     ] = "train",
@@ -157,11 +162,15 @@ def measure(
         check_nproc(nproc, analysis.device)
     if nproc > 1:
         _launch(nproc)
+    selection = Selection(
+        samples=parse_samples(samples), split=split, sample=sample.value,
+        seed=analysis.seed,
+    )  # fmt: skip
     how = Analysis(
-        selection=Selection(samples=samples, split=split), batch_size=batch_size,
-        tol=tol, max_hvps=max_hvps, bn_mode=bn_mode.value,
-        dtype=dtype.value if dtype is not None else None,
+        selection=selection, batch_size=batch_size, tol=tol, max_hvps=max_hvps,
+        bn_mode=bn_mode.value, dtype=dtype.value if dtype is not None else None,
         memory_budget=memory_budget, tf32=tf32,
+        precision=parse_precision(precision),
     )  # fmt: skip
     with rank_session(analysis.device) as session:
         job = _Job(
@@ -243,6 +252,9 @@ def _measure_all(
                 failed += 1
                 print_line("error", f"{path}: {exc}")
                 continue
+            note = result.attrs.get("precision_note")
+            if note and not (quiet or json_output):
+                print_line("note", f"{label}: {note}")
             outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
             rows.extend(_rows(os.fspath(path), result))
     if quiet:

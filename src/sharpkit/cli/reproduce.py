@@ -17,6 +17,12 @@ from sharpkit.cli._options import (
 )
 from sharpkit.cli._progress import err_console
 from sharpkit.cli._render import print_table
+from sharpkit.cli._selection import (
+    DataErrorOpt,
+    SweepSampleOpt,
+    SweepSamplesOpt,
+    override_measure,
+)
 from sharpkit.cli._sweep_run import EstimateOpt, PredictOpt, run_and_report
 from sharpkit.reproduce import EXPERIMENTS
 
@@ -94,6 +100,9 @@ def reproduce(
             "(a starting point for `sharpkit sweep`).",
         ),
     ] = False,
+    samples: SweepSamplesOpt = None,
+    sample: SweepSampleOpt = None,
+    data_error: DataErrorOpt = False,
     predict: PredictOpt = True,
     estimate: EstimateOpt = False,
     json_output: JsonOpt = False,
@@ -113,6 +122,7 @@ def reproduce(
         return
     folder = out or Path(f"reproduce-{experiment}-{scale.value}")
     cfg = get_experiment(experiment, scale=scale.value, out=folder, epochs=epochs)
+    cfg = override_measure(cfg, samples=samples, sample=sample, data_error=data_error)
     result = run_and_report(
         cfg,
         jobs=jobs,

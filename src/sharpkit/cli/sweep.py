@@ -14,6 +14,12 @@ from sharpkit.cli._options import (
     SchedulerOpt,
     SweepDeviceOpt,
 )
+from sharpkit.cli._selection import (
+    DataErrorOpt,
+    SweepSampleOpt,
+    SweepSamplesOpt,
+    override_measure,
+)
 from sharpkit.cli._sweep_run import EstimateOpt, PredictOpt, run_and_report
 
 
@@ -23,6 +29,9 @@ def sweep(
     scheduler: SchedulerOpt = None,
     device: SweepDeviceOpt = None,
     data_root: DataRootOpt = None,
+    samples: SweepSamplesOpt = None,
+    sample: SweepSampleOpt = None,
+    data_error: DataErrorOpt = False,
     predict: PredictOpt = True,
     estimate: EstimateOpt = False,
     json_output: JsonOpt = False,
@@ -36,8 +45,11 @@ def sweep(
     """
     from sharpkit.sweep import load_sweep
 
+    cfg = override_measure(
+        load_sweep(config), samples=samples, sample=sample, data_error=data_error
+    )
     result = run_and_report(
-        load_sweep(config),
+        cfg,
         jobs=jobs,
         scheduler=scheduler,
         data_root=data_root,

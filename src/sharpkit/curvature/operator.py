@@ -60,265 +60,41 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sharpkit._data import DataSplit, loss_weight
-from sharpkit.errors import ConfigError, DataError, DistributedError, first_line
-
-if TYPE_CHECKING:
-    import torch.distributed as dist_t
+from sharpkit._data import DataSplit
+from sharpkit.curvature._batching import (
+    SavedBytes,
+    allreduce,
+    default_budget,
+    iter_batches,
+    resolve_group,
+)
+from sharpkit.curvature._hvp import (
+    FuncProduct,
+    ParamSpace,
+    backward_columns,
+    once_differentiable,
+)
+from sharpkit.curvature._modes import BN_MODES, analysis_mode, full_precision
+from sharpkit.errors import ConfigError, DataError, first_line
 
 __all__ = ["HVP_METHODS", "HessianOperator", "analysis_mode", "full_precision"]
 
 HVP_METHODS = ("auto", "graph", "double-backward", "forward-over-reverse")
 """The values accepted by ``HessianOperator(method=...)``."""
 
-BN_MODES = ("eval", "train")
 MAX_DENSE = 5000
 """``to_dense`` refuses operators larger than this (an n x n float64 matrix)."""
-
-_VMAP_CHUNK = 16
-"""Vectors per vmapped forward-over-reverse call (bounds its memory)."""
 
 _GRAPH_SAFETY = 2.0
 """The saved tensors of a gradient graph under-count the peak memory of a
 backward through it (temporaries); budget this many times their size."""
-
-
-@contextmanager
-def analysis_mode(
-    model: nn.Module, bn_mode: str = "eval", *, fuse_bn: bool = True
-) -> Iterator[None]:
-    """Put ``model`` in analysis mode for the duration of the block.
-
-    Every module goes to eval mode (dropout off). With ``bn_mode="train"`` the
-    normalisation layers that have running statistics use batch statistics
-    instead, without updating them. On exit every module's ``training`` flag and
-    ``track_running_stats``, and every buffer, are restored exactly.
-
-    ``torch.nn.functional.scaled_dot_product_attention`` runs its math kernel
-    inside the block: the fused kernels (flash attention on the CPU, the
-    efficient and flash kernels on GPUs) have no double backward, so without
-    this no Hessian-vector product could pass through attention (timm ViTs,
-    Hugging Face transformers). The math kernel computes the same function.
-
-    In eval mode a batch-norm layer is the per-channel affine map
-    ``x * s + (b - μ s)`` with ``s = w / sqrt(σ² + ε)``; with ``fuse_bn`` the
-    standard ``BatchNorm1d/2d/3d`` layers compute exactly that (the same function,
-    so the same derivatives) instead of calling ``F.batch_norm``, whose double
-    backward is generic and about 30 % of a Hessian-vector product of a BN-MLP.
-
-    Args:
-        model: The model.
-        bn_mode: ``"eval"`` (running statistics) or ``"train"`` (batch statistics).
-        fuse_bn: Compute eval-mode batch norm as the equivalent affine map.
-
-    Raises:
-        ConfigError: ``bn_mode`` is neither.
-    """
-    if bn_mode not in BN_MODES:
-        msg = f"bn_mode must be 'eval' or 'train', got {bn_mode!r}"
-        raise ConfigError(msg)
-    norm_base = nn.modules.batchnorm._NormBase
-    flags = [(m, m.training) for m in model.modules()]
-    tracking = [
-        (norm, norm.track_running_stats)
-        for norm in model.modules()
-        if isinstance(norm, norm_base)
-    ]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    fused: list[nn.Module] = []
-    with sdpa_kernel(SDPBackend.MATH):  # the twice-differentiable kernel
-        try:
-            model.eval()
-            if bn_mode == "train":
-                for norm, _ in tracking:
-                    norm.train()
-                    # With track_running_stats off, F.batch_norm gets no running
-                    # buffers: it normalises with batch statistics and updates nothing.
-                    norm.track_running_stats = False
-            elif fuse_bn:
-                for module in model.modules():
-                    if (
-                        isinstance(module, nn.modules.batchnorm._BatchNorm)
-                        and type(module) in _FUSABLE
-                        and module.running_mean is not None
-                        # already fused by an enclosing analysis_mode block
-                        and "forward" not in module.__dict__
-                    ):
-                        module.forward = _EvalBatchNorm(module)  # type: ignore[method-assign,assignment]
-                        fused.append(module)
-            yield
-        finally:
-            for module in fused:
-                del module.forward
-            for module, training in flags:
-                module.training = training
-            for norm, track in tracking:
-                norm.track_running_stats = track
-            with torch.no_grad():
-                for b, saved in buffers:
-                    # Copy only what changed: an in-place copy bumps the version
-                    # counter and would invalidate autograd graphs (ours or the
-                    # user's) that saved the buffer.
-                    if not torch.equal(b, saved):
-                        b.copy_(saved)
-
-
-_FUSABLE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-def _precision_flags() -> list[Any]:
-    """The per-backend float32 precision settings of this torch (2.9 and later)."""
-    backends = torch.backends
-    found = []
-    for owner, names in (
-        (getattr(backends, "cuda", None), ("matmul",)),
-        (getattr(backends, "cudnn", None), ("conv", "rnn")),
-        (getattr(backends, "mkldnn", None), ("matmul", "conv", "rnn")),
-    ):
-        for name in names:
-            flag = getattr(owner, name, None)
-            if flag is not None and hasattr(flag, "fp32_precision"):
-                found.append(flag)
-    return found
-
-
-@contextmanager
-def full_precision(enabled: bool = True) -> Iterator[None]:
-    """Compute float32 matmuls and convolutions in IEEE precision inside the block.
-
-    Turns off TF32 (cuBLAS, cuDNN) and reduced-precision oneDNN kernels, and
-    restores every setting on exit. Both of torch's ways to set them (the
-    per-backend ``fp32_precision`` and the older ``allow_tf32`` /
-    ``set_float32_matmul_precision``) are set consistently, since torch refuses
-    to run a matmul when they disagree.
-
-    Args:
-        enabled: ``False`` leaves the settings as they are (TF32 allowed).
-    """
-    if not enabled:
-        yield
-        return
-    flags = _precision_flags()
-    saved = [(flag, flag.fp32_precision) for flag in flags]
-    try:
-        legacy: str | None = torch.get_float32_matmul_precision()
-    except RuntimeError:  # the caller mixed the two APIs; leave the legacy one
-        legacy = None
-    cudnn_legacy = None if flags else torch.backends.cudnn.allow_tf32
-    try:
-        if legacy is not None:
-            torch.set_float32_matmul_precision("highest")
-        for flag in flags:
-            flag.fp32_precision = "ieee"
-        if cudnn_legacy is not None:  # a torch without fp32_precision
-            torch.backends.cudnn.allow_tf32 = False
-        yield
-    finally:
-        if legacy is not None:
-            torch.set_float32_matmul_precision(legacy)
-        for flag, value in saved:
-            flag.fp32_precision = value
-        if cudnn_legacy is not None:
-            torch.backends.cudnn.allow_tf32 = cudnn_legacy
-
-
-class _EvalBatchNorm:
-    """Eval-mode batch norm as an affine map (see :func:`analysis_mode`)."""
-
-    def __init__(self, module: nn.modules.batchnorm._BatchNorm) -> None:
-        self.m = module
-
-    def __call__(self, x: Tensor) -> Tensor:
-        m = self.m
-        assert m.running_mean is not None
-        assert m.running_var is not None
-        scale = torch.rsqrt(m.running_var + m.eps)
-        if m.weight is not None:
-            scale = m.weight * scale
-        shift = -m.running_mean * scale
-        if m.bias is not None:
-            shift = shift + m.bias
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * scale.view(shape) + shift.view(shape)
-
-
-class _SavedBytes:
-    """Count the bytes autograd saves for backward (excluding the parameters)."""
-
-    def __init__(self, exclude: set[int]) -> None:
-        self.exclude = exclude
-        self.seen: dict[int, int] = {}
-
-    def pack(self, t: Tensor) -> Tensor:
-        try:
-            ptr = t.untyped_storage().data_ptr()
-        except (RuntimeError, NotImplementedError):  # pragma: no cover - exotic tensors
-            return t
-        if ptr not in self.exclude:
-            key = t.data_ptr()
-            self.seen[key] = max(self.seen.get(key, 0), t.numel() * t.element_size())
-        return t
-
-    @staticmethod
-    def unpack(t: Tensor) -> Tensor:
-        return t
-
-    @property
-    def total(self) -> int:
-        return sum(self.seen.values())
-
-
-def _default_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(0.5 * free)
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        total = 8 << 30
-    return int(0.25 * total)
-
-
-def _once_differentiable(loss: Tensor) -> str:
-    """The first ``@once_differentiable`` custom Function in ``loss``'s graph.
-
-    Returns "" if there is none. Its backward runs without recording a graph,
-    so a Hessian-vector product through it silently drops the
-    second-derivative terms it should carry (torch raises nothing when the
-    gradient it returns is used again): every curvature number would be wrong.
-    """
-    stack = [loss.grad_fn]
-    seen: set[Any] = set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        fwd = getattr(node, "_forward_cls", None)
-        backward = getattr(fwd, "backward", None)
-        code = getattr(backward, "__code__", None)
-        if code is not None and "once_differentiable" in code.co_qualname:
-            return str(getattr(fwd, "__qualname__", type(node).__name__))
-        stack.extend(nxt for nxt, _ in node.next_functions)
-    return ""
-
-
-def _batch_size_of(x: Any, y: Any) -> int:
-    if isinstance(y, Tensor) and y.dim() > 0:
-        return int(y.shape[0])
-    if isinstance(x, Tensor):
-        return int(x.shape[0])
-    return len(y)
 
 
 class HessianOperator:
@@ -390,58 +166,10 @@ class HessianOperator:
         compile: bool = False,
         allow_tf32: bool = False,
     ) -> None:
-        if bn_mode not in BN_MODES:
-            msg = f"bn_mode must be 'eval' or 'train', got {bn_mode!r}"
-            raise ConfigError(msg)
-        if method not in HVP_METHODS:
-            allowed = ", ".join(repr(m) for m in HVP_METHODS)
-            msg = f"method must be one of {allowed}, got {method!r}"
-            raise ConfigError(msg)
-        if batch_size < 1:
-            msg = f"batch_size must be >= 1, got {batch_size}"
-            raise ConfigError(msg)
-        if isinstance(data, Iterator):
-            msg = (
-                "data is a one-shot iterator but the Hessian needs many passes; "
-                "pass a DataSplit, a list of (inputs, targets) batches or a DataLoader"
-            )
-            raise ConfigError(msg)
-
-        names = {id(p): name for name, p in model.named_parameters()}
-        chosen = (
-            [p for p in model.parameters() if p.requires_grad]
-            if params is None
-            else list(params)
+        _check_options(bn_mode, method, batch_size, data)
+        model, chosen, param_names, target_dtype, target_device = _resolve_params(
+            model, params, dtype, device
         )
-        if not chosen:
-            msg = "no parameters to differentiate: none requires grad, params= is empty"
-            raise ConfigError(msg)
-        dtypes = {p.dtype for p in chosen}
-        if dtype is None and len(dtypes) > 1:
-            msg = (
-                f"parameters have mixed dtypes {sorted(map(str, dtypes))}; pass dtype="
-            )
-            raise ConfigError(msg)
-        target_dtype = dtype if dtype is not None else chosen[0].dtype
-        if not target_dtype.is_floating_point:
-            msg = f"dtype must be a floating dtype, got {target_dtype}"
-            raise ConfigError(msg)
-        target_device = torch.device(device) if device is not None else chosen[0].device
-
-        param_names = [names.get(id(p)) for p in chosen]
-        needs_copy = any(
-            p.dtype != target_dtype or p.device != target_device for p in chosen
-        )
-        if needs_copy:
-            if any(n is None for n in param_names):
-                msg = (
-                    "params= must be parameters of model when dtype/device converts it"
-                )
-                raise ConfigError(msg)
-            model = copy.deepcopy(model).to(device=target_device, dtype=target_dtype)
-            lookup = dict(model.named_parameters())
-            chosen = [lookup[n] for n in param_names if n is not None]
-
         self.model = model
         self.loss_fn = loss_fn
         self.data = data
@@ -458,14 +186,18 @@ class HessianOperator:
         self._budget = (
             int(memory_budget)
             if memory_budget is not None
-            else _default_budget(target_device)
+            else default_budget(target_device)
         )
-        self.n = int(sum(p.numel() for p in chosen))
+        self._space = ParamSpace(chosen, target_dtype, target_device)
+        self._func = FuncProduct(
+            model, loss_fn, self._space, param_names, compile=self.compile
+        )
+        self.n = self._space.n
         self.hvp_count = 0
         self.setup_seconds = 0.0
         self._graph_bytes = 0
 
-        self._group, self._rank, self._world = _resolve_group(process_group)
+        self._group, self._rank, self._world = resolve_group(process_group)
 
         # set up lazily by _setup()
         self._ready = False
@@ -479,7 +211,6 @@ class HessianOperator:
         self._loss: float | None = None
         self._grad: Tensor | None = None
         self._hvp_seconds: list[float] = []
-        self._func: Any = None
 
     # ------------------------------------------------------------------ properties
 
@@ -545,49 +276,23 @@ class HessianOperator:
     def _batches(self) -> Iterator[tuple[Any, Tensor | Any, float]]:
         """Yield this rank's batches as ``(inputs, targets, weight)`` on device.
 
-        ``weight`` is the batch's :func:`~sharpkit._data.loss_weight` (its size
-        for a plain mean); batches of weight 0 are skipped, and
+        See :func:`~sharpkit.curvature._batching.iter_batches`;
         ``self._examples`` counts the examples of every batch seen.
         """
-        data = self.data
-        if isinstance(data, DataSplit):
-            n = len(data)
-            if self._world > 1:
-                lo = n * self._rank // self._world
-                hi = n * (self._rank + 1) // self._world
-                data = data.take(torch.arange(lo, hi))
-            source: Iterable[Any] = data.batches(self.batch_size)
-            stride = 1
-        else:
-            source = data
-            stride = self._world
-        for i, batch in enumerate(source):
-            if stride > 1 and i % stride != self._rank:
-                continue
-            try:
-                x, y = batch[0], batch[1]
-            except (TypeError, IndexError, KeyError):
-                msg = (
-                    f"each batch must be an (inputs, targets) pair, "
-                    f"got {type(batch).__name__}"
-                )
-                raise ConfigError(msg) from None
-            x, y = self._convert(x), self._convert(y)
-            size = _batch_size_of(x, y)
-            self._examples += size
-            weight = loss_weight(self.loss_fn, y, size) if size else 0.0
-            if weight <= 0:
-                continue
-            yield x, y, weight
 
-    def _convert(self, t: Any) -> Any:
-        if isinstance(t, Tensor):
-            if t.is_floating_point():
-                return t.to(device=self._device, dtype=self._dtype)
-            return t.to(device=self._device)
-        if isinstance(t, tuple | list):
-            return type(t)(self._convert(u) for u in t)
-        return t
+        def count(size: int) -> None:
+            self._examples += size
+
+        return iter_batches(
+            self.data,
+            self.batch_size,
+            rank=self._rank,
+            world=self._world,
+            loss_fn=self.loss_fn,
+            device=self._device,
+            dtype=self._dtype,
+            count=count,
+        )
 
     def _forward_loss(self, x: Any, y: Any) -> Tensor:
         out = self.model(*x) if isinstance(x, tuple) else self.model(x)
@@ -598,20 +303,7 @@ class HessianOperator:
         return loss.reshape(())
 
     def _flat(self, grads: Sequence[Tensor | None]) -> Tensor:
-        parts = [
-            torch.zeros(p.numel(), dtype=self._dtype, device=self._device)
-            if g is None
-            else g.reshape(-1)
-            for g, p in zip(grads, self.params, strict=True)
-        ]
-        return torch.cat(parts)
-
-    def _unflat(self, v: Tensor) -> list[Tensor]:
-        out, offset = [], 0
-        for p in self.params:
-            out.append(v[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-        return out
+        return self._space.flat(grads)
 
     # ------------------------------------------------------------------ setup
 
@@ -643,18 +335,7 @@ class HessianOperator:
             for x, y, size in self._batches():
                 n_batches += 1
                 if keeping:
-                    counter = _SavedBytes(exclude)
-                    with torch.autograd.graph.saved_tensors_hooks(
-                        counter.pack, counter.unpack
-                    ):
-                        loss = self._forward_loss(x, y)
-                        grads = torch.autograd.grad(
-                            loss * size,
-                            self.params,
-                            create_graph=True,
-                            allow_unused=True,
-                        )
-                    need = int(counter.total * _GRAPH_SAFETY)
+                    loss, grads, need = self._graph_gradient(x, y, size, exclude)
                     if keep_all or used + need <= self._budget:
                         used += need
                         flat = self._flat(grads)
@@ -673,32 +354,44 @@ class HessianOperator:
                     calib = calib or (x, y, size)
                 if n_batches == 1:
                     self._check_second_order(loss)
-                lval = loss.detach().to(torch.float64)
-                if not torch.isfinite(lval):
-                    msg = (
-                        f"the loss is {float(lval)} on a batch of the analysis data; "
-                        "check the inputs and the model"
-                    )
-                    raise DataError(msg)
-                loss_sum += lval * size
+                loss_sum += _finite(loss) * size
                 count += size
         self._set_totals(count)
-        loss_sum = self._allreduce(loss_sum.reshape(1))[0]
         self._g_graph = g_graph
         self._kept = kept
         self._n_batches_local = n_batches
         self._graph_bytes = used if kept else 0
-        grad = grad_rest.detach().clone()
-        if g_graph is not None:
-            grad += g_graph.detach()
-        self._grad = self._allreduce(grad) / self._n_total
-        self._loss = float(loss_sum) / self._n_total
+        self._set_loss_and_gradient(loss_sum, grad_rest)
         if method in ("double-backward", "forward-over-reverse"):
             self._fallback = method
         elif calib is not None and kept < n_batches:
             self._fallback = self._calibrate(calib)
         self._ready = True
         self.setup_seconds = time.perf_counter() - start
+
+    def _graph_gradient(
+        self, x: Any, y: Any, size: float, exclude: set[int]
+    ) -> tuple[Tensor, tuple[Tensor | None, ...], int]:
+        """Return the batch's loss, weighted gradient (graph-connected), and bytes.
+
+        The bytes are those budgeted to keep the gradient graph.
+        """
+        counter = SavedBytes(exclude)
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+            loss = self._forward_loss(x, y)
+            grads = torch.autograd.grad(
+                loss * size, self.params, create_graph=True, allow_unused=True
+            )
+        return loss, grads, int(counter.total * _GRAPH_SAFETY)
+
+    def _set_loss_and_gradient(self, loss_sum: Tensor, grad_rest: Tensor) -> None:
+        """Sum the weighted loss and gradient over ranks and divide by the weights."""
+        loss_sum = self._allreduce(loss_sum.reshape(1))[0]
+        grad = grad_rest.detach().clone()
+        if self._g_graph is not None:
+            grad += self._g_graph.detach()
+        self._grad = self._allreduce(grad) / self._n_total
+        self._loss = float(loss_sum) / self._n_total
 
     def _set_totals(self, weights: float) -> None:
         """Sum the loss weights and examples over ranks; refuse empty data."""
@@ -723,7 +416,7 @@ class HessianOperator:
     @staticmethod
     def _check_second_order(loss: Tensor) -> None:
         """Refuse a graph whose second derivative autograd cannot compute."""
-        name = _once_differentiable(loss)
+        name = once_differentiable(loss)
         if name:
             msg = (
                 f"the custom autograd.Function {name} marks its backward "
@@ -773,9 +466,9 @@ class HessianOperator:
                 loss * size, self.params, create_graph=True, allow_unused=True
             )
             flat = self._flat(grads)
-            return self._backward_columns(flat, v, retain_last=False)
+            return backward_columns(self._space, flat, v, retain_last=False)
         try:
-            return self._func_hvp(x, y, size, v)
+            return self._func(x, y, size, v)
         except (RuntimeError, NotImplementedError) as exc:
             first = first_line(exc)
             msg = (
@@ -798,108 +491,6 @@ class HessianOperator:
                 raise
             self._fallback = "double-backward"
             return self._batch_hvp(self._fallback, x, y, size, v)
-
-    def _backward_columns(self, g: Tensor, v: Tensor, *, retain_last: bool) -> Tensor:
-        """Return ``∂(g·v_j)/∂θ`` for each column ``v_j`` of ``v``."""
-        k = v.shape[1]
-        if not g.requires_grad:  # the gradient does not depend on the parameters
-            return torch.zeros(self.n, k, dtype=self._dtype, device=self._device)
-        if k == 1:
-            cols = torch.autograd.grad(
-                g,
-                self.params,
-                grad_outputs=v[:, 0],
-                retain_graph=retain_last,
-                allow_unused=True,
-            )
-            return self._flat(cols).unsqueeze(1)
-        out = torch.empty(self.n, k, dtype=self._dtype, device=self._device)
-        for j in range(k):
-            cols = torch.autograd.grad(
-                g,
-                self.params,
-                grad_outputs=v[:, j],
-                retain_graph=retain_last or j < k - 1,
-                allow_unused=True,
-            )
-            out[:, j] = self._flat(cols)
-        return out
-
-    def _func_setup(self) -> Any:
-        if self._func is not None:
-            return self._func
-        from torch.func import functional_call, grad, jvp, vmap
-
-        if any(n is None for n in self._param_names):
-            msg = (
-                "method 'forward-over-reverse' needs params= to be parameters of "
-                "the model; use method='double-backward'"
-            )
-            raise ConfigError(msg)
-        names = [n for n in self._param_names if n is not None]
-        chosen = set(names)
-        model = self.model
-        # Buffers are restored in place by analysis_mode, so the same tensor
-        # objects stay valid for every call.
-        fixed: dict[str, Tensor] = {
-            k: t.detach() for k, t in model.named_parameters() if k not in chosen
-        }
-        fixed.update(dict(model.named_buffers()))
-
-        def loss_of(p: tuple[Tensor, ...], x: Any, y: Any) -> Tensor:
-            state = dict(fixed)
-            state.update(zip(names, p, strict=True))
-            args = x if isinstance(x, tuple) else (x,)
-            out = functional_call(model, state, args)
-            return self.loss_fn(out, y).reshape(())
-
-        def hvp(
-            primals: tuple[Tensor, ...],
-            tangents: tuple[Tensor, ...],
-            x: Any,
-            y: Any,
-        ) -> tuple[Tensor, ...]:
-            g = grad(loss_of)
-            if isinstance(y, Tensor) and y.is_floating_point():
-                # Give floating targets an explicit zero tangent: left implicit,
-                # it is a ZeroTensor, which the forward derivative of
-                # mse_loss_backward writes to ("ZeroTensors are immutable").
-                return jvp(  # type: ignore[no-any-return]
-                    lambda p, t: g(p, x, t),
-                    (primals, y),
-                    (tangents, torch.zeros_like(y)),
-                )[1]
-            return jvp(lambda p: g(p, x, y), (primals,), (tangents,))[1]  # type: ignore[no-any-return]
-
-        if self.compile:
-            hvp = torch.compile(hvp)
-        self._func = (hvp, vmap)
-        return self._func
-
-    def _func_hvp(self, x: Any, y: Any, size: float, v: Tensor) -> Tensor:
-        hvp, vmap = self._func_setup()
-        primals = tuple(p.detach() for p in self.params)
-        k = v.shape[1]
-        out = torch.empty(self.n, k, dtype=self._dtype, device=self._device)
-        if k == 1 or self.compile:  # compiled: one vector at a time
-            for j in range(k):
-                res = hvp(primals, tuple(self._unflat(v[:, j])), x, y)
-                out[:, j] = self._flat(res)
-        else:
-            for lo in range(0, k, _VMAP_CHUNK):
-                block = v[:, lo : lo + _VMAP_CHUNK].T.contiguous()  # (c, n)
-                tangents = tuple(
-                    t.reshape(block.shape[0], *p.shape)
-                    for t, p in zip(
-                        torch.split(block, [p.numel() for p in self.params], dim=1),
-                        self.params,
-                        strict=True,
-                    )
-                )
-                res = vmap(lambda t: hvp(primals, t, x, y))(tangents)
-                flat = torch.cat([r.reshape(r.shape[0], -1) for r in res], dim=1)
-                out[:, lo : lo + block.shape[0]] = flat.T
-        return out * size
 
     def matvec(self, v: Tensor) -> Tensor:
         """Return ``H @ v`` for a vector ``(n,)`` or a block ``(n, k)``.
@@ -927,7 +518,7 @@ class HessianOperator:
         start = time.perf_counter()
         out: Tensor | None = None  # every part is a fresh tensor: add in place
         if self._g_graph is not None:
-            out = self._backward_columns(self._g_graph, block, retain_last=True)
+            out = backward_columns(self._space, self._g_graph, block, retain_last=True)
         if self._kept < self._n_batches_local:
             with analysis_mode(self.model, self.bn_mode, fuse_bn=self.fuse_bn):
                 for i, (x, y, size) in enumerate(self._batches()):
@@ -1011,37 +602,80 @@ class HessianOperator:
     # ------------------------------------------------------------------ distributed
 
     def _allreduce(self, t: Tensor) -> Tensor:
-        if self._world == 1:
-            return t
-        import torch.distributed as dist
-
-        try:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self._group)
-        except RuntimeError as exc:  # a peer closed its connection, or a timeout
-            first = first_line(exc, limit=200)
-            msg = (
-                "another process of the group stopped or timed out during an "
-                f"all-reduce ({type(exc).__name__}: {first}); its own error says why"
-            )
-            raise DistributedError(msg) from exc
-        return t
+        return allreduce(t, self._group, self._world)
 
 
-def _resolve_group(
-    process_group: dist_t.ProcessGroup | None,
-) -> tuple[Any, int, int]:
-    """Return ``(group, rank, world_size)``; world size 1 when not distributed."""
-    import torch.distributed as dist
+def _finite(loss: Tensor) -> Tensor:
+    """The batch loss in float64; refuse a non-finite one."""
+    lval = loss.detach().to(torch.float64)
+    if not torch.isfinite(lval):
+        msg = (
+            f"the loss is {float(lval)} on a batch of the analysis data; "
+            "check the inputs and the model"
+        )
+        raise DataError(msg)
+    return lval
 
-    if not dist.is_available():
-        if process_group is not None:
-            msg = "process_group= given but torch.distributed is not available"
+
+def _check_options(bn_mode: str, method: str, batch_size: int, data: Any) -> None:
+    """Refuse a bad option value of :class:`HessianOperator` with one line."""
+    if bn_mode not in BN_MODES:
+        msg = f"bn_mode must be 'eval' or 'train', got {bn_mode!r}"
+        raise ConfigError(msg)
+    if method not in HVP_METHODS:
+        allowed = ", ".join(repr(m) for m in HVP_METHODS)
+        msg = f"method must be one of {allowed}, got {method!r}"
+        raise ConfigError(msg)
+    if batch_size < 1:
+        msg = f"batch_size must be >= 1, got {batch_size}"
+        raise ConfigError(msg)
+    if isinstance(data, Iterator):
+        msg = (
+            "data is a one-shot iterator but the Hessian needs many passes; "
+            "pass a DataSplit, a list of (inputs, targets) batches or a DataLoader"
+        )
+        raise ConfigError(msg)
+
+
+def _resolve_params(
+    model: nn.Module,
+    params: Sequence[Tensor] | None,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+) -> tuple[nn.Module, list[Tensor], list[str | None], torch.dtype, torch.device]:
+    """Return ``(model, params, their names, dtype, device)`` to compute with.
+
+    The model is deep-copied and converted when ``dtype``/``device`` differ
+    from the parameters'; the user's model is never modified.
+    """
+    names = {id(p): name for name, p in model.named_parameters()}
+    chosen: list[Tensor] = (
+        [p for p in model.parameters() if p.requires_grad]
+        if params is None
+        else list(params)
+    )
+    if not chosen:
+        msg = "no parameters to differentiate: none requires grad, params= is empty"
+        raise ConfigError(msg)
+    dtypes = {p.dtype for p in chosen}
+    if dtype is None and len(dtypes) > 1:
+        msg = f"parameters have mixed dtypes {sorted(map(str, dtypes))}; pass dtype="
+        raise ConfigError(msg)
+    target_dtype = dtype if dtype is not None else chosen[0].dtype
+    if not target_dtype.is_floating_point:
+        msg = f"dtype must be a floating dtype, got {target_dtype}"
+        raise ConfigError(msg)
+    target_device = torch.device(device) if device is not None else chosen[0].device
+
+    param_names = [names.get(id(p)) for p in chosen]
+    needs_copy = any(
+        p.dtype != target_dtype or p.device != target_device for p in chosen
+    )
+    if needs_copy:
+        if any(n is None for n in param_names):
+            msg = "params= must be parameters of model when dtype/device converts it"
             raise ConfigError(msg)
-        return None, 0, 1
-    if process_group is None:
-        if not dist.is_initialized():
-            return None, 0, 1
-        world = dist.get_world_size()
-        return None, (dist.get_rank() if world > 1 else 0), world
-    world = dist.get_world_size(process_group)
-    return process_group, dist.get_rank(process_group), world
+        model = copy.deepcopy(model).to(device=target_device, dtype=target_dtype)
+        lookup = dict(model.named_parameters())
+        chosen = [lookup[n] for n in param_names if n is not None]
+    return model, chosen, param_names, target_dtype, target_device

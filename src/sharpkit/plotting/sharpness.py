@@ -44,9 +44,7 @@ def _fig1_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, 
         metric = row.get("metric")
         entries: list[tuple[str, float | None, float | None]] = []
         if metric in ("spectral", "frobenius"):
-            entries.append(
-                (str(metric), opt_float(row.get("value")), opt_float(row.get("stderr")))
-            )
+            entries.append((str(metric), opt_float(row.get("value")), _error(row)))
         if opt_float(row.get("test_accuracy")) is not None:
             entries.append(("test_accuracy", opt_float(row.get("test_accuracy")), None))
         for name, value, err in entries:
@@ -66,8 +64,30 @@ def _fig1_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, 
     return {k: list(v.values()) for k, v in points.items()}
 
 
+def _error(row: Mapping[str, Any]) -> float | None:
+    """One standard error of a stored value: the data's and the numerical one.
+
+    The two are independent (which examples; which probes on them), so they
+    add in quadrature. ``None``: neither was stored.
+    """
+    errs = [opt_float(row.get(k)) for k in ("stderr", "data_stderr")]
+    known = [e for e in errs if e is not None]
+    return math.hypot(*known) if known else None
+
+
+DATA_NOTE = (
+    "error bars: ±1 standard error, the data's (which examples) and the "
+    "numerical one in quadrature"
+)
+"""The footnote of a ``fig1`` whose values carry a data standard error."""
+
+
 def plot_fig1(rows: Sequence[Mapping[str, Any]], title: str | None) -> Figure:
-    """Draw ``fig1``: λ_max, log ‖H‖_F and validation accuracy against η/S."""
+    """Draw ``fig1``: λ_max, log ‖H‖_F and validation accuracy against η/S.
+
+    Error bars are one standard error: the numerical one, and where the store
+    holds it (``-o spectral.data_error=true``) the data's, in quadrature.
+    """
     points = _fig1_points(rows)
     if not points["spectral"] and not points["frobenius"]:
         msg = (
@@ -135,6 +155,8 @@ def plot_fig1(rows: Sequence[Mapping[str, Any]], title: str | None) -> Figure:
         title="batch size",
     )
     fig.suptitle(title or "Sharpness and validation accuracy against η/S")
+    if any(r.get("data_stderr") is not None for r in rows):
+        fig.supxlabel(DATA_NOTE, fontsize=8, color="0.3")
     return fig
 
 

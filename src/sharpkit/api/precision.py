@@ -1,0 +1,168 @@
+"""``precision=``: pick the sample count that brings the data's error bar down.
+
+A data standard error falls as ``1/√N`` (:mod:`sharpkit.curvature.sampling`),
+so one measurement on ``N`` examples with relative data error ``r`` says that
+about ``N·(r/p)²`` examples reach a relative error ``p``
+(:func:`~sharpkit.curvature.sampling.samples_for_precision`). :func:`plan`
+turns a measurement into that decision and the one line that says it;
+:func:`~sharpkit.api.measure.run_measure` measures again on that count, through
+the same front door, until the precision is met (or refuses, when the split
+is too small).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sharpkit.errors import ConfigError
+from sharpkit.interfaces import MetricResult
+from sharpkit.registry import Registry
+
+__all__ = ["MAX_ROUNDS", "Plan", "data_error_options", "note", "plan"]
+
+MAX_ROUNDS = 4
+"""Measurements at most: the count is re-planned from each (its ``r`` is itself
+uncertain by about ``1/√(2(K-1))`` = 18 % with 16 chunks, so a second
+measurement can fall a little short)."""
+
+_GROWTH = 1.25
+"""A re-measurement takes at least 25 % more examples than the one before."""
+
+
+def data_error_options(
+    names: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]] | None,
+    registry: Registry,
+) -> dict[str, dict[str, Any]]:
+    """``options`` with ``data_error=True`` for every metric that has that option.
+
+    Raises:
+        ConfigError: None of ``names`` reports a data standard error.
+    """
+    out = {n: dict((options or {}).get(n, {})) for n in names}
+    able = [n for n in names if registry.get("metric", n).option("data_error")]
+    if not able:
+        msg = (
+            f"precision needs a metric that reports the data's standard error "
+            f"(spectral, trace); {', '.join(names)} does not"
+        )
+        raise ConfigError(msg)
+    for n in able:
+        out[n].setdefault("data_error", True)
+    return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do after one measurement.
+
+    Attributes:
+        samples: The sample count to measure on next (``None``: done).
+        metric: The metric that decided (the one that needs the most examples).
+        relative: Its relative data standard error on this measurement.
+        measured: The examples this measurement used.
+    """
+
+    samples: int | None
+    metric: str
+    relative: float
+    measured: int
+
+
+def _needed(result: MetricResult, samples: int, precision: float) -> int | None:
+    """Samples for ``precision`` by this result (``None``: no data error in it)."""
+    from sharpkit.curvature.sampling import DataEstimate, samples_for_precision
+
+    if result.data_stderr is None or not result.value:
+        return None
+    est = DataEstimate(
+        value=result.value,
+        estimate=result.value,
+        stderr=result.data_stderr,
+        method=result.data_method or "",
+        chunks=0,
+        samples=samples,
+    )
+    return samples_for_precision(est, precision)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g} %"
+
+
+def note(steps: Sequence[Plan], precision: float) -> str:
+    """One line: the data error of each measurement, and how it ended."""
+    trail = " → ".join(f"{_pct(p.relative)} on {p.measured}" for p in steps)
+    last = steps[-1]
+    if last.relative <= precision:
+        end = "met"
+    elif last.samples is None:
+        end = f"not met after {len(steps)} measurements (measure again, or on more)"
+    else:  # pragma: no cover - a plan with a next step is never the last
+        end = f"next {last.samples}"
+    many = " samples (N planned by stderr ∝ 1/√N)" if len(steps) > 1 else " samples"
+    return (
+        f"precision {_pct(precision)}: {last.metric}'s data error {trail}{many}: {end}"
+    )
+
+
+def plan(
+    results: Mapping[str, MetricResult],
+    *,
+    samples: int,
+    population: int | None,
+    precision: float,
+    last_round: bool = False,
+) -> Plan:
+    """Decide from one measurement on ``samples`` examples whether to measure again.
+
+    The metric that needs the most examples decides; the next count is what
+    :func:`~sharpkit.curvature.sampling.samples_for_precision` says, and at
+    least 25 % more than this one.
+
+    Args:
+        results: The measurement's results.
+        samples: The examples it was measured on.
+        population: The examples of the split they were drawn from (``None``:
+            not known).
+        precision: The relative data standard error wanted.
+        last_round: No further measurement may follow.
+
+    Raises:
+        ConfigError: No result carries a data standard error, or reaching
+            ``precision`` needs more examples than the split holds.
+    """
+    needs = {
+        name: n
+        for name, r in results.items()
+        if (n := _needed(r, samples, precision)) is not None
+    }
+    if not needs:
+        msg = "precision: no metric reported a data standard error to plan from"
+        raise ConfigError(msg)
+    name = max(needs, key=lambda k: needs[k])
+    r = results[name]
+    assert r.data_stderr is not None  # in needs
+    rel = abs(r.data_stderr / r.value)
+    done = Plan(None, name, rel, samples)
+    if rel <= precision or last_round:
+        return done
+    want = max(needs[name], math.ceil(samples * _GROWTH))
+    if population is not None and want > population:
+        said = (
+            f"precision {_pct(precision)}: {name}'s data error is {_pct(rel)} on "
+            f"{samples} samples"
+        )
+        if samples >= population:
+            msg = f"{said}, the whole split; no more examples can reduce it"
+        else:
+            msg = (
+                f"{said}; {_pct(precision)} needs about {want} (stderr ∝ 1/√N), "
+                f"more than the split's {population}: ask for a larger precision, "
+                "or measure on all samples"
+            )
+        raise ConfigError(msg)
+    return Plan(want, name, rel, samples)
