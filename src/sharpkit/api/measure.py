@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
 from sharpkit._meta import json_safe
-from sharpkit.api.blocks import check_block_metrics, run_blocks, spec_key
 from sharpkit.api.checks import check_fits, check_loss, run_metric
 from sharpkit.api.distributed import broadcast_names, rank_and_world
 from sharpkit.api.executor import Executor, PluginCall
@@ -48,8 +47,6 @@ from sharpkit.api.resolve import (
     resolve_dtype,
     reuse_datasets,
 )
-from sharpkit.api.wrappers import unwrap
-from sharpkit.curvature.blocks import BlockSpec, resolve_blocks
 from sharpkit.errors import MeasurementError, SharpkitError
 from sharpkit.interfaces import (
     AnalysisContext,
@@ -63,6 +60,8 @@ from sharpkit.registry import Registry, get_registry
 
 if TYPE_CHECKING:
     import torch
+
+    from sharpkit.curvature.blocks import BlockSpec
 
 __all__ = ["Measurement", "measure", "run_measure"]
 
@@ -345,7 +344,10 @@ def run_measure(
     """:func:`measure` with its inputs and analysis options as typed values."""
     reg = registry or get_registry()
     names = analysis.metric_names(metrics, options or {})
-    check_block_metrics(blocks, names)
+    if blocks is not None:  # torch only when asked: `import sharpkit` stays light
+        from sharpkit.api.blocks import check_block_metrics
+
+        check_block_metrics(blocks, names)
     if analysis.precision is not None:
         return _to_precision(
             model, names, inputs, analysis, options=options, progress=progress,
@@ -379,18 +381,27 @@ def _to_precision(
     opts = data_error_options(names, options, registry)
     how = dataclasses.replace(analysis, precision=None)
     steps = []
+    asked: int | None = None
     for round_ in range(1, MAX_ROUNDS + 1):
         out = _measure_once(
             model, names, inputs, how, options=opts, registry=registry, **rest
         )
+        got = int(out.attrs["samples"])
+        # data given as objects: the split's size is known once it fell short
+        short: int | None = got if asked is not None and got < asked else None
         step = plan(
-            out, samples=int(out.attrs["samples"]),
-            population=out.attrs.get("population"), precision=analysis.precision,
-            last_round=round_ == MAX_ROUNDS,
+            out, samples=got, population=out.attrs.get("population") or short,
+            precision=analysis.precision, last_round=round_ == MAX_ROUNDS,
         )  # fmt: skip
         steps.append(step)
         if step.samples is None:
             break
+        asked = step.samples
+        # the same model on other examples: start where the last one ended,
+        # with a fresh cache (what it holds was computed on those examples)
+        rest["cache"] = None
+        if out.warm_start is not None:
+            rest["warm_start"] = out.warm_start
         how = dataclasses.replace(
             how, selection=dataclasses.replace(how.selection, samples=step.samples)
         )
@@ -431,6 +442,10 @@ def _measure_once(
         work, job.loss.fn, data_info.analysis, batch_size=analysis.batch_size
     )
     if blocks is not None:  # checked before any work; a key of its own
+        from sharpkit.api.blocks import spec_key
+        from sharpkit.api.wrappers import unwrap
+        from sharpkit.curvature.blocks import resolve_blocks
+
         resolve_blocks(unwrap(work), blocks)  # named as the user's model names them
         settings["blocks"] = spec_key(blocks)
     keys = {
@@ -461,6 +476,8 @@ def _measure_once(
 
         failures = _compute(ex, calls, created, ctx, results, before=fits)
         if blocks is not None:
+            from sharpkit.api.blocks import run_blocks
+
             run_blocks(results, todo, ctx, blocks)
         warm_start = _top_vector(ctx, warm_start)
     ordered = {n: results[n] for n in names if n in results}
