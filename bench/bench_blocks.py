@@ -19,6 +19,7 @@ standard errors. Wall and CPU seconds; rounds interleaved (``--rounds``).
 
     python bench/bench_blocks.py                 # ~10 min on a busy 2-core machine
     python bench/bench_blocks.py --quick         # smoke test (256 images, 8 probes)
+    python bench/bench_blocks.py --workload resnet56   # ResNet-56's stages
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workload import RESULTS, mlp_workload
+from _workload import RESULTS, mlp_workload, resnet_workload
 
 from sharpkit.curvature import HessianOperator, hutchinson_trace
 from sharpkit.curvature.block_estimates import block_spectra, block_trace
@@ -52,19 +53,19 @@ def _batches(x, y, size):
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
-def sharpkit_runs(model, data, probes, tol, seed):
+def sharpkit_runs(model, data, probes, tol, seed, spec):
     loss = nn.functional.cross_entropy
 
     def spectra():
         op = HessianOperator(model, loss, data)
-        part = resolve_blocks(model, "layers", params=op.params)
+        part = resolve_blocks(model, spec, params=op.params)
         gen = torch.Generator().manual_seed(seed)
         res = block_spectra(op, part, tol=tol, generator=gen)
         return [float(r.eigenvalues[0]) for r in res], [float(r.bounds[0]) for r in res]
 
     def traces():
         op = HessianOperator(model, loss, data)
-        part = resolve_blocks(model, "layers", params=op.params)
+        part = resolve_blocks(model, spec, params=op.params)
         est = block_trace(
             op, part, probes=probes, generator=torch.Generator().manual_seed(seed)
         )
@@ -81,14 +82,15 @@ def sharpkit_runs(model, data, probes, tol, seed):
     return {"spectra": spectra, "traces": traces, "whole_trace": whole}
 
 
-def curvlinops_runs(model, data, probes, tol, seed):
+def curvlinops_runs(model, data, probes, tol, seed, spec):
     from curvlinops import HessianLinearOperator
     from curvlinops.trace.hutchinson import hutchinson_trace as cl_trace
     from scipy.sparse.linalg import eigsh
 
-    groups: dict[str, list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        groups.setdefault(name.rsplit(".", 1)[0], []).append(p)
+    groups = {  # the same blocks, as parameter lists
+        b.name: [model.get_parameter(n) for n in b.params]
+        for b in resolve_blocks(model, spec).blocks
+    }
     loss = nn.CrossEntropyLoss()
 
     def op(params):
@@ -121,17 +123,28 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--workload",
+        choices=("mlp-bn", "resnet56"),
+        default="mlp-bn",
+        help="mlp-bn: every layer; resnet56: the stages (depth=1), 256 images",
+    )
     args = ap.parse_args()
     if args.quick:
         args.samples, args.probes = 256, 8
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, x, y = mlp_workload(args.samples)
+    if args.workload == "resnet56":
+        model, x, y = resnet_workload(min(args.samples, 256))
+        spec = "depth=1"
+    else:
+        model, x, y = mlp_workload(args.samples)
+        spec = "layers"
     data = _batches(x, y, args.batch_size)
-    ours = sharpkit_runs(model, data, args.probes, args.tol, 0)
-    theirs = curvlinops_runs(model, data, args.probes, args.tol, 0)
+    ours = sharpkit_runs(model, data, args.probes, args.tol, 0, spec)
+    theirs = curvlinops_runs(model, data, args.probes, args.tol, 0, spec)
     times: dict[str, list[tuple[float, float]]] = {}
-    values: dict[str, object] = {}
+    values: dict[str, object] = {"names": resolve_blocks(model, spec).names}
     for r in range(args.rounds):
         order = [("sharpkit", ours), ("curvlinops", theirs)]
         for who, runs in order if r % 2 == 0 else order[::-1]:
@@ -182,6 +195,7 @@ def report(args, times, values) -> None:
         json.dumps(
             {
                 "args": vars(args),
+                "blocks": values.get("names"),
                 "torch_threads": torch.get_num_threads(),
                 "times": times,
                 "ratios_wall": rows,
