@@ -239,6 +239,9 @@ def test_cli_random_selection_on_fashion_mnist(
 ) -> None:
     store = tmp_path / "r.zarr"
     args = ["measure", str(fashion_ckpt), "--store", str(store), "--samples", "512"]
+    said = runner.invoke(app, [*args, "--sample", "random", "--seed", "4"])
+    assert said.exit_code == 0, said.stderr
+    assert "measured on 512 random examples of 3000" in " ".join(said.stderr.split())
     done = runner.invoke(app, [*args, "--sample", "random", "--seed", "3", "--json"])
     assert done.exit_code == 0, done.stderr
     attrs = json.loads(done.stdout)[0]["attrs"]
