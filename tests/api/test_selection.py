@@ -209,8 +209,8 @@ def test_precision_measures_again_on_more_samples() -> None:
     assert said.count(" → ") >= 1
     rel = m["spectral"].data_stderr / m["spectral"].value
     assert said.endswith("met") == (rel <= 0.03)
-    with pytest.raises(ConfigError, match="spectral, trace"):
-        sharpkit.measure(_net(), (x, y), metrics=["frobenius"], precision=0.05)
+    with pytest.raises(ConfigError, match="epsilon has none"):
+        sharpkit.measure(_net(), (x, y), metrics=["epsilon"], precision=0.05)
 
 
 # ------------------------------------------------------------------ the CLI, real data
@@ -356,12 +356,14 @@ def test_sweep_and_reproduce_options_override_the_measure_table(
     ).measure
     assert new == {
         "metrics": ["spectral", "frobenius"], "samples": "all", "sample": "random",
-        "options": {"spectral": {"data_error": True}},
+        "options": {
+            "spectral": {"data_error": True}, "frobenius": {"data_error": True},
+        },
     }  # fmt: skip
     with pytest.raises(ConfigError, match="measures nothing"):
         override_measure(cfg(None), sample=Sample.random)
-    with pytest.raises(ConfigError, match="none of frobenius"):
-        override_measure(cfg({"metrics": ["frobenius"]}), data_error=True)
+    with pytest.raises(ConfigError, match="none of epsilon"):
+        override_measure(cfg({"metrics": ["epsilon"]}), data_error=True)
     with pytest.raises(ConfigError, match="positive count or 'all'"):
         override_measure(base, samples="0")
 
