@@ -20,6 +20,7 @@ from sharpkit.api.precision import note, plan
 from sharpkit.cli import app
 from sharpkit.errors import ConfigError
 from sharpkit.interfaces import MetricResult
+from sharpkit.store import ResultStore
 
 runner = CliRunner()
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -329,6 +330,9 @@ def test_tracker_keeps_one_random_selection_and_the_data_error(tmp_path: Path) -
     assert torch.equal(tracker._data.inputs, expected.inputs)
     (row,) = sharpkit.open_results(store, as_frame=False, kind="track")[:1]
     assert (row["sample"], row["sample_seed"], row["samples"]) == ("random", 5, 128)
+    attrs = ResultStore(store).run(row["run_id"]).attrs
+    assert attrs["sample_sha256"] is not None
+    assert attrs["population"] == 400
     assert row["data_stderr"] == pytest.approx(float(data_err[-1]))
 
 
