@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sharpkit.cli._options import Sample, parse_samples
+from sharpkit.cli._options import Sample, parse_samples, samples_text
 from sharpkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ SweepSamplesOpt = Annotated[
     typer.Option(
         "--samples",
         metavar="N|all",
+        parser=samples_text,
         help="Measure every point on N examples, or all (default: the sweep "
         "file's \\[measure] samples).",
     ),
@@ -85,7 +86,7 @@ def _with_data_error(measure: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if not able:
         msg = (
             f"--data-error: none of {', '.join(metrics)} reports the data's "
-            "standard error (spectral and trace do)"
+            "standard error (those with a data_error option do)"
         )
         raise ConfigError(msg)
     for name in able:
