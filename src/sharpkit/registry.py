@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 import pluggy
 
 from sharpkit import hookspecs
+from sharpkit._limits import bounded_build, check_count
 from sharpkit.errors import (
     ConfigError,
     DuplicateNameError,
@@ -561,7 +562,12 @@ class Registry:
         Raises:
             ConfigError: An unknown option name or a value of the wrong type.
         """
-        return spec.parse_options(options)
+        parsed = spec.parse_options(options)
+        for key, value in parsed.items():  # a count asked for is bounded first
+            counted = isinstance(value, int) and not isinstance(value, bool)
+            if counted and not key.endswith("seed"):
+                check_count(f"{spec.kind} {spec.name!r} option {key!r}", value)
+        return parsed
 
     def create(
         self,
@@ -597,7 +603,14 @@ class Registry:
         kind = next(k for k, t in _SPEC_TYPES.items() if isinstance(spec, t))
         if isinstance(spec, ModelSpec) and spec.prefix:
             context["variant"] = name.split(":", 1)[1]
-        with self.guard(kind, name, "being created"):
+        # a model or dataset is sized while it is built: memory and submodules
+        # over the limits are refused before they are taken
+        sized = (
+            bounded_build(f"{kind} {name!r}")
+            if kind in ("model", "dataset")
+            else contextlib.nullcontext()
+        )
+        with self.guard(kind, name, "being created"), sized:
             return spec.factory(**context, **parsed)
 
     @contextlib.contextmanager

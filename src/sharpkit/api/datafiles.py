@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sharpkit._data import DataSplit
 from sharpkit._fs import available_memory
 from sharpkit._hints import option_hint
+from sharpkit._limits import check_bytes
 from sharpkit._seed import generator
 from sharpkit.api.usercode import (
     call_with,
@@ -591,6 +592,7 @@ def _image_folder(folder: Path, opts: Mapping[str, Any], seed: int) -> SourceDat
     mean, std = _normalisation(opts)
     channels = opts.get("channels")
     reader = _ImageReader(_size(opts.get("size")), mean, std, channels, train_files)
+    reader.check_size(str(folder), len(train_files) + len(test_files))
     train = reader.split(train_files, seed, "train")
     test = reader.split(test_files, seed, "test") if test_files else None
     num_classes = opts.get("num_classes") or len(classes)
@@ -631,6 +633,7 @@ class _ImageReader:
         from PIL import Image
 
         self.size = size
+        self.first = files[0][0]
         if channels is None:
             with Image.open(files[0][0]) as first:
                 grey = first.mode in ("L", "1", "I", "I;16", "F", "LA")
@@ -646,6 +649,29 @@ class _ImageReader:
                 raise ConfigError(msg)
         self.mean = mean * n if len(mean) == 1 else mean
         self.std = std * n if len(std) == 1 else std
+
+    def check_size(self, folder: str, count: int) -> None:
+        """Refuse, before decoding any, images that would not fit in memory.
+
+        The size of one image comes from ``size`` (a side S gives S x S), else
+        from the first image's header; every image is read as float32.
+
+        Raises:
+            ConfigError: ``count`` such images are over the memory limit.
+        """
+        from PIL import Image
+
+        if self.size is not None:
+            h, w = (self.size[0], self.size[0]) if len(self.size) == 1 else self.size
+        else:
+            with Image.open(self.first) as img:
+                w, h = img.size
+        channels = 1 if self.mode == "L" else 3
+        check_bytes(
+            f"the {count} images of {folder!r} at {h}x{w}",
+            count * channels * h * w * 4,
+            hint=f"resize them with {option_hint(OPTIONS_FLAG, 'size')}",
+        )
 
     def read(self, path: Path) -> torch.Tensor:
         import torchvision.transforms.functional as tf

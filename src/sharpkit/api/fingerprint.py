@@ -46,6 +46,7 @@ __all__ = [
     "code_digest",
     "data_digest",
     "key_fields",
+    "probe_key_fields",
     "tensor_digest",
 ]
 
@@ -253,6 +254,38 @@ def key_fields(
     return {
         "data_digest": data_digest(analysis),
         "behaviour": behaviour_fingerprint(model, loss_fn, analysis),
+        "batch_size": int(batch_size),
+    }
+
+
+def probe_key_fields(
+    models: Iterable[torch.nn.Module],
+    loss_fn: Callable[[Any, Any], Any],
+    train: DataSplit,
+    test: DataSplit,
+    *,
+    batch_size: int,
+) -> dict[str, Any]:
+    """The reuse-key entries of a probe, taken from the computation itself.
+
+    As :func:`key_fields`, for a probe over several models and both splits: the
+    digests of the training and test sets as used, one behavioural fingerprint
+    per model (on the training set's first examples), and the batch size (it
+    sets the batches batch-norm statistics are re-estimated on).
+
+    Args:
+        models: The models as they will be probed (weights loaded, on device).
+        loss_fn: The loss.
+        train: The training split the probe evaluates and re-estimates on.
+        test: The test split.
+        batch_size: Examples per forward pass.
+
+    Returns:
+        ``{"data_digest", "behaviour", "batch_size"}``.
+    """
+    return {
+        "data_digest": [data_digest(train), data_digest(test)],
+        "behaviour": [behaviour_fingerprint(m, loss_fn, train) for m in models],
         "batch_size": int(batch_size),
     }
 

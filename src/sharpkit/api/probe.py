@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sharpkit._hints import arg, spelled
 from sharpkit.api.datafiles import SourceDataset
 from sharpkit.api.executor import Executor, PluginCall
+from sharpkit.api.fingerprint import code_digest, probe_key_fields
 from sharpkit.api.fit import check_fit
 from sharpkit.api.job import Inputs, Job, resolve
 from sharpkit.api.models import ResolvedModel, check_finite
@@ -125,16 +126,23 @@ def run_probe(
     ds, registered = _probe_data(job, sources[0])
     metas = [s.meta for s in sources]
     extra = _optional_key(sources, ds, job.loss.code_sha256, registered)
+    work = [copy.deepcopy(s.net).to(job.device).eval() for s in sources]
+    # what decides the curves: the data as used, what each model and the loss
+    # compute, the probe's own code (see api/fingerprint.py), and the settings
     key = ex.key(
         call, train_subset=[len(ds.train), metas[0].seed],
         checkpoints=[s.sha256 for s in sources], dataset=ds.name,
-        seed=inputs.seed, loss=job.loss.label, **extra,
+        seed=inputs.seed, loss=job.loss.label,
+        component_code=code_digest(call.spec.factory),
+        **probe_key_fields(
+            work, job.loss.fn, ds.train, ds.test, batch_size=batch_size
+        ),
+        **extra,
     )  # fmt: skip
     ex.store = open_store(inputs.store)
     found = ex.stored(call, key)
     if found is not None:
         return cast("ProbeResult", found)
-    work = [copy.deepcopy(s.net).to(job.device).eval() for s in sources]
     _check_probe_fits(sources, work[0], ds, job.loss, call)
     ctx = ProbeContext(
         models=work, loss_fn=job.loss.fn, train_data=ds.train, test_data=ds.test,

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sharpkit._data import DataSplit
 from sharpkit.api.executor import Executor
+from sharpkit.api.fingerprint import data_digest
 from sharpkit.api.job import Analysis, Inputs, Selection
 from sharpkit.api.measure import Measurement, run_measure
 from sharpkit.api.resolve import (
@@ -196,6 +197,8 @@ class Tracker:
             )
         self._sample_seed: int | None = record.get("sample_seed")
         self._population: int | None = record.get("population")
+        # the curve's data as used, as measure keys it (api/fingerprint.py)
+        self._data_digest = data_digest(self._data)
         self._rows: list[dict[str, float]] = []
         self._next_step = 1
         self._last_step: int | None = None
@@ -431,6 +434,7 @@ class Tracker:
         return {
             **base,
             "dataset": base.get("dataset") or self._dataset,
+            "data_digest": self._data_digest,
             "metrics": list(self.metrics),
             "options": self._options,
             "every": self.every,
@@ -496,8 +500,8 @@ def _analysis_split(
     split, record = selection.cut(
         as_split(data, selection.count(None) if first else None), default=None
     )
-    if first:  # read no further than the selection: the size is not known
-        record["population"] = None
+    if first and selection.count(None) is not None:
+        record["population"] = None  # read no further than the selection
     if len(split) == 0:
         msg = "the tracker's analysis data is empty; pass at least one example"
         raise ConfigError(msg)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sharpkit._limits import check_processes
 from sharpkit.errors import ConfigError, DistributedError, SharpkitError, first_line
 
 __all__ = [
@@ -336,6 +337,7 @@ def check_nproc(nproc: int, device: str) -> None:
     if nproc < 1:
         msg = f"--nproc must be >= 1, got {nproc}"
         raise ConfigError(msg)
+    check_processes("--nproc", nproc)
     if env_ranks()[2] > 1:
         msg = (
             "--nproc inside a process group (torchrun already started the "

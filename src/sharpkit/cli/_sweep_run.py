@@ -144,9 +144,12 @@ def run_and_report(
         The sweep's outcome (``None`` with ``estimate_only``); failed points
         are already reported on stderr.
     """
+    from sharpkit._limits import check_processes
     from sharpkit.errors import ConfigError
     from sharpkit.sweep import run_sweep
 
+    if scheduler in (None, "dask"):  # processes on this machine
+        check_processes("-j", jobs)
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data_root=str(data_root))
     if device is not None:

@@ -585,17 +585,7 @@ def ggn_trace(
     weights = 0.0
     try:
         for x, y in batches:
-            for v in seen.values():
-                v.clear()
-            with torch.enable_grad():
-                logits = model(x)
-            if any(len(v) != 1 for v in seen.values()):
-                msg = "a layer is called more than once per forward pass"
-                raise NotImplementedError(msg)
-            why = logits_obstacle(logits.shape, y)
-            if why:
-                raise NotImplementedError(why)
-            taps = [(m, seen[m][0][0], seen[m][0][1]) for m in layers]
+            logits, taps = _tapped_forward(model, x, y, seen, layers)
             count += logits.shape[0]
             weight = _batch_weight(form, logits, y)
             if weight > 0:  # all targets ignored: no say in the mean loss
@@ -614,6 +604,27 @@ def ggn_trace(
         for v in seen.values():
             v.clear()
     return (float(total / weights) if weights > 0 else 0.0), count
+
+
+def _tapped_forward(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    seen: dict[nn.Module, list[tuple[Tensor, Tensor]]],
+    layers: list[nn.Module],
+) -> tuple[Tensor, list[tuple[nn.Module, Tensor, Tensor]]]:
+    """One forward pass: the logits and each layer's (input, output) tap."""
+    for v in seen.values():
+        v.clear()
+    with torch.enable_grad():
+        logits = model(x)
+    if any(len(v) != 1 for v in seen.values()):
+        msg = "a layer is called more than once per forward pass"
+        raise NotImplementedError(msg)
+    why = logits_obstacle(logits.shape, y)
+    if why:
+        raise NotImplementedError(why)
+    return logits, [(m, seen[m][0][0], seen[m][0][1]) for m in layers]
 
 
 def _batch_weight(form: CrossEntropyForm, logits: Tensor, y: Tensor) -> float:
