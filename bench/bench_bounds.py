@@ -13,8 +13,10 @@ Usage::
    block of two (now).
 2. **Cost on the benchmark MLP** (``_workload.mlp_workload``: the 336,650
    parameter BN-MLP on 2048 Fashion-MNIST images, tol 1e-3): ``spectral`` as
-   before (one start vector, the gradient start), as now (a block of two random
-   vectors) and a block of two with the gradient start, interleaved seed by
+   before issue 22 (one start vector, the gradient start), a block of two
+   random vectors with one product a step (issue 22), the same with block
+   products (issue 24: both pending vectors through one backward pass, the
+   default now) and a block of two with the gradient start, interleaved seed by
    seed in one process, so the time ratio is of one run on one load.
 """
 
@@ -81,14 +83,16 @@ def mlp_cost(seeds: int) -> None:
     torch.set_num_threads(2)
     model, x, y = mlp_workload()
     variants = {
-        "before: 1 vector, gradient start": (1, "gradient"),
-        "now: block of 2, random": (2, "random"),
-        "block of 2, gradient start": (2, "gradient"),
+        "before: 1 vector, gradient start": (1, "gradient", False),
+        "block of 2, random, one product a step (#22)": (2, "random", False),
+        "now: block of 2, random, block products (#24)": (2, "random", True),
+        "block of 2, gradient start, block products": (2, "gradient", True),
     }
     rows: dict[str, list[tuple[int, float, float, float]]] = {k: [] for k in variants}
     for seed in range(seeds):
-        for name, (block, start) in variants.items():
+        for name, (block, start, together) in variants.items():
             ctx = context(model, x, y, seed, tol=1e-3)
+            ctx.hessian.block_products = together
             metric = Spectral(start=start)
             metric.block = block
             t0 = time.perf_counter()

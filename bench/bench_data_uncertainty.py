@@ -12,16 +12,16 @@ mode, mean cross-entropy.
 
 ``cost`` measures the CPU time of this process (``time.process_time``, one
 torch thread: on a shared machine wall time measures the other processes' load,
-CPU time the work), in one process and alternating the two sides, each
-``reps`` times (medians): λ_max by Lanczos (tol 1e-3, the same random start) on one
-:class:`~sharpkit.curvature.HessianOperator` over the first 2048 images
-(today) against a :class:`~sharpkit.curvature.sampling.ChunkedHessian` of 16
-chunks through a :class:`~sharpkit.curvature.sampling.ChunkRecorder` plus
-:func:`~sharpkit.curvature.uncertainty.spectral_estimate` (data error bars);
-the exact trace (:func:`~sharpkit.curvature.ggn.ggn_trace`) against the same
-chunk by chunk; ‖H‖_F with 16 probes on the Lanczos deflation against the
-U-statistic estimate. Ratios are of CPU time (the products are equal in number
-by construction: the chunked product is one product split in 16).
+CPU time the work) of each metric as a user runs it (``compute`` on a fresh
+:class:`~sharpkit.interfaces.AnalysisContext` over the first 2048 images,
+float32), without and with its ``data_error`` option, alternating the two
+sides in one process, ``reps`` times (medians of the ratios): ``spectral``
+(Lanczos on the 16-chunk Hessian through a recorder, the jackknife), ``frobenius``
+(16 probes either way; 25 chunked Krylov steps, the U-statistic), the exact
+``trace`` (the per-example terms of one pass summed per chunk), the estimated
+``trace`` (Hutch++ with 32 probes either way), ``density`` (its probes' first
+products through the chunks) and average-case ``adaptive`` (the losses per
+chunk).
 
 ``subsets`` draws 8 random (class-stratified) 2048-image subsets of the
 60 000 training images and reports each λ_max, its jackknife estimate and data
@@ -56,17 +56,13 @@ sys.path.insert(0, str(HERE))
 from _workload import RESULTS, fashion_mnist_train, mlp_workload  # noqa: E402
 
 from sharpkit import DataSplit  # noqa: E402
-from sharpkit.curvature import HessianOperator, frobenius_norm, lanczos  # noqa: E402
-from sharpkit.curvature.ggn import ggn_trace  # noqa: E402
+from sharpkit.curvature import HessianOperator, lanczos  # noqa: E402
 from sharpkit.curvature.sampling import (  # noqa: E402
     ChunkedHessian,
     ChunkRecorder,
     sample_indices,
 )
-from sharpkit.curvature.stochastic import Deflation  # noqa: E402
 from sharpkit.curvature.uncertainty import (  # noqa: E402
-    exact_trace_estimate,
-    frobenius_estimate,
     spectral_estimate,
 )
 
@@ -112,56 +108,77 @@ def _data_spectral(model: nn.Module, split: DataSplit, seed: int) -> dict[str, A
     }
 
 
+def _ctx(model: nn.Module, split: DataSplit) -> Any:
+    from sharpkit.interfaces import AnalysisContext
+
+    return AnalysisContext(
+        model=model,
+        loss_fn=CE,
+        data=split,
+        batch_size=len(split),
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        seed=0,
+    )
+
+
+def _pairs() -> dict[str, tuple[Any, Any]]:
+    """Each metric as a user runs it, without and with ``data_error``."""
+    from sharpkit.builtin.metrics import Density, Frobenius, Spectral, Trace
+    from sharpkit.builtin.perturbation import AdaptiveSharpness
+
+    return {
+        "spectral": (Spectral(), Spectral(data_error=True)),
+        "frobenius": (Frobenius(probes=16), Frobenius(probes=16, data_error=True)),
+        "trace exact-ggn": (
+            Trace(method="exact-ggn"),
+            Trace(method="exact-ggn", data_error=True),
+        ),
+        "trace hutch++ (32 probes)": (
+            Trace(method="hutch++", probes=32),
+            Trace(method="hutch++", probes=32, data_error=True),
+        ),
+        "density": (Density(), Density(data_error=True)),
+        "adaptive average": (
+            AdaptiveSharpness(kind="average"),
+            AdaptiveSharpness(kind="average", data_error=True),
+        ),
+    }
+
+
 def cost(reps: int = 3) -> dict[str, Any]:
-    """Ratios of CPU time with data error bars to today's, medians of ``reps``."""
+    """CPU time of each metric with ``data_error`` over without, medians of ``reps``.
+
+    Each metric alone on a fresh context (so nothing is shared between them),
+    the two sides alternated in one process: ``ratio`` is the median of the
+    per-repetition ratios.
+    """
     torch.set_num_threads(1)
     model, x, y = mlp_workload(2048)
     split = DataSplit(x, y)
-    rows: dict[str, list[float]] = {k: [] for k in ("spec", "spec_d", "tr", "tr_d")}
-    rows |= {"fro": [], "fro_d": []}
-    last: dict[str, Any] = {}
+    rows: dict[str, dict[str, list[float]]] = {}
     for rep in range(reps):
-        a = _today_spectral(model, split, rep)
-        print(f"today spectral {a['seconds']:.1f}s {a['products']}", flush=True)
-        b = _data_spectral(model, split, rep)
-        print(f"data spectral {b['seconds']:.1f}s {b['products']}", flush=True)
-        rows["spec"].append(a["seconds"])
-        rows["spec_d"].append(b["seconds"])
-        t0 = time.process_time()
-        tr, _ = ggn_trace(model, split)
-        rows["tr"].append(time.process_time() - t0)
-        t0 = time.process_time()
-        trd = exact_trace_estimate(model, split, chunks=CHUNKS)
-        rows["tr_d"].append(time.process_time() - t0)
-        gen = torch.Generator().manual_seed(rep)
-        t0 = time.process_time()
-        fro = frobenius_norm(
-            a["op"], a["op"].n, deflation=Deflation.from_lanczos(a["result"]),
-            probes=16, generator=gen,
-        )  # fmt: skip
-        rows["fro"].append(time.process_time() - t0)
-        t0 = time.process_time()
-        frd = frobenius_estimate(
-            b["chunked"], recorder=b["recorder"], probes=16, generator=gen
-        )
-        rows["fro_d"].append(time.process_time() - t0)
-        last = {
-            "spectral": [a["value"], a["products"], b["value"], b["products"]],
-            "spectral_data": [b["estimate"], b["stderr"]],
-            "trace": [tr, trd.value, trd.stderr],
-            "frobenius": [fro.value, fro.stderr, frd.value, frd.estimate, frd.stderr],
-        }
-        done = ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items())
-        print(f"rep {rep}: {done}", flush=True)
-    med = {k: statistics.median(v) for k, v in rows.items()}
+        for name, (plain, data) in _pairs().items():
+            row = rows.setdefault(name, {"plain": [], "data": [], "ratio": []})
+            seconds = []
+            for metric in (plain, data):
+                t0 = time.process_time()
+                result = metric.compute(_ctx(model, split))
+                seconds.append(time.process_time() - t0)
+            row["plain"].append(seconds[0])
+            row["data"].append(seconds[1])
+            row["ratio"].append(seconds[1] / seconds[0])
+            row["hvps"] = [float(result.hvps)]
+            row["value"] = [result.value]
+            row["data_stderr"] = [float(result.data_stderr or float("nan"))]
+            print(f"rep {rep} {name}: {seconds[0]:.2f}s -> {seconds[1]:.2f}s "
+                  f"({seconds[1] / seconds[0]:.2f}x) {result.value:.4g} "
+                  f"± {result.data_stderr} (data)", flush=True)  # fmt: skip
     out = {
-        "median_seconds": med,
-        "ratio_spectral": med["spec_d"] / med["spec"],
-        "ratio_trace_exact": med["tr_d"] / med["tr"],
-        "ratio_frobenius_probes": med["fro_d"] / med["fro"],
-        "last": last,
-        "load": os.getloadavg(),
+        name: {k: statistics.median(v) for k, v in row.items()}
+        for name, row in rows.items()
     }
+    out["load"] = list(os.getloadavg())  # type: ignore[assignment]
     print(json.dumps(out, indent=1))
     return out
 

@@ -109,8 +109,19 @@ if TYPE_CHECKING:
         smooth_density,
     )
     from sharpkit.curvature.lanczos import ritz_bounds
-    from sharpkit.curvature.sampling import ChunkedHessian, ChunkRecorder, DataEstimate
-    from sharpkit.curvature.uncertainty import exact_trace_estimate, spectral_estimate
+    from sharpkit.curvature.sampling import (
+        ChunkedHessian,
+        ChunkRecorder,
+        DataEstimate,
+        jackknife,
+        linear_estimate,
+    )
+    from sharpkit.curvature.uncertainty import (
+        exact_trace_estimate,
+        frobenius_estimate,
+        spectral_estimate,
+        trace_estimate,
+    )
     from sharpkit.plotting import build_figure, plot_figure
     from sharpkit.reproduce import experiment
     from sharpkit.store import ResultStore, Run, RunInfo, open_results
@@ -141,11 +152,23 @@ _LAZY = {
     ),
     "ritz_bounds": "sharpkit.curvature.lanczos",
     **dict.fromkeys(
-        ("ChunkedHessian", "ChunkRecorder", "DataEstimate"),
+        (
+            "ChunkedHessian",
+            "ChunkRecorder",
+            "DataEstimate",
+            "jackknife",
+            "linear_estimate",
+        ),
         "sharpkit.curvature.sampling",
     ),
     **dict.fromkeys(
-        ("exact_trace_estimate", "spectral_estimate"), "sharpkit.curvature.uncertainty"
+        (
+            "exact_trace_estimate",
+            "frobenius_estimate",
+            "spectral_estimate",
+            "trace_estimate",
+        ),
+        "sharpkit.curvature.uncertainty",
     ),
     **dict.fromkeys(
         ("ResultStore", "Run", "RunInfo", "open_results"), "sharpkit.store"
@@ -212,6 +235,10 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "DataEstimate",
     "spectral_estimate",
     "exact_trace_estimate",
+    "frobenius_estimate",
+    "trace_estimate",
+    "linear_estimate",
+    "jackknife",
     # plugin contract
     "hookimpl",
     "AnalysisContext",

@@ -118,6 +118,11 @@ def test_the_selection_is_part_of_the_store_key(tmp_path: Path) -> None:
     seeds = sorted(r["sample_seed"] or -1 for r in rows)
     assert seeds == [-1, 1, 2]
     assert {r["sample"] for r in rows} == {"first", "random"}
+    # the table shows the selection where the runs differ in it
+    table = runner.invoke(app, ["results", str(store)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    header = next(ln for ln in table.stdout.splitlines() if "sample" in ln)
+    assert "draw" in header
 
 
 def test_samples_all_takes_the_whole_split() -> None:
@@ -229,7 +234,7 @@ def fashion_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "final.pt"
 
 
-def test_cli_random_selection_and_precision_on_fashion_mnist(
+def test_cli_random_selection_on_fashion_mnist(
     fashion_ckpt: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "r.zarr"
@@ -241,26 +246,36 @@ def test_cli_random_selection_and_precision_on_fashion_mnist(
         "random", 3, 512
     )  # fmt: skip
     assert attrs["population"] == 3000  # the training subset the model saw
+    results = runner.invoke(app, ["results", str(store), "--json"])
+    rows = json.loads(results.stdout)
+    assert any(r.get("sample") == "random" and r["sample_seed"] == 3 for r in rows)
+
+
+def test_cli_precision_and_all_samples_on_fashion_mnist(fashion_ckpt: Path) -> None:
+    args = ["measure", str(fashion_ckpt), "--no-store", "--samples", "512"]
+    whole = runner.invoke(
+        app, ["measure", str(fashion_ckpt), "--samples", "all", "--no-store", "--json"]
+    )
+    assert whole.exit_code == 0, whole.stderr
+    assert json.loads(whole.stdout)[0]["attrs"]["samples"] == 3000
     # the precision is planned from the data error and said in one line
-    prec = runner.invoke(app, [*args, "--precision", "40%", "--no-store"])
+    prec = runner.invoke(app, [*args, "--precision", "40%"])
     assert prec.exit_code == 0, prec.stderr
     notes = [ln for ln in prec.stderr.splitlines() if "precision 40 %" in ln]
     assert len(notes) == 1, prec.stderr
+    assert "data error" in notes[0]
+    assert " on 512" in notes[0]
     refused = runner.invoke(app, [*args, "--precision", "0.1%"])
     assert refused.exit_code == 1
     lines = [ln for ln in refused.stderr.strip().splitlines() if ln.strip()]
     assert "more than the split's 3000" in lines[-1]
     assert "Traceback" not in refused.output
-    results = runner.invoke(app, ["results", str(store), "--json"])
-    rows = json.loads(results.stdout)
-    assert any(r.get("sample") == "random" and r["sample_seed"] == 3 for r in rows)
 
 
 @pytest.mark.parametrize(
     ("flag", "value", "words"),
     [
         ("--samples", "0", "--samples must be a positive count or 'all'"),
-        ("--samples", "many", "--samples must be a positive count or 'all'"),
         ("--precision", "200%", "--precision must be a relative error"),
         ("--precision", "two", "--precision must be a relative error"),
     ],
@@ -270,3 +285,119 @@ def test_cli_bad_values_are_one_line(flag: str, value: str, words: str) -> None:
     assert result.exit_code == 1
     assert words in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_cli_samples_that_are_not_a_count_are_a_usage_error() -> None:
+    result = runner.invoke(app, ["measure", "x.pt", "--samples", "many"])
+    assert result.exit_code == 2
+    assert "--samples" in result.output
+    assert "'many' is not a whole number or 'all'" in result.output
+
+
+# ------------------------------------------------------------------ Tracker, sweeps
+
+
+def test_tracker_keeps_one_random_selection_and_the_data_error(tmp_path: Path) -> None:
+    x, y = _data(400)
+    store = tmp_path / "t.zarr"
+    net = _net()
+    with sharpkit.Tracker(
+        (x, y),
+        ["spectral"],
+        every=1,
+        samples=128,
+        sample="random",
+        seed=5,
+        options={"spectral": {"data_error": True}},
+        store=store,
+    ) as tracker:
+        tracker.step(net, step=1)
+        with torch.no_grad():
+            net[0].weight.mul_(1.1)
+        tracker.step(net, step=2)
+    data_err = tracker.curves["spectral_data_stderr"]
+    assert data_err.shape == (2,)
+    assert (data_err > 0).all()
+    # the same 128 examples at every step: the draw happened once
+    assert len(tracker._data) == 128
+    expected = Selection(samples=128, sample="random", seed=5).pick(
+        sharpkit.DataSplit(x, y)
+    )
+    assert torch.equal(tracker._data.inputs, expected.inputs)
+    (row,) = sharpkit.open_results(store, as_frame=False, kind="track")[:1]
+    assert (row["sample"], row["sample_seed"], row["samples"]) == ("random", 5, 128)
+    assert row["data_stderr"] == pytest.approx(float(data_err[-1]))
+
+
+def test_sweep_and_reproduce_options_override_the_measure_table(
+    tmp_path: Path,
+) -> None:
+    from sharpkit.cli._options import Sample
+    from sharpkit.cli._selection import override_measure
+    from sharpkit.sweep import SweepConfig
+
+    def cfg(measure: dict[str, object] | None) -> SweepConfig:
+        train = {
+            "model": "mlp-bn", "data": "synthetic", "lr": 0.1, "batch_size": 16,
+            "epochs": 1,
+        }  # fmt: skip
+        data: dict[str, object] = {"train": train}
+        if measure is not None:
+            data["measure"] = measure
+        return SweepConfig.from_dict(data, base=tmp_path)
+
+    base = cfg({"metrics": ["spectral", "frobenius"], "samples": 2048})
+    assert override_measure(base) is base
+    new = override_measure(
+        base, samples="all", sample=Sample.random, data_error=True
+    ).measure
+    assert new == {
+        "metrics": ["spectral", "frobenius"], "samples": "all", "sample": "random",
+        "options": {"spectral": {"data_error": True}},
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="measures nothing"):
+        override_measure(cfg(None), sample=Sample.random)
+    with pytest.raises(ConfigError, match="none of frobenius"):
+        override_measure(cfg({"metrics": ["frobenius"]}), data_error=True)
+    with pytest.raises(ConfigError, match="positive count or 'all'"):
+        override_measure(base, samples="0")
+
+
+def test_sweep_cli_measures_on_the_selection_asked_for(tmp_path: Path) -> None:
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        '[sweep]\nname = "s"\nout = "runs"\nstore = "r.zarr"\n'
+        '[train]\nmodel = "mlp-bn"\nmodel_options = { depth = 2, width = 8 }\n'
+        'data = "synthetic"\ndata_options = { n_train = 300, n_test = 40, '
+        'shape = "8" }\nlr = [0.05, 0.1]\nbatch_size = 32\nepochs = 1\n'
+        '[measure]\nmetrics = ["spectral"]\nsamples = 2048\n',
+        encoding="utf-8",
+    )
+    args = ["sweep", str(sweep), "--no-predict", "--samples", "200"]
+    done = runner.invoke(app, [*args, "--sample", "random", "--data-error"])
+    assert done.exit_code == 0, done.output
+    rows = [
+        r
+        for r in sharpkit.open_results(tmp_path / "r.zarr", as_frame=False)
+        if r["kind"] == "measure"
+    ]
+    assert len(rows) == 2
+    assert {(r["samples"], r["sample"], r["sample_seed"]) for r in rows} == {
+        (200, "random", 0)
+    }
+    assert all(r["data_stderr"] is not None and r["data_stderr"] > 0 for r in rows)
+    table = runner.invoke(
+        app, ["results", str(tmp_path / "r.zarr"), "-f", "kind=measure"],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert table.exit_code == 0, table.output
+    assert "± data" in table.stdout
+
+
+def test_precision_on_data_objects_refuses_beyond_what_was_given() -> None:
+    x, y = _data(80)
+    with pytest.raises(ConfigError) as err:
+        sharpkit.measure(_net(), (x, y), precision=0.001)
+    line = str(err.value)
+    assert "\n" not in line
+    assert "on 80 samples, the whole split" in line

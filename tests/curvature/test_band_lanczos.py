@@ -14,8 +14,9 @@ import pytest
 import torch
 from cases import random_symmetric
 
-from sharpkit.curvature.lanczos import BandLanczosProcess, lanczos
+from sharpkit.curvature.lanczos import BandLanczosProcess, lanczos, subsample_start
 from sharpkit.curvature.stochastic import Deflation, krylov_deflation
+from sharpkit.errors import ConfigError
 
 F64 = torch.float64
 
@@ -153,3 +154,148 @@ def test_band_process_deflates_like_a_lanczos_one() -> None:
     exact = Deflation.compute(lambda v: A @ v, res.process.basis.T.clone())
     assert torch.allclose(d.projected, exact.projected, atol=1e-10)
     assert d.leak == pytest.approx(exact.leak, rel=1e-8, abs=1e-10)
+
+
+class BlockMatrix:
+    """A dense matrix as an operator that multiplies a block in one call."""
+
+    block_products = True
+
+    def __init__(self, A: torch.Tensor) -> None:
+        self.A = A
+        self.dtype = A.dtype
+        self.calls = 0
+        self.vectors = 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.vectors += 1 if v.dim() == 1 else v.shape[1]
+        return self.A @ v
+
+
+@pytest.mark.parametrize("gap", [0.003, 0.1])
+def test_block_products_run_the_same_recurrence_in_half_the_calls(gap: float) -> None:
+    """Band Lanczos multiplies its pending rows together, with the same result.
+
+    The rows are never changed once written, so the products taken early are
+    the products the one-at-a-time run takes later: the same Ritz values (to
+    float64 rounding of a different summation order, 1e-12 relative), the
+    same steps, and about half the operator calls for a block of two.
+    """
+    A = pair_matrix(gap)
+    for seed in range(5):
+        one = lanczos(
+            lambda v: A @ v,
+            A.shape[0],
+            tol=1e-3,
+            generator=gen(seed),
+            block=2,
+            vector_dtype=F64,
+        )
+        op = BlockMatrix(A)
+        both = lanczos(op, A.shape[0], tol=1e-3, generator=gen(seed), block=2)
+        assert both.converged
+        assert one.converged
+        assert len(both.eigenvalues) == len(one.eigenvalues)
+        np.testing.assert_allclose(both.eigenvalues, one.eigenvalues, rtol=1e-12)
+        np.testing.assert_allclose(both.bounds, one.bounds, rtol=1e-6, atol=1e-12)
+        # a block product may compute the next pending row's product before
+        # the run stops: at most block - 1 = 1 product more
+        assert one.n_matvecs <= both.n_matvecs <= one.n_matvecs + 1
+        assert op.vectors == both.n_matvecs
+        assert op.calls <= (both.n_matvecs + 1) // 2 + 2  # + the widening steps
+
+
+def test_block_products_keep_the_coverage_of_a_near_degenerate_pair() -> None:
+    A = pair_matrix(0.003)
+    hits = 0
+    for seed in range(50):
+        res = lanczos(
+            BlockMatrix(A), A.shape[0], tol=1e-3, generator=gen(seed), block=2
+        )
+        hits += int(abs(res.eigenvalues[0] - 10.0) <= res.bounds[0])
+    assert hits >= 49
+
+
+def test_block_products_stay_within_max_matvecs() -> None:
+    A = pair_matrix(0.003)
+    for limit in (5, 6, 7):
+        op = BlockMatrix(A)
+        res = lanczos(
+            op, A.shape[0], tol=1e-9, generator=gen(0), block=2, max_matvecs=limit
+        )
+        assert res.n_matvecs <= limit
+        assert op.vectors <= limit
+
+
+def test_a_matvec_without_blocks_is_refused_in_one_line() -> None:
+    A = pair_matrix(0.1)
+    proc = BandLanczosProcess(
+        lambda v: A @ v[:, 0], A.shape[0], dtype=F64, block_products=True
+    )
+    with pytest.raises(ConfigError, match="block_products=False"):
+        proc.step()
+
+
+def swapped_pair(gap: float, n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """A full matrix (λ₁ = 10 on e₁) and a 'subsample' whose top is λ₂'s vector.
+
+    The subsample shares the eigenbasis but swaps the pair and moves the bulk
+    a little: its top Ritz vector points at the *wrong* eigenvector, the worst
+    case for a warm start.
+    """
+    g = gen(7)
+    bulk = torch.rand(n - 2, generator=g, dtype=F64) * 5 - 1
+    top = torch.tensor([10.0, 10.0 * (1 - gap)], dtype=F64)
+    full = torch.cat([top, bulk])
+    sub = torch.cat([top.flip(0), bulk * 1.05])
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    return (q * full) @ q.T, (q * sub) @ q.T
+
+
+def test_a_subsample_start_cannot_hide_lambda_1() -> None:
+    """Started from a subsample that favours λ₂, the full run still covers λ₁.
+
+    The random part of the start and the second start vector of the block
+    reach λ₁: ≥ 49 of 50 seeds (the issue-22 criterion), at a 1 % gap.
+    """
+    A, S = swapped_pair(0.01)
+    hits = 0
+    for seed in range(50):
+        g = gen(seed)
+        v0 = subsample_start(S.__matmul__, A.shape[0], generator=g, vector_dtype=F64)
+        res = lanczos(A.__matmul__, A.shape[0], tol=1e-3, v0=v0, generator=g, block=2)
+        assert res.converged
+        hits += int(abs(res.eigenvalues[0] - 10.0) <= res.bounds[0])
+    assert hits >= 49
+
+
+def test_a_good_subsample_start_saves_full_products() -> None:
+    """A subsample close to the full matrix (the trained-classifier case) saves.
+
+    ``S = A + E`` with ‖E‖ = 1 % of ‖A‖, a 10 % gap: the full run from the
+    subsample's Ritz vector needs fewer full products than from two random
+    vectors (medians over 10 seeds), with the same certified answer.
+    """
+    A = pair_matrix(0.1)
+    E = torch.randn(300, 300, generator=gen(5), dtype=F64)
+    E = (E + E.T) / 2
+    S = A + 0.1 * E / torch.linalg.matrix_norm(E, ord=2)
+    cold, warm = [], []
+    for seed in range(10):
+        ref = lanczos(
+            A.__matmul__, 300, tol=1e-3, generator=gen(seed), block=2, vector_dtype=F64
+        )
+        g = gen(seed)
+        v0 = subsample_start(S.__matmul__, 300, generator=g, vector_dtype=F64)
+        res = lanczos(A.__matmul__, 300, tol=1e-3, v0=v0, generator=g, block=2)
+        assert abs(res.eigenvalues[0] - 10.0) <= res.bounds[0]
+        assert abs(ref.eigenvalues[0] - 10.0) <= ref.bounds[0]
+        cold.append(ref.n_matvecs)
+        warm.append(res.n_matvecs)
+    assert np.median(warm) < np.median(cold)
+
+
+def test_subsample_start_refuses_no_steps() -> None:
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        subsample_start(lambda v: v, 10, steps=0)

@@ -165,7 +165,8 @@ class Selection:
         The record: ``sample`` and ``population`` (the split's size) always;
         for a random draw that is not the whole split also its ``sample_seed``
         and ``sample_sha256`` (the digest of the indices drawn), ``None``
-        otherwise. All are part of a result's reuse key.
+        otherwise. Those two are part of a result's reuse key, beside the
+        digest of the examples themselves, which any other selection changes.
         """
         self.check()
         n = self.count(default)
@@ -418,8 +419,8 @@ def analysis_data(
         first = selection.sample == "first"
         whole = as_split(data, selection.count(None) if first else None)
         picked, record = selection.cut(whole, default=None)
-        if first:  # read no further than the selection: the size is not known
-            record["population"] = None
+        if first and selection.count(None) is not None:
+            record["population"] = None  # read no further than the selection
         out = AnalysisData(analysis=picked, selection=record)
     _check_size(out.analysis, selection.count(None))
     return out

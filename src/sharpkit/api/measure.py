@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
 from sharpkit._meta import json_safe
+from sharpkit.api.blocks import check_block_metrics, run_blocks, spec_key
 from sharpkit.api.checks import check_fits, check_loss, run_metric
 from sharpkit.api.distributed import broadcast_names, rank_and_world
 from sharpkit.api.executor import Executor, PluginCall
@@ -47,6 +48,7 @@ from sharpkit.api.resolve import (
     resolve_dtype,
     reuse_datasets,
 )
+from sharpkit.curvature.blocks import BlockSpec, resolve_blocks
 from sharpkit.errors import MeasurementError, SharpkitError
 from sharpkit.interfaces import (
     AnalysisContext,
@@ -190,6 +192,7 @@ def measure(
     registry: Registry | None = None,
     memory_budget: int | str | None = None,
     tf32: bool = False,
+    blocks: BlockSpec | None = None,
 ) -> Measurement:
     """Measure the sharpness of a model's minimum.
 
@@ -285,6 +288,11 @@ def measure(
         tf32: Let float32 products use TF32 (GPUs) and bf16 (oneDNN) kernels.
             Off by default: they carry ~1e-3 relative error per product, as
             much as the default tolerance.
+        blocks: Also measure ``spectral``, ``trace`` and ``frobenius`` per
+            block of parameters: ``"layers"``, ``"depth=N"``, ``"NAME=REGEX"``
+            strings, or a mapping ``name -> [parameter names]`` (see "Where is
+            the sharpness?" in the docs); the values per block are arrays of
+            each result along a ``block`` dimension.
 
     Under an initialised ``torch.distributed`` group of several processes
     (``torchrun``, ``sharpkit measure --nproc``), every rank must call
@@ -316,7 +324,7 @@ def measure(
     )  # fmt: skip
     return run_measure(
         model, metrics, inputs, analysis, options=options, progress=progress,
-        cache=cache, warm_start=warm_start, registry=registry,
+        cache=cache, warm_start=warm_start, registry=registry, blocks=blocks,
     )  # fmt: skip
 
 
@@ -331,18 +339,20 @@ def run_measure(
     cache: dict[str, Any] | None = None,
     warm_start: torch.Tensor | None = None,
     registry: Registry | None = None,
+    blocks: BlockSpec | None = None,
 ) -> Measurement:
     """:func:`measure` with its inputs and analysis options as typed values."""
     reg = registry or get_registry()
     names = analysis.metric_names(metrics, options or {})
+    check_block_metrics(blocks, names)
     if analysis.precision is not None:
         return _to_precision(
             model, names, inputs, analysis, options=options, progress=progress,
-            cache=cache, warm_start=warm_start, registry=reg,
+            cache=cache, warm_start=warm_start, registry=reg, blocks=blocks,
         )  # fmt: skip
     return _measure_once(
         model, names, inputs, analysis, options=options, progress=progress,
-        cache=cache, warm_start=warm_start, registry=reg,
+        cache=cache, warm_start=warm_start, registry=reg, blocks=blocks,
     )  # fmt: skip
 
 
@@ -368,18 +378,27 @@ def _to_precision(
     opts = data_error_options(names, options, registry)
     how = dataclasses.replace(analysis, precision=None)
     steps = []
+    asked: int | None = None
     for round_ in range(1, MAX_ROUNDS + 1):
         out = _measure_once(
             model, names, inputs, how, options=opts, registry=registry, **rest
         )
+        got = int(out.attrs["samples"])
+        # data given as objects: the split's size is known once it fell short
+        short: int | None = got if asked is not None and got < asked else None
         step = plan(
-            out, samples=int(out.attrs["samples"]),
-            population=out.attrs.get("population"), precision=analysis.precision,
-            last_round=round_ == MAX_ROUNDS,
+            out, samples=got, population=out.attrs.get("population") or short,
+            precision=analysis.precision, last_round=round_ == MAX_ROUNDS,
         )  # fmt: skip
         steps.append(step)
         if step.samples is None:
             break
+        asked = step.samples
+        # the same model on other examples: start where the last one ended,
+        # with a fresh cache (what it holds was computed on those examples)
+        rest["cache"] = None
+        if out.warm_start is not None:
+            rest["warm_start"] = out.warm_start
         how = dataclasses.replace(
             how, selection=dataclasses.replace(how.selection, samples=step.samples)
         )
@@ -398,6 +417,7 @@ def _measure_once(
     cache: dict[str, Any] | None = None,
     warm_start: torch.Tensor | None = None,
     registry: Registry,
+    blocks: BlockSpec | None = None,
 ) -> Measurement:
     """One measurement on the selected samples (the steps of :func:`measure`)."""
     reg = registry
@@ -418,6 +438,9 @@ def _measure_once(
     settings = _key_settings(attrs) | key_fields(
         work, job.loss.fn, data_info.analysis, batch_size=analysis.batch_size
     )
+    if blocks is not None:  # checked before any work; a key of its own
+        resolve_blocks(work, blocks)
+        settings["blocks"] = spec_key(blocks)
     keys = {
         n: ex.key(
             calls[n], component_code=code_digest(calls[n].spec.factory), **settings
@@ -445,6 +468,8 @@ def _measure_once(
             check_fits(ctx, source, data_info, job.loss.label)
 
         failures = _compute(ex, calls, created, ctx, results, before=fits)
+        if blocks is not None:
+            run_blocks(results, todo, ctx, blocks)
         warm_start = _top_vector(ctx, warm_start)
     ordered = {n: results[n] for n in names if n in results}
     new = {n: calls[n] for n in todo if n in results}

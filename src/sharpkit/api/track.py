@@ -500,8 +500,8 @@ def _analysis_split(
     split, record = selection.cut(
         as_split(data, selection.count(None) if first else None), default=None
     )
-    if first:  # read no further than the selection: the size is not known
-        record["population"] = None
+    if first and selection.count(None) is not None:
+        record["population"] = None  # read no further than the selection
     if len(split) == 0:
         msg = "the tracker's analysis data is empty; pass at least one example"
         raise ConfigError(msg)

@@ -10,12 +10,26 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sharpkit import AnalysisContext, ConfigError, NumericalError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Perturber", "check_finite"]
+    from sharpkit import DataEstimate
+
+__all__ = [
+    "DATA_CHUNKS",
+    "Perturber",
+    "check_data_error",
+    "check_finite",
+    "increase_data",
+]
+
+DATA_CHUNKS = 16
+"""Chunks of the analysis set for a perturbation metric's ``data_error`` (as
+the Hessian metrics': 15 degrees of freedom)."""
 
 
 class Perturber:
@@ -69,6 +83,29 @@ class Perturber:
         self.evaluations += 1
         return total / self.count
 
+    def chunk_losses(self, chunks: int = DATA_CHUNKS) -> tuple[np.ndarray, np.ndarray]:
+        """The mean loss of each of ``chunks`` consecutive chunks, and their sizes.
+
+        One pass over the data, as :meth:`loss` (counted as one evaluation);
+        the size-weighted mean of the chunks' losses is :meth:`loss`.
+        """
+        import torch
+
+        data = self.ctx.data
+        n = len(data)
+        k = min(chunks, n)
+        bounds = [n * i // k for i in range(k + 1)]
+        losses = np.zeros(k)
+        sizes = np.diff(np.array(bounds)).astype(np.float64)
+        with torch.no_grad():
+            for i in range(k):
+                part = data.take(torch.arange(bounds[i], bounds[i + 1]))
+                for x, y in part.batches(self.ctx.batch_size):
+                    value = float(self.ctx.loss_fn(self.ctx.model(x), y))
+                    losses[i] += value * len(x)
+        self.evaluations += 1
+        return losses / sizes, sizes
+
     def loss_and_grad(self) -> tuple[float, list[torch.Tensor]]:
         import torch
 
@@ -98,3 +135,37 @@ def check_finite(value: float, what: str) -> None:
             "perturbation radius"
         )
         raise NumericalError(msg)
+
+
+def check_data_error(ctx: AnalysisContext) -> None:
+    """Refuse a data error the context cannot give.
+
+    Raises:
+        ConfigError: Fewer than 2 examples, or batch statistics (the chunks'
+            losses would depend on how the data are cut).
+    """
+    if ctx.bn_mode == "train":
+        msg = (
+            "data_error needs examples that do not interact, but with "
+            "bn_mode='train' batch statistics enter every loss; use bn_mode='eval'"
+        )
+        raise ConfigError(msg)
+    if len(ctx.data) < 2:
+        msg = "data_error needs at least 2 examples to cut into chunks"
+        raise ConfigError(msg)
+
+
+def increase_data(top: np.ndarray, base: np.ndarray, sizes: np.ndarray) -> DataEstimate:
+    """The data standard error of a mean loss increase ``L(θ+δ) - L(θ)``.
+
+    Linear in the chunks: their increases' spread (delete-a-chunk jackknife).
+
+    Args:
+        top: Chunk losses at ``θ + δ`` (for several ``δ``: ``(draws, K)``, averaged).
+        base: Chunk losses at ``θ``.
+        sizes: Chunk sizes.
+    """
+    from sharpkit import linear_estimate
+
+    per_chunk = np.atleast_2d(top).mean(0) - base
+    return linear_estimate(per_chunk, sizes, method="jackknife-linear")

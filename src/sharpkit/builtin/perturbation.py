@@ -62,7 +62,12 @@ from sharpkit import (
     hookimpl,
 )
 from sharpkit.builtin._pacbayes import pacbayes_specs
-from sharpkit.builtin._perturber import Perturber, check_finite
+from sharpkit.builtin._perturber import (
+    Perturber,
+    check_data_error,
+    check_finite,
+    increase_data,
+)
 from sharpkit.builtin._spec import check_choice, signature_options
 
 if TYPE_CHECKING:
@@ -309,6 +314,14 @@ class AdaptiveSharpness:
         kind: ``"worst"`` or ``"average"``.
         samples: Gaussian draws for the average case.
         step_size: Step in units of ``ρ`` (default ``2.5 / steps``).
+        data_error: Average case only: also give ``data_stderr``, the loss
+            increase at the same Gaussian draws on each of 16 chunks of the
+            data and their spread (``data_method="jackknife-linear"``; no
+            extra pass; the draws' own spread stays in ``stderr``). The worst
+            case refuses it: its perturbation is fitted to the samples (at a
+            minimum its first-order gain is the sample gradient's noise), so
+            the chunks' spread at it understates the error several times
+            (docs/concepts/curvature.md, "Two kinds of uncertainty").
     """
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -325,6 +338,7 @@ class AdaptiveSharpness:
         kind: str = "worst",
         samples: int = 16,
         step_size: float | None = None,
+        data_error: bool = False,
     ) -> None:
         check_choice("norm", norm, self.CHOICES["norm"])
         check_choice("kind", kind, self.CHOICES["kind"])
@@ -341,15 +355,30 @@ class AdaptiveSharpness:
         self.step_size = _check_steps(steps, step_size)
         self.norm = norm
         self.kind = kind
+        if data_error and kind != "average":
+            msg = (
+                "data_error needs kind='average': the worst-case perturbation is "
+                "fitted to the samples, so no chunk spread at it is an honest error"
+            )
+            raise ConfigError(msg)
         self.samples = int(samples)
+        self.data_error = bool(data_error)
 
     def compute(self, ctx: AnalysisContext, /) -> MetricResult:
         """Measure adaptive sharpness of the model in ``ctx``."""
+        if self.data_error:
+            check_data_error(ctx)
         start_time = time.perf_counter()
         pert = Perturber(ctx)
         gen = ctx.generator("adaptive")
+        self._chunks: tuple[np.ndarray, np.ndarray] | None = None
         try:
-            base = pert.loss()
+            if self.data_error:
+                losses, sizes = pert.chunk_losses()
+                self._chunks = (losses, sizes)
+                base = float(sizes @ losses / sizes.sum())
+            else:
+                base = pert.loss()
             check_finite(base, "the evaluation at θ")
             scale = [t.abs() for t in pert.theta]
             if self.kind == "average":
@@ -359,6 +388,7 @@ class AdaptiveSharpness:
         finally:
             pert.restore()
         value, stderr, arrays, extra = result
+        data = {k: extra.pop(k) for k in ("data_stderr", "data_method") if k in extra}
         attrs: dict[str, Any] = {
             "rho": self.rho,
             "kind": self.kind,
@@ -370,6 +400,7 @@ class AdaptiveSharpness:
             **extra,
         }
         return MetricResult(
+            **data,
             value=value,
             stderr=stderr,
             converged=None,
@@ -439,6 +470,7 @@ class AdaptiveSharpness:
         import torch
 
         increases = np.empty(self.samples, dtype=np.float64)
+        tops = []
         for k in range(self.samples):
             delta = [
                 self.rho
@@ -449,13 +481,28 @@ class AdaptiveSharpness:
                 for s in scale
             ]
             pert.set(delta)
-            value = pert.loss()
+            if self._chunks is not None:
+                top, sizes = pert.chunk_losses()
+                tops.append(top)
+                value = float(sizes @ top / sizes.sum())
+            else:
+                value = pert.loss()
             check_finite(value, "the average-case sampling")
             increases[k] = value - base
             ctx.progress(k + 1, self.samples)
         mean = float(increases.mean())
         stderr = float(increases.std(ddof=1) / math.sqrt(self.samples))
-        extra = {"samples": self.samples}
+        extra: dict[str, Any] = {"samples": self.samples}
+        if self._chunks is not None:
+            est = increase_data(np.stack(tops), *self._chunks)
+            extra |= {
+                "data_stderr": est.stderr,
+                "data_method": est.method,
+                "data_meaning": "standard error over the data the samples were "
+                "drawn from of the mean loss increase at these Gaussian draws "
+                "(16 chunks' spread, delete-a-chunk jackknife, widened for K-1 "
+                "degrees of freedom)",
+            }
         return mean, stderr, {"increases": increases}, extra
 
 
@@ -499,6 +546,8 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
                     "(Gaussian δ = ρ|θ|⊙z).",
                     "samples": "Gaussian draws for kind=average (stderr over them).",
                     "step_size": "Step in units of ρ (default 2.5/steps).",
+                    "data_error": "Also the standard error over the data "
+                    "(kind=average, 16 chunks).",
                 },
                 choices=AdaptiveSharpness.CHOICES,
             ),

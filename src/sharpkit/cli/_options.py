@@ -429,11 +429,24 @@ class Sample(StrEnum):
     random = "random"
 
 
+def samples_text(text: str | None) -> str | None:
+    """Let typer refuse what is not a whole number or ``all`` (a usage error)."""
+    if text is None or text.strip().lower() == "all":
+        return text
+    try:
+        int(text)
+    except ValueError:
+        msg = f"{text!r} is not a whole number or 'all'"
+        raise typer.BadParameter(msg) from None
+    return text
+
+
 SamplesOpt = Annotated[
     str | None,
     typer.Option(
         "--samples",
         metavar="N|all",
+        parser=samples_text,
         help="Analysis-set size: N examples of the split (default 2048), or all "
         "of them (products stream over it within --memory-budget).",
     ),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sharpkit.cli._options import Sample, parse_samples
+from sharpkit.cli._options import Sample, parse_samples, samples_text
 from sharpkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ SweepSamplesOpt = Annotated[
     typer.Option(
         "--samples",
         metavar="N|all",
+        parser=samples_text,
         help="Measure every point on N examples, or all (default: the sweep "
         "file's \\[measure] samples).",
     ),

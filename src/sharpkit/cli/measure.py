@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sharpkit.cli._blocks import BlocksOpt, blocks_spec, print_blocks
 from sharpkit.cli._options import (
     AnalysisOptions,
     BatchSizeOpt,
@@ -131,6 +132,7 @@ def measure(
     ] = None,
     memory_budget: MemoryBudgetOpt = None,
     tf32: TF32Opt = False,
+    blocks: BlocksOpt = None,
     nproc: Annotated[
         int,
         typer.Option(
@@ -175,7 +177,7 @@ def measure(
     with rank_session(analysis.device) as session:
         job = _Job(
             metrics, dataclasses.replace(inputs, device=session.device), how,
-            per_metric,
+            per_metric, blocks_spec(blocks),
         )  # fmt: skip
         _measure_all(targets, job, session=session, json_output=json_output)
 
@@ -188,6 +190,7 @@ class _Job:
     inputs: Inputs
     analysis: Analysis
     options: dict[str, dict[str, Any]]
+    blocks: list[str] | None = None
 
 
 def _launch(nproc: int) -> None:
@@ -225,6 +228,7 @@ def _measure_all(
 
     outputs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    measured: list[tuple[str, Any]] = []
     failed = 0
     partial: MeasurementError | None = None
     quiet = not session.leader
@@ -236,7 +240,7 @@ def _measure_all(
                 with progress_display(label, enabled=not (json_output or quiet)) as cb:
                     result = run_measure(
                         os.fspath(path), job.metrics, job.inputs, job.analysis,
-                        options=job.options, progress=cb,
+                        options=job.options, progress=cb, blocks=job.blocks,
                     )  # fmt: skip
             except MeasurementError as exc:
                 # some metrics failed: show the others, then the one error line
@@ -257,12 +261,14 @@ def _measure_all(
                 print_line("note", f"{label}: {note}")
             outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
             rows.extend(_rows(os.fspath(path), result))
+            measured.append((label, result))
     if quiet:
         pass  # the other ranks computed the same values; rank 0 prints them
     elif json_output:
         print_json(outputs)
     elif rows:
         _print_rows(rows, [Path(r["checkpoint"]) for r in outputs])
+        print_blocks(measured)
     if partial is not None:
         raise partial  # the error boundary prints it as one line, exit status 1
     if failed:

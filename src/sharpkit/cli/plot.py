@@ -23,6 +23,7 @@ class FigureName(StrEnum):
     correlate = "correlate"
     sam = "sam"
     rescale = "rescale"
+    blocks = "blocks"
 
 
 class EndLabel(StrEnum):

@@ -65,6 +65,11 @@ def _print_measurements(store: Path | str) -> None:
                 ("value", "value"),
                 ("stderr", "stderr"),
                 ("bound", "bound"),
+                *(
+                    [("data_stderr", "± data")]
+                    if any(r["data_stderr"] is not None for r in table)
+                    else []
+                ),
             ],
             title=f"{store}",
         )

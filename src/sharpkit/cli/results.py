@@ -27,6 +27,9 @@ _TABLE_COLUMNS = (
     ("batch_size", "S"),
     ("lr_over_batch", "η/S"),
     ("seed", "seed"),
+    ("samples", "N"),
+    ("sample", "sample"),
+    ("sample_seed", "draw"),
     ("epoch", "epoch"),
     ("step", "step"),
     ("metric", "metric"),
@@ -40,9 +43,15 @@ _TABLE_COLUMNS = (
     ("batch_size_b", "S (b)"),
 )
 _ALWAYS = frozenset({"run_id", "metric", "value"})
-_TEXT = frozenset({"run_id", "kind", "model", "dataset", "loss", "metric"})
+# Shown only where the runs differ in them (the selection: the first N of a
+# split for most stores, which the caption need not repeat).
+_IF_VARIED = frozenset({"samples", "sample", "sample_seed"})
+_TEXT = frozenset({"run_id", "kind", "model", "dataset", "loss", "metric", "sample"})
 _DROP_ORDER = (
+    "sample_seed",
+    "sample",
     "seed",
+    "samples",
     "epoch",
     "step",
     "train_accuracy",
@@ -267,7 +276,7 @@ def _print_rows(rows: list[dict[str, Any]], *, title: str) -> None:
     constant: list[str] = []
     for key, header in _TABLE_COLUMNS:
         values = {fmt_number(r.get(key), 4) for r in shown}
-        if values == {"-"}:
+        if values == {"-"} or (key in _IF_VARIED and len(values - {"-"}) < 2):
             continue
         if len(values) == 1 and len(shown) > 1 and key not in _ALWAYS:
             constant.append(f"{header}={values.pop()}")

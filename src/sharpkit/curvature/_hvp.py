@@ -9,6 +9,7 @@ is the forward-over-reverse product (``torch.func.jvp`` of ``torch.func.grad``),
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,9 @@ __all__ = ["FuncProduct", "ParamSpace", "backward_columns", "once_differentiable
 
 _VMAP_CHUNK = 16
 """Vectors per vmapped forward-over-reverse call (bounds its memory)."""
+
+_BATCH_CHUNK = 8
+"""Vectors per batched backward pass through a gradient graph (bounds its memory)."""
 
 
 class ParamSpace:
@@ -65,7 +69,12 @@ class ParamSpace:
 
 
 def backward_columns(
-    space: ParamSpace, g: Tensor, v: Tensor, *, retain_last: bool
+    space: ParamSpace,
+    g: Tensor,
+    v: Tensor,
+    *,
+    retain_last: bool,
+    batched: bool = False,
 ) -> Tensor:
     """Return ``∂(g·v_j)/∂θ`` for each column ``v_j`` of ``v`` (``(n, k)``).
 
@@ -74,11 +83,44 @@ def backward_columns(
         g: A flat gradient ``(n,)`` connected to the parameters' graph.
         v: The vectors, one per column.
         retain_last: Keep the graph after the last column.
+        batched: Take up to :data:`_BATCH_CHUNK` columns through one backward
+            pass (``is_grads_batched``: autograd ``vmap``s the backward over
+            them, so each operation runs once on a stacked batch instead of
+            once per column).
+
+    Raises:
+        RuntimeError: ``batched`` and an operation of the graph has no
+            batching rule (the caller falls back to ``batched=False``).
     """
     k = v.shape[1]
     if not g.requires_grad:  # the gradient does not depend on the parameters
         return space.zeros(k)
     out = torch.empty(space.n, k, dtype=space.dtype, device=space.device)
+    if batched and k > 1:
+        for lo in range(0, k, _BATCH_CHUNK):
+            hi = min(k, lo + _BATCH_CHUNK)
+            with warnings.catch_warnings():
+                # an operation without a batching rule is looped over inside
+                # vmap (still exact); torch says so once per call
+                warnings.filterwarnings("ignore", message=".*performance drop")
+                cols = torch.autograd.grad(
+                    g,
+                    space.params,
+                    grad_outputs=v[:, lo:hi].T.contiguous(),
+                    retain_graph=retain_last or hi < k,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+            found: Sequence[Tensor | None] = cols  # None: an unused parameter
+            offset = 0
+            for c, size in zip(found, space.sizes, strict=True):
+                part = out[offset : offset + size, lo:hi]
+                if c is None:
+                    part.zero_()
+                else:
+                    part.copy_(c.reshape(hi - lo, size).T)
+                offset += size
+        return out
     for j in range(k):
         cols = torch.autograd.grad(
             g,

@@ -169,6 +169,15 @@ def ritz_bounds(
 Matvec = Callable[[Tensor], Tensor]
 
 
+def _check_finite(w: Tensor) -> None:
+    """Refuse a non-finite product."""
+    if not bool(torch.isfinite(w).all()):
+        from sharpkit.errors import NumericalError
+
+        msg = "a Hessian-vector product is not finite; check the model and data"
+        raise NumericalError(msg)
+
+
 class LanczosProcess:
     """The Lanczos recurrence with full reorthogonalization, one step at a time.
 
@@ -330,11 +339,7 @@ class LanczosProcess:
             msg = f"matvec returned shape {tuple(w.shape)}, expected {tuple(q.shape)}"
             raise ConfigError(msg)
         w = w.to(dtype=self.dtype, device=self.device)
-        if not bool(torch.isfinite(w).all()):
-            from sharpkit.errors import NumericalError
-
-            msg = "a Hessian-vector product is not finite; check the model and data"
-            raise NumericalError(msg)
+        _check_finite(w)
         return w
 
     def _check_step(self) -> None:
@@ -440,6 +445,11 @@ class BandLanczosProcess(LanczosProcess):
         device: Device of the vectors.
         max_basis_bytes: Bytes the basis may take (see :func:`basis_plan`).
         steps_hint: Products the caller expects to spend at most.
+        block_products: Multiply all pending vectors in one call of ``matvec``
+            with an ``(n, p)`` block (see :meth:`_product`); default: whether
+            ``matvec`` has a true ``block_products`` attribute, as a
+            :class:`~sharpkit.curvature.operator.HessianOperator` has where a
+            block costs less than its vectors one by one.
     """
 
     def __init__(
@@ -454,6 +464,7 @@ class BandLanczosProcess(LanczosProcess):
         device: torch.device | str | None = None,
         max_basis_bytes: int | None = None,
         steps_hint: int | None = None,
+        block_products: bool | None = None,
     ) -> None:
         if block < 1:
             msg = f"block must be >= 1, got {block}"
@@ -472,6 +483,14 @@ class BandLanczosProcess(LanczosProcess):
         self.block = 1
         self._pending = 1
         self._coef = np.zeros((8, 8))
+        self.block_products = (
+            bool(getattr(matvec, "block_products", False))
+            if block_products is None
+            else bool(block_products)
+        )
+        self.steps_cap = self.n
+        """Steps a block product may look ahead to (the driver's product limit)."""
+        self._ahead: dict[int, Tensor] = {}  # H q_j of pending rows, computed early
         # the basis holds m + pending <= n rows: all n steps fit when n rows do
         self.max_steps = (
             self.n if self._max_rows >= self.n else max(1, self._max_rows - block)
@@ -549,7 +568,7 @@ class BandLanczosProcess(LanczosProcess):
         self._check_step()
         j = self.m
         rows = j + self._pending
-        w = self._apply(self._row(j))
+        w = self._product(j)
         w, h = self._orthogonalize(w, rows)
         self._room(rows + 1)
         self._coef[:rows, j] = h.double().cpu().numpy()
@@ -569,6 +588,36 @@ class BandLanczosProcess(LanczosProcess):
         self.alphas = t.diagonal().tolist()
         self.betas = t.diagonal(1).tolist()
         self.beta = float(np.linalg.norm(self._leak()))
+
+    def _product(self, j: int) -> Tensor:
+        """``H q_j``; with block products, of every pending row in one product.
+
+        Band Lanczos never changes a basis row once written, so the products of
+        the pending rows ``q_j .. q_{j+p-1}`` can be taken together (one
+        matrix-matrix product: one pass over the data for ``p`` vectors) and
+        used at the next ``p`` steps; the recurrence is the same as with
+        one product a step.
+        """
+        early = self._ahead.pop(j, None)
+        if early is not None:
+            return early
+        p = min(self._pending, self.steps_cap - j, self.max_steps - j)
+        if not self.block_products or p < 2:
+            return self._apply(self._row(j))
+        block = torch.stack([self._row(i) for i in range(j, j + p)], dim=1)
+        out = self.matvec(block)
+        self.n_matvecs += p
+        if out.shape != block.shape:
+            msg = (
+                f"matvec returned shape {tuple(out.shape)} for a block of shape "
+                f"{tuple(block.shape)}; pass block_products=False"
+            )
+            raise ConfigError(msg)
+        out = out.to(dtype=self.dtype, device=self.device)
+        _check_finite(out)
+        for i in range(1, p):
+            self._ahead[j + i] = out[:, i]
+        return out[:, 0]
 
     def _leak(self) -> np.ndarray:
         """``C``: the pending vectors' coefficients of ``H Q_m``, ``(pending, m)``."""

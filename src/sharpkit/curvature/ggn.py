@@ -530,6 +530,7 @@ def ggn_trace(
     batch_size: int = 512,
     progress: Callable[[int], None] | None = None,
     loss: CrossEntropyForm | None = None,
+    per_example: list[Tensor] | None = None,
 ) -> tuple[float, int]:
     """Return ``(tr G, examples)`` of the mean cross-entropy over ``data``.
 
@@ -552,6 +553,12 @@ def ggn_trace(
         batch_size: Examples per forward pass.
         progress: Called with the number of examples done.
         loss: The cross-entropy's options (default: plain mean cross-entropy).
+        per_example: A list to append each batch's per-example contributions
+            to (float64, ``(B,)``): example ``i``'s term of ``Σ_b W_b tr G_b``,
+            which does not depend on its batch (its weight in the loss times
+            its logit-Hessian trace term), so the trace of any subset is the
+            sum of its contributions over the sum of its examples' weights
+            (:func:`~sharpkit.curvature.uncertainty.exact_trace_estimate`).
 
     Raises:
         NotImplementedError: A layer or target shape this method cannot handle.
@@ -578,22 +585,17 @@ def ggn_trace(
     weights = 0.0
     try:
         for x, y in batches:
-            for v in seen.values():
-                v.clear()
-            with torch.enable_grad():
-                logits = model(x)
-            if any(len(v) != 1 for v in seen.values()):
-                msg = "a layer is called more than once per forward pass"
-                raise NotImplementedError(msg)
-            why = logits_obstacle(logits.shape, y)
-            if why:
-                raise NotImplementedError(why)
-            taps = [(m, seen[m][0][0], seen[m][0][1]) for m in layers]
+            logits, taps = _tapped_forward(model, x, y, seen, layers)
             count += logits.shape[0]
             weight = _batch_weight(form, logits, y)
             if weight > 0:  # all targets ignored: no say in the mean loss
-                total += weight * _batch_ggn(logits, y, taps, form)
+                part = weight * _batch_ggn(logits, y, taps, form)
+                total += part.sum()
                 weights += weight
+            else:
+                part = torch.zeros(logits.shape[0], dtype=torch.float64)
+            if per_example is not None:
+                per_example.append(part)
             if progress is not None:
                 progress(count)
     finally:
@@ -602,6 +604,27 @@ def ggn_trace(
         for v in seen.values():
             v.clear()
     return (float(total / weights) if weights > 0 else 0.0), count
+
+
+def _tapped_forward(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    seen: dict[nn.Module, list[tuple[Tensor, Tensor]]],
+    layers: list[nn.Module],
+) -> tuple[Tensor, list[tuple[nn.Module, Tensor, Tensor]]]:
+    """One forward pass: the logits and each layer's (input, output) tap."""
+    for v in seen.values():
+        v.clear()
+    with torch.enable_grad():
+        logits = model(x)
+    if any(len(v) != 1 for v in seen.values()):
+        msg = "a layer is called more than once per forward pass"
+        raise NotImplementedError(msg)
+    why = logits_obstacle(logits.shape, y)
+    if why:
+        raise NotImplementedError(why)
+    return logits, [(m, seen[m][0][0], seen[m][0][1]) for m in layers]
 
 
 def _batch_weight(form: CrossEntropyForm, logits: Tensor, y: Tensor) -> float:
@@ -629,7 +652,7 @@ def _batch_ggn(
     taps: list[tuple[nn.Module, Tensor, Tensor]],
     form: CrossEntropyForm,
 ) -> Tensor:
-    """``tr G`` of one batch's mean loss (float64 scalar on the CPU).
+    """``tr G`` of one batch's mean loss, per example (float64 ``(B,)``, CPU).
 
     ``taps`` holds each layer with its input and output in this forward pass.
     """
@@ -662,4 +685,4 @@ def _batch_ggn(
                 sq[:, k] = col
             else:
                 terms[:, pos] = (probs[:, :, pos].cpu() * sq).sum(-1) - col
-    return (factors * terms).sum()
+    return (factors * terms).sum(1)

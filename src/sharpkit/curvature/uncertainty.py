@@ -15,8 +15,9 @@ its standard error. Costs, in products of the whole operator:
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from sharpkit.curvature.sampling import (
 )
 from sharpkit.curvature.stopping import t_factor
 from sharpkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sharpkit.curvature.ggn import CrossEntropyForm
 
 __all__ = [
     "exact_trace_estimate",
@@ -247,37 +251,65 @@ def exact_trace_estimate(
     *,
     chunks: int = 16,
     loss: Any = None,
+    batch_size: int = 512,
 ) -> DataEstimate:
     """The exact trace (Gauss-Newton identity) chunk by chunk, with its data stderr.
 
-    :func:`~sharpkit.curvature.ggn.ggn_trace` on each of ``chunks``
-    consecutive chunks (together the cost of one call on all the data); the
-    caller checks that the identity ``tr H = tr G`` holds, as for one call.
+    One :func:`~sharpkit.curvature.ggn.ggn_trace` pass over the data (the
+    cost of the plain exact trace: the per-example terms it computes anyway
+    are summed per chunk instead of per batch), cut into ``chunks`` consecutive
+    chunks; each chunk's trace is its examples' contributions over their
+    weights in the loss. The caller checks that the identity ``tr H = tr G``
+    holds, as for one call.
 
     Args:
         model: The network, in eval mode.
         data: The analysis set.
         chunks: ``K``.
         loss: A :class:`~sharpkit.curvature.ggn.CrossEntropyForm` or ``None``.
+        batch_size: Examples per forward pass (does not change the result).
 
     Raises:
         ConfigError: Fewer than 2 chunks of at least one example.
     """
-    from sharpkit.curvature.ggn import ggn_trace
+    from sharpkit.curvature.ggn import CrossEntropyForm, ggn_trace
 
     n = len(data)
     k = min(int(chunks), n)
     if k < 2:
         msg = f"a data standard error needs at least 2 chunks; got {n} examples"
         raise ConfigError(msg)
+    form = loss if loss is not None else CrossEntropyForm()
+    parts: list[Tensor] = []
+    ggn_trace(model, data, batch_size=batch_size, loss=form, per_example=parts)
+    contrib = torch.cat(parts)
+    weight = _example_weights(form, data.targets)
     bounds = [n * i // k for i in range(k + 1)]
-    values, counts = [], []
-    for i in range(k):
-        part = data.take(torch.arange(bounds[i], bounds[i + 1]))
-        value, count = ggn_trace(model, part, batch_size=max(1, len(part)), loss=loss)
-        values.append(value)
-        counts.append(count)
+    edges = list(itertools.pairwise(bounds))
+    sums = np.array([float(contrib[a:b].sum()) for a, b in edges])
+    counts = np.array([float(weight[a:b].sum()) for a, b in edges])
+    values = np.divide(sums, counts, out=np.zeros(k), where=counts > 0)
     return linear_estimate(values, counts, samples=n)
+
+
+def _example_weights(form: CrossEntropyForm, targets: Tensor) -> Tensor:
+    """Each example's weight in a mean cross-entropy (what the mean divides by).
+
+    The sum over its positions of ``w_{y}`` (1 without class weights, 0 where
+    ``ignore_index``) for class indices; its number of positions for
+    probabilities (``(B, C, ...)`` targets).
+    """
+    y = targets
+    b = y.shape[0]
+    if y.is_floating_point():
+        return torch.full((b,), float(y[0, 0].numel()), dtype=torch.float64)
+    flat = y.reshape(b, -1)
+    keep = flat != form.ignore_index
+    if form.weight is None:
+        return keep.sum(1).to(torch.float64)
+    w = form.weight.detach().to(torch.float64).cpu()
+    safe = torch.where(keep, flat, torch.zeros_like(flat)).cpu()
+    return (w[safe] * keep.cpu()).sum(1)
 
 
 def _u_value(g: np.ndarray, counts: np.ndarray, population: int | None) -> float:
@@ -314,7 +346,8 @@ def frobenius_estimate(
 
     Args:
         chunked: The chunked operator.
-        recorder: A recorder (its Gram is the exact part) or ``None``.
+        recorder: A recorder (its Gram is the exact part; one without a
+            Gram, or ``None``: no deflation).
         probes: Rademacher probes for the rest (one product each).
         generator: Random source.
         population: Size ``M`` of the split the samples came from, to estimate
@@ -324,10 +357,10 @@ def frobenius_estimate(
         ConfigError: Fewer than 2 probes.
     """
     _check_probes(probes)
-    q, _ = _deflation(recorder)
+    q, _ = _deflation(recorder if recorder and recorder.gram is not None else None)
     k = chunked.chunks
     g = np.zeros((k, k))
-    if q is not None and recorder is not None:
+    if q is not None and recorder is not None and recorder.gram is not None:
         g += recorder.gram.numpy()
     per_probe = []
     w = chunked.weights

@@ -20,6 +20,9 @@ flatter minima with SGD", ICLR 2018 workshop track:
 * ``rescale``: not in the paper; each metric of the ``rescale`` probe (one
   ReLU layer times c, the next times 1/c: the same function, Dinh et al.,
   2017) relative to its value at c = 1, against c on log-log axes.
+* ``blocks``: not in the paper; the curvature of each block of parameters
+  (``sharpkit measure --blocks``): bars per block, the checkpoints side by side
+  ordered by η/S, one panel per quantity measured per block.
 * ``density``: not in the paper; the Hessian eigenvalue density of each measured
   checkpoint (the ``density`` metric: stochastic Lanczos quadrature, smoothed
   with a Gaussian) on a log scale, overlaid and labelled by η and S, with
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharpkit.errors import ConfigError, DataError
+from sharpkit.plotting.blocks import block_series, plot_blocks
 from sharpkit.plotting.landscape import interp_curves, plot_interp, plot_rescale
 from sharpkit.plotting.select import records, runs, selection
 from sharpkit.plotting.sharpness import plot_correlate, plot_fig1, plot_sam
@@ -57,7 +61,17 @@ if TYPE_CHECKING:
 
 __all__ = ["FIGURES", "build_figure", "plot_figure"]
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "density", "correlate", "sam", "rescale")
+FIGURES = (
+    "fig1",
+    "fig2",
+    "fig3",
+    "fig4",
+    "density",
+    "correlate",
+    "sam",
+    "rescale",
+    "blocks",
+)
 """The figures :func:`plot_figure` draws."""
 
 
@@ -88,7 +102,8 @@ def build_figure(
             ``"correlate"`` (each measure against ``target``, with Kendall's τ
             and Jiang et al.'s Ψ and their intervals; see
             :func:`sharpkit.correlate`), ``"sam"`` (SGD and SAM at the same
-            η/S) or ``"rescale"`` (the ``rescale`` probe).
+            η/S), ``"rescale"`` (the ``rescale`` probe) or ``"blocks"``
+            (curvature per block of parameters, ``measure --blocks``).
         filter: Row filters as for ``ResultStore.records`` (``["dataset=cifar10",
             "batch_size>=128"]`` or ``{"model": "mlp-bn"}``); plain records and runs
             are filtered by the same rules.
@@ -148,6 +163,15 @@ def _build_other(
         return plot_sam(records(source, items), title)
     if figure == "rescale":
         return plot_rescale(runs(source, "probe", items), title)
+    if figure == "blocks":
+        series = block_series(runs(source, "measure", items))
+        if not series:
+            msg = (
+                "no per-block results in the selection; run `sharpkit measure CKPT "
+                "-m spectral --blocks layers --store STORE` first"
+            )
+            raise DataError(msg)
+        return plot_blocks(series, title)
     if figure == "density":
         spectra = densities(runs(source, "measure", items))
         if not spectra:

@@ -342,6 +342,26 @@ def _metric_rows(info: RunInfo, base: dict[str, Any]) -> list[dict[str, Any]]:
                 "seconds": opt_float(m.get("seconds")),
             }
         )
+        out += _block_rows(name, m, out[-1])
+    return out
+
+
+def _block_rows(
+    name: str, m: Mapping[str, Any], row: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A row ``metric:block`` per block of a metric measured with ``--blocks``."""
+    blocks, values = m.get("blocks"), m.get("block_values")
+    if not isinstance(blocks, list) or not isinstance(values, list):
+        return []
+    errors = m.get("block_errors")
+    errors = errors if isinstance(errors, list) else [None] * len(values)
+    kind = "bound" if m.get("block_error_kind") == "bound" else "stderr"
+    out = []
+    for block, value, err in zip(blocks, values, errors, strict=False):
+        cells = dict.fromkeys(("stderr", "data_stderr", "bound", "converged"))
+        cells |= {"hvps": None, "seconds": None, kind: opt_float(err)}
+        out.append({**row, **cells, "metric": f"{name}:{block}"})
+        out[-1]["value"] = opt_float(value)
     return out
 
 

@@ -72,6 +72,7 @@ _FROBENIUS_HELP = {
     "deflation": "Krylov dimension deflated exactly.",
     "probes": _HELP["probes"],
     "exact_max": _HELP["exact_max"],
+    "data_error": "Also the standard error over the data (U-statistic, 16 chunks).",
 }
 _TRACE_HELP = {
     "method": "Estimator.",
@@ -80,7 +81,7 @@ _TRACE_HELP = {
     "sketch_method": "Krylov basis or Meyer et al.'s random sketch.",
     "probes": _HELP["probes"],
     "exact_max": _HELP["exact_max"],
-    "data_error": "Also the standard error over the data (exact-ggn path only).",
+    "data_error": "Also the standard error over the data (16 chunks).",
 }
 _DENSITY_HELP = {
     "probes": "Random probes.",
@@ -88,6 +89,7 @@ _DENSITY_HELP = {
     "sigma": "Gaussian smoothing width (default 1 % of the range).",
     "grid": "Density grid points.",
     "exact_max": _HELP["exact_max"],
+    "data_error": "Also the trace's standard error over the data (16 chunks).",
 }
 
 

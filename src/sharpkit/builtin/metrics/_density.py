@@ -9,6 +9,7 @@ basis the metrics share (``ctx.krylov``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,14 @@ class Density:
         grid: Points of the smoothed density.
         exact_max: Use the exact spectrum up to this many parameters, and
             wherever SLQ's ``probes x steps`` products are no fewer than ``n``.
+        data_error: Also give ``data_stderr`` of the value (the quadrature's
+            trace estimate) over the data the samples were drawn from: each
+            probe's first product goes through
+            :meth:`~sharpkit.AnalysisContext.chunked_hessian` (16 chunks), whose
+            chunk-to-chunk spread of ``n·qᵀH_k q`` is the standard error for
+            these probes (``data_method="jackknife-linear"``; see
+            :class:`~sharpkit.builtin.metrics._data_error.ProbeChunks`). The
+            exact path (small models) gives none.
     """
 
     def __init__(
@@ -50,6 +59,7 @@ class Density:
         sigma: float | None = None,
         grid: int = 256,
         exact_max: int = EXACT_MAX,
+        data_error: bool = False,
     ) -> None:
         check_probes(probes)
         if steps < 1 or grid < 2:
@@ -69,6 +79,7 @@ class Density:
         self.sigma = sigma
         self.grid = grid
         self.exact_max = exact_max
+        self.data_error = bool(data_error)
 
     def _up_front(self, ctx: AnalysisContext) -> str | None:
         """Why the exact spectrum is computed (None: SLQ is cheaper)."""
@@ -112,8 +123,13 @@ class Density:
         if up_front:
             return self._exact(run, up_front)
         probes, steps, limited = self._shape(ctx, H.n)
+        matvec: Any = H
+        if self.data_error:
+            from sharpkit.builtin.metrics._data_error import ProbeChunks
+
+            matvec = ProbeChunks(H, ctx.chunked_hessian())
         est = slq_density(
-            H,
+            matvec,
             H.n,
             probes=probes,
             steps=steps,
@@ -140,7 +156,10 @@ class Density:
                 raise_budget(),
             )
         stderr = est.trace_stderr if math.isfinite(est.trace_stderr) else None
+        data, data_attrs = _data(matvec)
         return run.result(
+            **data,
+            hvps=run.hvps + (matvec.chunked.hvp_count if data else 0),
             value=est.trace,
             stderr=stderr,
             converged=not limited,
@@ -156,6 +175,7 @@ class Density:
                 "probes": probes,
                 "steps": steps,
                 "sigma": est.sigma,
+                **data_attrs,
                 "value_is": "trace estimate n·mean(vᵀHv) of the quadrature probes",
                 "hvp_method": H.method,
                 "path": "estimate",
@@ -196,3 +216,25 @@ class Density:
                 "path_reason": why,
             },
         )
+
+
+def _data(matvec: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The data standard error of SLQ's trace from a ``ProbeChunks`` matvec."""
+    from sharpkit.builtin.metrics._data_error import ProbeChunks, data_fields
+
+    if not isinstance(matvec, ProbeChunks) or not matvec.values:
+        return {}, {}
+    import torch
+
+    from sharpkit import linear_estimate
+
+    per_chunk = torch.stack(matvec.values).mean(0).numpy()
+    est = linear_estimate(
+        per_chunk, matvec.chunked.weights, samples=matvec.chunked.num_examples
+    )
+    return data_fields(
+        est,
+        "standard error of the trace estimate over the data the samples were "
+        "drawn from, for these probes (the chunks' spread of n·qᵀH_k q, "
+        "delete-a-chunk jackknife, widened for K-1 degrees of freedom)",
+    )

@@ -21,7 +21,12 @@ from sharpkit.builtin.metrics._common import (
     warn,
 )
 
-__all__ = ["Frobenius"]
+__all__ = ["DATA_PROBES", "Frobenius"]
+
+DATA_PROBES = 16
+"""Probes of ``frobenius`` with ``data_error`` (its ``probes`` option overrides):
+after the Krylov deflation their numerical error is well below the data's
+(tests/sampling/test_data_coverage.py)."""
 
 
 class Frobenius:
@@ -39,6 +44,16 @@ class Frobenius:
             products either: where independent probes would need ``n`` or
             more, its orthogonal probes go on to the exact value (the result's
             ``path`` and ``path_reason`` attributes say which happened).
+        data_error: Also give ``data_stderr``, the standard error of ‖H‖_F
+            over the data the samples were drawn from: the estimate runs on
+            :meth:`~sharpkit.AnalysisContext.chunked_hessian` (16 chunks; a
+            Krylov basis of ``deflation`` steps of its own, exact chunk by
+            chunk, plus ``probes`` shared probes, 16 by default) and
+            :func:`~sharpkit.frobenius_estimate` gives the U-statistic over
+            chunk pairs (``attrs["data_estimate"]``: unbiased for ‖H‖_F² of
+            the distribution, where the sample value is biased up) and its
+            jackknife standard error (``data_method="u-statistic"``). Off by
+            default: see docs/benchmarks.md for its cost.
     """
 
     def __init__(
@@ -47,6 +62,7 @@ class Frobenius:
         deflation: int = 25,
         probes: int | None = None,
         exact_max: int = EXACT_MAX,
+        data_error: bool = False,
     ) -> None:
         positive("rel_stderr", rel_stderr)
         if deflation < 0:
@@ -57,6 +73,7 @@ class Frobenius:
         self.deflation = deflation
         self.probes = probes
         self.exact_max = exact_max
+        self.data_error = bool(data_error)
 
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
         """Deflation plus about twenty probes, at most ``n``."""
@@ -86,6 +103,8 @@ class Frobenius:
         )  # fmt: skip
         if ctx.max_hvps is not None and not up_front:
             steps = min(steps, max(ctx.max_hvps // 2, 1))
+        if self.data_error:  # (up front: a chunked basis of the whole space)
+            return self._with_data(run, steps)
         deflation = ctx.krylov(steps, generator=run.gen) if steps > 0 else None
         used = run.hvps
         est = frobenius_norm(
@@ -128,5 +147,41 @@ class Frobenius:
                 "rel_stderr_target": self.rel_stderr,
                 "hvp_method": H.method,
                 **path,
+            },
+        )
+
+    def _with_data(self, run: Run, steps: int) -> MetricResult:
+        """‖H‖_F and its data standard error on the chunked Hessian."""
+        from sharpkit import frobenius_estimate
+        from sharpkit.builtin.metrics._data_error import chunked_krylov, data_fields
+
+        chunked, rec = chunked_krylov(run.ctx, steps, run.gen, gram=True)
+        probes = self.probes or DATA_PROBES
+        est = frobenius_estimate(
+            chunked, recorder=rec, probes=probes, generator=run.gen
+        )
+        fields, attrs = data_fields(
+            est,
+            "standard error of ‖H‖_F over the data the samples were drawn from "
+            "(U-statistic over chunk pairs, delete-a-chunk jackknife, widened for "
+            "K-1 degrees of freedom); data_estimate is the U-statistic's ‖H‖_F",
+        )
+        return run.result(
+            **fields,
+            value=est.value,
+            stderr=est.numerical_stderr,
+            converged=True,
+            hvps=chunked.hvp_count,
+            arrays={"chunk_deleted": est.per_chunk},
+            attrs={
+                **attrs,
+                "method": "chunked deflated hutchinson",
+                "deflation_rank": rec.m,
+                "probes": probes,
+                "rel_stderr_target": self.rel_stderr,
+                "hvp_method": run.H.method,
+                "path": "estimate",
+                "path_reason": "data_error: a fixed number of probes on the "
+                "chunked Hessian",
             },
         )

@@ -199,7 +199,7 @@ class Spectral:
         if self.data_error:
             from sharpkit import ChunkRecorder
 
-            recorder = ChunkRecorder(ctx.chunked_hessian())
+            recorder = ChunkRecorder(ctx.chunked_hessian(), gram=False)
         res = lanczos(
             H if recorder is None else recorder,
             H.n,

@@ -38,6 +38,9 @@ __all__ = ["GGN_AUTO_MAX_CLASSES", "Trace"]
 #: (plus one), Hutch++ to 1 % about 100 products of 1.6–2.3 gradients each.
 GGN_AUTO_MAX_CLASSES = 100
 
+#: Probes of the estimated trace with ``data_error`` (``probes`` overrides).
+DATA_PROBES = 32
+
 
 class Trace:
     """tr H: exact where the Gauss-Newton identity holds, else Hutch++ or Hutchinson.
@@ -63,9 +66,15 @@ class Trace:
             ``path`` and ``path_reason`` attributes say which happened).
         data_error: On the exact-ggn path, also give ``data_stderr``: the
             exact trace of each of 16 chunks of the data
-            (:func:`~sharpkit.exact_trace_estimate`, 1.7x the cost) and their
-            spread (``data_method="jackknife-linear"``). The other paths
-            ignore it for now.
+            (:func:`~sharpkit.exact_trace_estimate`: the per-example terms of
+            the one exact pass summed per chunk, no extra cost) and their
+            spread (``data_method="jackknife-linear"``). On the estimated
+            paths, the estimate runs on
+            :meth:`~sharpkit.AnalysisContext.chunked_hessian` instead:
+            deflated by a Krylov basis of ``sketch`` steps of its own
+            (``hutch++``; none for ``hutchinson``), exact chunk by chunk, plus
+            ``probes`` shared Rademacher probes (32 by default), and
+            :func:`~sharpkit.trace_estimate` gives the chunks' spread.
     """
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -138,6 +147,8 @@ class Trace:
                 H.n if up_front else self.sketch, H.n, "lower trace's sketch option",
             )  # fmt: skip
         if up_front:
+            if self.data_error:  # a chunked basis of the whole space
+                return self._with_data(run, None, steps=H.n)
             return self._exact(run, up_front)
         fallback = None
         if self.method in ("auto", "exact-ggn"):
@@ -150,8 +161,53 @@ class Trace:
                     "set trace's method option to 'hutch++'"
                 )
                 raise ConfigError(msg)
+        if self.data_error:
+            return self._with_data(run, fallback)
         est = self._estimate(run)
         return self._estimate_result(run, est, fallback)
+
+    def _with_data(
+        self, run: Run, fallback: str | None, steps: int | None = None
+    ) -> MetricResult:
+        """The estimated trace and its data standard error on the chunked Hessian."""
+        from sharpkit import trace_estimate
+        from sharpkit.builtin.metrics._data_error import chunked_krylov, data_fields
+
+        ctx = run.ctx
+        if steps is None:
+            steps = 0 if self.method == "hutchinson" else self.sketch
+        if ctx.max_hvps is not None:
+            steps = min(steps, max(ctx.max_hvps // 2, 1))
+        chunked, rec = chunked_krylov(ctx, steps, run.gen, gram=False)
+        probes = self.probes or DATA_PROBES
+        est = trace_estimate(chunked, recorder=rec, probes=probes, generator=run.gen)
+        fields, attrs = data_fields(
+            est,
+            "standard error of tr H over the data the samples were drawn from "
+            "(the chunks' spread, delete-a-chunk jackknife, widened for K-1 "
+            "degrees of freedom; it includes each chunk's probe noise, so it errs "
+            "high)",
+        )
+        return run.result(
+            **fields,
+            value=est.value,
+            stderr=est.numerical_stderr,
+            converged=True,
+            hvps=chunked.hvp_count,
+            arrays={"chunk_values": est.per_chunk},
+            attrs={
+                **attrs,
+                "method": "chunked deflated hutchinson",
+                "deflation_rank": rec.m,
+                "probes": probes,
+                "rel_stderr_target": self.rel_stderr,
+                "hvp_method": run.H.method,
+                "path": "estimate",
+                "path_reason": "data_error: a fixed number of probes on the "
+                "chunked Hessian",
+                **({"exact_ggn_not_applicable": fallback} if fallback else {}),
+            },
+        )
 
     def _estimate(self, run: Run) -> Estimate:
         """Hutch++ (deflated by the shared Krylov basis or a sketch) or Hutchinson."""
@@ -236,7 +292,9 @@ class Trace:
         if self.data_error:
             from sharpkit import exact_trace_estimate
 
-            est = exact_trace_estimate(ctx.model, ctx.data, loss=form)
+            est = exact_trace_estimate(
+                ctx.model, ctx.data, loss=form, batch_size=ctx.batch_size
+            )
             value = est.value
             data = {"data_stderr": est.stderr, "data_method": est.method}
         else:
