@@ -107,6 +107,7 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + 3  # a checkpoint whose CRC fails; sparse and meta weights
         + len(mods["test_one_liners"].USER_CASES)
         + len(mods["test_one_liners"].OPTION_CASES)
+        + 1  # --json to a full device
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)

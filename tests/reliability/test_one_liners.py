@@ -178,3 +178,53 @@ def test_disable_plugin_with_no_such_plugin_warns(tiny: Path) -> None:
     line = warned(cli("--disable-plugin", "builtin", "measure", tiny, "--no-store"))
     assert "'builtin' matches no installed plugin" in line
     assert "builtin.metrics" in line
+
+
+# ------------------------------------------------------------- the output streams
+
+
+def _sharpkit(args: list[str], **env: str) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    from _rel import subprocess_env
+
+    environ = {**subprocess_env(), **env}
+    done = subprocess.run(
+        [sys.executable, "-m", "sharpkit", *args],
+        capture_output=True, env=environ, timeout=300, check=False,
+    )  # fmt: skip
+    return (
+        done.returncode,
+        done.stdout.decode(errors="replace"),
+        done.stderr.decode(errors="replace"),
+    )
+
+
+def test_an_ascii_terminal_gets_the_table_not_a_traceback(tiny: Path) -> None:
+    code, out, err = _sharpkit(
+        ["measure", str(tiny), "--no-store"], PYTHONIOENCODING="ascii"
+    )
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "spectral ?_max" in out  # λ could not be encoded: replaced, not fatal
+
+
+def test_json_to_a_full_device_is_one_line(tiny: Path) -> None:
+    import subprocess
+    import sys
+
+    from _rel import subprocess_env
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "sharpkit", "measure", str(tiny), "--no-store",
+             "--json"],
+            stdout=full, stderr=subprocess.PIPE, env=subprocess_env(), timeout=300,
+            check=False, text=True,
+        )  # fmt: skip
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(lines) == 1, done.stderr
+    assert "No space left on device" in lines[0]

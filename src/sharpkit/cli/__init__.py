@@ -319,12 +319,24 @@ def needs_plugin_commands(argv: list[str]) -> bool:
     return False
 
 
+def _tolerant_streams() -> None:
+    """On an ASCII terminal (``PYTHONIOENCODING=ascii``) η, λ and ± print as ``?``.
+
+    Instead of a ``UnicodeEncodeError`` traceback after the work is done.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main() -> None:
     """Run the ``sharpkit`` command line."""
     _STATE["argv"] = list(sys.argv[1:])  # what --nproc starts again in each rank
     from sharpkit.cli._distributed import end_with_launcher
 
     end_with_launcher()  # a rank of --nproc: it ends with its launcher
+    _tolerant_streams()
     if needs_plugin_commands(sys.argv[1:]):
         add_plugin_commands()
     app()
