@@ -19,6 +19,9 @@ Usage::
    random part, and the second random vector of the block): full-set
    products, subsample products (each about 1/8 of a full one), time, and
    λ_max ± bound, seed by seed in one process.
+3. **Probe blocks.** Hutch++ (10 Lanczos sketch steps, 32 Rademacher probes)
+   with the probes one at a time against blocks of 8 (``PROBE_BLOCK``), the
+   same probes, interleaved.
 """
 
 from __future__ import annotations
@@ -128,12 +131,51 @@ def start_section(
         )
 
 
+def probe_section(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int
+) -> None:
+    from sharpkit.curvature.trace import hutchpp_trace
+
+    ops = {
+        flag: HessianOperator(
+            model, LOSS, [(x, y)], method="graph", block_products=flag
+        )
+        for flag in (False, True)
+    }
+    for op in ops.values():
+        op.gradient()
+    times: dict[bool, list[float]] = {False: [], True: []}
+    values: dict[bool, list[float]] = {False: [], True: []}
+    for rep in range(reps):
+        for flag, op in ops.items():
+            t0 = time.perf_counter()
+            est = hutchpp_trace(
+                op,
+                op.n,
+                sketch_size=10,
+                probes=32,
+                distribution="rademacher",
+                generator=torch.Generator().manual_seed(rep),
+            )
+            times[flag].append(time.perf_counter() - t0)
+            values[flag].append(est.value)
+    print("\n### Hutch++ trace, 10 sketch + 32 Rademacher probes (interleaved)\n")
+    print("| probes | time, median | vs one at a time | trace (per seed) |")
+    print("|---|---|---|---|")
+    base = statistics.median(times[False])
+    for flag, label in ((False, "one at a time"), (True, "blocks of 8")):
+        t = statistics.median(times[flag])
+        vals = ", ".join(f"{v:.2f}" for v in values[flag])
+        print(f"| {label} | {t:.1f} s | {t / base:.2f}x | {vals} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--skip-blocks", action="store_true")
     parser.add_argument("--skip-start", action="store_true")
+    parser.add_argument("--skip-probes", action="store_true")
     args = parser.parse_args()
     from _workload import mlp_workload
 
@@ -143,6 +185,8 @@ def main() -> None:
         block_section(model, x, y, args.reps)
     if not args.skip_start:
         start_section(model, x, y, args.seeds)
+    if not args.skip_probes:
+        probe_section(model, x, y, max(1, args.seeds - 1))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
 from sharpkit._meta import json_safe
-from sharpkit.api.blocks import check_block_metrics, run_blocks, spec_key
 from sharpkit.api.checks import check_fits, check_loss, run_metric
 from sharpkit.api.distributed import broadcast_names, rank_and_world
 from sharpkit.api.executor import Executor, PluginCall
@@ -48,7 +47,6 @@ from sharpkit.api.resolve import (
     resolve_dtype,
     reuse_datasets,
 )
-from sharpkit.curvature.blocks import BlockSpec, resolve_blocks
 from sharpkit.errors import MeasurementError, SharpkitError
 from sharpkit.interfaces import (
     AnalysisContext,
@@ -62,6 +60,8 @@ from sharpkit.registry import Registry, get_registry
 
 if TYPE_CHECKING:
     import torch
+
+    from sharpkit.curvature.blocks import BlockSpec
 
 __all__ = ["Measurement", "measure", "run_measure"]
 
@@ -236,7 +236,8 @@ def measure(
             class where the targets are class indices: what the data's error
             bar is about). The selection is part of the reuse key.
         precision: The relative data standard error wanted, e.g. ``0.02``:
-            the metrics that report one (spectral, trace) are asked for it
+            the metrics that can report one (a ``data_error`` option:
+            spectral, frobenius, trace, density, adaptive) are asked for it
             (``data_error``), and if it is larger the model is measured again
             on the sample count that reaches it (``stderr ∝ 1/√N``,
             :func:`~sharpkit.curvature.sampling.samples_for_precision`); what
@@ -344,7 +345,10 @@ def run_measure(
     """:func:`measure` with its inputs and analysis options as typed values."""
     reg = registry or get_registry()
     names = analysis.metric_names(metrics, options or {})
-    check_block_metrics(blocks, names)
+    if blocks is not None:  # torch only when asked: `import sharpkit` stays light
+        from sharpkit.api.blocks import check_block_metrics
+
+        check_block_metrics(blocks, names)
     if analysis.precision is not None:
         return _to_precision(
             model, names, inputs, analysis, options=options, progress=progress,
@@ -439,6 +443,9 @@ def _measure_once(
         work, job.loss.fn, data_info.analysis, batch_size=analysis.batch_size
     )
     if blocks is not None:  # checked before any work; a key of its own
+        from sharpkit.api.blocks import spec_key
+        from sharpkit.curvature.blocks import resolve_blocks
+
         resolve_blocks(work, blocks)
         settings["blocks"] = spec_key(blocks)
     keys = {
@@ -469,6 +476,8 @@ def _measure_once(
 
         failures = _compute(ex, calls, created, ctx, results, before=fits)
         if blocks is not None:
+            from sharpkit.api.blocks import run_blocks
+
             run_blocks(results, todo, ctx, blocks)
         warm_start = _top_vector(ctx, warm_start)
     ordered = {n: results[n] for n in names if n in results}
