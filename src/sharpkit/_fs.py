@@ -27,6 +27,7 @@ import contextlib
 import os
 import secrets
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -217,6 +218,39 @@ def unwind_on_signals() -> Iterator[None]:
 _IN_TASK = threading.Event()
 
 
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` must pass through code that reports user code's failures.
+
+    Ctrl-C, a signal (:class:`Terminated`) and a generator's end do; anything
+    else user code raises, ``SystemExit`` and bare ``BaseException`` subclasses
+    included, is that code's failure: one line, not an exit with status 0 and
+    nothing measured.
+    """
+    return isinstance(exc, KeyboardInterrupt | GeneratorExit | Terminated)
+
+
+def die_with_parent(sig: int, parent: int | None = None) -> None:
+    """Have Linux send ``sig`` to this process when its parent ends, ``kill -9`` too.
+
+    For child processes (ranks, pool workers): without it a child whose parent
+    was killed goes on computing, and may even store its result after the
+    command said it was interrupted. ``parent`` is the pid the child was
+    started by: if it already ended before the request was made, the child
+    exits at once. Elsewhere than Linux it does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl here
+        return
+    if parent is not None and os.getppid() != parent:
+        os._exit(128 + int(sig))  # the parent ended before we asked
+
+
 def init_worker() -> None:
     """Initialise a pool's worker process: its parent owns Ctrl-C and SIGTERM.
 
@@ -227,6 +261,11 @@ def init_worker() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_signal)
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    # a parent killed with -9 cannot stop us: SIGTERM then, as it would have
+    die_with_parent(signal.SIGTERM, parent.pid if parent is not None else None)
 
 
 def _worker_signal(signum: int, frame: FrameType | None) -> None:

@@ -299,3 +299,88 @@ def bounded_build(what: str) -> Iterator[None]:
     finally:
         for hook in hooks:
             hook.remove()
+
+
+IMPORT_ENV = "SHARPKIT_PLUGIN_TIMEOUT"
+_IMPORT_DEFAULT = 60.0
+_IMPORT_SAY = 5.0  # seconds before saying which plugin is waited on
+
+
+class ImportTimeoutError(Exception):
+    """A plugin's import did not finish within ``SHARPKIT_PLUGIN_TIMEOUT``."""
+
+
+def import_timeout() -> float:
+    """Seconds a plugin's import may take (``SHARPKIT_PLUGIN_TIMEOUT``, default 60).
+
+    Raises:
+        ConfigError: The variable is not a positive number.
+    """
+    text = os.environ.get(IMPORT_ENV, "").strip()
+    if not text:
+        return _IMPORT_DEFAULT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        msg = f"{IMPORT_ENV}={text!r} must be a positive number of seconds"
+        raise ConfigError(msg)
+    return value
+
+
+def bounded_import(load: Callable[[], Any], what: str) -> Any:
+    """``load()`` (a plugin's import), said after a few seconds and bounded.
+
+    After :data:`_IMPORT_SAY` seconds one line on stderr names what is being
+    waited on; after :func:`import_timeout` seconds the import is interrupted
+    (a signal to the main thread, so a ``time.sleep`` or a Python loop ends)
+    and :class:`ImportTimeoutError` raised, for the caller to report the plugin
+    as failed and go on. Outside the main thread the import runs unbounded.
+
+    Args:
+        load: The import, e.g. an entry point's ``load``.
+        what: The plugin, for the lines (``"plugin 'x' from dist-x 1.0"``).
+
+    Raises:
+        ImportTimeoutError: The import took too long.
+    """
+    import signal
+    import sys
+    import threading
+
+    limit = import_timeout()
+    if threading.current_thread() is not threading.main_thread():
+        return load()
+    done = threading.Event()
+    late: list[bool] = []
+
+    def on_timeout(signum: int, frame: Any) -> None:
+        if late and not done.is_set():
+            msg = f"{what} did not finish importing in {limit:g} s"
+            raise ImportTimeoutError(msg)
+
+    def watch() -> None:
+        if done.wait(min(_IMPORT_SAY, limit)):
+            return
+        if limit > _IMPORT_SAY:
+            print(
+                f"sharpkit: waiting on {what} to import (bounded to {limit:g} s by "
+                f"{IMPORT_ENV})",
+                file=sys.stderr,
+                flush=True,
+            )
+            if done.wait(limit - _IMPORT_SAY):
+                return
+        late.append(True)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+
+    old = signal.signal(signal.SIGUSR2, on_timeout)
+    watcher = threading.Thread(target=watch, name="sharpkit-plugin-import", daemon=True)
+    watcher.start()
+    try:
+        return load()
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR2, old)

@@ -48,6 +48,20 @@ def seeded(seed: int, *, devices: list[torch.device] | None = None) -> Iterator[
     """
     import torch
 
+    check_seed(seed)
     with torch.random.fork_rng(devices=devices or []):
         torch.manual_seed(seed)
         yield
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a seed torch cannot take (outside ``[-2**63, 2**64)``), in one line.
+
+    Raises:
+        ConfigError: The seed is out of that range.
+    """
+    if not -(2**63) <= int(seed) < 2**64:
+        from sharpkit.errors import ConfigError
+
+        msg = f"seed {seed} is out of range; give a whole number from 0 to 2**64 - 1"
+        raise ConfigError(msg)

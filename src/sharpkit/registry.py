@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 import pluggy
 
 from sharpkit import hookspecs
-from sharpkit._limits import bounded_build, check_count
+from sharpkit._limits import (
+    bounded_build,
+    bounded_import,
+    check_count,
+    import_timeout,
+)
 from sharpkit.errors import (
     ConfigError,
     DuplicateNameError,
@@ -287,6 +292,7 @@ class Registry:
         self._fail(failure)
 
     def _load_entry_points(self) -> None:
+        import_timeout()  # a malformed SHARPKIT_PLUGIN_TIMEOUT: one line, first
         seen: set[tuple[str, str]] = set()
         found_self = False
         eps = sorted(
@@ -307,19 +313,36 @@ class Registry:
                 )
                 continue
             try:
-                obj = ep.load()
-            except (Exception, SystemExit) as exc:  # a broken plugin must not break us
+                where = f"plugin {ep.name!r}" + (f" from {dist}" if dist else "")
+                obj = bounded_import(ep.load, where)
+            except KeyboardInterrupt:  # the user's Ctrl-C ends the command
+                raise
+            except BaseException as exc:  # a broken plugin must not break us
                 self._reject(
                     PluginFailure(ep.name, dist, version, "import", _one_line(exc), exc)
                 )
                 continue
             self.register_plugin(obj, ep.name, distribution=dist, version=version)
+        self._unknown_disabled({ep.name for ep in eps})
         if not found_self:
             msg = (
                 "sharpkit's built-in plugins are missing from the installed "
                 "metadata; reinstall with `pip install -e .`"
             )
             raise PluginError(msg)
+
+    def _unknown_disabled(self, installed: set[str]) -> None:
+        """Warn of a ``--disable-plugin`` name no plugin has: it disables nothing."""
+        for name in sorted(self.disabled - installed):
+            close = difflib.get_close_matches(name, sorted(installed), n=3, cutoff=0.3)
+            near = sorted(n for n in installed if n.startswith(f"{name}."))
+            shown = ", ".join(near or close) or ", ".join(sorted(installed)[:5])
+            msg = (
+                f"--disable-plugin {name!r} matches no installed plugin and "
+                f"disables nothing; plugin names: {shown}"
+            )
+            if self._warn:
+                warnings.warn(msg, PluginWarning, stacklevel=5)
 
     def register_plugin(
         self,

@@ -20,6 +20,7 @@ from sharpkit.api.precision import note, plan
 from sharpkit.cli import app
 from sharpkit.errors import ConfigError
 from sharpkit.interfaces import MetricResult
+from sharpkit.store import ResultStore
 
 runner = CliRunner()
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -209,8 +210,8 @@ def test_precision_measures_again_on_more_samples() -> None:
     assert said.count(" → ") >= 1
     rel = m["spectral"].data_stderr / m["spectral"].value
     assert said.endswith("met") == (rel <= 0.03)
-    with pytest.raises(ConfigError, match="spectral, trace"):
-        sharpkit.measure(_net(), (x, y), metrics=["frobenius"], precision=0.05)
+    with pytest.raises(ConfigError, match="epsilon has none"):
+        sharpkit.measure(_net(), (x, y), metrics=["epsilon"], precision=0.05)
 
 
 # ------------------------------------------------------------------ the CLI, real data
@@ -239,6 +240,9 @@ def test_cli_random_selection_on_fashion_mnist(
 ) -> None:
     store = tmp_path / "r.zarr"
     args = ["measure", str(fashion_ckpt), "--store", str(store), "--samples", "512"]
+    said = runner.invoke(app, [*args, "--sample", "random", "--seed", "4"])
+    assert said.exit_code == 0, said.stderr
+    assert "measured on 512 random examples of 3000" in " ".join(said.stderr.split())
     done = runner.invoke(app, [*args, "--sample", "random", "--seed", "3", "--json"])
     assert done.exit_code == 0, done.stderr
     attrs = json.loads(done.stdout)[0]["attrs"]
@@ -326,6 +330,9 @@ def test_tracker_keeps_one_random_selection_and_the_data_error(tmp_path: Path) -
     assert torch.equal(tracker._data.inputs, expected.inputs)
     (row,) = sharpkit.open_results(store, as_frame=False, kind="track")[:1]
     assert (row["sample"], row["sample_seed"], row["samples"]) == ("random", 5, 128)
+    attrs = ResultStore(store).run(row["run_id"]).attrs
+    assert attrs["sample_sha256"] is not None
+    assert attrs["population"] == 400
     assert row["data_stderr"] == pytest.approx(float(data_err[-1]))
 
 
@@ -353,12 +360,14 @@ def test_sweep_and_reproduce_options_override_the_measure_table(
     ).measure
     assert new == {
         "metrics": ["spectral", "frobenius"], "samples": "all", "sample": "random",
-        "options": {"spectral": {"data_error": True}},
+        "options": {
+            "spectral": {"data_error": True}, "frobenius": {"data_error": True},
+        },
     }  # fmt: skip
     with pytest.raises(ConfigError, match="measures nothing"):
         override_measure(cfg(None), sample=Sample.random)
-    with pytest.raises(ConfigError, match="none of frobenius"):
-        override_measure(cfg({"metrics": ["frobenius"]}), data_error=True)
+    with pytest.raises(ConfigError, match="none of epsilon"):
+        override_measure(cfg({"metrics": ["epsilon"]}), data_error=True)
     with pytest.raises(ConfigError, match="positive count or 'all'"):
         override_measure(base, samples="0")
 

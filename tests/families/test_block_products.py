@@ -43,7 +43,9 @@ def _batches(problem: Problem) -> Any:
     return [(x[i : i + b], y[i : i + b]) for i in range(0, len(y), b)]
 
 
-def _operator(problem: Problem, method: str, block: bool) -> HessianOperator:
+def _operator(
+    problem: Problem, method: str, block: bool, device: str = "cpu"
+) -> HessianOperator:
     return HessianOperator(
         problem.model,
         problem.loss_fn,
@@ -52,6 +54,7 @@ def _operator(problem: Problem, method: str, block: bool) -> HessianOperator:
         dtype=F64,
         method=method,
         block_products=block,
+        device=device,
     )
 
 
@@ -63,24 +66,27 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("family", MEASURED, ids=lambda f: f.id)
-def test_a_block_product_equals_single_products(family: Family, method: str) -> None:
+def test_a_block_product_equals_single_products(
+    family: Family, method: str, device: str
+) -> None:
     problem = build(family)
     truth = _truth(family.id)
     gen = torch.Generator().manual_seed(3)
     V = torch.randn(problem.n, 5, generator=gen, dtype=F64)
-    H = _operator(problem, method, block=True)
+    H = _operator(problem, method, block=True, device=device)
     try:
-        block = H @ V
+        block = (H @ V.to(device)).cpu()
     except ConfigError:  # forward-over-reverse refuses this model or loss
         if method != "forward-over-reverse":
             raise
         pytest.skip(f"forward-over-reverse does not support {family.id}")
     assert H.hvp_count == 5
-    single = torch.stack([H @ V[:, j] for j in range(5)], dim=1)
+    single = torch.stack([H @ V[:, j].to(device) for j in range(5)], dim=1).cpu()
     _close(block, single)
     _close(block, truth @ V)
     # the same operator without block products gives the same block
-    _close(_operator(problem, method, block=False) @ V, block)
+    plain = _operator(problem, method, block=False, device=device)
+    _close((plain @ V.to(device)).cpu(), block)
 
 
 def test_block_products_batch_the_backward_pass() -> None:

@@ -44,7 +44,11 @@ CLASSES = [
         "test_bounded_files",
         "sparse files, zip bombs (.npz, .pt data, .pt2), endless data sources",
     ),
-    ("test_one_liners", "checkpoints damaged on disk (CRC), sparse or meta weights"),
+    (
+        "test_one_liners",
+        "checkpoints damaged on disk (CRC), sparse or meta weights; user code that "
+        "exits; options and paths that raised or were accepted",
+    ),
     (
         "test_fuzz_keys",
         "property-based fuzzing of plugin results, data files and the data digest",
@@ -55,6 +59,10 @@ CLASSES = [
         "fuzzed model sizes",
     ),
     ("test_probe_track_keys", "same probe or tracker key, other computation"),
+    (
+        "test_plugin_loading",
+        "plugins whose import hangs, fails or exits; --version and --help",
+    ),
 ]
 
 
@@ -97,6 +105,9 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + len(mods["test_plugin_isolation"].CORRUPTIONS)
         + 2  # a sparse checkpoint and a .pt2 zip bomb from the CLI
         + 3  # a checkpoint whose CRC fails; sparse and meta weights
+        + len(mods["test_one_liners"].USER_CASES)
+        + len(mods["test_one_liners"].OPTION_CASES)
+        + 1  # --json to a full device
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)
@@ -109,7 +120,11 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
 def _one_line_warnings(mods: dict[str, ModuleType]) -> int:
     """Cases accepted with exactly one ``warning:`` line."""
     opts = mods["test_bad_options"]
-    return sum(1 for c in opts.BAD_OPTIONS if c[2] == "warning") + 2  # plugin loads
+    return (
+        sum(1 for c in opts.BAD_OPTIONS if c[2] == "warning")
+        + 2  # plugin loads
+        + 1  # --disable-plugin naming no plugin
+    )
 
 
 def render() -> str:

@@ -332,3 +332,59 @@ def test_kill_9_during_writes_loses_nothing_and_resume_is_bit_exact(
     )
     assert not _temps(out), f"{left_behind} temporary files left by the kills"
     assert (out / "final.pt").read_bytes() == (whole / "final.pt").read_bytes()
+
+
+# ------------------------------------------------ children end with their parent
+
+SLOW_LOSS = """
+import time
+
+import torch
+
+
+def loss(outputs, targets):
+    time.sleep(2.0)  # minutes of work in all: the ranks outlive any check
+    return torch.nn.functional.cross_entropy(outputs, targets)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_the_ranks_of_measure_nproc_end_with_their_parent(
+    tiny: Path, tmp_path: Path, sig: str
+) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_LOSS)
+    argv = ["measure", tiny, "--loss", f"{tmp_path / 'slow.py'}:loss",
+            "--no-store", "--nproc", "2"]  # fmt: skip
+    proc = _start(argv, tmp_path)
+    # both ranks started and past their imports (rank 0 prints its progress)
+    _wait_for(lambda: len(_children(proc.pid)) == 2, proc, 120)
+    _wait_for(lambda: (tmp_path / "child.err").stat().st_size > 0, proc, 120)
+    os.kill(proc.pid, getattr(signal, sig))
+    proc.wait(60)
+    _no_survivors(proc.pid, grace=10)  # no rank goes on computing
+
+
+@pytest.mark.slow
+def test_kill_9_to_a_sweep_ends_its_workers(tmp_path: Path) -> None:
+    proc, runs, started = _sweep_and_signal(
+        tmp_path, ["-j", "2"], lambda pid: os.kill(pid, signal.SIGKILL)
+    )
+    proc.wait(60)
+    _no_survivors(proc.pid, grace=30)  # no worker, no resource tracker
+    assert _started_points(runs) == started

@@ -100,7 +100,8 @@ def _block_hessians(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 @pytest.fixture(scope="module")
-def runs() -> dict:
+def split() -> dict:
+    """The trained model's dense block Hessians, their mean and its values."""
     gen = torch.Generator().manual_seed(0)
     centers = torch.randn(4, 6, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 4, (SPLIT,), generator=gen)
@@ -128,12 +129,24 @@ def runs() -> dict:
         "frobenius": torch.linalg.norm(full).item(),
         "trace": torch.trace(full).item(),
     }
-    rows: dict[str, list[tuple[float, ...]]] = {k: [] for k in truth}
-    rows |= {"frobenius@25": [], "trace@40": [], "density": []}
+    return {"blocks": blocks, "full": full, "truth": truth}
+
+
+def _subsets(blocks: Tensor) -> list[ChunkedHessian]:
+    """The same 100 random 16-block subsets for every fixture (seed 1)."""
     pick = torch.Generator().manual_seed(1)
-    for r in range(SUBSETS):
+    out = []
+    for _ in range(SUBSETS):
         chosen = torch.randperm(len(blocks), generator=pick)[:CHUNKS]
-        chunked = ChunkedHessian([_Dense(blocks[i], BLOCK) for i in chosen])
+        out.append(ChunkedHessian([_Dense(blocks[i], BLOCK) for i in chosen]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(split: dict) -> dict:
+    truth = split["truth"]
+    rows: dict[str, list[tuple[float, ...]]] = {k: [] for k in truth}
+    for r, chunked in enumerate(_subsets(split["blocks"])):
         rec = ChunkRecorder(chunked)
         lanczos(rec, rec.n, tol=1e-6, generator=torch.Generator().manual_seed(r))
         gen_r = torch.Generator().manual_seed(1000 + r)
@@ -146,8 +159,20 @@ def runs() -> dict:
         }
         for k, est in found.items():
             rows[k].append((est.estimate, est.stderr))
-        _metric_settings(chunked, full, r, rows)
     return {"truth": truth, "rows": {k: np.array(v) for k, v in rows.items()}}
+
+
+@pytest.fixture(scope="module")
+def metric_runs(split: dict) -> dict:
+    """The metric settings' rows ``(estimate, stderr, truth)`` on the same subsets."""
+    rows: dict[str, list[tuple[float, ...]]] = {
+        "frobenius@25": [],
+        "trace@40": [],
+        "density": [],
+    }
+    for r, chunked in enumerate(_subsets(split["blocks"])):
+        _metric_settings(chunked, split["full"], r, rows)
+    return {k: np.array(v, dtype=float) for k, v in rows.items()}
 
 
 def _metric_settings(
@@ -212,10 +237,13 @@ def test_data_stderr_matches_the_spread_across_subsets(
     assert 1 / 1.5 <= ratio <= 1.5, (quantity, ratio)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["frobenius@25", "trace@40", "density"])
-def test_metric_settings_cover_and_match_the_spread(runs: dict, setting: str) -> None:
-    """As above, at the metrics' own settings (``data_error=True``)."""
-    est, se, truth = runs["rows"][setting].T.astype(float)
+def test_metric_settings_cover_and_match_the_spread(
+    metric_runs: dict, setting: str
+) -> None:
+    """As above, at the metrics' own settings (``data_error=True``; ~20 s)."""
+    est, se, truth = metric_runs[setting].T
     covered = np.abs(est - truth) <= 2 * se
     assert covered.mean() >= 0.90, (setting, covered.mean())
     ratio = se.mean() / (est - truth).std(ddof=1)

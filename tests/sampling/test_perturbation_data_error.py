@@ -25,6 +25,8 @@ biased upward by more than any chunk spread shows; ``adaptive`` refuses
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,28 @@ def test_the_value_is_unchanged_and_the_worst_case_refuses() -> None:
         AdaptiveSharpness(kind="worst", data_error=True)
     with pytest.raises(ConfigError, match="bn_mode"):
         _metric().compute(_ctx(model, x, y, bn_mode="train"))
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, 1000])
+def test_chunk_losses_are_each_chunks_own_mean_loss(batch_size: int) -> None:
+    """Batches cut at the chunks' edges: each chunk's loss alone (rel 1e-12)."""
+    from sharpkit.builtin._perturber import Perturber
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(100, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (100,), generator=gen)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    ctx = _ctx(model, x, y)
+    ctx.batch_size = batch_size
+    losses, sizes = Perturber(ctx).chunk_losses(16)
+    edges = [100 * i // 16 for i in range(17)]
+    want = [_loss(model, x[a:b], y[a:b]) for a, b in itertools.pairwise(edges)]
+    np.testing.assert_allclose(losses, want, rtol=1e-12)
+    np.testing.assert_array_equal(sizes, np.diff(edges))
+    assert float(sizes @ losses / 100) == pytest.approx(_loss(model, x, y), rel=1e-12)
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(CE(model(x), y))

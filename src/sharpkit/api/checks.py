@@ -20,7 +20,13 @@ from sharpkit._data import evaluate
 from sharpkit._hints import arg
 from sharpkit.api.fit import check_fit
 from sharpkit.api.isolation import check_result
-from sharpkit.errors import ConfigError, DataError, NumericalError, PluginContractError
+from sharpkit.errors import (
+    ConfigError,
+    DataError,
+    NumericalError,
+    PluginContractError,
+    first_line,
+)
 from sharpkit.interfaces import AnalysisContext, MetricResult, ProgressCallback
 
 if TYPE_CHECKING:
@@ -121,7 +127,20 @@ def check_fits(
 
 def check_loss(ctx: AnalysisContext) -> None:
     """Check the loss is a finite scalar on the analysis set; cache its value."""
-    loss, _ = evaluate(ctx.model, ctx.data, ctx.loss_fn, batch_size=ctx.batch_size)
+    try:
+        loss, _ = evaluate(ctx.model, ctx.data, ctx.loss_fn, batch_size=ctx.batch_size)
+    except (ValueError, RuntimeError) as exc:  # e.g. batch norm on one example
+        hint = (
+            f"batch statistics ({arg('bn_mode', '--bn-mode')} train) need more "
+            f"than one example per batch: raise {arg('batch_size', '--batch-size')}"
+            if ctx.bn_mode == "train"
+            else "check the model, the data and the loss"
+        )
+        msg = (
+            f"the loss cannot be evaluated on the analysis data in batches of "
+            f"{ctx.batch_size} ({type(exc).__name__}: {first_line(exc)}); {hint}"
+        )
+        raise ConfigError(msg) from exc
     if not math.isfinite(loss):
         msg = (
             "the loss is not finite on the analysis data; check the "

@@ -381,7 +381,16 @@ def _dataset(
         if test is not None and len(test) and not test.targets.is_floating_point():
             classes = max(classes, infer_num_classes(test.targets))
     else:
-        classes = int(num_classes)
+        try:
+            classes = int(str(num_classes))
+        except ValueError:
+            classes = 0
+        if classes < 1:
+            msg = (
+                f"data option num_classes={num_classes!r} must be a whole number "
+                f">= 1; pass {option_hint(OPTIONS_FLAG, 'num_classes')}"
+            )
+            raise ConfigError(msg)
     empty = DataSplit(
         train.inputs[:0], train.targets[:0], input_names=train.input_names
     )

@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sharpkit._fs import is_interrupt
+
 if TYPE_CHECKING:
     import torch
 
@@ -162,13 +164,17 @@ def behaviour_fingerprint(
         if wide:
             try:
                 values = _probe(model, loss_fn, x, y, torch.float64)
-            except Exception:  # no float64 path: its own dtype below
+            except BaseException as exc:  # no float64 path: its own dtype below
+                if is_interrupt(exc):
+                    raise
                 values = None
         if values is None:
             values = _probe(model, loss_fn, x, y, None)
         h.update(("float64" if wide else "native").encode())
         h.update(" ".join(_rounded(v) for v in values).encode())
-    except Exception as exc:  # the fit checks report it in one line
+    except BaseException as exc:  # the fit checks report it in one line
+        if is_interrupt(exc):  # sys.exit() in a forward is not the user's Ctrl-C
+            raise
         h.update(f"failed:{type(exc).__name__}".encode())
     finally:
         for m, training in modes.items():  # the flags alone: no train() hooks

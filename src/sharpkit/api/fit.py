@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
+from sharpkit._fs import is_interrupt
 from sharpkit._hints import arg
 from sharpkit.errors import ConfigError, DataError, first_line
 
@@ -89,7 +90,9 @@ def check_fit(
     try:
         with torch.no_grad():
             out = model(x)
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit() in a forward too: one line
+        if is_interrupt(exc):
+            raise
         wants = f" built for {expects}" if expects else ""
         msg = (
             f"the data do not fit the model: {data_label} has {have}, but "
@@ -111,10 +114,12 @@ def _check_loss_on(
     data_label: str,
 ) -> None:
     try:
-        loss_fn(out, y)
+        loss = loss_fn(out, y)
     except DataError:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit() in a loss too: one line
+        if is_interrupt(exc):
+            raise
         shape = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
         ydesc = f"{tuple(y.shape)} {str(y.dtype).removeprefix('torch.')}"
         msg = (
@@ -123,6 +128,20 @@ def _check_loss_on(
             f"pick a loss for these targets with {arg('loss', '--loss')}"
         )
         raise DataError(msg) from exc
+    import torch
+
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = (
+            f"a tensor of shape {tuple(loss.shape)}"
+            if isinstance(loss, torch.Tensor)
+            else f"a {type(loss).__name__}"
+        )
+        msg = (
+            f"{loss_label} returned {got}, not a scalar tensor; return the mean "
+            "loss as a tensor computed from the outputs (its gradient is what is "
+            "measured)"
+        )
+        raise ConfigError(msg)
 
 
 def _dtype(model: torch.nn.Module) -> torch.dtype | None:

@@ -236,7 +236,8 @@ def measure(
             class where the targets are class indices: what the data's error
             bar is about). The selection is part of the reuse key.
         precision: The relative data standard error wanted, e.g. ``0.02``:
-            the metrics that report one (spectral, trace) are asked for it
+            the metrics that can report one (a ``data_error`` option:
+            spectral, frobenius, trace, density, adaptive) are asked for it
             (``data_error``), and if it is larger the model is measured again
             on the sample count that reaches it (``stderr ∝ 1/√N``,
             :func:`~sharpkit.curvature.sampling.samples_for_precision`); what

@@ -46,8 +46,8 @@ def data_error_options(
     able = [n for n in names if registry.get("metric", n).option("data_error")]
     if not able:
         msg = (
-            f"precision needs a metric that reports the data's standard error "
-            f"(spectral, trace); {', '.join(names)} does not"
+            f"precision needs a metric with a data_error option (spectral, "
+            f"frobenius, trace, density, adaptive); {', '.join(names)} has none"
         )
         raise ConfigError(msg)
     for n in able:

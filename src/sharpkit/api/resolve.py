@@ -10,6 +10,7 @@ or a ``DataLoader``. Models are :mod:`~sharpkit.api.models`'.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -88,7 +89,30 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             f"use {arg('device', '--device', 'cpu')}"
         )
         raise ConfigError(msg)
+    if dev.type == "meta":
+        msg = (
+            f"device {device!r} holds no values to measure; use "
+            f"{arg('device', '--device', 'cpu')} or 'cuda'"
+        )
+        raise ConfigError(msg)
+    if dev.type not in ("cpu", "cuda") and not _works(dev):
+        msg = (
+            f"device {device!r} is not available here; use "
+            f"{arg('device', '--device', 'cpu')} or 'cuda'"
+        )
+        raise ConfigError(msg)
     return dev
+
+
+def _works(dev: torch.device) -> bool:
+    """Whether a small tensor can be made on ``dev`` (mps, xpu, ... where built)."""
+    import torch
+
+    try:
+        torch.zeros(1, device=dev)
+    except (RuntimeError, AssertionError, ValueError, NotImplementedError):
+        return False
+    return True
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -153,8 +177,8 @@ def memory_bytes(value: int | str | None) -> int | None:
     except (ValueError, KeyError):
         msg = f"{hint} must be a size such as 8GiB, 500MB or 2e9 bytes, got {value!r}"
         raise ConfigError(msg) from None
-    if not size >= 1:
-        msg = f"{hint} must be positive, got {value!r}"
+    if not 1 <= size < 2**63:  # inf and NaN too: a size, not a wish
+        msg = f"{hint} must be a positive, finite size, got {value!r}"
         raise ConfigError(msg)
     return int(size)
 
@@ -167,7 +191,33 @@ def open_store(store: StoreLike) -> ResultStore | None:
 
     if isinstance(store, ResultStore):
         return store
+    _check_store_url(str(store))
     return ResultStore(store)
+
+
+# a scheme, then nothing or slashes: "lr:0.1/x.zarr" is a local path
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/+(.*))?$")
+
+
+def _check_store_url(text: str) -> None:
+    """A store is a local path or ``s3://bucket/...``: no other URL is written to.
+
+    ``ftp://host/x`` (or ``ftp:/host/x``, as a path type prints it) would
+    otherwise become a local folder named ``ftp:``.
+    """
+    match = _URL.match(text)
+    if match is None:
+        return  # a local path
+    scheme, rest = match.group(1), match.group(3) or ""
+    if scheme.lower() != "s3":
+        msg = (
+            f"--store {text!r}: {scheme}:// is not a store sharpkit can write; give "
+            "a local folder or s3://bucket/path"
+        )
+        raise ConfigError(msg)
+    if not rest.split("/", 1)[0]:
+        msg = f"--store {text!r} names no bucket; give s3://bucket/path"
+        raise ConfigError(msg)
 
 
 # --------------------------------------------------------------------------- components

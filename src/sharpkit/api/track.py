@@ -196,6 +196,7 @@ class Tracker:
                 data, self._analysis, reg
             )
         self._sample_seed: int | None = record.get("sample_seed")
+        self._sample_sha256: str | None = record.get("sample_sha256")
         self._population: int | None = record.get("population")
         # the curve's data as used, as measure keys it (api/fingerprint.py)
         self._data_digest = data_digest(self._data)
@@ -446,6 +447,7 @@ class Tracker:
             # the selection was made once, before the first measurement
             "sample": self._analysis.selection.sample,
             "sample_seed": self._sample_seed,
+            "sample_sha256": self._sample_sha256,
             "population": self._population,
             **self._attrs,
         }

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sharpkit._fs import is_interrupt
 from sharpkit._hints import arg, option_hint, traceback_hint
 from sharpkit.errors import ConfigError, first_line
 
@@ -118,7 +119,9 @@ def _import_module(spec: CodeSpec, flag: str) -> Any:
             )
             raise ConfigError(msg) from exc
         raise _import_failed(spec, flag, exc) from exc
-    except Exception as exc:  # the user's module raised while importing
+    except BaseException as exc:  # the user's module raised while importing
+        if is_interrupt(exc):
+            raise
         raise _import_failed(spec, flag, exc) from exc
 
 
@@ -143,8 +146,10 @@ def _import_file(spec: CodeSpec, flag: str) -> Any:
     sys.modules[name] = module  # dataclasses and pickling look modules up here
     try:
         loader_spec.loader.exec_module(module)
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit() at import too: one line
         del sys.modules[name]
+        if is_interrupt(exc):
+            raise
         raise _import_failed(spec, flag, exc) from exc
     return module
 
@@ -332,7 +337,9 @@ def call_with(
             raise ConfigError(msg)
     try:
         return target(**kwargs)
-    except Exception as exc:  # the user's constructor or factory raised
+    except BaseException as exc:  # the user's constructor or factory raised
+        if is_interrupt(exc):
+            raise
         first = first_line(exc)
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         msg = (

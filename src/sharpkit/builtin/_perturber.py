@@ -86,24 +86,33 @@ class Perturber:
     def chunk_losses(self, chunks: int = DATA_CHUNKS) -> tuple[np.ndarray, np.ndarray]:
         """The mean loss of each of ``chunks`` consecutive chunks, and their sizes.
 
-        One pass over the data, as :meth:`loss` (counted as one evaluation);
-        the size-weighted mean of the chunks' losses is :meth:`loss`.
+        One pass over the data in the usual batches, as :meth:`loss` (counted
+        as one evaluation): each batch's outputs are cut at the chunks' edges
+        and the loss taken on each piece; the size-weighted mean of the
+        chunks' losses is :meth:`loss`.
         """
         import torch
 
-        data = self.ctx.data
-        n = len(data)
+        n = len(self.ctx.data)
         k = min(chunks, n)
-        bounds = [n * i // k for i in range(k + 1)]
+        bounds = np.array([n * i // k for i in range(k + 1)])
         losses = np.zeros(k)
-        sizes = np.diff(np.array(bounds)).astype(np.float64)
+        start = 0
         with torch.no_grad():
-            for i in range(k):
-                part = data.take(torch.arange(bounds[i], bounds[i + 1]))
-                for x, y in part.batches(self.ctx.batch_size):
-                    value = float(self.ctx.loss_fn(self.ctx.model(x), y))
-                    losses[i] += value * len(x)
+            for x, y in self.ctx.data.batches(self.ctx.batch_size):
+                out = self.ctx.model(x)
+                stop = start + len(x)
+                first = int(np.searchsorted(bounds, start, side="right")) - 1
+                for c in range(first, k):
+                    lo, hi = max(start, bounds[c]), min(stop, bounds[c + 1])
+                    if lo >= hi:
+                        break
+                    piece = slice(lo - start, hi - start)
+                    value = float(self.ctx.loss_fn(out[piece], y[piece]))
+                    losses[c] += value * (hi - lo)
+                start = stop
         self.evaluations += 1
+        sizes = np.diff(bounds).astype(np.float64)
         return losses / sizes, sizes
 
     def loss_and_grad(self) -> tuple[float, list[torch.Tensor]]:

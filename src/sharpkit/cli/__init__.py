@@ -112,9 +112,14 @@ class _ErrorBoundary(TyperGroup):
 
             if _distributed.records_errors():  # a rank of --nproc: it reports
                 _distributed.record_error(exc)
-                raise typer.Exit(1) from None
+                _distributed.exit_rank(1)  # no teardown noise on the terminal
             # Text, not markup: "sharpkit[hf]" and "pkg:name:" print as they are.
             print_line("error", _distributed.rank_prefix() + str(exc))
+            raise typer.Exit(1) from None
+        except OSError as exc:  # the system refused: a name too long, a full disk
+            if _debug_enabled():
+                raise
+            print_line("error", _os_error(exc))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             remove_live_temps()
@@ -126,6 +131,16 @@ class _ErrorBoundary(TyperGroup):
             raise typer.Exit(exc.status) from None
         finally:
             warnings.showwarning = old_show
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an error the operating system raised on a file."""
+    what = exc.strerror or type(exc).__name__
+    where = f" {str(exc.filename)[:200]!r}" if exc.filename is not None else ""
+    return (
+        f"the system refused{where}: {what}; check the path (its length, that it "
+        "exists, its permissions, the free space) and try again"
+    )
 
 
 def _interrupted(what: str) -> str:
@@ -282,8 +297,46 @@ def _argv_values(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+# Top-level options that take a value (the next word is not the command).
+_VALUED = ("--disable-plugin", "--disable")
+
+
+def needs_plugin_commands(argv: list[str]) -> bool:
+    """Whether ``argv`` may run a command a plugin adds.
+
+    Not for ``--version``, ``--help`` or a bare ``sharpkit`` (they must answer
+    even when a plugin's import hangs or fails), nor for a built-in command
+    (it needs plugins only for what it runs, and loads them then).
+    """
+    words = iter(argv)
+    for word in words:
+        if word in ("--version", "--help", "-h"):
+            return False
+        if word in _VALUED:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word not in BUILTIN_COMMANDS
+    return False
+
+
+def _tolerant_streams() -> None:
+    """On an ASCII terminal (``PYTHONIOENCODING=ascii``) η, λ and ± print as ``?``.
+
+    Instead of a ``UnicodeEncodeError`` traceback after the work is done.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main() -> None:
     """Run the ``sharpkit`` command line."""
     _STATE["argv"] = list(sys.argv[1:])  # what --nproc starts again in each rank
-    add_plugin_commands()
+    from sharpkit.cli._distributed import end_with_launcher
+
+    end_with_launcher()  # a rank of --nproc: it ends with its launcher
+    _tolerant_streams()
+    if needs_plugin_commands(sys.argv[1:]):
+        add_plugin_commands()
     app()

@@ -31,13 +31,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from sharpkit._fs import die_with_parent
 from sharpkit._limits import check_processes
 from sharpkit.errors import ConfigError, DistributedError, SharpkitError, first_line
 
 __all__ = [
+    "LAUNCHER",
     "RankSession",
+    "end_with_launcher",
+    "exit_rank",
     "launch",
     "rank_prefix",
     "rank_session",
@@ -47,6 +51,22 @@ __all__ = [
 
 ERROR_DIR = "SHARPKIT_RANK_ERRORS"
 """Environment variable: the folder where launched ranks write their errors."""
+
+LAUNCHER = "SHARPKIT_LAUNCHER_PID"
+"""Environment variable: the pid of the ``--nproc`` launcher of this rank."""
+
+
+def end_with_launcher() -> None:
+    """In a rank started by ``--nproc``: be killed when the launcher ends.
+
+    ``kill -9`` to the launcher cannot stop its ranks itself; the kernel does
+    it (parent-death signal), so no rank goes on computing, or stores a result,
+    after the command ended.
+    """
+    launcher = os.environ.get(LAUNCHER, "")
+    if launcher.isdigit():
+        die_with_parent(signal.SIGKILL, int(launcher))
+
 
 _GRACE = 3.0
 """Seconds the other ranks get to stop by themselves once one has failed."""
@@ -95,6 +115,21 @@ def record_error(exc: BaseException) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     tmp.replace(path)
+
+
+def exit_rank(status: int) -> NoReturn:
+    """End a rank of ``--nproc`` that recorded its error, without the teardown.
+
+    A rank whose peers failed ends while the process group's threads still
+    run; the interpreter's normal exit then tears them down and the C++ runtime
+    may print ``terminate called without an active exception`` on the
+    terminal, a second line beside the launcher's one. The error is recorded
+    and the output flushed, so nothing is lost by ending at once.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 @dataclass(frozen=True)
@@ -215,6 +250,7 @@ def _start(rank: int, nproc: int, port: int, folder: Path, argv: list[str]) -> A
         out = subprocess.DEVNULL
         err = (folder / f"rank{rank}.log").open("wb")
     cmd = [sys.executable, "-m", "sharpkit", *argv]
+    env[LAUNCHER] = str(os.getpid())  # the rank ends with us (end_with_launcher)
     try:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
     finally:
@@ -320,6 +356,9 @@ def launch(nproc: int, argv: list[str]) -> int:
         except KeyboardInterrupt:
             _stop(procs, grace=_GRACE)
             return 130
+        except BaseException:  # SIGTERM, SIGHUP: no rank goes on after us
+            _stop(procs, grace=0.0)
+            raise
         if first is None:
             return 0
         ended = _stop(procs, grace=_GRACE)

@@ -464,7 +464,7 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         metavar="REL",
-        help="Wanted relative data error, e.g. 2% or 0.02: asks spectral/trace "
+        help="Wanted relative data error, e.g. 2% or 0.02: asks the metrics "
         "for it and measures again on the sample count that reaches it "
         "(stderr ∝ 1/√N); refused if that exceeds the split.",
     ),

@@ -86,7 +86,7 @@ def _with_data_error(measure: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if not able:
         msg = (
             f"--data-error: none of {', '.join(metrics)} reports the data's "
-            "standard error (spectral and trace do)"
+            "standard error (those with a data_error option do)"
         )
         raise ConfigError(msg)
     for name in able:

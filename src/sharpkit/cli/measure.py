@@ -256,9 +256,7 @@ def _measure_all(
                 failed += 1
                 print_line("error", f"{path}: {exc}")
                 continue
-            note = result.attrs.get("precision_note")
-            if note and not (quiet or json_output):
-                print_line("note", f"{label}: {note}")
+            _say(label, result.attrs, enabled=not (quiet or json_output))
             outputs.append({"checkpoint": os.fspath(path), **result.to_dict()})
             rows.extend(_rows(os.fspath(path), result))
             measured.append((label, result))
@@ -273,6 +271,27 @@ def _measure_all(
         raise partial  # the error boundary prints it as one line, exit status 1
     if failed:
         raise typer.Exit(1)
+
+
+def _say(label: str, attrs: dict[str, Any], *, enabled: bool) -> None:
+    """Print :func:`_notes` on stderr, one line each (when ``enabled``)."""
+    for note in _notes(attrs) if enabled else []:
+        print_line("note", f"{label}: {note}")
+
+
+def _notes(attrs: dict[str, Any]) -> list[str]:
+    """Lines to say beside the table: a random draw, and what ``--precision`` did."""
+    out = []
+    if attrs.get("sample_seed") is not None:
+        of = attrs.get("population")
+        whole = f" of {of}" if of is not None else ""
+        out.append(
+            f"measured on {attrs['samples']} random examples{whole} "
+            f"(class-stratified, seed {attrs['sample_seed']})"
+        )
+    if attrs.get("precision_note"):
+        out.append(str(attrs["precision_note"]))
+    return out
 
 
 def _metric_options(

@@ -18,7 +18,12 @@ import torch
 from torch import Tensor
 
 from sharpkit.curvature.deflation import Deflation, Matvec, krylov_deflation
-from sharpkit.curvature.probes import ProbeSource, check_distribution, vector_setup
+from sharpkit.curvature.probes import (
+    ProbeProducts,
+    ProbeSource,
+    check_distribution,
+    vector_setup,
+)
 from sharpkit.curvature.stopping import (
     FROBENIUS_MIN_PROBES,
     Estimate,
@@ -28,6 +33,7 @@ from sharpkit.curvature.stopping import (
     check_stopping,
     offset_progress,
     probe_budget,
+    probe_cap,
     run_probes,
 )
 
@@ -107,7 +113,9 @@ def frobenius_norm(
     # Rademacher: Σ_i B_ii² >= (tr B)²/n; the cross terms of orthogonal probes
     # already leave (tr B)²/d out, and Gaussian ones have variance 2‖B‖_F².
     tally = Tally(source, 1.0 / n if source.kind == "rademacher" else 0.0)
-    draw = _drawer(matvec, source, tally, dtype)
+    rule = StopRule(probes, budget, target_rel_stderr, min_probes)
+    products = ProbeProducts(matvec, source, dtype, probe_cap(rule))
+    draw = _drawer(products, source, tally)
 
     def summarize(t: Tally) -> tuple[float, float]:
         root = math.sqrt(max(exact + t.mean(), 0.0))
@@ -118,23 +126,24 @@ def frobenius_norm(
         tally,
         draw,
         summarize,
-        StopRule(probes, budget, target_rel_stderr, min_probes),
+        rule,
         progress=offset_progress(progress, used),
         method="deflated-hutchinson" if deflation is not None else "hutchinson",
         exact=exact,
         used=used,
         start=start,
+        spent=lambda: products.spent,
     )
 
 
 def _drawer(
-    matvec: Matvec, source: ProbeSource, tally: Tally, dtype: torch.dtype
+    products: ProbeProducts, source: ProbeSource, tally: Tally
 ) -> Callable[[], None]:
     """Return ``draw()``: one probe's ``‖PHu‖²`` and its cross terms into ``tally``."""
     kept: list[Tensor] = []
 
     def draw() -> None:
-        hu = source.project(matvec(source.draw()).to(dtype))
+        hu = source.project(products.next()[1])
         # (P H u_i)ᵀ(P H u_j), i != j: E[c²] = ‖(PHP)²‖_F² >= half the variance
         pairs = [float(torch.dot(hu, y)) ** 2 for y in kept]
         if len(kept) < PAIR_RESERVOIR:

@@ -134,10 +134,12 @@ class HessianOperator:
         block_products: Multiply a block ``(n, k)`` of vectors in one
             backward pass per batch (``is_grads_batched``: each operation runs
             once on ``k`` stacked vectors) instead of ``k`` passes; exact
-            either way. On the benchmark BN-MLP (2 CPU cores) a block of 2
-            costs about 1.4 single products and a block of 8 about 2.5. A model
-            with an operation that cannot batch its backward falls back to one
-            pass per vector. Band Lanczos (``block=2``) uses it (see
+            either way. On the benchmark BN-MLP (2 loaded CPU cores) a block
+            of 2 cost 0.92x its two single products and a block of 8 between
+            0.53x and 0.95x in two runs (docs/benchmarks.md); GPUs, where
+            small products are launch-bound, should gain more. A model with an
+            operation that cannot batch its backward falls back to one pass
+            per vector. Band Lanczos (``block=2``) uses it (see
             :class:`~sharpkit.curvature.lanczos.BandLanczosProcess`).
 
     Raises:

@@ -39,6 +39,7 @@ __all__ = [
     "check_stopping",
     "offset_progress",
     "probe_budget",
+    "probe_cap",
     "probe_loop",
     "run_probes",
     "t_factor",
@@ -254,6 +255,14 @@ def probe_budget(
     return left
 
 
+def probe_cap(rule: StopRule) -> int:
+    """The most probes :func:`probe_loop` draws under ``rule``."""
+    cap = rule.probes if rule.probes is not None else rule.max_probes
+    if cap is None:
+        cap = 10_000 if rule.target is not None else 30
+    return cap
+
+
 def probe_loop(
     draw: Callable[[], None],
     tally: Tally,
@@ -272,9 +281,7 @@ def probe_loop(
         probes spanned the space (exact), or no target was set.
     """
     probes, target = rule.probes, rule.target
-    cap = probes if probes is not None else rule.max_probes
-    if cap is None:
-        cap = 10_000 if target is not None else 30
+    cap = probe_cap(rule)
     converged = target is None
     while len(tally) < cap and not tally.probes.exhausted:
         draw()
@@ -306,6 +313,7 @@ def run_probes(
     exact: float,
     used: int,
     start: float,
+    spent: Callable[[], int] | None = None,
 ) -> Estimate:
     """Run :func:`probe_loop` and return its :class:`Estimate`.
 
@@ -319,6 +327,9 @@ def run_probes(
         exact: The exactly computed part.
         used: Products spent before the probes (the deflation).
         start: ``time.perf_counter()`` when the estimator started.
+        spent: Products the probes took (default: one per probe); probes
+            multiplied in blocks may have taken some ahead that the loop did
+            not use, and they count.
     """
     converged = probe_loop(draw, tally, summarize, rule, progress)
     value, se = summarize(tally)
@@ -327,7 +338,7 @@ def run_probes(
     return Estimate(
         value=value,
         stderr=se,
-        n_matvecs=used + len(tally),
+        n_matvecs=used + (len(tally) if spent is None else spent()),
         samples=np.asarray(tally.values, dtype=np.float64),
         exact_part=exact,
         deflation_rank=rank,

@@ -15,7 +15,12 @@ from dataclasses import replace
 import torch
 
 from sharpkit.curvature.deflation import Deflation, Matvec, sketch_deflation
-from sharpkit.curvature.probes import ProbeSource, check_distribution, vector_setup
+from sharpkit.curvature.probes import (
+    ProbeProducts,
+    ProbeSource,
+    check_distribution,
+    vector_setup,
+)
 from sharpkit.curvature.stopping import (
     DEFAULT_MIN_PROBES,
     Estimate,
@@ -25,6 +30,7 @@ from sharpkit.curvature.stopping import (
     check_stopping,
     offset_progress,
     probe_budget,
+    probe_cap,
     run_probes,
 )
 from sharpkit.errors import ConfigError
@@ -48,6 +54,11 @@ def hutchinson_trace(
     progress: Progress | None = None,
 ) -> Estimate:
     """Estimate ``tr H`` with Hutchinson's estimator (optionally deflated).
+
+    Independent probes are multiplied up to eight at a time where ``matvec``
+    multiplies a block in one pass (see
+    :class:`~sharpkit.curvature.probes.ProbeProducts`): the same probes and
+    estimate, and ``n_matvecs`` counts every product taken.
 
     Args:
         matvec: ``v -> H v``.
@@ -85,9 +96,11 @@ def hutchinson_trace(
     source = ProbeSource(n, deflation, distribution, generator, dtype, dev)
     tally = Tally(source, source.square_weight())
 
+    rule = StopRule(probes, budget, target_rel_stderr, min_probes)
+    products = ProbeProducts(matvec, source, dtype, probe_cap(rule))
+
     def draw() -> None:
-        u = source.draw()
-        hu = matvec(u).to(dtype)
+        u, hu = products.next()
         rest = source.project(hu)
         # E‖(PHP) z‖² = ‖PHP‖_F² >= half the variance of uᵀHu: a free bound
         tally.add(float(torch.dot(u, hu)), (float(torch.dot(rest, rest)),))
@@ -95,7 +108,6 @@ def hutchinson_trace(
     def summarize(t: Tally) -> tuple[float, float]:
         return exact + t.mean(), t.stderr()
 
-    rule = StopRule(probes, budget, target_rel_stderr, min_probes)
     base = "hutchinson" + ("+deflation" if deflation is not None else "")
     return run_probes(
         tally,
@@ -107,6 +119,7 @@ def hutchinson_trace(
         exact=exact,
         used=0,
         start=start,
+        spent=lambda: products.spent,
     )
 
 

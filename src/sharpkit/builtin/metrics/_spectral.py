@@ -91,8 +91,9 @@ class Spectral:
             :func:`~sharpkit.spectral_estimate` gives the delete-a-chunk
             jackknife in the Krylov space (``data_method="jackknife-ritz"``;
             the bias-corrected estimate is in ``attrs["data_estimate"]``).
-            Off by default: the chunked products cost 1.5-1.8x today's
-            λ_max (docs/benchmarks.md). Only with ``method="lanczos"`` and
+            Off by default: the chunked products cost 0.9-2.0x today's
+            λ_max in CPU time on a loaded 2-core CPU (docs/benchmarks.md),
+            not always within the 1.5x asked. Only with ``method="lanczos"`` and
             ``which="largest"``.
     """
 
