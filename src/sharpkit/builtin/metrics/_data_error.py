@@ -21,9 +21,11 @@ if TYPE_CHECKING:
         ChunkRecorder,
         DataEstimate,
         HessianOperator,
+        MetricResult,
     )
+    from sharpkit.builtin.metrics._common import Run
 
-__all__ = ["ProbeChunks", "chunked_krylov", "data_fields"]
+__all__ = ["ProbeChunks", "chunked_krylov", "chunked_result", "data_fields"]
 
 
 def chunked_krylov(
@@ -75,6 +77,54 @@ def data_fields(
         "data_meaning": meaning,
     }
     return fields, attrs
+
+
+def chunked_result(
+    run: Run,
+    est: DataEstimate,
+    *,
+    meaning: str,
+    chunked: ChunkedHessian,
+    rec: ChunkRecorder,
+    probes: int,
+    rel_stderr: float,
+    array: str,
+    extra: dict[str, Any] | None = None,
+) -> MetricResult:
+    """The result of a deflated Hutchinson estimate on the chunked Hessian.
+
+    Args:
+        run: The metric's run.
+        est: The data estimate (value, numerical and data standard errors).
+        meaning: What ``data_stderr`` is the error of (see :func:`data_fields`).
+        chunked: The chunked Hessian (its product count is the result's).
+        rec: The recorder whose Krylov basis was deflated.
+        probes: Probes drawn.
+        rel_stderr: The metric's relative standard-error target.
+        array: Name of the per-chunk array stored with the result.
+        extra: More attributes.
+    """
+    fields, attrs = data_fields(est, meaning)
+    return run.result(
+        **fields,
+        value=est.value,
+        stderr=est.numerical_stderr,
+        converged=True,
+        hvps=chunked.hvp_count,
+        arrays={array: est.per_chunk},
+        attrs={
+            **attrs,
+            "method": "chunked deflated hutchinson",
+            "deflation_rank": rec.m,
+            "probes": probes,
+            "rel_stderr_target": rel_stderr,
+            "hvp_method": run.H.method,
+            "path": "estimate",
+            "path_reason": "data_error: a fixed number of probes on the "
+            "chunked Hessian",
+            **(extra or {}),
+        },
+    )
 
 
 class ProbeChunks:

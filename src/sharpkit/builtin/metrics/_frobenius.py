@@ -153,35 +153,25 @@ class Frobenius:
     def _with_data(self, run: Run, steps: int) -> MetricResult:
         """‖H‖_F and its data standard error on the chunked Hessian."""
         from sharpkit import frobenius_estimate
-        from sharpkit.builtin.metrics._data_error import chunked_krylov, data_fields
+        from sharpkit.builtin.metrics._data_error import (
+            chunked_krylov,
+            chunked_result,
+        )
 
         chunked, rec = chunked_krylov(run.ctx, steps, run.gen, gram=True)
         probes = self.probes or DATA_PROBES
         est = frobenius_estimate(
             chunked, recorder=rec, probes=probes, generator=run.gen
         )
-        fields, attrs = data_fields(
+        return chunked_result(
+            run,
             est,
-            "standard error of ‖H‖_F over the data the samples were drawn from "
-            "(U-statistic over chunk pairs, delete-a-chunk jackknife, widened for "
-            "K-1 degrees of freedom); data_estimate is the U-statistic's ‖H‖_F",
-        )
-        return run.result(
-            **fields,
-            value=est.value,
-            stderr=est.numerical_stderr,
-            converged=True,
-            hvps=chunked.hvp_count,
-            arrays={"chunk_deleted": est.per_chunk},
-            attrs={
-                **attrs,
-                "method": "chunked deflated hutchinson",
-                "deflation_rank": rec.m,
-                "probes": probes,
-                "rel_stderr_target": self.rel_stderr,
-                "hvp_method": run.H.method,
-                "path": "estimate",
-                "path_reason": "data_error: a fixed number of probes on the "
-                "chunked Hessian",
-            },
+            meaning="standard error of ‖H‖_F over the data the samples were drawn "
+            "from (U-statistic over chunk pairs, delete-a-chunk jackknife, widened "
+            "for K-1 degrees of freedom); data_estimate is the U-statistic's ‖H‖_F",
+            chunked=chunked,
+            rec=rec,
+            probes=probes,
+            rel_stderr=self.rel_stderr,
+            array="chunk_deleted",
         )

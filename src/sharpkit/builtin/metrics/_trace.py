@@ -171,7 +171,10 @@ class Trace:
     ) -> MetricResult:
         """The estimated trace and its data standard error on the chunked Hessian."""
         from sharpkit import trace_estimate
-        from sharpkit.builtin.metrics._data_error import chunked_krylov, data_fields
+        from sharpkit.builtin.metrics._data_error import (
+            chunked_krylov,
+            chunked_result,
+        )
 
         ctx = run.ctx
         if steps is None:
@@ -181,32 +184,19 @@ class Trace:
         chunked, rec = chunked_krylov(ctx, steps, run.gen, gram=False)
         probes = self.probes or DATA_PROBES
         est = trace_estimate(chunked, recorder=rec, probes=probes, generator=run.gen)
-        fields, attrs = data_fields(
+        return chunked_result(
+            run,
             est,
-            "standard error of tr H over the data the samples were drawn from "
-            "(the chunks' spread, delete-a-chunk jackknife, widened for K-1 "
+            meaning="standard error of tr H over the data the samples were drawn "
+            "from (the chunks' spread, delete-a-chunk jackknife, widened for K-1 "
             "degrees of freedom; it includes each chunk's probe noise, so it errs "
             "high)",
-        )
-        return run.result(
-            **fields,
-            value=est.value,
-            stderr=est.numerical_stderr,
-            converged=True,
-            hvps=chunked.hvp_count,
-            arrays={"chunk_values": est.per_chunk},
-            attrs={
-                **attrs,
-                "method": "chunked deflated hutchinson",
-                "deflation_rank": rec.m,
-                "probes": probes,
-                "rel_stderr_target": self.rel_stderr,
-                "hvp_method": run.H.method,
-                "path": "estimate",
-                "path_reason": "data_error: a fixed number of probes on the "
-                "chunked Hessian",
-                **({"exact_ggn_not_applicable": fallback} if fallback else {}),
-            },
+            chunked=chunked,
+            rec=rec,
+            probes=probes,
+            rel_stderr=self.rel_stderr,
+            array="chunk_values",
+            extra={"exact_ggn_not_applicable": fallback} if fallback else None,
         )
 
     def _estimate(self, run: Run) -> Estimate:
