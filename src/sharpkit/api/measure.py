@@ -349,12 +349,8 @@ def run_measure(
         from sharpkit.api.blocks import check_block_metrics
 
         check_block_metrics(blocks, names)
-    if analysis.precision is not None:
-        return _to_precision(
-            model, names, inputs, analysis, options=options, progress=progress,
-            cache=cache, warm_start=warm_start, registry=reg, blocks=blocks,
-        )  # fmt: skip
-    return _measure_once(
+    run = _measure_once if analysis.precision is None else _to_precision
+    return run(
         model, names, inputs, analysis, options=options, progress=progress,
         cache=cache, warm_start=warm_start, registry=reg, blocks=blocks,
     )  # fmt: skip
