@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from _rel import cli, ok
-from test_reuse_keys import _fashion_root, _forget
+from test_reuse_keys import _fashion_root, _forget, _write_weights_and_data
 
 import sharpkit
 from sharpkit.checkpoint import save_checkpoint
@@ -44,14 +44,7 @@ def project(tmp_path: Path) -> Iterator[Path]:
     folder.mkdir()
     (folder / "m.py").write_text(MODEL)
     (folder / "helper.py").write_text("import torch\n\nact = torch.tanh\n")
-    gen = torch.Generator().manual_seed(0)
-    lin = torch.nn.Linear(4, 3)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(3, 4, generator=gen))
-        lin.bias.copy_(torch.randn(3, generator=gen))
-    torch.save({f"fc.{k}": v for k, v in lin.state_dict().items()}, folder / "w.pt")
-    x = torch.randn(64, 4, generator=gen)
-    torch.save({"x": x, "y": torch.arange(64) % 3}, folder / "data.pt")
+    _write_weights_and_data(folder)
     yield folder
     _forget(folder)
 

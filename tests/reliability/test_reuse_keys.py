@@ -93,6 +93,13 @@ def project(tmp_path: Path) -> Iterator[Path]:
     (folder / "helper.py").write_text("import torch\n\nact = torch.tanh\n")
     (folder / "l.py").write_text(LOSS_CODE)
     (folder / "losshelp.py").write_text("WEIGHT = 1.0\n")
+    _write_weights_and_data(folder)
+    yield folder
+    _forget(folder)
+
+
+def _write_weights_and_data(folder: Path) -> None:
+    """A seeded state_dict for ``fc`` (``w.pt``) and a 64-example tensor file."""
     gen = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(4, 3)
     with torch.no_grad():
@@ -101,8 +108,6 @@ def project(tmp_path: Path) -> Iterator[Path]:
     torch.save({f"fc.{k}": v for k, v in lin.state_dict().items()}, folder / "w.pt")
     x = torch.randn(64, 4, generator=gen)
     torch.save({"x": x, "y": torch.arange(64) % 3}, folder / "data.pt")
-    yield folder
-    _forget(folder)
 
 
 def _forget(folder: Path) -> None:
