@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from sharpkit.interfaces import DataSplit
+from sharpkit.interfaces import AnalysisContext, DataSplit
 
 DTYPE = torch.float64
 
@@ -37,6 +37,22 @@ class Case:
     @property
     def n(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def context(self, **kw: object) -> AnalysisContext:
+        """An analysis context over this case: float64 on the CPU, seed 0, tol 1e-8."""
+        settings: dict[str, object] = {
+            "device": torch.device("cpu"),
+            "dtype": torch.float64,
+            "seed": 0,
+            "tol": 1e-8,
+        }
+        return AnalysisContext(
+            model=self.model,
+            loss_fn=self.loss_fn,
+            data=self.data,
+            batch_size=self.batch_size,
+            **{**settings, **kw},
+        )
 
     def batches(self) -> list[tuple[Tensor, Tensor]]:
         return list(self.data.batches(self.batch_size))

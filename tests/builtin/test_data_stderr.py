@@ -29,17 +29,7 @@ runner = CliRunner()
 
 
 def _ctx(case_of: Any = mlp) -> AnalysisContext:
-    case = case_of()
-    return AnalysisContext(
-        model=case.model,
-        loss_fn=case.loss_fn,
-        data=case.data,
-        batch_size=case.batch_size,
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-        seed=0,
-        tol=1e-8,
-    )
+    return case_of().context()
 
 
 def test_spectral_data_stderr_is_the_engines_jackknife() -> None:

@@ -33,18 +33,7 @@ from sharpkit.interfaces import AnalysisContext
 
 
 def _ctx(case_of: Any = mlp, **kw: Any) -> AnalysisContext:
-    case = case_of()
-    return AnalysisContext(
-        model=case.model,
-        loss_fn=case.loss_fn,
-        data=case.data,
-        batch_size=case.batch_size,
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-        seed=0,
-        tol=1e-8,
-        **kw,
-    )
+    return case_of().context(**kw)
 
 
 def _dense(ctx: AnalysisContext) -> torch.Tensor:
