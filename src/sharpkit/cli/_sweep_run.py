@@ -44,9 +44,11 @@ def _report(result: SweepResult, json_output: bool) -> None:
                 "test_accuracy": o.final.get("test_accuracy"),
                 **dict(o.metrics),
                 "seconds": round(o.seconds, 1),
+                # 3 decimals, as ``--estimate`` records: a 2-epoch point of a
+                # tiny model is predicted at a few hundredths of a second
                 "predicted_seconds": None
                 if o.predicted_seconds is None
-                else round(o.predicted_seconds, 1),
+                else round(o.predicted_seconds, 3),
                 "error": o.error,
             }
         )
