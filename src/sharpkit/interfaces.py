@@ -161,7 +161,9 @@ class AnalysisContext:
             came from), or ``None``. ``spectral``'s ``data_error`` evaluates the
             Rayleigh quotient of its eigenvector on them: an unbiased estimate
             of ``vᵀH_pop v <= λ_max(H_pop)``, the lower end of a bracket for
-            the population's λ_max.
+            the population's λ_max. :func:`sharpkit.measure` sets it to as
+            many examples as ``data`` holds, drawn from those of the split the
+            selection left out.
         cache: Shared between metrics measured in one call on one model, for a
             plugin's own memos (e.g. a check it need not repeat). Keys are owned
             by whoever writes them; prefix them with the plugin name. The Krylov

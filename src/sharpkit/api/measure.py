@@ -465,6 +465,8 @@ def _measure_once(
             seed=inputs.seed, bn_mode=analysis.bn_mode, tol=analysis.tol,
             max_hvps=analysis.max_hvps, progress=progress or no_progress,
             train_data=data_info.train, cache=cache if cache is not None else {},
+            heldout_data=None if data_info.heldout is None
+            else _on_device(data_info.heldout, job.device, want_dtype),
             warm_start=warm_start, memory_budget=budget, tf32=analysis.tf32,
         )  # fmt: skip
 

@@ -17,6 +17,7 @@ is spread over the examples: near zero loss a handful of examples carry most of
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -69,7 +70,11 @@ def _batch_terms(
         out: Tensor = jvp(loss_at, (t,), (one,))[1]
         return out
 
-    second: Tensor = jvp(slope, (zero,), (one,))[1]
+    with warnings.catch_warnings():
+        # torch.func's first forward-mode use scripts a helper and torch warns
+        # about its own call (not the user's to act on)
+        warnings.filterwarnings("ignore", ".*torch.jit.script.*", FutureWarning)
+        second: Tensor = jvp(slope, (zero,), (one,))[1]
     return second.double().cpu()
 
 

@@ -131,6 +131,12 @@ def with_data_error(
     if q is None:
         stderr, method = jack.stderr, jack.method
         attrs["data_terms"] = why
+        warnings.warn(
+            f"spectral: {why}; data_stderr is the chunk jackknife's, which can "
+            "under-cover where a few examples carry the curvature (zero-loss minima)",
+            SharpkitWarning,
+            stacklevel=4,
+        )
         attrs["data_meaning"] = (
             "standard error of λ over the data the samples were drawn from "
             "(delete-a-chunk jackknife in the Krylov space, widened for K-1 "
