@@ -243,3 +243,30 @@ def test_error_bar_with_loss_covers_and_stays_unflagged() -> None:
     assert flagged.mean() <= 0.1
     # the reported stderr is within 1.5x of the spread across subsets
     assert 1 / 1.5 <= float(stderr.mean() / values.std(ddof=1)) <= 1.5
+
+
+def test_the_warning_on_a_whole_split_does_not_ask_for_more_samples() -> None:
+    # 300 Adam steps on 400 well-separated examples: loss 5e-4, tail index 2.1
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(4, 6, generator=gen, dtype=torch.float64) * 3.5
+    y = torch.randint(0, 4, (400,), generator=gen)
+    x = means[y] + torch.randn(400, 6, generator=gen, dtype=torch.float64)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 4)).double()
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    data = DataSplit(x, y)
+    for train, says in ((data, "this split's value"), (None, "more samples")):
+        ctx = AnalysisContext(
+            model=net, loss_fn=nn.functional.cross_entropy, data=data,
+            train_data=train, device=torch.device("cpu"), dtype=torch.float64,
+        )  # fmt: skip
+        with pytest.warns(sharpkit.SharpkitWarning, match="not reliable") as said:
+            result = Spectral(data_error=True).compute(ctx)
+        assert not result.attrs["data_reliable"]
+        line = next(str(w.message) for w in said if "not reliable" in str(w.message))
+        assert says in line
+        assert "\n" not in line

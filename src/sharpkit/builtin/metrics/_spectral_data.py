@@ -83,14 +83,22 @@ def _heldout(ctx: AnalysisContext, vector: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _warn_tail(est: DataEstimate, share: float) -> None:
+def _warn_tail(ctx: AnalysisContext, est: DataEstimate, share: float) -> None:
+    train = ctx.train_data
+    whole = train is not None and len(ctx.data) >= len(train)
+    what = (
+        "it is this split's value, and another split of the same data can differ "
+        "by more than the error bar says; compare models on the same examples"
+        if whole
+        else "another draw of samples can differ by more than the error bar says; "
+        f"measure on more samples ({arg_hint('samples', '--samples', 'all')}) and "
+        "compare"
+    )
     warnings.warn(
         f"spectral: data_stderr is not reliable: a few of the {est.samples} "
         f"examples carry the top curvature (the largest carries {share:.0%} of "
-        f"vᵀHv; tail index {est.tail_index:.2f} > "
-        f"{_limit(est.samples):.2f}), so another draw of samples can differ by "
-        "more than the error bar says; measure on more samples "
-        f"({arg_hint('samples', '--samples', 'all')}) and compare",
+        f"vᵀHv; tail index {est.tail_index:.2f} > {_limit(est.samples):.2f}), "
+        f"so {what}",
         SharpkitWarning,
         stacklevel=5,
     )
@@ -164,7 +172,7 @@ def with_data_error(
         arrays["data_stderrs"] = np.array([e.stderr for e in ests])
         arrays["data_top_terms"] = top.per_chunk
         if not top.reliable:
-            _warn_tail(top, share)
+            _warn_tail(ctx, top, share)
     attrs.update(_heldout(ctx, vectors[:, :1]))
     return dataclasses.replace(
         result,
