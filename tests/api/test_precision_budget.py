@@ -148,7 +148,7 @@ def test_the_budget_counts_each_metrics_products() -> None:
     }
     b.add(r)
     assert b.short(100) is None  # 12 + 12 <= 30
-    assert b.cap() == 18  # b spends nothing: a's 18 left bound the next one
+    assert b.cap() == 18  # the least left: a's 18 (b spent nothing)
     b.add(r)
     assert b.spent == {"a": 24, "b": 0}
     assert "a spent 24 of max_hvps=30" in (b.short(200) or "")

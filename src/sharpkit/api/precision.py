@@ -217,17 +217,17 @@ class Budget:
         limit = f"--max-hvps {self.limit}" if in_cli() else f"max_hvps={self.limit}"
         return (
             f"the product budget ran out: {name} spent {self.spent[name]} of "
-            f"{limit} and the next "
-            f"measurement, on {samples}, would take about {self.last[name]} more"
+            f"{limit} and the next measurement, on {samples}, would take about "
+            f"{self.last[name]} more"
         )
 
     def cap(self) -> int | None:
         """The per-metric budget of the next measurement: what the metrics have left.
 
-        The least any metric that spends products has left, so no metric can
-        go past ``limit`` (``None``: no bound).
+        The least any metric has left, so no metric can go past ``limit``
+        (``None``: no bound; at least 1, a budget's smallest value).
         """
         if self.limit is None:
             return None
-        left = [self.limit - self.spent[n] for n in self.spent if self.last[n] > 0]
+        left = [self.limit - spent for spent in self.spent.values()]
         return max(min(left, default=self.limit), 1)
