@@ -182,6 +182,13 @@ def test_cli_probe_on_a_random_draw(checkpoint: Path, tmp_path: Path) -> None:
     assert first_attrs["key"] != attrs["key"]
     again = runner.invoke(app, [*args, "--sample", "random", "--sample-seed", "2"])
     assert json.loads(again.stdout)["attrs"]["key"] == attrs["key"]
+    table = runner.invoke(
+        app, [*args[:-1], "--sample", "random", "--sample-seed", "2"]
+    )  # the stored result, as a table, and one line about the draw
+    assert table.exit_code == 0, table.output
+    said = " ".join(table.stderr.split())
+    assert "probed on 64 random examples of each split (of 512 training" in said
+    assert "seed 2)" in said
     bad = runner.invoke(app, [*args[:-3], "--samples", "0"])
     assert bad.exit_code == 1
     assert "--samples must be a positive count or 'all'" in bad.stderr

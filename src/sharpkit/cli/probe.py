@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,7 +20,11 @@ from sharpkit.cli._options import (
     with_analysis_options,
 )
 from sharpkit.cli._probe_run import probe_options, show_probe
+from sharpkit.cli._progress import print_line
 from sharpkit.cli._threads import ThreadsOpt, use_threads
+
+if TYPE_CHECKING:
+    from sharpkit.interfaces import ProbeResult, ProgressCallback
 
 _SamplesOpt = Annotated[
     str | None,
@@ -97,18 +102,31 @@ def probe(
     selection = Selection(
         samples=parse_samples(samples), sample=sample.value, seed=seed
     )
+    done: list[ProbeResult] = []
+
+    def compute(cb: ProgressCallback) -> ProbeResult:
+        result = run_probe(
+            name, models, inputs, options=extra, batch_size=batch_size,
+            progress=cb, selection=selection,
+        )  # fmt: skip
+        done.append(result)
+        return done[-1]
+
     show_probe(
         name,
-        lambda cb: run_probe(
-            name,
-            models,
-            inputs,
-            options=extra,
-            batch_size=batch_size,
-            progress=cb,
-            selection=selection,
-        ),
+        compute,
         checkpoints=[Path(m) for m in models],
         title=f"{name} {' '.join(Path(m).name for m in models)}",
         json_output=json_output,
+    )
+    if done and not json_output and done[0].attrs.get("sample_seed") is not None:
+        print_line("note", _drawn(done[0].attrs))
+
+
+def _drawn(attrs: Mapping[str, Any]) -> str:
+    """The line that says a probe ran on a random draw."""
+    return (
+        f"probed on {attrs['samples']} random examples of each split (of "
+        f"{attrs['population']} training examples; class-stratified, seed "
+        f"{attrs['sample_seed']})"
     )
