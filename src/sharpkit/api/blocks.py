@@ -205,15 +205,24 @@ def _spectral(
 ) -> list[Any]:
     whole = results["spectral"]
     k = max(1, len(np.atleast_1d(whole.arrays.get("eigenvalues", [0.0]))))
-    spectra = block_spectra(
-        ctx.hessian,
-        part,
-        k=k,
-        tol=ctx.tol,
-        max_iter=ctx.max_hvps,
-        generator=ctx.generator("blocks-spectral"),
-        progress=_reporter(ctx, "spectral"),
-    )
+    data_stderr = None
+    if whole.data_stderr is not None:  # each block's run on its chunked Hessian
+        from sharpkit.curvature.block_data import chunked_block_spectra
+
+        spectra, data = chunked_block_spectra(
+            ctx.model, ctx.loss_fn, ctx.data, part, ctx.hessian.params, k=k,
+            tol=ctx.tol, max_iter=ctx.max_hvps,
+            generator=ctx.generator("blocks-spectral"),
+            progress=_reporter(ctx, "spectral"), chunks=DATA_CHUNKS,
+            bn_mode=ctx.bn_mode, allow_tf32=ctx.tf32,
+        )  # fmt: skip
+        data_stderr = np.array([d.stderr for d in data])
+    else:
+        spectra = block_spectra(
+            ctx.hessian, part, k=k, tol=ctx.tol, max_iter=ctx.max_hvps,
+            generator=ctx.generator("blocks-spectral"),
+            progress=_reporter(ctx, "spectral"),
+        )  # fmt: skip
     eig = np.full((len(part), k), np.nan)
     for b, r in enumerate(spectra):
         eig[b, : len(r.eigenvalues)] = r.eigenvalues
@@ -225,7 +234,11 @@ def _spectral(
     }
     if ctx.eigenvectors is not None and ctx.eigenvectors.shape[0] == part.n:
         arrays["block_mass"] = block_mass(ctx.eigenvectors[:, 0], part)
+    if data_stderr is not None:
+        arrays["block_data_stderr"] = data_stderr
     attrs = _attrs(part, key, arrays, ("bound", "block_bound"))
+    if data_stderr is not None:
+        attrs["block_data_stderrs"] = [float(v) for v in data_stderr]
     attrs["block_converged"] = all(r.converged for r in spectra)
     results["spectral"] = _with(whole, arrays, attrs)
     return spectra

@@ -11,6 +11,11 @@ the whole-model ``trace`` metric gets one split by block the same way:
   in :func:`~sharpkit.curvature.uncertainty.exact_trace_estimate` (same
   chunks, same weights), so the blocks' chunk values add up to the whole
   model's.
+* **λ_max per block**: :func:`chunked_block_spectra` runs each block's Lanczos
+  on a :class:`~sharpkit.curvature.sampling.ChunkedHessian` over the block's
+  parameters, recorded chunk by chunk, and
+  :func:`~sharpkit.curvature.uncertainty.spectral_estimate` gives its
+  delete-a-chunk jackknife error, as for the whole model's λ_max.
 * **Estimated**: :func:`chunked_block_trace` runs the one-pass Hutch++ of
   :func:`~sharpkit.curvature.block_estimates.block_trace` on a
   :class:`~sharpkit.curvature.sampling.ChunkedHessian`: every product gives every
@@ -21,7 +26,7 @@ the whole-model ``trace`` metric gets one split by block the same way:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +36,17 @@ from torch import Tensor, nn
 
 from sharpkit._data import DataSplit
 from sharpkit.curvature.blocks import BlockPartition
+from sharpkit.curvature.lanczos import LanczosResult, lanczos
 from sharpkit.curvature.sampling import ChunkedHessian, DataEstimate, linear_estimate
 from sharpkit.curvature.stopping import t_factor
 from sharpkit.errors import ConfigError
 
-__all__ = ["BlockDataTrace", "chunked_block_trace", "exact_block_traces"]
+__all__ = [
+    "BlockDataTrace",
+    "chunked_block_spectra",
+    "chunked_block_trace",
+    "exact_block_traces",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,3 +222,66 @@ def chunked_block_trace(
         n_matvecs=probes + 2 * sketch,
         exact=False,
     )
+
+
+def chunked_block_spectra(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    data: DataSplit,
+    partition: BlockPartition,
+    params: Sequence[Tensor],
+    *,
+    k: int = 1,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    generator: torch.Generator | None = None,
+    chunks: int = 16,
+    progress: Callable[[int, int, str], None] | None = None,
+    **operator_options: Any,
+) -> tuple[list[LanczosResult], list[DataEstimate]]:
+    """Top-``k`` eigenvalues of every ``H_bb`` with the data error of the largest.
+
+    Lanczos (as :func:`~sharpkit.curvature.block_estimates.block_spectra`,
+    one run per block) on a :class:`~sharpkit.curvature.sampling.ChunkRecorder`
+    of the chunked Hessian over the block's parameters: the same products,
+    whose chunk parts give the delete-a-chunk Ritz values.
+
+    Args:
+        model: The model.
+        loss_fn: ``loss(outputs, targets)``, mean reduction.
+        data: The analysis set (consecutive chunks are cut from it).
+        partition: The blocks, over the flat vector of ``params``.
+        params: The parameters the partition is made of.
+        k: Eigenvalues per block.
+        tol: Relative tolerance of the bounds.
+        max_iter: Most Lanczos steps per block.
+        generator: Random source of the start vectors.
+        chunks: ``K``.
+        progress: ``progress(done, total, name)`` before each block.
+        **operator_options: Passed to every chunk's operator (``bn_mode``...).
+
+    Returns:
+        The Lanczos results and the data estimate of each block's λ_max.
+
+    Raises:
+        ConfigError: Fewer than 2 chunks, or the record did not fit in memory.
+    """
+    from sharpkit.curvature.sampling import ChunkRecorder
+    from sharpkit.curvature.uncertainty import spectral_estimate
+
+    results, estimates = [], []
+    for b, block in enumerate(partition.blocks):
+        if progress is not None:
+            progress(b, len(partition), block.name)
+        chunked = ChunkedHessian.from_split(
+            model, loss_fn, data, chunks=chunks,
+            params=[params[i] for i in block.members], **operator_options,
+        )  # fmt: skip
+        rec = ChunkRecorder(chunked, gram=False)
+        res = lanczos(
+            rec, block.size, k=min(k, block.size), tol=tol, max_iter=max_iter,
+            generator=generator, device=chunked.device, vector_dtype=chunked.dtype,
+        )  # fmt: skip
+        results.append(res)
+        estimates.append(spectral_estimate(rec)[0])
+    return results, estimates
