@@ -63,6 +63,11 @@ CLASSES = [
         "test_plugin_loading",
         "plugins whose import hangs, fails or exits; --version and --help",
     ),
+    (
+        "test_read_what_is_used",
+        "a selection of the first examples read no further (image folders, code "
+        "data that streams or holds 10⁹ items)",
+    ),
 ]
 
 
@@ -113,6 +118,7 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + len(signals.TRAIN_SIGNALS)
         + len(signals.SWEEP_SIGNALS)
         + 2  # SIGTERM to a Dask sweep, to measure
+        + 2  # SIGINT, SIGTERM while a later metric runs (the finished one kept)
         + mods["test_limits"].ONE_LINE
     )
 
