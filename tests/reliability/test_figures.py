@@ -113,6 +113,8 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + len(mods["test_one_liners"].USER_CASES)
         + len(mods["test_one_liners"].OPTION_CASES)
         + 1  # --json to a full device
+        + 1  # train --out ''
+        + len(mods["test_one_liners"].BAD_ENDPOINTS)
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)

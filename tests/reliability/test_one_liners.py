@@ -148,6 +148,13 @@ OPTION_CASES = [
      r"http:// is not a store"),
     ("store-s3-without-bucket", ["measure", "{a}", "--store", "s3://"],
      r"names no bucket"),
+    # before: matplotlib's "dpi must be positive" and std::bad_alloc tracebacks
+    ("plot-dpi-0", ["plot", "{d}/s.zarr", "--figure", "fig1", "-o", "{d}/f.png",
+                    "--dpi", "0"], r"--dpi 0 is outside 1 to 1200"),
+    ("plot-dpi-negative", ["plot", "{d}/s.zarr", "--figure", "fig1", "-o",
+                           "{d}/f.png", "--dpi", "-5"], r"--dpi -5 is outside"),
+    ("plot-dpi-100000", ["plot", "{d}/s.zarr", "--figure", "fig1", "-o",
+                         "{d}/f.png", "--dpi", "100000"], r"--dpi 100000 is outside"),
 ]  # fmt: skip
 
 
@@ -173,6 +180,42 @@ def test_an_option_that_raised_or_was_accepted_is_one_line(
     assert re.search(says, line), line
     assert not list(tmp_path.glob("ftp*"))  # no local folder named "ftp:"
     assert not list(tmp_path.glob("http*"))
+
+
+BAD_ENDPOINTS = ["not a url", "localhost:9000", "http://", "ftp://host", "http://h:0"]
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
+def test_a_bad_s3_endpoint_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    # before: obstore panicked at the first request (pyo3 PanicException, a
+    # Rust traceback: "request valid: InvalidUri(...)")
+    for name, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "SHARPKIT_STORE_TIMEOUT": "3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    line = one_line(cli("results", "s3://bucket/x.zarr"))
+    assert f"AWS_ENDPOINT_URL={endpoint!r} is not an endpoint URL" in line
+
+
+def test_train_out_empty_is_refused_before_writing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # before: Path("") is Path("."), so the run was written into the current
+    # folder (an unset shell variable in `--out "$RUN"`)
+    from _rel import TINY_TRAIN
+
+    monkeypatch.chdir(tmp_path)
+    for out in ("", "  "):
+        args = ["train", *TINY_TRAIN, "--epochs", "1", "--out", out, "--no-store"]
+        line = one_line(cli(*args), code=2)  # a usage error, as for any bad value
+        assert "'--out': is empty; name the folder for the run" in line
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_disable_plugin_with_no_such_plugin_warns(tiny: Path) -> None:
