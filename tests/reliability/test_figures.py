@@ -115,6 +115,7 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + 1  # --json to a full device
         + 1  # train --out ''
         + len(mods["test_one_liners"].BAD_ENDPOINTS)
+        + 1  # every target -100
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)
@@ -132,6 +133,7 @@ def _one_line_warnings(mods: dict[str, ModuleType]) -> int:
         sum(1 for c in opts.BAD_OPTIONS if c[2] == "warning")
         + 2  # plugin loads
         + 1  # --disable-plugin naming no plugin
+        + 1  # half the targets -100 (cross-entropy's ignore_index)
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from _rel import cli, one_line
 
+import sharpkit
 from sharpkit.checkpoint import FORMAT_NAME, load_checkpoint
 
 
@@ -274,3 +275,36 @@ def test_json_to_a_full_device_is_one_line(tiny: Path) -> None:
     assert "Traceback" not in done.stderr
     assert len(lines) == 1, done.stderr
     assert "No space left on device" in lines[0]
+
+
+# ------------------------------------------------------------- ignored labels
+
+
+def test_targets_of_minus_100_are_said_and_measured_as_left_out(
+    tiny: Path, tmp_path: Path
+) -> None:
+    from _rel import warned
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 16, generator=gen)
+    y = torch.arange(128) % 4
+    y[::2] = -100  # cross-entropy's ignore_index: half the examples leave the loss
+    torch.save({"x": x, "y": y}, tmp_path / "half.pt")
+    line = warned(cli("measure", tiny, "--data", tmp_path / "half.pt", "--no-store"))
+    assert "64 of the 128 analysis examples" in line
+    assert "the Hessian is of the other 64" in line
+    # and that is what is measured: the Hessian of the 64 kept examples' loss. In
+    # float64 with tol 1e-10 both runs converge to the same λ_max; 1e-8 leaves
+    # room for the rounding of sums over 128 rather than 64 examples
+    both = {"metrics": ["spectral"], "dtype": "float64", "tol": 1e-10}
+    with pytest.warns(sharpkit.SharpkitWarning, match="ignore_index"):
+        got = sharpkit.measure(tiny, (x, y), **both)
+    keep = y != -100
+    want = sharpkit.measure(tiny, (x[keep], y[keep]), **both)
+    assert got["spectral"].value == pytest.approx(want["spectral"].value, rel=1e-8)
+    # every target ignored: one line (before: "num_classes must be positive,
+    # got -99", or a model of one class)
+    torch.save({"x": x, "y": torch.full((128,), -100)}, tmp_path / "none.pt")
+    line = one_line(cli("measure", tiny, "--data", tmp_path / "none.pt", "--no-store"))
+    assert "every target of" in line
+    assert "is -100, which cross-entropy ignores" in line

@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
+_IGNORED = -100  # torch's default ignore_index
 INPUT_KEYS = ("inputs", "x", "x_train")
 # How far a compressed .npz may inflate: real arrays (images, token ids, floats)
 # compress by well under 100x; a zip bomb by ~1000x.
@@ -190,7 +191,8 @@ def _check_options(opts: Mapping[str, Any], known: Sequence[str], what: str) -> 
 def infer_num_classes(targets: torch.Tensor) -> int:
     """The number of classes (or outputs) the targets imply.
 
-    Integer class indices ``(N,)``: the largest + 1. Rows ``(N, k)`` (one-hot,
+    Integer class indices ``(N,)``: the largest + 1 (``-100``, which
+    cross-entropy ignores, left out). Rows ``(N, k)`` (one-hot,
     multi-label, multi-output): ``k``. Float values ``(N,)``: 1.
 
     Examples:
@@ -204,7 +206,8 @@ def infer_num_classes(targets: torch.Tensor) -> int:
         return int(targets.shape[1])
     if targets.is_floating_point() or targets.numel() == 0:
         return 1
-    return int(targets.max().item()) + 1
+    counted = targets[targets != _IGNORED]  # cross-entropy's ignore_index
+    return int(counted.max().item()) + 1 if counted.numel() else 1
 
 
 def pack_inputs(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, tuple[str, ...]]:
@@ -388,6 +391,13 @@ def _dataset(
 ) -> SourceDataset:
     if len(train) == 0:
         msg = f"data {name!r} holds no examples"
+        raise DataError(msg)
+    y = train.targets
+    if y.ndim == 1 and not y.is_floating_point() and bool((y == _IGNORED).all()):
+        msg = (
+            f"every target of {name!r} is {_IGNORED}, which cross-entropy ignores "
+            "(ignore_index): no example would count; check the targets"
+        )
         raise DataError(msg)
     if num_classes is None:
         classes = infer_num_classes(train.targets)
