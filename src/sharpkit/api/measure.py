@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
+from sharpkit._fs import is_interrupt
 from sharpkit._meta import json_safe
 from sharpkit.api.checks import check_fits, check_loss, run_metric
 from sharpkit.api.distributed import broadcast_names, rank_and_world
@@ -47,7 +49,7 @@ from sharpkit.api.resolve import (
     resolve_dtype,
     reuse_datasets,
 )
-from sharpkit.errors import MeasurementError, SharpkitError
+from sharpkit.errors import MeasurementError, SharpkitError, note_kept
 from sharpkit.interfaces import (
     AnalysisContext,
     Metric,
@@ -61,6 +63,7 @@ from sharpkit.registry import Registry, get_registry
 if TYPE_CHECKING:
     import torch
 
+    from sharpkit.api.precision import Budget, Plan
     from sharpkit.curvature.blocks import BlockSpec
 
 __all__ = ["Measurement", "measure", "run_measure"]
@@ -243,6 +246,10 @@ def measure(
             :func:`~sharpkit.curvature.sampling.samples_for_precision`); what
             was chosen and why is in ``attrs["precision_note"]``. Refused with
             a :class:`~sharpkit.ConfigError` when that count exceeds the split.
+            With ``max_hvps``, each metric's products over all the
+            measurements stay within it: a measurement that would not fit is
+            not made, and a :class:`~sharpkit.ConvergenceWarning` says the
+            precision reached (the result is returned).
         split: ``"train"`` or ``"test"``, for a dataset given by name.
         batch_size: Examples per forward pass. Batches are weighted by their
             size, so with batch norm in eval mode it does not change the value;
@@ -252,7 +259,8 @@ def measure(
             examples are collected and re-split into batches of ``batch_size``.
         seed: Seed for every random choice; results are reproducible from it.
         tol: Relative tolerance for iterative methods.
-        max_hvps: Hessian-vector-product budget per metric.
+        max_hvps: Hessian-vector-product budget per metric (with
+            ``precision``: over all its measurements together).
         bn_mode: ``"eval"`` (running statistics, default) or ``"train"`` (batch
             statistics of each batch of ``batch_size`` examples: the Hessian of
             the loss as seen during training with that batch size). The
@@ -370,19 +378,27 @@ def _to_precision(
 
     Each measurement goes through :func:`_measure_once` (and so the store);
     the last is returned, with what was chosen and why in
-    ``attrs["precision_note"]`` (see :mod:`sharpkit.api.precision`).
+    ``attrs["precision_note"]`` (see :mod:`sharpkit.api.precision`), each
+    metric's products over all measurements in ``attrs["precision_hvps"]``,
+    and how it ended (``"met"``, ``"max_hvps"``, ``"rounds"``) in
+    ``attrs["precision_stop"]``. ``max_hvps`` bounds each metric's products
+    over all the measurements: a measurement that would not fit is not made,
+    and a :class:`~sharpkit.ConvergenceWarning` says the precision reached.
     """
-    from sharpkit.api.precision import MAX_ROUNDS, data_error_options, note, plan
+    from sharpkit.api.precision import MAX_ROUNDS, Budget, data_error_options, plan
 
     assert analysis.precision is not None
     opts = data_error_options(names, options, registry)
     how = dataclasses.replace(analysis, precision=None)
-    steps = []
+    budget = Budget(analysis.max_hvps)
+    steps: list[Plan] = []
     asked: int | None = None
+    stopped: str | None = None
     for round_ in range(1, MAX_ROUNDS + 1):
         out = _measure_once(
             model, names, inputs, how, options=opts, registry=registry, **rest
         )
+        budget.add(out)
         got = int(out.attrs["samples"])
         # data given as objects: the split's size is known once it fell short
         short: int | None = got if asked is not None and got < asked else None
@@ -390,6 +406,8 @@ def _to_precision(
             out, samples=got, population=out.attrs.get("population") or short,
             precision=analysis.precision, last_round=round_ == MAX_ROUNDS,
         )  # fmt: skip
+        if step.samples is not None and (stopped := budget.short(step.samples)):
+            step = dataclasses.replace(step, samples=None)
         steps.append(step)
         if step.samples is None:
             break
@@ -400,9 +418,34 @@ def _to_precision(
         if out.warm_start is not None:
             rest["warm_start"] = out.warm_start
         how = dataclasses.replace(
-            how, selection=dataclasses.replace(how.selection, samples=step.samples)
-        )
-    out.attrs["precision_note"] = note(steps, analysis.precision)
+            how, max_hvps=budget.cap(),
+            selection=dataclasses.replace(how.selection, samples=step.samples),
+        )  # fmt: skip
+    return _precision_end(out, steps, analysis.precision, budget, stopped)
+
+
+def _precision_end(
+    out: Measurement,
+    steps: Sequence[Plan],
+    precision: float,
+    budget: Budget,
+    stopped: str | None,
+) -> Measurement:
+    """Say how the precision loop ended, in ``out.attrs`` (and a warning)."""
+    import warnings
+
+    from sharpkit.api.precision import note
+    from sharpkit.errors import ConvergenceWarning
+
+    line = note(steps, precision, stopped)
+    met = steps[-1].relative <= precision
+    out.attrs["precision_note"] = line
+    out.attrs["precision_hvps"] = dict(budget.spent)
+    out.attrs["precision_stop"] = (
+        "met" if met else "max_hvps" if stopped is not None else "rounds"
+    )
+    if not met and stopped is not None:
+        warnings.warn(line, ConvergenceWarning, stacklevel=5)
     return out
 
 
@@ -425,7 +468,7 @@ def _measure_once(
     calls = {n: ex.call("metric", n, (options or {}).get(n)) for n in names}
     want_dtype = resolve_dtype(analysis.dtype)
     budget = memory_bytes(analysis.memory_budget)
-    job = resolve(inputs, reg)
+    job = resolve(inputs, reg, limit=analysis.selection.read_limit())
     source = job.model(model)
     check_finite(source.net, source.path or "the model")
     data_info = analysis_data(job, source, analysis.selection)
@@ -473,7 +516,8 @@ def _measure_once(
         def fits() -> None:
             check_fits(ctx, source, data_info, job.loss.label)
 
-        failures = _compute(ex, calls, created, ctx, results, before=fits)
+        with _keep_finished(ex, todo, calls, results, keys, attrs, blocks):
+            failures = _compute(ex, calls, created, ctx, results, before=fits)
         if blocks is not None:
             from sharpkit.api.blocks import run_blocks
 
@@ -527,6 +571,45 @@ def _write(
         metrics=done,
         metric_labels={n: _labels(call.spec) for n, call in new.items()},
     )
+
+
+@contextmanager
+def _keep_finished(
+    ex: Executor,
+    todo: Sequence[str],
+    calls: Mapping[str, PluginCall],
+    results: dict[str, MetricResult],
+    keys: Mapping[str, str],
+    attrs: Mapping[str, Any],
+    blocks: Any,
+) -> Iterator[None]:
+    """On Ctrl-C or a signal while the metrics run, store those that finished.
+
+    Each finished metric's result is whole (a metric returns it only when
+    done); the one that was running returned nothing, so nothing of it is
+    stored. The interruption goes on, with a note of what was stored (see
+    :func:`~sharpkit.errors.note_kept`). Not across processes (every rank
+    would have to agree what finished), nor with ``blocks`` (the values per
+    block are computed after every metric: a result without them would be
+    stored under a key that promises them).
+    """
+    try:
+        yield
+    except BaseException as exc:
+        done = [n for n in todo if n in results]
+        if is_interrupt(exc) and done and blocks is None and rank_and_world()[1] == 1:
+            running = next((n for n in todo if n not in results), None)
+            ordered = {n: results[n] for n in done}
+            run_id = _write(ex, ordered, {n: calls[n] for n in done}, keys, attrs)
+            names = ", ".join(repr(n) for n in done)
+            verb = "was" if len(done) == 1 else "were"
+            kept = f"{names} {verb} measured" + (
+                f" and stored in run {run_id}" if run_id else " (no store to keep it)"
+            )
+            if running is not None:
+                kept += f"; nothing of {running!r}, which was running, was stored"
+            note_kept(exc, kept)
+        raise
 
 
 def _key_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
