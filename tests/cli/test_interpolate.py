@@ -165,6 +165,42 @@ def test_interpolate_options_reach_the_probe(ckpts: tuple[Path, Path]) -> None:
     assert "test_loss" not in data["arrays"]
 
 
+def test_interpolate_sample_options_are_the_api(
+    ckpts: tuple[Path, Path], registry: Registry
+) -> None:
+    """--samples/--sample/--sample-seed reach interpolate() as in `probe` (#19)."""
+    a, b = ckpts
+    args = [
+        "interpolate", str(a), str(b), "--alpha", "0,0.5,1", "--no-store",
+        "--samples", "48", "--sample", "random", "--sample-seed", "3",
+    ]  # fmt: skip
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    attrs = data["attrs"]
+    assert (attrs["sample"], attrs["sample_seed"], attrs["samples"]) == (
+        "random", 3, 48
+    )  # fmt: skip
+    direct = sharpkit.api.interpolate(
+        a, b, alpha="0,0.5,1", samples=48, sample="random", sample_seed=3,
+        registry=registry,
+    )  # fmt: skip
+    assert attrs["sample_sha256"] == direct.attrs["sample_sha256"]
+    # the same 48 drawn examples: the CLI is the API, bit for bit
+    np.testing.assert_array_equal(
+        data["arrays"]["train_loss"], direct.arrays["train_loss"]
+    )
+    other = runner.invoke(app, [*args[:-1], "4", "--json"])
+    assert json.loads(other.stdout)["attrs"]["sample_sha256"] != attrs["sample_sha256"]
+    table = runner.invoke(app, args)  # one note line says the draw
+    said = " ".join(table.stderr.split())
+    assert "probed on 48 random examples of each split" in said
+    assert "seed 3)" in said
+    bad = runner.invoke(app, [*args[:6], "--samples", "0"])
+    line = one_line_error(bad)
+    assert line == "error: --samples must be a positive count or 'all', got '0'"
+
+
 def test_interpolate_store_reuse_and_force(
     ckpts: tuple[Path, Path], tmp_path: Path
 ) -> None:

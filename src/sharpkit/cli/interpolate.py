@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,9 +12,20 @@ from sharpkit.cli._options import (
     BatchSizeOpt,
     JsonOpt,
     OptionOpt,
+    Sample,
     with_analysis_options,
 )
 from sharpkit.cli._probe_run import probe_options, show_probe
+from sharpkit.cli.probe import (
+    SampleOpt,
+    SampleSeedOpt,
+    SamplesOpt,
+    say_drawn,
+    selection,
+)
+
+if TYPE_CHECKING:
+    from sharpkit.interfaces import ProbeResult, ProgressCallback
 
 
 @with_analysis_options
@@ -38,6 +49,9 @@ def interpolate(
     *,
     analysis: AnalysisOptions,
     option: OptionOpt = None,
+    samples: SamplesOpt = None,
+    sample: SampleOpt = Sample.first,
+    sample_seed: SampleSeedOpt = None,
     batch_size: BatchSizeOpt = 1024,
     json_output: JsonOpt = False,
 ) -> None:
@@ -47,24 +61,31 @@ def interpolate(
     Batch-norm statistics are re-estimated at every α on a fixed, seeded set of
     training examples. Options of the probe (eval_samples, bn_samples,
     width_delta, resume_dir, ...) go in -o key=value; `sharpkit plugins` lists
-    them. Prints the curve and the width readouts: for each minimum, the
+    them; --samples/--sample choose the examples as for `sharpkit probe`.
+    Prints the curve and the width readouts: for each minimum, the
     α-interval where the training loss stays within width_delta of its own.
     """
     from sharpkit.api.probe import line_options, run_probe
 
     options = line_options(alpha, bn_reestimate, probe_options(option, "interpolate"))
     inputs = analysis.inputs()
+    chosen = selection(analysis, samples, sample, sample_seed)
+    done: list[ProbeResult] = []
+
+    def compute(cb: ProgressCallback) -> ProbeResult:
+        result = run_probe(
+            "interpolate", [a, b], inputs, options=options, batch_size=batch_size,
+            progress=cb, selection=chosen,
+        )  # fmt: skip
+        done.append(result)
+        return result
+
     show_probe(
         "interpolate",
-        lambda cb: run_probe(
-            "interpolate",
-            [a, b],
-            inputs,
-            options=options,
-            batch_size=batch_size,
-            progress=cb,
-        ),
+        compute,
         checkpoints=[a, b],
         title=f"interpolate {a.name} (α=0) → {b.name} (α=1)",
         json_output=json_output,
     )
+    if done and not json_output:
+        say_drawn(done[0])

@@ -24,9 +24,19 @@ from sharpkit.cli._progress import print_line
 from sharpkit.cli._threads import ThreadsOpt, use_threads
 
 if TYPE_CHECKING:
+    from sharpkit.api.job import Selection
     from sharpkit.interfaces import ProbeResult, ProgressCallback
 
-_SamplesOpt = Annotated[
+__all__ = [
+    "SampleOpt",
+    "SampleSeedOpt",
+    "SamplesOpt",
+    "probe",
+    "say_drawn",
+    "selection",
+]
+
+SamplesOpt = Annotated[
     str | None,
     typer.Option(
         "--samples",
@@ -37,7 +47,7 @@ _SamplesOpt = Annotated[
         "from them).",
     ),
 ]
-_SampleOpt = Annotated[
+SampleOpt = Annotated[
     Sample,
     typer.Option(
         "--sample",
@@ -45,7 +55,7 @@ _SampleOpt = Annotated[
         "drawn from --sample-seed).",
     ),
 ]
-_SampleSeedOpt = Annotated[
+SampleSeedOpt = Annotated[
     int | None,
     typer.Option(
         "--sample-seed",
@@ -77,9 +87,9 @@ def probe(
     option: OptionOpt = None,
     *,
     analysis: AnalysisOptions,
-    samples: _SamplesOpt = None,
-    sample: _SampleOpt = Sample.first,
-    sample_seed: _SampleSeedOpt = None,
+    samples: SamplesOpt = None,
+    sample: SampleOpt = Sample.first,
+    sample_seed: SampleSeedOpt = None,
     batch_size: BatchSizeOpt = 1024,
     threads: ThreadsOpt = None,
     json_output: JsonOpt = False,
@@ -90,7 +100,6 @@ def probe(
     filter-normalised direction) or `sharpkit probe plane ckpt.pt -o x=-1:1:21 -o
     y=-1:1:21 -o resume_dir=partial/` (a resumable 2-D grid).
     """
-    from sharpkit.api.job import Selection
     from sharpkit.api.probe import run_probe
     from sharpkit.registry import get_registry
 
@@ -98,16 +107,13 @@ def probe(
     extra = probe_options(option, name)
     use_threads(threads)
     models, inputs = analysis.targets(checkpoints)
-    seed = analysis.seed if sample_seed is None else sample_seed
-    selection = Selection(
-        samples=parse_samples(samples), sample=sample.value, seed=seed
-    )
+    chosen = selection(analysis, samples, sample, sample_seed)
     done: list[ProbeResult] = []
 
     def compute(cb: ProgressCallback) -> ProbeResult:
         result = run_probe(
             name, models, inputs, options=extra, batch_size=batch_size,
-            progress=cb, selection=selection,
+            progress=cb, selection=chosen,
         )  # fmt: skip
         done.append(result)
         return done[-1]
@@ -119,8 +125,27 @@ def probe(
         title=f"{name} {' '.join(Path(m).name for m in models)}",
         json_output=json_output,
     )
-    if done and not json_output and done[0].attrs.get("sample_seed") is not None:
-        print_line("note", _drawn(done[0].attrs))
+    if done and not json_output:
+        say_drawn(done[0])
+
+
+def selection(
+    analysis: AnalysisOptions,
+    samples: str | None,
+    sample: Sample,
+    sample_seed: int | None,
+) -> Selection:
+    """The examples a probe sees, from ``--samples/--sample/--sample-seed``."""
+    from sharpkit.api.job import Selection
+
+    seed = analysis.seed if sample_seed is None else sample_seed
+    return Selection(samples=parse_samples(samples), sample=sample.value, seed=seed)
+
+
+def say_drawn(result: ProbeResult) -> None:
+    """One note line under the table when the probe ran on a random draw."""
+    if result.attrs.get("sample_seed") is not None:
+        print_line("note", _drawn(result.attrs))
 
 
 def _drawn(attrs: Mapping[str, Any]) -> str:
