@@ -10,6 +10,7 @@ same with real products.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -214,3 +215,89 @@ def test_cli_precision_out_of_budget_is_a_warning_and_exit_0(checkpoint: Path) -
     assert "budget ran out" in said[0]
     assert f"--max-hvps {2 * h1 - 1}" in said[0]
     assert "Traceback" not in done.output
+
+
+class _Heavy(_Counted):
+    """:class:`_Counted` whose data error says ``data_reliable=False``.
+
+    As ``spectral`` does when a few examples carry the curvature: its stderr is
+    not one a sample count can be planned from.
+    """
+
+    def compute(self, ctx: sharpkit.AnalysisContext) -> sharpkit.MetricResult:
+        out = super().compute(ctx)
+        return dataclasses.replace(out, attrs={**out.attrs, "data_reliable": False})
+
+
+class _HeavyPlugin:
+    @sharpkit.hookimpl
+    def sharpkit_register_metrics(self) -> list[sharpkit.MetricSpec]:
+        return [
+            sharpkit.MetricSpec(
+                name="heavy",
+                factory=_Heavy,
+                description="Seven products, a data error flagged unreliable.",
+                options=(sharpkit.Option(name="data_error", type=bool, default=False),),
+            )
+        ]
+
+
+def _unreliable(names: str, samples: int, pct: str, everything: str) -> str:
+    return (
+        f"precision {pct}: {names} data error on {samples} samples is not "
+        "reliable (data_reliable=False: a few examples carry the curvature), so "
+        f"no sample count is planned from it; measure on {everything}"
+    )
+
+
+def test_an_unreliable_data_error_plans_nothing(reg: Registry) -> None:
+    """data_reliable=False: no N scaled from that stderr; one line says so (#19)."""
+    reg.register_plugin(_HeavyPlugin(), "heavy")
+    with pytest.warns(sharpkit.ConvergenceWarning) as caught:
+        alone = sharpkit.measure(
+            _net(), _data(), ["heavy"], samples=64, precision=0.02, registry=reg
+        )
+    lines = [str(w.message) for w in caught]
+    assert lines == [_unreliable("heavy's", 64, "2 %", 'samples="all"')]
+    assert alone.attrs["samples"] == 64  # one measurement: 64·(5/2)² not planned
+    assert alone.attrs["precision_stop"] == "unreliable"
+    assert alone.attrs["precision_unreliable"] == ["heavy"]
+    assert alone.attrs["precision_hvps"] == {"heavy": COST}
+    # beside a reliable metric, that one plans (64 → 400, see _Counted) and
+    # the unreliable one is named, once
+    with pytest.warns(sharpkit.ConvergenceWarning) as caught:
+        both = sharpkit.measure(
+            _net(), _data(), ["counted", "heavy"], samples=64, precision=0.02,
+            registry=reg,
+        )  # fmt: skip
+    assert [str(w.message) for w in caught] == [  # said of the last measurement
+        _unreliable("heavy's", 400, "2 %", 'samples="all"')
+    ]
+    assert both.attrs["samples"] == 400
+    assert both.attrs["precision_stop"] == "met"
+    assert both.attrs["precision_note"].startswith("precision 2 %: counted's")
+
+
+@pytest.mark.filterwarnings("always::sharpkit.ConvergenceWarning")  # as a user sees it
+def test_cli_precision_warnings_name_their_checkpoint(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several checkpoints: each --precision warning starts with its file (#19)."""
+    import sharpkit.registry
+
+    reg = Registry()
+    reg.register_plugin(_HeavyPlugin(), "heavy")
+    monkeypatch.setattr(sharpkit.registry, "_REGISTRY", reg)
+    other = checkpoint.with_name("b.pt")
+    other.write_bytes(checkpoint.read_bytes())
+    done = runner.invoke(
+        app,
+        [
+            "measure", str(checkpoint), str(other), "--no-store", "--samples",
+            "64", "--metric", "heavy", "--precision", "2%",
+        ],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    said = [ln for ln in done.stderr.splitlines() if "precision 2 %" in ln]
+    line = _unreliable("heavy's", 64, "2 %", "--samples all")
+    assert said == [f"warning: a.pt: {line}", f"warning: b.pt: {line}"]

@@ -20,6 +20,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
@@ -421,7 +422,8 @@ def _to_precision(
             how, max_hvps=budget.cap(),
             selection=dataclasses.replace(how.selection, samples=step.samples),
         )  # fmt: skip
-    return _precision_end(out, steps, analysis.precision, budget, stopped)
+    label = Path(model).name if isinstance(model, str | os.PathLike) else None
+    return _precision_end(out, steps, analysis.precision, budget, stopped, label)
 
 
 def _precision_end(
@@ -430,22 +432,38 @@ def _precision_end(
     precision: float,
     budget: Budget,
     stopped: str | None,
+    label: str | None = None,
 ) -> Measurement:
-    """Say how the precision loop ended, in ``out.attrs`` (and a warning)."""
+    """Say how the precision loop ended, in ``out.attrs`` (and a warning).
+
+    A warning starts with ``label`` (the checkpoint's file name), so that of
+    several checkpoints measured one after the other it names its own.
+    """
     import warnings
 
-    from sharpkit.api.precision import note
+    from sharpkit.api.precision import note, unreliable_note
     from sharpkit.errors import ConvergenceWarning
 
-    line = note(steps, precision, stopped)
-    met = steps[-1].relative <= precision
-    out.attrs["precision_note"] = line
+    last = steps[-1]
+    unsure = list(dict.fromkeys(u for p in steps for u in p.unreliable))
+    left = last.metric not in last.unreliable  # a reliable metric decided
+    met = left and last.relative <= precision
+    line = note(steps, precision, stopped) if left else ""
+    said = unreliable_note(unsure, last.measured, precision) if unsure else ""
+    out.attrs["precision_note"] = line or said
     out.attrs["precision_hvps"] = dict(budget.spent)
+    out.attrs["precision_unreliable"] = unsure
     out.attrs["precision_stop"] = (
-        "met" if met else "max_hvps" if stopped is not None else "rounds"
-    )
-    if not met and stopped is not None:
-        warnings.warn(line, ConvergenceWarning, stacklevel=5)
+        "met" if met
+        else "unreliable" if not left
+        else "max_hvps" if stopped is not None
+        else "rounds"
+    )  # fmt: skip
+    prefix = f"{label}: " if label else ""
+    if said:
+        warnings.warn(prefix + said, ConvergenceWarning, stacklevel=5)
+    if not met and left and stopped is not None:
+        warnings.warn(prefix + line, ConvergenceWarning, stacklevel=5)
     return out
 
 

@@ -25,7 +25,15 @@ from sharpkit.errors import ConfigError
 from sharpkit.interfaces import MetricResult
 from sharpkit.registry import Registry
 
-__all__ = ["MAX_ROUNDS", "Budget", "Plan", "data_error_options", "note", "plan"]
+__all__ = [
+    "MAX_ROUNDS",
+    "Budget",
+    "Plan",
+    "data_error_options",
+    "note",
+    "plan",
+    "unreliable_note",
+]
 
 MAX_ROUNDS = 4
 """Measurements at most: the count is re-planned from each (its ``r`` is itself
@@ -68,12 +76,15 @@ class Plan:
         metric: The metric that decided (the one that needs the most examples).
         relative: Its relative data standard error on this measurement.
         measured: The examples this measurement used.
+        unreliable: The metrics whose data error said ``data_reliable=False``
+            (a heavy tail of per-example terms): no count is planned from them.
     """
 
     samples: int | None
     metric: str
     relative: float
     measured: int
+    unreliable: tuple[str, ...] = ()
 
 
 def _needed(result: MetricResult, samples: int, precision: float) -> int | None:
@@ -95,6 +106,17 @@ def _needed(result: MetricResult, samples: int, precision: float) -> int | None:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.3g} %"
+
+
+def unreliable_note(names: Sequence[str], samples: int, precision: float) -> str:
+    """One line: no sample count can be planned from these metrics' data error."""
+    which = " and ".join(f"{n}'s" for n in names)
+    everything = "--samples all" if in_cli() else 'samples="all"'
+    return (
+        f"precision {_pct(precision)}: {which} data error on {samples} samples is "
+        "not reliable (data_reliable=False: a few examples carry the curvature), "
+        f"so no sample count is planned from it; measure on {everything}"
+    )
 
 
 def note(steps: Sequence[Plan], precision: float, stopped: str | None = None) -> str:
@@ -130,7 +152,10 @@ def plan(
 
     The metric that needs the most examples decides; the next count is what
     :func:`~sharpkit.curvature.sampling.samples_for_precision` says, and at
-    least 25 % more than this one.
+    least 25 % more than this one. A result with ``data_reliable=False`` (its
+    per-example terms have a heavy tail, so its stderr is not trustworthy)
+    plans nothing: it is named in :attr:`Plan.unreliable`, and when no other
+    metric is left the loop ends there.
 
     Args:
         results: The measurement's results.
@@ -144,11 +169,18 @@ def plan(
         ConfigError: No result carries a data standard error, or reaching
             ``precision`` needs more examples than the split holds.
     """
+    unreliable = tuple(
+        n for n, r in results.items() if r.attrs.get("data_reliable") is False
+    )
     needs = {
         name: n
         for name, r in results.items()
-        if (n := _needed(r, samples, precision)) is not None
+        if name not in unreliable and (n := _needed(r, samples, precision)) is not None
     }
+    if not needs and unreliable:  # nothing left to plan from: the loop ends
+        r = results[unreliable[0]]
+        rel = abs(r.data_stderr / r.value) if r.data_stderr and r.value else math.inf
+        return Plan(None, unreliable[0], rel, samples, unreliable)
     if not needs:
         msg = "precision: no metric reported a data standard error to plan from"
         raise ConfigError(msg)
@@ -156,7 +188,7 @@ def plan(
     r = results[name]
     assert r.data_stderr is not None  # in needs
     rel = abs(r.data_stderr / r.value)
-    done = Plan(None, name, rel, samples)
+    done = Plan(None, name, rel, samples, unreliable)
     if rel <= precision or last_round:
         return done
     want = max(needs[name], math.ceil(samples * _GROWTH))
@@ -174,7 +206,7 @@ def plan(
                 "or measure on all samples"
             )
         raise ConfigError(msg)
-    return Plan(want, name, rel, samples)
+    return Plan(want, name, rel, samples, unreliable)
 
 
 @dataclass

@@ -293,8 +293,9 @@ def _notes(attrs: dict[str, Any]) -> list[str]:
             f"measured on {attrs['samples']} random examples{whole} "
             f"(class-stratified, seed {attrs['sample_seed']})"
         )
-    if attrs.get("precision_note") and attrs.get("precision_stop") != "max_hvps":
-        out.append(str(attrs["precision_note"]))  # else a warning said it
+    warned = ("max_hvps", "unreliable")  # a warning said it
+    if attrs.get("precision_note") and attrs.get("precision_stop") not in warned:
+        out.append(str(attrs["precision_note"]))
     return out
 
 
