@@ -350,8 +350,14 @@ def run_measure(
     warm_start: torch.Tensor | None = None,
     registry: Registry | None = None,
     blocks: BlockSpec | None = None,
+    heldout: DataSplit | None = None,
 ) -> Measurement:
-    """:func:`measure` with its inputs and analysis options as typed values."""
+    """:func:`measure` with its inputs and analysis options as typed values.
+
+    ``heldout``: examples of the population not in the analysis set, for a
+    caller that made the selection itself (the Tracker, which hands over the
+    selected examples); ``None``: those the selection left out, if any.
+    """
     reg = registry or get_registry()
     names = analysis.metric_names(metrics, options or {})
     if blocks is not None:  # torch only when asked: `import sharpkit` stays light
@@ -362,6 +368,7 @@ def run_measure(
     return run(
         model, names, inputs, analysis, options=options, progress=progress,
         cache=cache, warm_start=warm_start, registry=reg, blocks=blocks,
+        heldout=heldout,
     )  # fmt: skip
 
 
@@ -479,6 +486,7 @@ def _measure_once(
     warm_start: torch.Tensor | None = None,
     registry: Registry,
     blocks: BlockSpec | None = None,
+    heldout: DataSplit | None = None,
 ) -> Measurement:
     """One measurement on the selected samples (the steps of :func:`measure`)."""
     reg = registry
@@ -490,6 +498,8 @@ def _measure_once(
     source = job.model(model)
     check_finite(source.net, source.path or "the model")
     data_info = analysis_data(job, source, analysis.selection)
+    if heldout is not None:
+        data_info = dataclasses.replace(data_info, heldout=heldout)
     if want_dtype is None:
         want_dtype = next(source.net.parameters()).dtype
     attrs = _run_attributes(job, source, data_info, analysis, want_dtype)

@@ -211,9 +211,12 @@ class Tracker:
         self._attrs = dict(attrs or {})
         self._store = open_store(store)  # a bad path fails before training starts
         with _untouched_rng(None):  # a shuffled DataLoader draws from torch's RNG
-            self._data, self._dataset, record = _analysis_split(
+            self._data, self._dataset, record, rest = _analysis_split(
                 data, self._analysis, reg
             )
+        # examples of the split the selection left out, for the held-out end of
+        # a data error's bracket (ctx.heldout_data, as measure hands them over)
+        self._heldout = rest if _asks_data_error(self._options) else None
         self._sample_seed: int | None = record.get("sample_seed")
         self._sample_sha256: str | None = record.get("sample_sha256")
         self._population: int | None = record.get("population")
@@ -288,6 +291,7 @@ class Tracker:
 
     def _check_extra(self, extra: Mapping[str, float] | None) -> dict[str, float]:
         own = {"step", "seconds", *(m + s for m in self.metrics for s in SUFFIXES)}
+        own |= {m + s for m in self.metrics for s in _BRACKET}
         out: dict[str, float] = {}
         for key, given in (extra or {}).items():
             if key in own or str(key).startswith("blocks."):
@@ -316,7 +320,7 @@ class Tracker:
                 dataclasses.replace(self._analysis, selection=Selection()),
                 options=self._options, progress=self._progress,
                 warm_start=self._warm if self._use_warm else None,
-                registry=self._registry, blocks=self._blocks,
+                registry=self._registry, blocks=self._blocks, heldout=self._heldout,
             )  # fmt: skip
         seconds = time.perf_counter() - start
         if self._use_warm and result.warm_start is not None:
@@ -336,6 +340,7 @@ class Tracker:
                 strict=True,
             ):
                 row[name + suffix] = math.nan if value is None else float(value)
+        row |= _bracket_values(result)
         row["seconds"] = seconds
         row.update(self._block_values(result))
         row.update(extra)
@@ -532,29 +537,56 @@ def _whole(value: object, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+_BRACKET: Final = ("_data_lower", "_data_lower_stderr")
+"""Curves of a metric whose results carry the held-out bracket (``data_lower``)."""
+
+
+def _asks_data_error(options: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether any metric is asked for its data error (``data_error=True``)."""
+    return any(bool(o.get("data_error")) for o in options.values())
+
+
+def _bracket_values(result: Measurement) -> dict[str, float]:
+    """``m_data_lower`` and ``m_data_lower_stderr`` of each result that has them."""
+    out: dict[str, float] = {}
+    for name, res in result.items():
+        lower = res.attrs.get("data_lower")
+        if isinstance(lower, int | float):
+            err = res.attrs.get("data_lower_stderr")
+            out[name + _BRACKET[0]] = float(lower)
+            out[name + _BRACKET[1]] = (
+                float(err) if isinstance(err, int | float) else math.nan
+            )
+    return out
+
+
 def _analysis_split(
     data: DataLike, analysis: Analysis, registry: Registry
-) -> tuple[DataSplit, str | None, dict[str, Any]]:
-    """The analysis set ``data`` names (read once), its dataset's name, its record.
+) -> tuple[DataSplit, str | None, dict[str, Any], DataSplit | None]:
+    """The analysis set ``data`` names (read once), its dataset, record, held-out.
 
-    The record is :meth:`~sharpkit.api.job.Selection.cut`'s (``sample``, ...).
+    The record is :meth:`~sharpkit.api.job.Selection.cut`'s (``sample``, ...);
+    the held-out examples are :meth:`~sharpkit.api.job.Selection.rest`'s, as
+    :func:`~sharpkit.api.job.analysis_data` gives ``measure`` (``None`` where the
+    selection takes the whole split, or read no further than it).
     """
     if isinstance(data, str):
         data = load_dataset(data, registry=registry)
     selection = analysis.selection
     if isinstance(data, Dataset):
         split, record = selection.cut(data.train, default=None)
-        return DataSplit(split.inputs, split.targets), data.name, record
+        rest = selection.rest(data.train, default=None)
+        return DataSplit(split.inputs, split.targets), data.name, record, rest
     first = selection.sample == "first"
-    split, record = selection.cut(
-        as_split(data, selection.count(None) if first else None), default=None
-    )
+    whole = as_split(data, selection.count(None) if first else None)
+    split, record = selection.cut(whole, default=None)
     if first and selection.count(None) is not None:
         record["population"] = None  # read no further than the selection
     if len(split) == 0:
         msg = "the tracker's analysis data is empty; pass at least one example"
         raise ConfigError(msg)
-    return DataSplit(split.inputs, split.targets), None, record
+    rest = None if first else selection.rest(whole, default=None)
+    return DataSplit(split.inputs, split.targets), None, record, rest
 
 
 @contextmanager

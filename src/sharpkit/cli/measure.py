@@ -35,6 +35,8 @@ from sharpkit.cli._render import fmt_number, print_json, print_table
 from sharpkit.cli._threads import ThreadsOpt, use_threads
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from sharpkit.api.job import Analysis, Inputs
     from sharpkit.cli._distributed import RankSession
 
@@ -46,6 +48,20 @@ def _uncertainty(value: Any) -> str:
 def _data(data_stderr: float | None) -> str | None:
     """The data's standard error, for the ``± data`` column (None: not measured)."""
     return None if data_stderr is None else f"±{fmt_number(data_stderr, 2)}"
+
+
+def _bracket(attrs: Mapping[str, Any]) -> str:
+    """The held-out lower end of the full-data value, e.g. ``full-data ≥ 2.6 ± 0.3``.
+
+    Empty where the result has none (``data_lower``: the Rayleigh quotient of
+    the top eigenvector on examples the sample left out).
+    """
+    lower = attrs.get("data_lower")
+    if not isinstance(lower, int | float):
+        return ""
+    err = attrs.get("data_lower_stderr")
+    pm = f" ± {fmt_number(err, 2)}" if isinstance(err, int | float) else ""
+    return f"full-data ≥ {fmt_number(lower, 4)}{pm} (held-out)"
 
 
 def _kind(stderr: float | None, bound: float | None) -> str:
@@ -369,7 +385,7 @@ def _rows(path: str, result: Any) -> list[dict[str, Any]]:
                 "converged": r.converged,
                 "hvps": r.hvps,
                 "seconds": r.seconds,
-                "note": stored,
+                "note": "; ".join(n for n in (stored, _bracket(r.attrs)) if n),
             }
         )
         if "lambda_min" in r.attrs:

@@ -36,6 +36,7 @@ _TABLE_COLUMNS = (
     ("value", "value"),
     ("stderr", "stderr"),
     ("data_stderr", "± data"),
+    ("data_lower", "full ≥"),
     ("converged", "conv."),
     ("train_accuracy", "train acc."),
     ("test_accuracy", "test acc."),
@@ -48,6 +49,7 @@ _ALWAYS = frozenset({"run_id", "metric", "value"})
 _IF_VARIED = frozenset({"samples", "sample", "sample_seed"})
 _TEXT = frozenset({"run_id", "kind", "model", "dataset", "loss", "metric", "sample"})
 _DROP_ORDER = (
+    "data_lower",
     "sample_seed",
     "sample",
     "seed",

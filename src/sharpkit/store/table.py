@@ -53,6 +53,8 @@ COLUMNS: Final = (
     "value",
     "stderr",
     "data_stderr",
+    "data_lower",
+    "data_lower_stderr",
     "bound",
     "unit",
     "converged",
@@ -294,6 +296,8 @@ def _base_row(info: RunInfo, final: Mapping[str, Any]) -> dict[str, Any]:
         "value": None,
         "stderr": None,
         "data_stderr": None,
+        "data_lower": None,
+        "data_lower_stderr": None,
         "bound": None,
         "unit": None,
         "converged": None,
@@ -335,6 +339,9 @@ def _metric_rows(info: RunInfo, base: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": opt_float(m.get("value")),
                 "stderr": opt_float(m.get("stderr")),
                 "data_stderr": opt_float(m.get("data_stderr")),
+                # the held-out Rayleigh quotient: the full-data value is at least it
+                "data_lower": opt_float(m.get("data_lower")),
+                "data_lower_stderr": opt_float(m.get("data_lower_stderr")),
                 "bound": opt_float(m.get("bound")),
                 "unit": labels_of(m).get("units"),
                 "converged": converged if isinstance(converged, bool) else None,
@@ -358,7 +365,10 @@ def _block_rows(
     kind = "bound" if m.get("block_error_kind") == "bound" else "stderr"
     out = []
     for block, value, err in zip(blocks, values, errors, strict=False):
-        cells = dict.fromkeys(("stderr", "data_stderr", "bound", "converged"))
+        cells = dict.fromkeys(
+            ("stderr", "data_stderr", "data_lower", "data_lower_stderr", "bound")
+        )
+        cells["converged"] = None
         cells |= {"hvps": None, "seconds": None, kind: opt_float(err)}
         out.append({**row, **cells, "metric": f"{name}:{block}"})
         out[-1]["value"] = opt_float(value)
@@ -422,6 +432,8 @@ def _track_rows(
             "value": opt_float(final.get(str(name))),
             "stderr": opt_float(final.get(f"{name}_stderr")),
             "data_stderr": opt_float(final.get(f"{name}_data_stderr")),
+            "data_lower": opt_float(final.get(f"{name}_data_lower")),
+            "data_lower_stderr": opt_float(final.get(f"{name}_data_lower_stderr")),
             "bound": opt_float(final.get(f"{name}_bound")),
             "hvps": opt_int(final.get(f"{name}_hvps")),
             "seconds": opt_float(final.get(f"{name}_seconds")),
