@@ -43,6 +43,7 @@ class FigureName(StrEnum):
     sam = "sam"
     rescale = "rescale"
     blocks = "blocks"
+    blocks_track = "blocks-track"
 
 
 class EndLabel(StrEnum):
@@ -67,7 +68,9 @@ def plot(
             "fig2/fig3: interpolation curves; fig4: learning curves; density: "
             "Hessian eigenvalue densities (measure -m density); correlate: each "
             "measure against --target with Kendall's τ and Ψ; sam: fig1 plus adaptive "
-            "sharpness, SGD and SAM as two series; rescale: the rescale probe.",
+            "sharpness, SGD and SAM as two series; rescale: the rescale probe; "
+            "blocks: curvature per block (measure --blocks); blocks-track: block x "
+            "step heat maps of runs tracked with Tracker(blocks=...).",
             show_default=False,
         ),
     ],
