@@ -118,6 +118,8 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + len(mods["test_one_liners"].BAD_ENDPOINTS)
         + 1  # every target -100
         + 1  # a PNG decompression bomb in an image folder
+        + 1  # a damaged .pt2, without torch's own warning
+        + len(plugins.BAD_PARTS)
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)

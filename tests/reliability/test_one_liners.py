@@ -308,3 +308,62 @@ def test_targets_of_minus_100_are_said_and_measured_as_left_out(
     line = one_line(cli("measure", tiny, "--data", tmp_path / "none.pt", "--no-store"))
     assert "every target of" in line
     assert "is -100, which cross-entropy ignores" in line
+
+
+# ------------------------------------------------------------- torch.export archives
+
+
+def _pt2_starting_0x80(path: Path) -> torch.nn.Module:
+    """A .pt2 whose first raw weight file starts with the byte 0x80, as a pickle."""
+    import struct
+    import zipfile
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 4)).eval()
+    with torch.no_grad():  # little-endian float32 0x3f000080: 0.50000763
+        net[0].weight[0, 0] = struct.unpack("<f", b"\x80\x00\x00\x3f")[0]
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        net, (torch.randn(2, 16),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, path)
+    with zipfile.ZipFile(path) as archive:
+        blobs = [archive.read(n) for n in archive.namelist() if n.endswith("weight_0")]
+    assert blobs[0][:1] == b"\x80"
+    return net
+
+
+def test_a_pt2_whose_raw_weight_starts_like_a_pickle_is_measured(
+    tmp_path: Path,
+) -> None:
+    # before: refused as "holds a pickle that would load more than tensors",
+    # after torch's own UserWarning about "pickle protocol 128" (one weight file
+    # in 256 starts with 0x80); its config says it is raw bytes, never unpickled
+    net = _pt2_starting_0x80(tmp_path / "net.pt2")
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 16, generator=gen), torch.arange(32) % 4
+    got = sharpkit.measure(tmp_path / "net.pt2", (x, y), ["spectral"])
+    want = sharpkit.measure(net, (x, y), ["spectral"])
+    # the same float32 operations, eager or through the graph: to rounding
+    assert got["spectral"].value == pytest.approx(want["spectral"].value, rel=1e-5)
+
+
+def test_a_damaged_pt2_is_one_line_without_torchs_own_noise(tmp_path: Path) -> None:
+    import zipfile
+
+    _pt2_starting_0x80(tmp_path / "net.pt2")
+    # the archive without its weights' config: the raw weight is now unexplained
+    with (
+        zipfile.ZipFile(tmp_path / "net.pt2") as src,
+        zipfile.ZipFile(tmp_path / "cut.pt2", "w") as out,
+    ):
+        for info in src.infolist():
+            if not info.filename.endswith("weights_config.json"):
+                out.writestr(info, src.read(info))
+    torch.save({"x": torch.randn(8, 16), "y": torch.arange(8) % 4}, tmp_path / "d.pt")
+    result = cli("measure", tmp_path / "cut.pt2", "--data", tmp_path / "d.pt",
+                 "--no-store")  # fmt: skip
+    line = one_line(result)
+    assert "cut.pt2" in line
+    assert "warning:" not in result.stderr  # before: torch's "pickle protocol 128"
+    assert "protocol" not in result.stderr
