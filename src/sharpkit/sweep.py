@@ -615,8 +615,9 @@ def _run_pool(
     """
     import multiprocessing
 
-    from sharpkit._fs import init_worker, run_in_worker
+    from sharpkit._fs import init_worker, run_in_worker, start_resource_tracker
 
+    start_resource_tracker()  # before the pool starts it, without SIGHUP immunity
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
         max_workers=jobs, mp_context=ctx, initializer=init_worker

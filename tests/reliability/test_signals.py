@@ -133,7 +133,12 @@ def _interrupted_line(cwd: Path, name: str) -> str:
 
 
 TRAIN_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"]
-SWEEP_SIGNALS = [("parent", "SIGTERM"), ("group", "SIGINT"), ("group", "SIGTERM")]
+SWEEP_SIGNALS = [
+    ("parent", "SIGTERM"),
+    ("group", "SIGINT"),
+    ("group", "SIGTERM"),
+    ("group", "SIGHUP"),  # the terminal closed: before, resource_tracker tracebacks
+]
 
 
 @pytest.mark.slow
@@ -280,7 +285,7 @@ def _sweep_and_signal(tmp_path: Path, extra: list[str], send: Callable[[int], No
 @pytest.mark.parametrize(
     ("how", "sig"),
     SWEEP_SIGNALS,
-    ids=["sigterm-to-parent", "ctrl-c-to-group", "sigterm-to-group"],
+    ids=["sigterm-to-parent", "ctrl-c-to-group", "sigterm-to-group", "sighup-to-group"],
 )
 def test_a_signal_stops_a_sweep_pool_at_once(
     how: str, sig: str, tmp_path: Path
