@@ -367,3 +367,30 @@ def test_a_damaged_pt2_is_one_line_without_torchs_own_noise(tmp_path: Path) -> N
     assert "cut.pt2" in line
     assert "warning:" not in result.stderr  # before: torch's "pickle protocol 128"
     assert "protocol" not in result.stderr
+
+
+# ------------------------------------------------------------- exotic dtypes
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_checkpoint_is_measured_as_its_rounded_weights(
+    tiny: Path, tmp_path: Path, dtype: str
+) -> None:
+    # the model is built in float32 and the half-precision weights are cast up:
+    # what is measured is exactly the float32 model with the rounded weights
+    # (the same computation, so equal to the last bit; Hessians in half
+    # precision would be noise). Integer and complex weights are refused (a
+    # float model is never saved so): test_bad_checkpoints
+    ckpt = load_checkpoint(tiny)
+    half = getattr(torch, dtype)
+    state = {
+        k: v.to(half) if v.is_floating_point() else v
+        for k, v in ckpt.state_dict.items()
+    }
+    sharpkit.save_checkpoint(tmp_path / "half.pt", state, ckpt.meta)
+    rounded = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    sharpkit.save_checkpoint(tmp_path / "rounded.pt", rounded, ckpt.meta)
+    got = sharpkit.measure(tmp_path / "half.pt", metrics=["spectral"])
+    want = sharpkit.measure(tmp_path / "rounded.pt", metrics=["spectral"])
+    assert got["spectral"].value == want["spectral"].value
+    assert got.attrs["dtype"] == "float32"
