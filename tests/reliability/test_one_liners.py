@@ -75,6 +75,12 @@ USER_CODE = {
         "    def forward(self, x):\n        sys.exit(0)\n"
     ),
     "float_loss.py": "def loss(outputs, targets):\n    return 1.5\n",
+    "bad_items.py": (
+        "import sys\n\nimport torch\n\n\nclass Items(torch.utils.data.Dataset):\n"
+        "    def __len__(self):\n        return 10\n\n"
+        "    def __getitem__(self, i):\n        raise RuntimeError('disk gone')\n\n\n"
+        "class Exits(Items):\n    def __getitem__(self, i):\n        sys.exit(0)\n"
+    ),
 }
 
 # (id, argv after "measure", what the one line says); {d}: the user's folder,
@@ -90,6 +96,11 @@ USER_CASES = [
                              "--data", "synthetic"], r"fails on them \(SystemExit"),
     ("loss-returns-a-float", ["{a}", "--loss", "{d}/float_loss.py:loss"],
      r"returned a float, not a scalar tensor"),
+    # before: the RuntimeError's traceback; exit status 0 for sys.exit(0)
+    ("data-getitem-raises", ["{a}", "--data", "{d}/bad_items.py:Items"],
+     r"raised RuntimeError while its examples were read: disk gone"),
+    ("data-getitem-exits", ["{a}", "--data", "{d}/bad_items.py:Exits"],
+     r"raised SystemExit while its examples were read"),
 ]  # fmt: skip
 
 
