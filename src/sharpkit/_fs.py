@@ -45,6 +45,7 @@ __all__ = [
     "remove_live_temps",
     "remove_stale_temps",
     "run_in_worker",
+    "start_resource_tracker",
     "temp_name",
     "unwind_on_signals",
 ]
@@ -251,15 +252,38 @@ def die_with_parent(sig: int, parent: int | None = None) -> None:
         os._exit(128 + int(sig))  # the parent ended before we asked
 
 
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker immune to SIGHUP, if not running.
+
+    It ignores Ctrl-C and SIGTERM by itself but not SIGHUP: a closed terminal
+    killed it, and the pool's workers then printed its ``KeyError`` tracebacks
+    as it was relaunched. The parent, which does unwind on SIGHUP, cleans up.
+    """
+    if not hasattr(signal, "SIGHUP") or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        return
+    from multiprocessing import resource_tracker
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited through exec
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
 def init_worker() -> None:
     """Initialise a pool's worker process: its parent owns Ctrl-C and SIGTERM.
 
-    Ctrl-C reaches every process of the terminal's group; a worker ignores it
-    and is stopped by its parent (with SIGTERM) instead, so it never prints a
+    Ctrl-C (and SIGHUP, when the terminal closes) reaches every process of the
+    terminal's group; a worker ignores it and is stopped by its parent (with
+    SIGTERM) instead, so it never prints a
     traceback or starts the next task. On SIGTERM a worker that is running a
     task unwinds it (see :func:`run_in_worker`); an idle one exits at once.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):  # a closed terminal: the parent stops us too
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_signal)
     import multiprocessing
 

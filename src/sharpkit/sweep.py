@@ -53,7 +53,6 @@ import os
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -611,43 +610,26 @@ def _run_pool(
     Ctrl-C, SIGTERM (raised here as :class:`~sharpkit._fs.Terminated`) or an
     error cancels the points not started and stops the workers (SIGTERM: each
     unwinds its point and exits, see :func:`sharpkit._fs.run_in_worker`), so no
-    new point starts and no worker outlives the sweep.
+    new point starts and no worker outlives the sweep. A worker that dies
+    (``kill -9``, the out-of-memory killer) fails its point only; the others
+    finish (:func:`sharpkit._pool.run_pool`).
     """
-    import multiprocessing
+    from sharpkit._pool import run_pool
 
-    from sharpkit._fs import init_worker, run_in_worker
+    def lost(a: tuple[Any, ...]) -> None:
+        point = a[0]
+        done(
+            PointOutcome(
+                point=point,
+                error=(
+                    f"point {point.label}: its worker process died (killed: out of "
+                    "memory, or kill -9) even when it ran alone; the other points "
+                    "went on"
+                ),
+            )
+        )
 
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=ctx, initializer=init_worker
-    )
-    try:
-        futures: list[Future[PointOutcome]] = [
-            pool.submit(run_in_worker, _run_point, *a) for a in args
-        ]
-        for fut in as_completed(futures):
-            done(fut.result())
-    except BaseException:
-        _stop_pool(pool)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _stop_pool(pool: ProcessPoolExecutor, grace: float = 20.0) -> None:
-    """Cancel what has not started and end every worker (SIGTERM, then SIGKILL)."""
-    # The executor has no public handle on its processes before Python 3.14's
-    # terminate_workers(); shutdown() forgets them, so take them first.
-    workers = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in workers:
-        if proc.is_alive():
-            proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in workers:
-        proc.join(max(0.0, deadline - time.monotonic()))
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+    run_pool(_run_point, args, jobs, done, lost)
 
 
 def _warn_if_local(config: SweepConfig, scheduler: str | None) -> None:

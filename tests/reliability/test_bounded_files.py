@@ -178,3 +178,63 @@ def test_a_data_source_too_big_for_memory_is_refused_before_it_is_read(
             del sys.modules[mod]
     assert says in str(info.value)
     assert "1.0 GiB" in str(info.value)  # the limit: half the memory free
+
+
+# ---------------------------------------------------------------- image bombs
+
+
+def _folder_with(tmp_path: Path, odd: tuple[int, int]) -> Path:
+    """Six 8x8 grey images in two classes, and one of size ``odd`` (w, h)."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    for i in range(6):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), color=i).save(sub / f"{i}.png")
+    Image.new("L", odd).save(folder / "a" / "odd.png")
+    return folder
+
+
+def _count_decoded(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    from sharpkit.api.imagefolder import _ImageReader
+
+    decoded: list[Path] = []
+    read = _ImageReader.read
+
+    def counting(self: object, path: Path) -> torch.Tensor:
+        decoded.append(path)
+        return read(self, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_ImageReader, "read", counting)
+    return decoded
+
+
+@pytest.mark.timeout(120)
+def test_a_png_decompression_bomb_is_refused_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10000 x 10000 black pixels: a 97 KB file that decodes to 100 megapixels.
+    # Pillow only warns between 89 and 179 megapixels and decodes them anyway
+    # (before: a warning, then 300 MB decoded and resized); with size=8 the
+    # folder's other images fit, so only the header can tell
+    folder = _folder_with(tmp_path, (10_000, 10_000))
+    assert (folder / "a" / "odd.png").stat().st_size < MB
+    decoded = _count_decoded(monkeypatch)
+    with pytest.raises(sharpkit.DataError, match=r"odd\.png.*decompression bomb"):
+        load_data(folder, options={"size": "8"})
+    assert decoded == []  # refused before any image was decoded
+    line = one_line(cli("measure", "tinynet", "--data", folder, "--no-store"))
+    assert "decompression bomb" in line
+
+
+@pytest.mark.timeout(120)
+def test_images_of_another_size_are_refused_before_any_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _folder_with(tmp_path, (16, 8))
+    decoded = _count_decoded(monkeypatch)
+    with pytest.raises(sharpkit.DataError, match=r"differ in size .*odd\.png.* 8x16"):
+        load_data(folder)
+    assert decoded == []
+    assert len(load_data(folder, options={"size": "8"}).train) == 7  # resized: fine

@@ -42,7 +42,8 @@ CLASSES = [
     ),
     (
         "test_bounded_files",
-        "sparse files, zip bombs (.npz, .pt data, .pt2), endless data sources",
+        "sparse files, zip bombs (.npz, .pt data, .pt2), endless data sources, "
+        "PNG bombs",
     ),
     (
         "test_one_liners",
@@ -116,6 +117,9 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + 1  # train --out ''
         + len(mods["test_one_liners"].BAD_ENDPOINTS)
         + 1  # every target -100
+        + 1  # a PNG decompression bomb in an image folder
+        + 1  # a damaged .pt2, without torch's own warning
+        + len(plugins.BAD_PARTS)
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)

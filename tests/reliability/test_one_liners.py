@@ -75,6 +75,12 @@ USER_CODE = {
         "    def forward(self, x):\n        sys.exit(0)\n"
     ),
     "float_loss.py": "def loss(outputs, targets):\n    return 1.5\n",
+    "bad_items.py": (
+        "import sys\n\nimport torch\n\n\nclass Items(torch.utils.data.Dataset):\n"
+        "    def __len__(self):\n        return 10\n\n"
+        "    def __getitem__(self, i):\n        raise RuntimeError('disk gone')\n\n\n"
+        "class Exits(Items):\n    def __getitem__(self, i):\n        sys.exit(0)\n"
+    ),
 }
 
 # (id, argv after "measure", what the one line says); {d}: the user's folder,
@@ -90,6 +96,11 @@ USER_CASES = [
                              "--data", "synthetic"], r"fails on them \(SystemExit"),
     ("loss-returns-a-float", ["{a}", "--loss", "{d}/float_loss.py:loss"],
      r"returned a float, not a scalar tensor"),
+    # before: the RuntimeError's traceback; exit status 0 for sys.exit(0)
+    ("data-getitem-raises", ["{a}", "--data", "{d}/bad_items.py:Items"],
+     r"raised RuntimeError while its examples were read: disk gone"),
+    ("data-getitem-exits", ["{a}", "--data", "{d}/bad_items.py:Exits"],
+     r"raised SystemExit while its examples were read"),
 ]  # fmt: skip
 
 
@@ -308,3 +319,89 @@ def test_targets_of_minus_100_are_said_and_measured_as_left_out(
     line = one_line(cli("measure", tiny, "--data", tmp_path / "none.pt", "--no-store"))
     assert "every target of" in line
     assert "is -100, which cross-entropy ignores" in line
+
+
+# ------------------------------------------------------------- torch.export archives
+
+
+def _pt2_starting_0x80(path: Path) -> torch.nn.Module:
+    """A .pt2 whose first raw weight file starts with the byte 0x80, as a pickle."""
+    import struct
+    import zipfile
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 4)).eval()
+    with torch.no_grad():  # little-endian float32 0x3f000080: 0.50000763
+        net[0].weight[0, 0] = struct.unpack("<f", b"\x80\x00\x00\x3f")[0]
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        net, (torch.randn(2, 16),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, path)
+    with zipfile.ZipFile(path) as archive:
+        blobs = [archive.read(n) for n in archive.namelist() if n.endswith("weight_0")]
+    assert blobs[0][:1] == b"\x80"
+    return net
+
+
+def test_a_pt2_whose_raw_weight_starts_like_a_pickle_is_measured(
+    tmp_path: Path,
+) -> None:
+    # before: refused as "holds a pickle that would load more than tensors",
+    # after torch's own UserWarning about "pickle protocol 128" (one weight file
+    # in 256 starts with 0x80); its config says it is raw bytes, never unpickled
+    net = _pt2_starting_0x80(tmp_path / "net.pt2")
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 16, generator=gen), torch.arange(32) % 4
+    got = sharpkit.measure(tmp_path / "net.pt2", (x, y), ["spectral"])
+    want = sharpkit.measure(net, (x, y), ["spectral"])
+    # the same float32 operations, eager or through the graph: to rounding
+    assert got["spectral"].value == pytest.approx(want["spectral"].value, rel=1e-5)
+
+
+def test_a_damaged_pt2_is_one_line_without_torchs_own_noise(tmp_path: Path) -> None:
+    import zipfile
+
+    _pt2_starting_0x80(tmp_path / "net.pt2")
+    # the archive without its weights' config: the raw weight is now unexplained
+    with (
+        zipfile.ZipFile(tmp_path / "net.pt2") as src,
+        zipfile.ZipFile(tmp_path / "cut.pt2", "w") as out,
+    ):
+        for info in src.infolist():
+            if not info.filename.endswith("weights_config.json"):
+                out.writestr(info, src.read(info))
+    torch.save({"x": torch.randn(8, 16), "y": torch.arange(8) % 4}, tmp_path / "d.pt")
+    result = cli("measure", tmp_path / "cut.pt2", "--data", tmp_path / "d.pt",
+                 "--no-store")  # fmt: skip
+    line = one_line(result)
+    assert "cut.pt2" in line
+    assert "warning:" not in result.stderr  # before: torch's "pickle protocol 128"
+    assert "protocol" not in result.stderr
+
+
+# ------------------------------------------------------------- exotic dtypes
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_checkpoint_is_measured_as_its_rounded_weights(
+    tiny: Path, tmp_path: Path, dtype: str
+) -> None:
+    # the model is built in float32 and the half-precision weights are cast up:
+    # what is measured is exactly the float32 model with the rounded weights
+    # (the same computation, so equal to the last bit; Hessians in half
+    # precision would be noise). Integer and complex weights are refused (a
+    # float model is never saved so): test_bad_checkpoints
+    ckpt = load_checkpoint(tiny)
+    half = getattr(torch, dtype)
+    state = {
+        k: v.to(half) if v.is_floating_point() else v
+        for k, v in ckpt.state_dict.items()
+    }
+    sharpkit.save_checkpoint(tmp_path / "half.pt", state, ckpt.meta)
+    rounded = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    sharpkit.save_checkpoint(tmp_path / "rounded.pt", rounded, ckpt.meta)
+    got = sharpkit.measure(tmp_path / "half.pt", metrics=["spectral"])
+    want = sharpkit.measure(tmp_path / "rounded.pt", metrics=["spectral"])
+    assert got["spectral"].value == want["spectral"].value
+    assert got.attrs["dtype"] == "float32"

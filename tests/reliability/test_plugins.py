@@ -188,3 +188,36 @@ def test_raising_hook_warns_in_measure(
     plugin_dists("hook_raises")
     line = warned(cli("measure", tiny, "-m", "spectral", "--no-store"))
     assert "hookraises" in line, line
+
+
+# A plugin's dataset or trainer that returns the wrong thing (the badparts test
+# distribution): (id, argv, what the one line says); {a}: the tiny checkpoint
+BAD_PARTS = [
+    ("dataset-returns-a-dict", ["measure", "{a}", "--data", "dict-data"],
+     r"dataset 'dict-data' factory returned dict, not a Dataset"),
+    # before: AttributeError: 'tuple' object has no attribute 'inputs'
+    ("dataset-split-is-a-tuple", ["measure", "{a}", "--data", "half-data"],
+     r"dataset 'half-data' factory returned a Dataset whose train is a tuple"),
+    ("trainer-returns-a-dict", ["train", "--model", "mlp-bn", "--data", "synthetic",
+                                "--lr", "0.1", "--batch-size", "32", "-o", "width=16",
+                                "-o", "n_train=128", "--epochs", "1", "--trainer",
+                                "dict-trainer", "--out", "{d}/run"],
+     r"trainer 'dict-trainer' returned dict, expected TrainResult"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"), [c[1:] for c in BAD_PARTS], ids=[c[0] for c in BAD_PARTS]
+)
+def test_a_plugin_dataset_or_trainer_of_the_wrong_type_is_one_line(
+    argv: list[str],
+    says: str,
+    tiny: Path,
+    tmp_path: Path,
+    plugin_dists,
+    fresh_registry_env,
+) -> None:
+    plugin_dists("badparts")
+    args = [a.replace("{a}", str(tiny)).replace("{d}", str(tmp_path)) for a in argv]
+    line = one_line(cli(*args, "--no-store"))
+    assert re.search(says, line), line

@@ -113,7 +113,6 @@ def check_fits(
                 f" train give the module itself ({module} and a state_dict)"
             )
         raise ConfigError(msg)
-    _check_ignored(ctx, data)
     name = source.path or source.meta.model or type(source.net).__name__
     check_fit(
         ctx.model,
@@ -125,6 +124,7 @@ def check_fits(
         loss_label=f"the loss {loss!r}",
         second_order=exported,
     )
+    _check_ignored(ctx, data)
 
 
 def _check_ignored(ctx: AnalysisContext, data: AnalysisData) -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
-from sharpkit._fs import available_memory
-from sharpkit._hints import option_hint
+from sharpkit._fs import available_memory, is_interrupt
+from sharpkit._hints import option_hint, traceback_hint
 from sharpkit.api.imagefolder import IMAGE_OPTIONS, read_folder
 from sharpkit.api.usercode import (
     call_with,
@@ -36,7 +36,7 @@ from sharpkit.api.usercode import (
     source_sha256,
 )
 from sharpkit.checkpoint import check_archive
-from sharpkit.errors import ConfigError, DataError, first_line
+from sharpkit.errors import ConfigError, DataError, SharpkitError, first_line
 from sharpkit.interfaces import Dataset
 
 if TYPE_CHECKING:
@@ -554,6 +554,17 @@ def _from_code(
             "DataLoader, an (inputs, targets) pair or a sharpkit.DataSplit"
         )
         raise ConfigError(msg) from None
+    except SharpkitError:
+        raise
+    except BaseException as exc:  # the user's __getitem__ or iterator raised
+        if is_interrupt(exc):
+            raise
+        msg = (
+            f"data {spec} raised {type(exc).__name__} while its examples were "
+            f"read: {first_line(exc)[:200]}; check the code that gives them"
+            f"{traceback_hint()}"
+        )
+        raise DataError(msg) from exc
     ds = _dataset(spec, split, None, code_sha256=sha)
     if limit is not None and len(split) >= limit:
         total = _count(made)

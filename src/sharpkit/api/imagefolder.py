@@ -9,7 +9,9 @@ checking from one image's header that they fit in memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,7 @@ from sharpkit._data import DataSplit
 from sharpkit._hints import option_hint
 from sharpkit._limits import check_bytes
 from sharpkit._seed import generator
-from sharpkit.errors import ConfigError, DataError
+from sharpkit.errors import ConfigError, DataError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -138,6 +140,38 @@ def read_folder(
     return FolderData(classes, train, test, (len(train_files), len(test_files)))
 
 
+@contextmanager
+def _opened(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open(path)`` (the header only), a decompression bomb refused.
+
+    Pillow only warns between 89 and 179 megapixels and decodes them anyway
+    (hundreds of MB from a file of a few KB); both are one line here.
+
+    Raises:
+        DataError: The file is no image Pillow reads, or a decompression bomb.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        limit = (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        said = first_line(exc).split(" exceeds")[0]  # "Image size (N pixels)"
+        msg = (
+            f"image {str(path)!r} ({path.stat().st_size} bytes) decodes to more "
+            f"than the {limit:.0f} megapixels Pillow allows ({said.lower()}): a "
+            "decompression bomb; it was not decoded: resize or remove it"
+        )
+        raise DataError(msg) from None
+    except Exception as exc:
+        msg = f"cannot read image {str(path)!r} ({type(exc).__name__}: {exc})"
+        raise DataError(msg) from exc
+    with img:
+        yield img
+
+
 def _normalisation(
     opts: Mapping[str, Any],
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -169,12 +203,11 @@ class _ImageReader:
         channels: Any,
         files: list[tuple[Path, int]],
     ) -> None:
-        from PIL import Image
 
         self.size = size
         self.first = files[0][0]
         if channels is None:
-            with Image.open(files[0][0]) as first:
+            with _opened(files[0][0]) as first:
                 grey = first.mode in ("L", "1", "I", "I;16", "F", "LA")
             channels = 1 if grey else 3
         if int(channels) not in (1, 3):
@@ -198,12 +231,10 @@ class _ImageReader:
         Raises:
             ConfigError: ``count`` such images are over the memory limit.
         """
-        from PIL import Image
-
         if self.size is not None:
             h, w = (self.size[0], self.size[0]) if len(self.size) == 1 else self.size
         else:
-            with Image.open(self.first) as img:
+            with _opened(self.first) as img:
                 w, h = img.size
         channels = 1 if self.mode == "L" else 3
         check_bytes(
@@ -212,16 +243,43 @@ class _ImageReader:
             hint=f"resize them with {option_hint(OPTIONS_FLAG, 'size')}",
         )
 
+    def check_headers(self, paths: Sequence[Path]) -> None:
+        """Look at every image's header before any is decoded.
+
+        A decompression bomb (a small file of many megapixels) is refused
+        before it inflates; without ``size``, images of different sizes are
+        refused before the others are decoded (they cannot be stacked).
+
+        Raises:
+            DataError: An image cannot be read, is a decompression bomb, or
+                differs in size from the first.
+        """
+        first: tuple[Path, tuple[int, int]] | None = None
+        for path in paths:
+            with _opened(path) as img:
+                size = img.size
+            if self.size is not None:
+                continue
+            if first is None:
+                first = (path, size)
+            elif size != first[1]:
+                (w0, h0), (w, h) = first[1], size
+                msg = (
+                    f"the images differ in size ({str(first[0])!r} is {h0}x{w0}, "
+                    f"{str(path)!r} {h}x{w}); pass "
+                    f"{option_hint(OPTIONS_FLAG, 'size')} to resize them"
+                )
+                raise DataError(msg)
+
     def read(self, path: Path) -> torch.Tensor:
         import torchvision.transforms.functional as tf
-        from PIL import Image
 
-        try:
-            with Image.open(path) as img:
+        with _opened(path) as img:
+            try:
                 pic = img.convert(self.mode)
-        except Exception as exc:
-            msg = f"cannot read image {str(path)!r} ({type(exc).__name__}: {exc})"
-            raise DataError(msg) from exc
+            except Exception as exc:
+                msg = f"cannot read image {str(path)!r} ({type(exc).__name__}: {exc})"
+                raise DataError(msg) from exc
         if self.size is not None:
             if len(self.size) == 1:
                 pic = tf.center_crop(tf.resize(pic, [self.size[0]]), [self.size[0]])
@@ -245,6 +303,7 @@ class _ImageReader:
             len(files), generator=generator(seed, f"images:{stream}")
         )
         chosen = [files[int(i)] for i in order[:limit]]
+        self.check_headers([f for f, _ in chosen])
         images = [self.read(f) for f, _ in chosen]
         shapes = {tuple(x.shape) for x in images}
         if len(shapes) > 1:

@@ -300,9 +300,42 @@ def load_registered(
     if not isinstance(ds, Dataset):
         msg = f"dataset {name!r} factory returned {type(ds).__name__}, not a Dataset"
         raise PluginContractError(msg)
+    _check_dataset(name, ds)
     if cache is not None:
         cache[key] = ds
     return ds
+
+
+def _check_dataset(name: str, ds: Dataset) -> None:
+    """Check what a dataset factory returned beyond its attributes' names.
+
+    Raises:
+        PluginContractError: A split that is not a :class:`~sharpkit.DataSplit`,
+            an input shape that is not whole numbers, a class count below 1.
+    """
+    wrong = next(
+        (
+            f"{split} is a {type(getattr(ds, split)).__name__}, not a "
+            "sharpkit.DataSplit"
+            for split in ("train", "test")
+            if not isinstance(getattr(ds, split), DataSplit)
+        ),
+        None,
+    )
+    shape: Any = ds.input_shape  # what the plugin gave, whatever its type
+    if wrong is None and not (
+        isinstance(shape, tuple | list)
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    ):
+        wrong = f"input_shape is {shape!r}, not a tuple of whole numbers"
+    classes: Any = ds.num_classes
+    if wrong is None and not (
+        isinstance(classes, int) and not isinstance(classes, bool) and classes >= 1
+    ):
+        wrong = f"num_classes is {classes!r}, not a whole number >= 1"
+    if wrong is not None:
+        msg = f"dataset {name!r} factory returned a Dataset whose {wrong}"
+        raise PluginContractError(msg)
 
 
 #: Datasets loaded inside a :func:`reuse_datasets` block, by their arguments.

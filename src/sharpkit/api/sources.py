@@ -153,6 +153,28 @@ def _weights_only_loads() -> Iterator[None]:
             os.environ[key] = old
 
 
+@contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Keep torch's own warnings and log records (a traceback, at times) off stderr.
+
+    A damaged archive makes ``torch.export.load`` log the exception it then
+    raises, and ``torch.load`` warn about the pickle protocol of bytes that are
+    no pickle: the one line sharpkit prints says it all.
+    """
+    import logging
+    import warnings
+
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _check_pickles(path: Path) -> None:
     """Refuse an archive whose pickled parts hold anything but tensors and data."""
     import io
@@ -160,12 +182,16 @@ def _check_pickles(path: Path) -> None:
     import torch
 
     with zipfile.ZipFile(path) as archive:
+        raw = _raw_payloads(archive)
         for info in archive.infolist():
+            if info.filename in raw:
+                continue  # bytes of a tensor, whatever their first byte
             blob = archive.read(info)
             if not (blob.startswith(b"PK\x03\x04") or blob[:1] == b"\x80"):
                 continue  # JSON, raw weights, version strings
             try:
-                torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+                with _quiet_torch():
+                    torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
             except Exception as exc:
                 first = first_line(exc)
                 msg = (
@@ -175,6 +201,36 @@ def _check_pickles(path: Path) -> None:
                     f"{arg('model_name', '--model', 'module:Class')}"
                 )
                 raise UnsafeCheckpointError(msg) from exc
+
+
+def _raw_payloads(archive: zipfile.ZipFile) -> set[str]:
+    """The entries a pt2 archive's weight and constant configs say are raw bytes.
+
+    A raw float32 weight starts with ``0x80`` one time in 256, as a pickle
+    does; torch reads these as bytes (``use_pickle: false``), never unpickles
+    them, so they are not pickles to check.
+    """
+    import json
+
+    raw: set[str] = set()
+    pickled: set[str] = set()  # named so by any config: checked, whatever another says
+    for name in archive.namelist():
+        parent, _, base = name.rpartition("/")
+        if not base.endswith("_config.json") or not parent.endswith(
+            ("data/weights", "data/constants")
+        ):
+            continue
+        try:
+            config = json.loads(archive.read(name)).get("config", {})
+        except (ValueError, AttributeError):
+            continue  # not one torch wrote: its entries are checked as pickles
+        if not isinstance(config, dict):
+            continue
+        for entry in config.values():
+            if isinstance(entry, dict) and isinstance(entry.get("path_name"), str):
+                key = f"{parent}/{entry['path_name']}"
+                (raw if entry.get("use_pickle") is False else pickled).add(key)
+    return raw - pickled
 
 
 def load_exported(path: str | os.PathLike[str]) -> tuple[ExportedModel, Checkpoint]:
@@ -208,7 +264,7 @@ def load_exported(path: str | os.PathLike[str]) -> tuple[ExportedModel, Checkpoi
     check_archive(p, what="exported program")  # before torch inflates anything
     _check_pickles(p)
     try:
-        with _weights_only_loads():
+        with _weights_only_loads(), _quiet_torch():
             program = torch.export.load(str(p))
     except UnsafeCheckpointError:
         raise
