@@ -118,7 +118,9 @@ def test_old_store_without_the_field_reads_as_none(tmp_path: Path) -> None:
     assert back.data_method is None
 
 
-def test_cli_measure_json_and_table(tmp_path: Path) -> None:
+def test_cli_measure_json_and_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sharpkit.builtin._models as models
 
     meta = sharpkit.CheckpointMeta(
@@ -148,6 +150,10 @@ def test_cli_measure_json_and_table(tmp_path: Path) -> None:
         sorted(rows, key=lambda r: r["time"])[-1]["data_stderr"]
         == (spectral["data_stderr"])
     )
+    # the table names the checkpoint as given: a short name, so that the width
+    # checked is the table's and not that of the temporary folder's path
+    monkeypatch.chdir(tmp_path)
+    args[1] = path.name
     for width in ("60", "80", "120"):
         table = runner.invoke(app, [*args, "--no-store"], env={"COLUMNS": width})
         assert table.exit_code == 0, table.output
