@@ -41,11 +41,14 @@ data:
 demo: $(STAMP)
 	$(BIN)/sharpkit reproduce demo --out $(DEMO)
 
+# One worker per core (TEST_WORKERS=1: one process); a test module stays on one worker, so
+# its module-scoped fixtures (trained models, real data) are built once.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not distributed"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not slow and not distributed"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests plugins bench docs/gen_api.py conftest.py

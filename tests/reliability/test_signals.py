@@ -153,7 +153,7 @@ def test_a_signal_ends_train_with_one_line_and_no_temporary_file(
     time.sleep(0.3)  # a few epochs in: last.pt is rewritten every few ms
     signum = getattr(signal, sig)
     proc.send_signal(signum)
-    assert proc.wait(60) == 128 + signum
+    assert proc.wait(60) == 128 + signum, _stderr(tmp_path)
     _interrupted_line(tmp_path, sig)
     assert not _temps(out)
     sharpkit.load_checkpoint(out / "last.pt")  # whole, not cut short

@@ -25,7 +25,7 @@ from sharpkit.builtin.metrics._common import Run, check_basis, raise_budget, war
 if TYPE_CHECKING:
     import torch
 
-    from sharpkit import HessianOperator, LanczosProcess, LanczosResult
+    from sharpkit import ChunkRecorder, HessianOperator, LanczosProcess, LanczosResult
 
 __all__ = ["Spectral", "mixed_start"]
 
@@ -87,14 +87,18 @@ class Spectral:
             takes the first vector's place.
         data_error: Also give ``data_stderr``, the standard error of λ over
             the data the samples were drawn from: Lanczos runs on
-            :meth:`~sharpkit.AnalysisContext.chunked_hessian` (16 chunks;
-            :func:`~sharpkit.spectral_estimate`'s bias-corrected estimate is in
-            ``attrs["data_estimate"]``), then every example's term ``vᵀH_i v``
-            of each Ritz vector (:func:`~sharpkit.example_rayleigh`) gives the
-            standard error (``data_method="per-example"``) and a check of
-            their tail: ``attrs["data_reliable"]`` is ``False``, with a
-            warning, when a few examples carry the curvature and no error bar
-            from these samples can be trusted. With
+            ``ctx.hessian`` as without it (the same λ, the same products),
+            then every example's term ``vᵀH_i v`` of each Ritz vector
+            (:func:`~sharpkit.example_rayleigh`, one second-order forward pass
+            per eigenvalue) gives the standard error
+            (``data_method="per-example"``) and a check of their tail:
+            ``attrs["data_reliable"]`` is ``False``, with a warning, when a
+            few examples carry the curvature and no error bar from these
+            samples can be trusted. Where the terms cannot be had (a loss
+            that is not a plain mean over examples), Lanczos runs again on
+            :meth:`~sharpkit.AnalysisContext.chunked_hessian` and the chunk
+            jackknife gives it (:func:`~sharpkit.spectral_estimate`, with a
+            warning; its products are counted). With
             :attr:`~sharpkit.AnalysisContext.heldout_data`, the held-out
             Rayleigh quotient is ``attrs["data_lower"]``. Off by default (its
             cost is in docs/benchmarks.md). Only with ``method="lanczos"`` and
@@ -200,13 +204,8 @@ class Spectral:
         v0, start_kind = self._start(ctx, H, run.gen)
         if self.method == "power":
             return self._power(run, v0, start_kind)
-        recorder = None
-        if self.data_error:
-            from sharpkit import ChunkRecorder
-
-            recorder = ChunkRecorder(ctx.chunked_hessian(), gram=False)
         res = lanczos(
-            H if recorder is None else recorder,
+            H,
             H.n,
             k=self.top_k,
             which=self.which,
@@ -221,18 +220,35 @@ class Spectral:
         )
         if self.which == "largest":
             ctx.eigenvectors = res.eigenvectors
-        if res.process is not None and recorder is None:
-            # (a recorded process is not handed on: later metrics count their
-            # products on ctx.hessian, which the recorder does not use)
+        if res.process is not None:
             ctx.krylov_process = res.process
         if not res.converged:
             self._warn_lanczos(ctx, res)
         result = self._lanczos_result(run, res, start_kind)
-        if recorder is None:
+        if not self.data_error:
             return result
         from sharpkit.builtin.metrics._spectral_data import with_data_error
 
-        return with_data_error(result, recorder, ctx, res.eigenvectors, res.eigenvalues)
+        return with_data_error(result, ctx, res, self._chunked_run)
+
+    def _chunked_run(self, ctx: AnalysisContext) -> ChunkRecorder:
+        """Lanczos again, on the chunked Hessian through a recorder (fallback)."""
+        from sharpkit import ChunkRecorder, lanczos
+
+        recorder = ChunkRecorder(ctx.chunked_hessian(), gram=False)
+        lanczos(
+            recorder,
+            ctx.hessian.n,
+            k=self.top_k,
+            which=self.which,
+            tol=ctx.tol,
+            max_matvecs=ctx.max_hvps,
+            generator=ctx.generator("spectral"),
+            bound=self.bound,
+            max_basis_bytes=ctx.basis_budget(),
+            block=self.block,
+        )
+        return recorder
 
     def _warn_lanczos(self, ctx: AnalysisContext, res: LanczosResult) -> None:
         worst = float(np.max(res.bounds / np.maximum(np.abs(res.eigenvalues), 1e-300)))

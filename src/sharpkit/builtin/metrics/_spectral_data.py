@@ -1,15 +1,22 @@
 """``spectral``'s data error bar: per-example terms, the tail check, the bracket.
 
-Lanczos runs on :meth:`~sharpkit.AnalysisContext.chunked_hessian` through a
-:class:`~sharpkit.ChunkRecorder` (the chunk jackknife's bias-corrected
-estimate); then every example's term ``v_jᵀH_i v_j`` of each Ritz vector
+Lanczos runs on the plain Hessian, as without a data error; then every
+example's term ``v_jᵀH_i v_j`` of each Ritz vector
 (:func:`~sharpkit.example_rayleigh`, one second-order forward pass over the
 analysis set per eigenvalue) gives ``data_stderr`` with ``N - 1`` degrees of
 freedom (:func:`~sharpkit.example_estimate`) and the tail check that says when
-no standard error from these examples can be trusted. Why not the jackknife's
-standard error: on a trained zero-loss ``mlp-bn`` a few examples carry the top
-curvature and 16 chunks under-cover (docs/concepts/curvature.md, "Two kinds of
-uncertainty").
+no standard error from these examples can be trusted. Where the terms cannot be
+had (a loss that is not a plain mean over examples, ``bn_mode="train"``),
+Lanczos runs again on :meth:`~sharpkit.AnalysisContext.chunked_hessian` through
+a :class:`~sharpkit.ChunkRecorder` and the chunk jackknife gives the error bar
+(and its bias-corrected ``data_estimate``). Why not the jackknife first: it
+costs a chunk-recorded Lanczos run (1.2x the plain one); its bias correction
+is negligible with loss and erratic at zero loss (six 2 048-image draws,
+bench/bench_zero_loss.py: on ``mlp-bn`` after 3 epochs it moves λ 0.34 of a
++4.3 bias towards the full-data 98.0, with a data error of ~5.7; at a
+zero-loss minimum it swings from 2.9 to 33.3 about the full-data 14.43); and
+there a few examples carry the top curvature and 16 chunks under-cover
+(docs/concepts/curvature.md, "Two kinds of uncertainty").
 """
 
 from __future__ import annotations
@@ -24,9 +31,17 @@ import numpy as np
 from sharpkit import SharpkitWarning, arg_hint
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
-    from sharpkit import AnalysisContext, ChunkRecorder, DataEstimate, MetricResult
+    from sharpkit import (
+        AnalysisContext,
+        ChunkRecorder,
+        DataEstimate,
+        LanczosResult,
+        MetricResult,
+    )
 
 __all__ = ["with_data_error"]
 
@@ -110,75 +125,93 @@ def _limit(n: int) -> float:
     return tail_limit(n)
 
 
+def _jackknife(
+    result: MetricResult,
+    ctx: AnalysisContext,
+    chunked: Callable[[AnalysisContext], ChunkRecorder],
+    why: str,
+) -> tuple[MetricResult, dict[str, Any]]:
+    """The fallback: the chunk jackknife of a second, chunk-recorded run."""
+    from sharpkit import spectral_estimate
+
+    recorder = chunked(ctx)
+    jack = spectral_estimate(recorder)[0]
+    warnings.warn(
+        f"spectral: {why}; data_stderr is the chunk jackknife's (Lanczos ran again "
+        "on the chunked Hessian), which can under-cover where a few examples "
+        "carry the curvature (zero-loss minima)",
+        SharpkitWarning,
+        stacklevel=5,
+    )
+    attrs = {
+        "data_terms": why,
+        "data_estimate": jack.estimate,
+        "data_chunks": jack.chunks,
+        "data_jackknife_stderr": jack.stderr,
+        "data_meaning": "standard error of λ over the data the samples were "
+        "drawn from (delete-a-chunk jackknife in the Krylov space of a second "
+        "Lanczos run on the chunked Hessian, widened for K-1 degrees of "
+        "freedom); data_estimate is the bias-corrected λ",
+    }
+    out = dataclasses.replace(
+        result,
+        hvps=(result.hvps or 0) + recorder.chunked.hvp_count,
+        data_stderr=jack.stderr,
+        data_method=jack.method,
+    )
+    return out, attrs
+
+
 def with_data_error(
     result: MetricResult,
-    recorder: ChunkRecorder,
     ctx: AnalysisContext,
-    vectors: torch.Tensor,
-    values: np.ndarray,
+    res: LanczosResult,
+    chunked: Callable[[AnalysisContext], ChunkRecorder],
 ) -> MetricResult:
     """``result`` with its data standard error, tail check and bracket.
 
     Args:
-        result: The Lanczos result on the chunked Hessian.
-        recorder: The recorder the run went through.
+        result: The Lanczos result on ``ctx.hessian``.
         ctx: The analysis context.
-        vectors: The Ritz vectors ``(n, k)``, largest first.
-        values: Their Ritz values.
+        res: That Lanczos run (Ritz vectors ``(n, k)`` largest first, values).
+        chunked: Runs Lanczos on the chunked Hessian through a recorder, for
+            the fallback when the per-example terms cannot be had.
     """
-    from sharpkit import example_estimate, spectral_estimate
+    from sharpkit import example_estimate
 
-    jack = spectral_estimate(recorder)[0]
-    q, why = _terms(ctx, vectors, values)
-    attrs: dict[str, Any] = {
-        "data_estimate": jack.estimate,
-        "data_chunks": jack.chunks,
-        "data_jackknife_stderr": jack.stderr,
-    }
+    q, why = _terms(ctx, res.eigenvectors, res.eigenvalues)
     arrays: dict[str, np.ndarray] = {}
     if q is None:
-        stderr, method = jack.stderr, jack.method
-        attrs["data_terms"] = why
-        warnings.warn(
-            f"spectral: {why}; data_stderr is the chunk jackknife's, which can "
-            "under-cover where a few examples carry the curvature (zero-loss minima)",
-            SharpkitWarning,
-            stacklevel=4,
-        )
-        attrs["data_meaning"] = (
-            "standard error of λ over the data the samples were drawn from "
-            "(delete-a-chunk jackknife in the Krylov space, widened for K-1 "
-            "degrees of freedom); data_estimate is the bias-corrected λ"
-        )
+        result, attrs = _jackknife(result, ctx, chunked, why)
     else:
         ests = [example_estimate(q[:, j]) for j in range(q.shape[1])]
         top = ests[0]
         total = float(q[:, 0].sum())
         share = float(q[:, 0].max()) / total if total > 0 else math.nan
-        stderr, method = top.stderr, top.method
-        attrs.update(
-            data_reliable=top.reliable,
-            data_tail_index=top.tail_index,
-            data_tail_limit=_limit(top.samples),
-            data_top_share=share,
-            data_meaning="standard error of λ over the data the samples were "
+        result = dataclasses.replace(
+            result, data_stderr=top.stderr, data_method=top.method
+        )
+        attrs = {
+            "data_reliable": top.reliable,
+            "data_tail_index": top.tail_index,
+            "data_tail_limit": _limit(top.samples),
+            "data_top_share": share,
+            "data_passes": q.shape[1],
+            "data_meaning": "standard error of λ over the data the samples were "
             "drawn from: the spread of the examples' terms vᵀH_i v of the top "
-            "eigenvector over sqrt(N) (λ's infinitesimal jackknife); "
+            "eigenvector over sqrt(N) (λ's infinitesimal jackknife; data_passes "
+            "second-order forward passes over the samples, no product); "
             "data_reliable is false when those terms are so heavy-tailed "
             "(data_tail_index, a Pareto shape, above data_tail_limit) that no "
-            "standard error from these examples can be trusted; data_estimate "
-            "is the chunk jackknife's bias-corrected λ",
-        )
+            "standard error from these examples can be trusted",
+        }
         arrays["data_stderrs"] = np.array([e.stderr for e in ests])
         arrays["data_top_terms"] = top.per_chunk
         if not top.reliable:
             _warn_tail(ctx, top, share)
-    attrs.update(_heldout(ctx, vectors[:, :1]))
+    attrs.update(_heldout(ctx, res.eigenvectors[:, :1]))
     return dataclasses.replace(
         result,
-        hvps=recorder.chunked.hvp_count,
-        data_stderr=stderr,
-        data_method=method,
         arrays={**result.arrays, **arrays},
         attrs={**result.attrs, **attrs},
     )
