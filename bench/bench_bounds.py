@@ -75,12 +75,15 @@ def coverage(seeds: int) -> None:
 
 
 def mlp_cost(seeds: int, workload: str = "mlp") -> None:
+    import importlib
+
     from _workload import mlp_workload, resnet_workload
     from bench_curvature import context
 
-    import sharpkit.curvature.lanczos as lanczos_module
     from sharpkit.builtin.metrics import Spectral
 
+    # the module (``sharpkit.curvature.lanczos`` is also the function's name)
+    lanczos_module = importlib.import_module("sharpkit.curvature.lanczos")
     torch.set_num_threads(2)
     model, x, y = mlp_workload() if workload == "mlp" else resnet_workload()
     relaxed = lanczos_module.BAND_MIN_GAP
