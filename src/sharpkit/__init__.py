@@ -108,6 +108,12 @@ if TYPE_CHECKING:
         slq_density,
         smooth_density,
     )
+    from sharpkit.curvature.blocks import (
+        Block,
+        BlockPartition,
+        resolve_blocks,
+        select_block,
+    )
     from sharpkit.curvature.lanczos import ritz_bounds
     from sharpkit.curvature.sampling import (
         ChunkedHessian,
@@ -151,6 +157,10 @@ _LAZY = {
         "sharpkit.curvature",
     ),
     "ritz_bounds": "sharpkit.curvature.lanczos",
+    **dict.fromkeys(
+        ("Block", "BlockPartition", "resolve_blocks", "select_block"),
+        "sharpkit.curvature.blocks",
+    ),
     **dict.fromkeys(
         (
             "ChunkedHessian",
@@ -229,6 +239,11 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "Estimate",
     "DensityEstimate",
     "dense_hessian",
+    # curvature per block
+    "resolve_blocks",
+    "select_block",
+    "BlockPartition",
+    "Block",
     # the data's uncertainty
     "ChunkedHessian",
     "ChunkRecorder",

@@ -252,6 +252,23 @@ def first_line(exc: BaseException, *, limit: int | None = None) -> str:
     return line if limit is None else line[:limit]
 
 
+_KEPT = "_sharpkit_kept"
+
+
+def note_kept(exc: BaseException, text: str) -> None:
+    """Record on an interruption (Ctrl-C, a signal) what was kept before it.
+
+    The CLI's one line for the interruption says it (see :func:`kept_note`).
+    """
+    setattr(exc, _KEPT, text)
+
+
+def kept_note(exc: BaseException) -> str | None:
+    """What :func:`note_kept` recorded on ``exc`` (``None``: nothing)."""
+    text = getattr(exc, _KEPT, None)
+    return text if isinstance(text, str) else None
+
+
 for _cls in [globals()[_name] for _name in __all__]:
     _cls.__module__ = "sharpkit"
 del _cls

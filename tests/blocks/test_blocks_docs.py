@@ -57,3 +57,20 @@ def test_blocks_page_examples_run(tmp_path: Path, monkeypatch) -> None:
     shown = runner.invoke(app, [*argv[1:], "--csv"])
     assert shown.exit_code == 0, shown.stderr
     assert "spectral:" in shown.stdout
+
+
+def test_probes_per_block_examples_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _checkpoints(tmp_path)
+    runner = CliRunner()
+    block = next(b for b in _code("console") if "block=fc1" in b)
+    for line in block.strip().splitlines():
+        argv = [*shlex.split(line.removeprefix("$ ")), "--no-store"]
+        assert argv[0] == "sharpkit"
+        result = runner.invoke(app, argv[1:])
+        assert result.exit_code == 0, (line, result.stdout, result.stderr)
+    code = next(c for c in _code("python") if 'options={"block"' in c)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "blocks.md", "exec"), {"sharpkit": sharpkit})
+    assert "fc1.weight" in out.getvalue()

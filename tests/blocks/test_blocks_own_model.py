@@ -35,7 +35,10 @@ def _consistent(metrics: dict) -> list[str]:
     assert tr.sum() == pytest.approx(trace["attrs"]["block_total"], rel=1e-9)
     se = np.sqrt(np.sum(np.array(trace["arrays"]["block_stderr"]) ** 2))
     whole_se = trace["stderr"] or 0.0
-    assert abs(tr.sum() - trace["value"]) <= 4 * (se + whole_se) + 1e-9
+    # both exact on a small float32 model (Lanczos on all of H, H on the
+    # identity): they differ by float32 rounding, ~1e-7 relative
+    rounding = 1e-5 * abs(trace["value"])
+    assert abs(tr.sum() - trace["value"]) <= 4 * (se + whole_se) + rounding
     return names
 
 

@@ -63,6 +63,11 @@ CLASSES = [
         "test_plugin_loading",
         "plugins whose import hangs, fails or exits; --version and --help",
     ),
+    (
+        "test_read_what_is_used",
+        "a selection of the first examples read no further (image folders, code "
+        "data that streams or holds 10⁹ items)",
+    ),
 ]
 
 
@@ -108,11 +113,15 @@ def _one_line_errors(mods: dict[str, ModuleType]) -> int:
         + len(mods["test_one_liners"].USER_CASES)
         + len(mods["test_one_liners"].OPTION_CASES)
         + 1  # --json to a full device
+        + 1  # train --out ''
+        + len(mods["test_one_liners"].BAD_ENDPOINTS)
+        + 1  # every target -100
         + len(plugins.BAD_DISABLE)
         + 2  # a factory that raises; a duplicate name (the advice line)
         + len(signals.TRAIN_SIGNALS)
         + len(signals.SWEEP_SIGNALS)
         + 2  # SIGTERM to a Dask sweep, to measure
+        + 2  # SIGINT, SIGTERM while a later metric runs (the finished one kept)
         + mods["test_limits"].ONE_LINE
     )
 
@@ -124,6 +133,7 @@ def _one_line_warnings(mods: dict[str, ModuleType]) -> int:
         sum(1 for c in opts.BAD_OPTIONS if c[2] == "warning")
         + 2  # plugin loads
         + 1  # --disable-plugin naming no plugin
+        + 1  # half the targets -100 (cross-entropy's ignore_index)
     )
 
 

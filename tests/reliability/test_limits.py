@@ -232,7 +232,7 @@ def test_an_image_size_of_30000_is_refused_before_an_image_is_decoded(
     folder = _images(tmp_path / "imgs", 6, 8)
     decoded: list[Path] = []
     monkeypatch.setattr(
-        "sharpkit.api.datafiles._ImageReader.read",
+        "sharpkit.api.imagefolder._ImageReader.read",
         lambda self, path: decoded.append(path),
     )
     with pytest.raises(ConfigError) as info:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from _rel import cli, one_line
 
+import sharpkit
 from sharpkit.checkpoint import FORMAT_NAME, load_checkpoint
 
 
@@ -148,6 +149,13 @@ OPTION_CASES = [
      r"http:// is not a store"),
     ("store-s3-without-bucket", ["measure", "{a}", "--store", "s3://"],
      r"names no bucket"),
+    # before: matplotlib's "dpi must be positive" and std::bad_alloc tracebacks
+    ("plot-dpi-0", ["plot", "{d}/s.zarr", "--figure", "fig1", "-o", "{d}/f.png",
+                    "--dpi", "0"], r"--dpi 0 is outside 1 to 1200"),
+    ("plot-dpi-negative", ["plot", "{d}/s.zarr", "--figure", "fig1", "-o",
+                           "{d}/f.png", "--dpi", "-5"], r"--dpi -5 is outside"),
+    ("plot-dpi-100000", ["plot", "{d}/s.zarr", "--figure", "fig1", "-o",
+                         "{d}/f.png", "--dpi", "100000"], r"--dpi 100000 is outside"),
 ]  # fmt: skip
 
 
@@ -173,6 +181,42 @@ def test_an_option_that_raised_or_was_accepted_is_one_line(
     assert re.search(says, line), line
     assert not list(tmp_path.glob("ftp*"))  # no local folder named "ftp:"
     assert not list(tmp_path.glob("http*"))
+
+
+BAD_ENDPOINTS = ["not a url", "localhost:9000", "http://", "ftp://host", "http://h:0"]
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
+def test_a_bad_s3_endpoint_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    # before: obstore panicked at the first request (pyo3 PanicException, a
+    # Rust traceback: "request valid: InvalidUri(...)")
+    for name, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "SHARPKIT_STORE_TIMEOUT": "3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    line = one_line(cli("results", "s3://bucket/x.zarr"))
+    assert f"AWS_ENDPOINT_URL={endpoint!r} is not an endpoint URL" in line
+
+
+def test_train_out_empty_is_refused_before_writing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # before: Path("") is Path("."), so the run was written into the current
+    # folder (an unset shell variable in `--out "$RUN"`)
+    from _rel import TINY_TRAIN
+
+    monkeypatch.chdir(tmp_path)
+    for out in ("", "  "):
+        args = ["train", *TINY_TRAIN, "--epochs", "1", "--out", out, "--no-store"]
+        line = one_line(cli(*args), code=2)  # a usage error, as for any bad value
+        assert "'--out': is empty; name the folder for the run" in line
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_disable_plugin_with_no_such_plugin_warns(tiny: Path) -> None:
@@ -231,3 +275,36 @@ def test_json_to_a_full_device_is_one_line(tiny: Path) -> None:
     assert "Traceback" not in done.stderr
     assert len(lines) == 1, done.stderr
     assert "No space left on device" in lines[0]
+
+
+# ------------------------------------------------------------- ignored labels
+
+
+def test_targets_of_minus_100_are_said_and_measured_as_left_out(
+    tiny: Path, tmp_path: Path
+) -> None:
+    from _rel import warned
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 16, generator=gen)
+    y = torch.arange(128) % 4
+    y[::2] = -100  # cross-entropy's ignore_index: half the examples leave the loss
+    torch.save({"x": x, "y": y}, tmp_path / "half.pt")
+    line = warned(cli("measure", tiny, "--data", tmp_path / "half.pt", "--no-store"))
+    assert "64 of the 128 analysis examples" in line
+    assert "the Hessian is of the other 64" in line
+    # and that is what is measured: the Hessian of the 64 kept examples' loss. In
+    # float64 with tol 1e-10 both runs converge to the same λ_max; 1e-8 leaves
+    # room for the rounding of sums over 128 rather than 64 examples
+    both = {"metrics": ["spectral"], "dtype": "float64", "tol": 1e-10}
+    with pytest.warns(sharpkit.SharpkitWarning, match="ignore_index"):
+        got = sharpkit.measure(tiny, (x, y), **both)
+    keep = y != -100
+    want = sharpkit.measure(tiny, (x[keep], y[keep]), **both)
+    assert got["spectral"].value == pytest.approx(want["spectral"].value, rel=1e-8)
+    # every target ignored: one line (before: "num_classes must be positive,
+    # got -99", or a model of one class)
+    torch.save({"x": x, "y": torch.full((128,), -100)}, tmp_path / "none.pt")
+    line = one_line(cli("measure", tiny, "--data", tmp_path / "none.pt", "--no-store"))
+    assert "every target of" in line
+    assert "is -100, which cross-entropy ignores" in line

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _rel import TINY_TRAIN, cli, ok, subprocess_env
+from _rel import TINY_TRAIN, cli, metric_values, ok, subprocess_env
 
 import sharpkit
 from sharpkit._fs import is_temp
@@ -37,13 +37,18 @@ pytestmark = pytest.mark.timeout(300)
 _CLI = [sys.executable, "-c", "from sharpkit.cli import main; main()"]
 
 
-def _start(argv: list[object], cwd: Path) -> subprocess.Popen[bytes]:
-    """Start ``sharpkit *argv`` in a new session; its output goes to files."""
+def _start(
+    argv: list[object], cwd: Path, dists: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Start ``sharpkit *argv`` in a new session; its output goes to files.
+
+    ``dists``: test plugin distributions it sees (tests/data/plugin_dists).
+    """
     with (cwd / "child.out").open("wb") as out, (cwd / "child.err").open("wb") as err:
         return subprocess.Popen(
             [*_CLI, *map(str, argv)],
             cwd=cwd,
-            env=subprocess_env(),
+            env=subprocess_env(*dists),
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,
@@ -168,6 +173,37 @@ def test_sigterm_ends_measure_with_one_line_and_stores_nothing_half_done(
     listed = ok(cli("results", store, "--json"))
     assert json.loads(listed.stdout) == []  # no run, not half of one
     assert not _temps(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_a_later_metric_runs_stores_the_finished_ones(
+    sig: str, tiny: Path, truth: float, tmp_path: Path
+) -> None:
+    # `hang` (a test plugin) writes its marker when it starts, then never ends:
+    # spectral, asked for first, has finished by then
+    store, marker = tmp_path / "results.zarr", tmp_path / "hang.started"
+    argv = ["measure", tiny, "-m", "spectral", "-m", "hang",
+            "-o", f"hang.marker={marker}", "--store", store]  # fmt: skip
+    proc = _start(argv, tmp_path, dists=("hangs",))
+    _wait_for(marker.exists, proc, 120)
+    signum = getattr(signal, sig)
+    proc.send_signal(signum)
+    assert proc.wait(60) == 128 + signum
+    line = _interrupted_line(tmp_path, sig)
+    assert "'spectral' was measured and stored in run" in line, line
+    assert "nothing of 'hang', which was running, was stored" in line, line
+    _no_survivors(proc.pid)
+    assert not _temps(tmp_path)
+    # the run holds spectral alone, and a later command reuses it: the value a
+    # fresh measurement gives (the same computation, so equal to rounding)
+    (row,) = json.loads(ok(cli("results", store, "--json")).stdout)
+    assert "spectral" in json.dumps(row)
+    assert "hang" not in json.dumps(row)
+    again = ok(cli("measure", tiny, "-m", "spectral", "--store", store, "--json"))
+    (entry,) = json.loads(again.stdout)
+    assert entry["metrics"]["spectral"]["reused"] is True, entry
+    assert metric_values(again.stdout)["spectral"] == pytest.approx(truth, rel=1e-9)
 
 
 def test_sigterm_while_a_file_is_half_written_removes_it(tmp_path: Path) -> None:

@@ -87,6 +87,12 @@ def make_legacy(run: Path) -> None:
     doc = json.loads(meta.read_text())
     del doc["attributes"]["manifest"]
     meta.write_text(json.dumps(doc))
+    # and its store as sharpkit made it then: no root attribute saying every
+    # run has a manifest
+    root = run.parent.parent / "zarr.json"
+    top = json.loads(root.read_text())
+    top["attributes"].pop("manifests", None)
+    root.write_text(json.dumps(top))
 
 
 def one_warning(stderr: str, *needles: str) -> None:
@@ -265,6 +271,74 @@ def test_a_renamed_manifest_entry_is_damage(tmp_path: Path) -> None:
     with pytest.warns(sharpkit.SharpkitWarning, match="manifest"):
         rows = ResultStore(tmp_path / "s.zarr", create=False).records()
     assert probe_run not in {r["run_id"] for r in rows}
+
+
+def test_a_format_2_root_is_damage_that_repair_rebuilds(tmp_path: Path) -> None:
+    # before: `results --check` said "ok" while every other command refused
+    # the store as "a zarr group (format 2), not a sharpkit results store"
+    path = tmp_path / "results.zarr"
+    ids = [ResultStore(path).write_run(kind="train", attrs={}) for _ in range(2)]
+    root = json.loads((path / "zarr.json").read_text())
+    root["zarr_format"] = 2
+    (path / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(StoreError, match=r"zarr format 2 .*--repair"):
+        ResultStore(path)
+    check = runner.invoke(app, ["results", str(path), "--check"])
+    assert check.exit_code == 1
+    assert "says zarr format 2 group" in check.stdout
+    assert "2 intact run(s)" in check.stdout
+    assert check.stderr.count("error:") == 1
+    repair = runner.invoke(app, ["results", str(path), "--repair"])
+    assert repair.exit_code == 0, repair.output
+    assert "rebuilt the root zarr.json" in repair.stdout
+    assert sorted(r.run_id for r in ResultStore(path).runs()) == sorted(ids)
+    assert json.loads((path / "zarr.json").read_text())["attributes"]["manifests"]
+
+
+def test_a_removed_manifest_attribute_is_damage_not_a_legacy_run(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    # before: a run whose manifest attribute was removed was read as one written
+    # before manifests, its objects trusted unchecked; its store says every run
+    # has one, so it is damage: skipped with a warning, never reused
+    store = tmp_path / "results.zarr"
+    first = spectral_of(measure(checkpoint, store))
+    run = the_run(store)
+    meta = run / "zarr.json"
+    doc = json.loads(meta.read_text())
+    del doc["attributes"]["manifest"]
+    meta.write_text(json.dumps(doc))
+    chunk = run / "metrics" / "spectral" / "eigenvalues" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-3])  # unchecked, this was read as data
+    again = measure(checkpoint, store)
+    one_warning(again.stderr, "is damaged", "no manifest attribute")
+    second = spectral_of(again)
+    assert second["reused"] is False
+    assert second["value"] == first["value"]  # same seed, same data: bitwise
+    report = check_store(store)
+    assert [rid for rid, _ in report.damaged] == [run.name]
+    assert report.intact == 1
+
+
+def test_a_run_from_before_manifests_merged_into_a_new_store_gets_one(
+    tmp_path: Path,
+) -> None:
+    from sharpkit.store.merge import merge_stores
+
+    old, new = tmp_path / "old.zarr", tmp_path / "new.zarr"
+    rid = ResultStore(old).write_run(
+        kind="measure",
+        attrs={"lr": 0.1},
+        metrics={"spectral": MetricResult(value=3.5, attrs={"key": "k"})},
+    )
+    make_legacy(old / "runs" / rid)
+    (report,) = merge_stores(new, [old])
+    assert report.copied == (rid,)
+    doc = json.loads((new / "runs" / rid / "zarr.json").read_text())
+    assert "manifest" in doc["attributes"]  # sealed on the way in
+    assert check_store(new).damaged == ()
+    assert check_store(new).intact == 1
+    assert ResultStore(new).find_metric("k").value == 3.5
 
 
 def test_a_store_only_opened_is_intact(tmp_path: Path) -> None:

@@ -139,3 +139,9 @@ def make_legacy(run_dir: Path) -> None:
     doc = json.loads(meta.read_text())
     del doc["attributes"]["manifest"]
     meta.write_text(json.dumps(doc))
+    # and its store as sharpkit made it then: no root attribute saying every
+    # run has a manifest
+    root = run_dir.parent.parent / "zarr.json"
+    top = json.loads(root.read_text())
+    top["attributes"].pop("manifests", None)
+    root.write_text(json.dumps(top))

@@ -55,6 +55,8 @@ TRACE_PROBES = 32
 """Probes of the per-block trace (one pass serves every block)."""
 TRACE_SKETCH = 8
 """Columns of its Hutch++ sketch (16 products: exact part of every block)."""
+DATA_CHUNKS = 16
+"""Chunks of the exact trace's data standard error (as the ``trace`` metric's)."""
 FROBENIUS_PROBES = 16
 """Probes per block of ``‖H_bb‖_F`` (after deflating the block's Krylov basis)."""
 
@@ -173,17 +175,7 @@ def add_blocks(
         spectra = _spectral(results, ctx, part, key)
     if "trace" in names and "trace" in results:
         ctx.progress(0, 1, description="trace per block (one pass for all)")
-        est = block_trace(
-            op,
-            part,
-            probes=TRACE_PROBES,
-            sketch=TRACE_SKETCH,
-            generator=ctx.generator("blocks-trace"),
-        )
-        arrays = {"block_value": est.values, "block_stderr": est.stderrs}
-        attrs = _attrs(part, key, arrays, ("stderr", "block_stderr"))
-        attrs.update(block_total=est.total, block_hvps=est.n_matvecs, exact=est.exact)
-        results["trace"] = _with(results["trace"], arrays, attrs)
+        results["trace"] = _trace(results["trace"], ctx, part, key)
     if "frobenius" in names and "frobenius" in results:
         whole = results["frobenius"]
         fro = block_frobenius(
@@ -213,15 +205,24 @@ def _spectral(
 ) -> list[Any]:
     whole = results["spectral"]
     k = max(1, len(np.atleast_1d(whole.arrays.get("eigenvalues", [0.0]))))
-    spectra = block_spectra(
-        ctx.hessian,
-        part,
-        k=k,
-        tol=ctx.tol,
-        max_iter=ctx.max_hvps,
-        generator=ctx.generator("blocks-spectral"),
-        progress=_reporter(ctx, "spectral"),
-    )
+    data_stderr = None
+    if whole.data_stderr is not None:  # each block's run on its chunked Hessian
+        from sharpkit.curvature.block_data import chunked_block_spectra
+
+        spectra, data = chunked_block_spectra(
+            ctx.model, ctx.loss_fn, ctx.data, part, ctx.hessian.params, k=k,
+            tol=ctx.tol, max_iter=ctx.max_hvps,
+            generator=ctx.generator("blocks-spectral"),
+            progress=_reporter(ctx, "spectral"), chunks=DATA_CHUNKS,
+            bn_mode=ctx.bn_mode, allow_tf32=ctx.tf32,
+        )  # fmt: skip
+        data_stderr = np.array([d.stderr for d in data])
+    else:
+        spectra = block_spectra(
+            ctx.hessian, part, k=k, tol=ctx.tol, max_iter=ctx.max_hvps,
+            generator=ctx.generator("blocks-spectral"),
+            progress=_reporter(ctx, "spectral"),
+        )  # fmt: skip
     eig = np.full((len(part), k), np.nan)
     for b, r in enumerate(spectra):
         eig[b, : len(r.eigenvalues)] = r.eigenvalues
@@ -233,7 +234,65 @@ def _spectral(
     }
     if ctx.eigenvectors is not None and ctx.eigenvectors.shape[0] == part.n:
         arrays["block_mass"] = block_mass(ctx.eigenvectors[:, 0], part)
+    if data_stderr is not None:
+        arrays["block_data_stderr"] = data_stderr
     attrs = _attrs(part, key, arrays, ("bound", "block_bound"))
+    if data_stderr is not None:
+        attrs["block_data_stderrs"] = [float(v) for v in data_stderr]
     attrs["block_converged"] = all(r.converged for r in spectra)
     results["spectral"] = _with(whole, arrays, attrs)
     return spectra
+
+
+def _trace(
+    whole: MetricResult, ctx: AnalysisContext, part: BlockPartition, key: Any
+) -> MetricResult:
+    """The trace's per-block arrays, split as the whole trace was computed.
+
+    The exact Gauss-Newton trace splits exactly (one more pass of it); an
+    estimated trace with a data standard error splits on the chunked Hessian;
+    else one Hutch++ pass on the whole operator serves every block.
+    """
+    data_stderr: np.ndarray | None = None
+    if whole.attrs.get("method") == "exact-ggn":
+        from sharpkit.curvature.block_data import exact_block_traces
+        from sharpkit.curvature.ggn import cross_entropy_form
+
+        form, _ = cross_entropy_form(ctx.loss_fn)
+        split = exact_block_traces(
+            ctx.model, ctx.data, part, ctx.hessian.params, loss=form,
+            batch_size=ctx.batch_size,
+            chunks=DATA_CHUNKS if whole.data_stderr is not None else None,
+        )  # fmt: skip
+        values, stderrs, hvps, exact = split.values, split.stderrs, 0, True
+        data_stderr = split.data_stderrs
+    elif whole.data_stderr is not None:
+        from sharpkit.curvature.block_data import chunked_block_trace
+
+        split = chunked_block_trace(
+            ctx.chunked_hessian(), part, probes=TRACE_PROBES, sketch=TRACE_SKETCH,
+            generator=ctx.generator("blocks-trace"),
+        )  # fmt: skip
+        values, stderrs, hvps, exact = (
+            split.values,
+            split.stderrs,
+            split.n_matvecs,
+            False,
+        )
+        data_stderr = split.data_stderrs
+    else:  # exact as the whole one was (H on the identity) or one Hutch++ pass
+        exact = whole.attrs.get("method") == "exact"
+        est = block_trace(
+            ctx.hessian, part, probes=part.n if exact else TRACE_PROBES,
+            sketch=0 if exact else TRACE_SKETCH,
+            generator=ctx.generator("blocks-trace"),
+        )  # fmt: skip
+        values, stderrs, hvps, exact = est.values, est.stderrs, est.n_matvecs, est.exact
+    arrays = {"block_value": values, "block_stderr": stderrs}
+    if data_stderr is not None:
+        arrays["block_data_stderr"] = data_stderr
+    attrs = _attrs(part, key, arrays, ("stderr", "block_stderr"))
+    attrs.update(block_total=float(values.sum()), block_hvps=hvps, block_exact=exact)
+    if data_stderr is not None:
+        attrs["block_data_stderrs"] = [float(v) for v in data_stderr]
+    return _with(whole, arrays, attrs)

@@ -25,6 +25,7 @@ from sharpkit.errors import (
     DataError,
     NumericalError,
     PluginContractError,
+    SharpkitWarning,
     first_line,
 )
 from sharpkit.interfaces import AnalysisContext, MetricResult, ProgressCallback
@@ -112,6 +113,7 @@ def check_fits(
                 f" train give the module itself ({module} and a state_dict)"
             )
         raise ConfigError(msg)
+    _check_ignored(ctx, data)
     name = source.path or source.meta.model or type(source.net).__name__
     check_fit(
         ctx.model,
@@ -122,6 +124,43 @@ def check_fits(
         expects=source.expects(),
         loss_label=f"the loss {loss!r}",
         second_order=exported,
+    )
+
+
+def _check_ignored(ctx: AnalysisContext, data: AnalysisData) -> None:
+    """Say when cross-entropy's ``ignore_index`` leaves examples out of the loss.
+
+    Class targets of ``-100`` (torch's default ``ignore_index``) drop their
+    examples from the loss, so the Hessian is of the others: a warning when
+    some are, one line when all are (before: measured silently on what was
+    left, or "num_classes must be positive, got -99").
+
+    Raises:
+        DataError: Every example's target is ignored.
+    """
+    from sharpkit._data import _class_loss_options
+
+    y = ctx.data.targets
+    opts = _class_loss_options(ctx.loss_fn)
+    if opts is None or y.ndim != 1 or y.is_floating_point() or not len(y):
+        return
+    ignore = int(opts.get("ignore_index", -100))
+    left_out = int((y == ignore).sum())
+    if not left_out:
+        return
+    where = repr(data.dataset) if data.dataset else "the data"
+    what = (
+        f"{left_out} of the {len(y)} analysis examples of {where} have the "
+        f"target {ignore}, which cross-entropy ignores (ignore_index)"
+    )
+    if left_out == len(y):
+        msg = f"all {what}: the loss is of no example; check the targets"
+        raise DataError(msg)
+    warnings.warn(
+        f"{what}: the Hessian is of the other {len(y) - left_out}; give them a "
+        "class or leave them out of the data to measure on all of them",
+        SharpkitWarning,
+        stacklevel=2,
     )
 
 

@@ -19,7 +19,6 @@ The input shape and the number of classes come from the data.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sharpkit._data import DataSplit
 from sharpkit._fs import available_memory
 from sharpkit._hints import option_hint
-from sharpkit._limits import check_bytes
-from sharpkit._seed import generator
+from sharpkit.api.imagefolder import IMAGE_OPTIONS, read_folder
 from sharpkit.api.usercode import (
     call_with,
     is_code_spec,
@@ -59,6 +57,7 @@ __all__ = [
 ]
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
+_IGNORED = -100  # torch's default ignore_index
 INPUT_KEYS = ("inputs", "x", "x_train")
 # How far a compressed .npz may inflate: real arrays (images, token ids, floats)
 # compress by well under 100x; a zip bomb by ~1000x.
@@ -68,11 +67,9 @@ TARGET_KEYS = ("targets", "y", "labels", "y_train")
 """Keys tried, in order, for the targets."""
 TEST_KEYS = (("inputs_test", "targets_test"), ("x_test", "y_test"))
 """Key pairs tried, in order, for an optional test split."""
-IMAGE_OPTIONS = ("size", "mean", "std", "channels", "num_classes")
 TENSOR_OPTIONS = ("inputs", "targets", "num_classes")
 DATA_FLAG = ("data", "--data")
 OPTIONS_FLAG = ("data_options", "--data-option")
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @dataclass(eq=False)
@@ -87,6 +84,10 @@ class SourceDataset:
         test: The test split (empty when the source has none).
         has_test: Whether the source holds a test split.
         code_sha256: The sha256 of the user's code that made the data, if any.
+        totals: How many examples the source's train and test splits hold
+            when only the first of each were read (see ``limit`` in
+            :func:`load_data`; a count is ``None`` where it is not known, as
+            for a stream); ``None`` when everything was read.
     """
 
     name: str
@@ -96,6 +97,14 @@ class SourceDataset:
     test: DataSplit
     has_test: bool = False
     code_sha256: str | None = None
+    totals: tuple[int | None, int | None] | None = None
+
+    def population(self, split: str) -> int | None:
+        """How many examples ``split`` (``"train"``/``"test"``) holds, read or not."""
+        held = self.train if split == "train" else self.test
+        if self.totals is None:
+            return len(held)
+        return self.totals[0 if split == "train" else 1]
 
 
 def is_data_source(data: object, registered: Sequence[str] = ()) -> bool:
@@ -122,6 +131,7 @@ def load_data(
     *,
     options: Mapping[str, Any] | None = None,
     seed: int = 0,
+    limit: int | None = None,
 ) -> SourceDataset:
     """Load the data a path or a code spec names.
 
@@ -132,6 +142,10 @@ def load_data(
             for either (default: from the targets); the keyword arguments of a
             function or class named by a code spec.
         seed: Seed of the image folder's fixed example order.
+        limit: Read no more than the first ``limit`` examples of each split
+            of an image folder or of data from code (a stream, or a torch
+            ``Dataset`` of any length); ``None``: all of them. A tensor file
+            is read whole (its size was checked before).
 
     Raises:
         DataError: The file or folder is missing or holds no usable data.
@@ -140,11 +154,11 @@ def load_data(
     text = os.fspath(source)
     opts = dict(options or {})
     if is_code_spec(text) and not os.path.exists(text):
-        return _from_code(text, opts)
+        return _from_code(text, opts, limit)
     path = Path(text).expanduser()
     if path.is_dir():
         _check_options(opts, IMAGE_OPTIONS, "an image folder")
-        return _image_folder(path, opts, seed)
+        return _image_folder(path, opts, seed, limit)
     if not path.is_file():
         msg = (
             f"data {text!r} not found; give a registered dataset (sharpkit plugins "
@@ -177,7 +191,8 @@ def _check_options(opts: Mapping[str, Any], known: Sequence[str], what: str) -> 
 def infer_num_classes(targets: torch.Tensor) -> int:
     """The number of classes (or outputs) the targets imply.
 
-    Integer class indices ``(N,)``: the largest + 1. Rows ``(N, k)`` (one-hot,
+    Integer class indices ``(N,)``: the largest + 1 (``-100``, which
+    cross-entropy ignores, left out). Rows ``(N, k)`` (one-hot,
     multi-label, multi-output): ``k``. Float values ``(N,)``: 1.
 
     Examples:
@@ -191,7 +206,8 @@ def infer_num_classes(targets: torch.Tensor) -> int:
         return int(targets.shape[1])
     if targets.is_floating_point() or targets.numel() == 0:
         return 1
-    return int(targets.max().item()) + 1
+    counted = targets[targets != _IGNORED]  # cross-entropy's ignore_index
+    return int(counted.max().item()) + 1 if counted.numel() else 1
 
 
 def pack_inputs(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, tuple[str, ...]]:
@@ -376,6 +392,13 @@ def _dataset(
     if len(train) == 0:
         msg = f"data {name!r} holds no examples"
         raise DataError(msg)
+    y = train.targets
+    if y.ndim == 1 and not y.is_floating_point() and bool((y == _IGNORED).all()):
+        msg = (
+            f"every target of {name!r} is {_IGNORED}, which cross-entropy ignores "
+            "(ignore_index): no example would count; check the targets"
+        )
+        raise DataError(msg)
     if num_classes is None:
         classes = infer_num_classes(train.targets)
         if test is not None and len(test) and not test.targets.is_floating_point():
@@ -494,7 +517,9 @@ def _tensor_file(path: Path, opts: Mapping[str, Any]) -> SourceDataset:
 # ------------------------------------------------------------------------ code
 
 
-def _from_code(spec: str, opts: Mapping[str, Any]) -> SourceDataset:
+def _from_code(
+    spec: str, opts: Mapping[str, Any], limit: int | None = None
+) -> SourceDataset:
     import torch
 
     obj, _ = load_object(spec, flag=DATA_FLAG)
@@ -522,200 +547,42 @@ def _from_code(spec: str, opts: Mapping[str, Any]) -> SourceDataset:
     if isinstance(made, SourceDataset):
         return made
     try:
-        split = as_split(made, None)
+        split = as_split(made, limit)
     except ConfigError:
         msg = (
             f"{spec} gave a {type(made).__name__}; return a torch Dataset, a "
             "DataLoader, an (inputs, targets) pair or a sharpkit.DataSplit"
         )
         raise ConfigError(msg) from None
-    return _dataset(spec, split, None, code_sha256=sha)
+    ds = _dataset(spec, split, None, code_sha256=sha)
+    if limit is not None and len(split) >= limit:
+        total = _count(made)
+        if total is None or total > len(split):
+            ds.totals = (total, 0)
+    return ds
 
 
-# --------------------------------------------------------------- image folders
+def _count(data: Any) -> int | None:
+    """How many examples ``data`` says it holds (``None``: a stream does not say)."""
+    import torch
 
-
-def _image_files(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Classes (sorted sub-folder names) and ``(file, class index)`` as ImageFolder."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    files = [
-        (f, i)
-        for i, c in enumerate(classes)
-        for f in sorted((folder / c).rglob("*"))
-        if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS
-    ]
-    return classes, files
-
-
-def _floats(value: Any, what: str) -> tuple[float, ...]:
-    if isinstance(value, int | float):
-        return (float(value),)
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return tuple(float(v) for v in value)
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return len(data[1])  # (inputs, targets), as as_split took it
+    if isinstance(data, torch.utils.data.DataLoader):
+        return None  # its len() counts batches, or raises for a stream
     try:
-        return tuple(float(v) for v in str(value).split(","))
-    except ValueError:
-        msg = (
-            f"data option {what}={value!r} must be a number or comma-separated numbers"
-        )
-        raise ConfigError(msg) from None
-
-
-def _size(value: Any) -> tuple[int, ...] | None:
-    if value is None:
+        return len(data)
+    except TypeError:
         return None
-    text = str(value).lower().replace(" ", "")
-    try:
-        parts = tuple(int(p) for p in text.split("x"))
-    except ValueError:
-        parts = ()
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        msg = f"data option size={value!r} must be S (shorter side, centre crop) or HxW"
-        raise ConfigError(msg)
-    return parts
 
 
-def _image_folder(folder: Path, opts: Mapping[str, Any], seed: int) -> SourceDataset:
-    subs = {d.name for d in folder.iterdir() if d.is_dir()}
-    test_name = next((n for n in ("test", "val") if n in subs), None)
-    if "train" in subs and test_name is not None:
-        classes, train_files = _image_files(folder / "train")
-        test_classes, test_files = _image_files(folder / test_name)
-        if test_classes != classes:
-            msg = (
-                f"{str(folder / 'train')!r} and {str(folder / test_name)!r} have "
-                "different class folders; give both the same classes"
-            )
-            raise DataError(msg)
-    else:
-        classes, train_files = _image_files(folder)
-        test_files = []
-    if not train_files:
-        msg = (
-            f"no images in {str(folder)!r}; an image folder holds one sub-folder of "
-            "images per class (DIR/cat/1.png, DIR/dog/2.png, ...)"
-        )
-        raise DataError(msg)
-    mean, std = _normalisation(opts)
-    channels = opts.get("channels")
-    reader = _ImageReader(_size(opts.get("size")), mean, std, channels, train_files)
-    reader.check_size(str(folder), len(train_files) + len(test_files))
-    train = reader.split(train_files, seed, "train")
-    test = reader.split(test_files, seed, "test") if test_files else None
-    num_classes = opts.get("num_classes") or len(classes)
-    return _dataset(str(folder), train, test, num_classes)
-
-
-def _normalisation(
-    opts: Mapping[str, Any],
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    mean_opt, std_opt = opts.get("mean", 0.0), opts.get("std", 1.0)
-    if str(mean_opt).lower() == "imagenet":
-        mean_opt = _IMAGENET[0]
-        std_opt = (
-            _IMAGENET[1]
-            if str(std_opt).lower() in ("1.0", "1", "imagenet")
-            else std_opt
-        )
-    if str(std_opt).lower() == "imagenet":
-        std_opt = _IMAGENET[1]
-    mean, std = _floats(mean_opt, "mean"), _floats(std_opt, "std")
-    if any(s <= 0 or not math.isfinite(s) for s in std):
-        msg = f"data option std={std_opt!r} must be positive"
-        raise ConfigError(msg)
-    return mean, std
-
-
-class _ImageReader:
-    """Reads images as ``Resize``, ``CenterCrop``, ``ToTensor``, ``Normalize`` do."""
-
-    def __init__(
-        self,
-        size: tuple[int, ...] | None,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        channels: Any,
-        files: list[tuple[Path, int]],
-    ) -> None:
-        from PIL import Image
-
-        self.size = size
-        self.first = files[0][0]
-        if channels is None:
-            with Image.open(files[0][0]) as first:
-                grey = first.mode in ("L", "1", "I", "I;16", "F", "LA")
-            channels = 1 if grey else 3
-        if int(channels) not in (1, 3):
-            msg = f"data option channels={channels!r} must be 1 or 3"
-            raise ConfigError(msg)
-        self.mode = "L" if int(channels) == 1 else "RGB"
-        n = 1 if self.mode == "L" else 3
-        for what, values in (("mean", mean), ("std", std)):
-            if len(values) not in (1, n):
-                msg = f"data option {what} needs 1 or {n} values, got {len(values)}"
-                raise ConfigError(msg)
-        self.mean = mean * n if len(mean) == 1 else mean
-        self.std = std * n if len(std) == 1 else std
-
-    def check_size(self, folder: str, count: int) -> None:
-        """Refuse, before decoding any, images that would not fit in memory.
-
-        The size of one image comes from ``size`` (a side S gives S x S), else
-        from the first image's header; every image is read as float32.
-
-        Raises:
-            ConfigError: ``count`` such images are over the memory limit.
-        """
-        from PIL import Image
-
-        if self.size is not None:
-            h, w = (self.size[0], self.size[0]) if len(self.size) == 1 else self.size
-        else:
-            with Image.open(self.first) as img:
-                w, h = img.size
-        channels = 1 if self.mode == "L" else 3
-        check_bytes(
-            f"the {count} images of {folder!r} at {h}x{w}",
-            count * channels * h * w * 4,
-            hint=f"resize them with {option_hint(OPTIONS_FLAG, 'size')}",
-        )
-
-    def read(self, path: Path) -> torch.Tensor:
-        import torchvision.transforms.functional as tf
-        from PIL import Image
-
-        try:
-            with Image.open(path) as img:
-                pic = img.convert(self.mode)
-        except Exception as exc:
-            msg = f"cannot read image {str(path)!r} ({type(exc).__name__}: {exc})"
-            raise DataError(msg) from exc
-        if self.size is not None:
-            if len(self.size) == 1:
-                pic = tf.center_crop(tf.resize(pic, [self.size[0]]), [self.size[0]])
-            else:
-                pic = tf.resize(pic, list(self.size))
-        x = tf.to_tensor(pic)
-        out: torch.Tensor = tf.normalize(x, list(self.mean), list(self.std))
-        return out
-
-    def split(self, files: list[tuple[Path, int]], seed: int, stream: str) -> DataSplit:
-        import torch
-
-        order = torch.randperm(
-            len(files), generator=generator(seed, f"images:{stream}")
-        )
-        chosen = [files[int(i)] for i in order]
-        images = [self.read(f) for f, _ in chosen]
-        shapes = {tuple(x.shape) for x in images}
-        if len(shapes) > 1:
-            a, b = sorted(shapes)[:2]
-            msg = (
-                f"the images differ in size ({a[1]}x{a[2]} and {b[1]}x{b[2]}); "
-                f"pass {option_hint(OPTIONS_FLAG, 'size')} to resize them"
-            )
-            raise DataError(msg)
-        targets = torch.tensor([c for _, c in chosen], dtype=torch.int64)
-        return DataSplit(torch.stack(images), targets)
+def _image_folder(
+    folder: Path, opts: Mapping[str, Any], seed: int, limit: int | None
+) -> SourceDataset:
+    read = read_folder(folder, opts, seed, limit)
+    num_classes = opts.get("num_classes") or len(read.classes)
+    ds = _dataset(str(folder), read.train, read.test, num_classes)
+    held = (len(read.train), len(read.test) if read.test is not None else 0)
+    if held != read.totals:
+        ds.totals = read.totals
+    return ds

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
 from sharpkit._hints import arg
+from sharpkit.api.datafiles import SourceDataset
 from sharpkit.api.losses import ResolvedLoss, resolve_loss
 from sharpkit.api.models import ResolvedModel, resolve_model
 from sharpkit.api.provenance import split_sha256
@@ -135,6 +136,15 @@ class Selection:
         if self.samples == ALL:
             return None
         return int(self.samples) if self.samples is not None else default
+
+    def read_limit(self, default: int | None = DEFAULT_SAMPLES) -> int | None:
+        """How many examples of a split a data source need give (``None``: all).
+
+        The first ``samples`` for ``"first"``; a ``"random"`` draw needs the
+        whole split (its size and classes decide the draw).
+        """
+        self.check()
+        return self.count(default) if self.sample == "first" else None
 
     def indices(
         self, split: DataSplit, *, default: int | None = DEFAULT_SAMPLES
@@ -271,6 +281,8 @@ class Job:
         loss: The loss function and its label.
         data: The data: a registered name (``str``), a loaded source or
             :class:`~sharpkit.Dataset`, data objects, or ``None``.
+        limit: The most examples of each split a source was read for (see
+            :meth:`Selection.read_limit`; ``None``: all of them).
     """
 
     inputs: Inputs
@@ -278,6 +290,7 @@ class Job:
     device: torch.device
     loss: ResolvedLoss
     data: Any
+    limit: int | None = None
 
     def model(self, model: ModelLike) -> ResolvedModel:
         """Resolve one model (module, checkpoint, ``.pt2``, ``hf:``, code)."""
@@ -324,11 +337,16 @@ class Job:
             options=self.inputs.data_options,
             registry=self.registry,
             root=self.inputs.data_root,
+            limit=self.limit,
         )
 
 
-def resolve(inputs: Inputs, registry: Registry) -> Job:
+def resolve(inputs: Inputs, registry: Registry, *, limit: int | None = None) -> Job:
     """Resolve ``inputs`` once: device, loss and data (a file or code is loaded).
+
+    ``limit``: read no more than the first ``limit`` examples of each split of
+    a source that can stop early (an image folder, data from code): what a
+    selection of the first examples needs (:meth:`Selection.read_limit`).
 
     Raises:
         ConfigError: A bad device, loss or data option.
@@ -343,7 +361,9 @@ def resolve(inputs: Inputs, registry: Registry) -> Job:
             options=inputs.data_options,
             registry=registry,
             root=inputs.data_root,
+            limit=limit,
         ),
+        limit=limit,
     )
 
 
@@ -407,10 +427,13 @@ def analysis_data(
             )
             raise ConfigError(msg)
         picked, record = selection.cut(data.train if split == "train" else data.test)
+        partial = isinstance(data, SourceDataset) and data.totals is not None
+        if isinstance(data, SourceDataset) and partial:  # read up to the selection
+            record["population"] = data.population(split)
         out = AnalysisData(
             analysis=picked,
             selection=record,
-            train=data.train,
+            train=None if partial else data.train,
             dataset=data.name,
             split=split,
             code_sha256=getattr(data, "code_sha256", None),
@@ -444,16 +467,20 @@ def _warn_if_not_the_training_subset(
     data: Dataset, source: ResolvedModel, split: str
 ) -> None:
     trained_on = source.meta.dataset_options.get("subset")
+    held = (
+        data.population("train") if isinstance(data, SourceDataset) else len(data.train)
+    )
     if (
         split == "train"
         and trained_on is not None
         and data.name == source.meta.dataset
-        and len(data.train) != int(trained_on)
+        and held is not None
+        and held != int(trained_on)
     ):
         warnings.warn(
             f"the model was trained on a {trained_on}-example subset of "
             f"{data.name!r}, but the analysis set comes from the dataset "
-            f"passed in ({len(data.train)} training examples); pass data=None "
+            f"passed in ({held} training examples); pass data=None "
             "to measure on the training subset",
             SharpkitWarning,
             stacklevel=5,

@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sharpkit._data import DataSplit
+from sharpkit._fs import is_interrupt
 from sharpkit._meta import json_safe
 from sharpkit.api.checks import check_fits, check_loss, run_metric
 from sharpkit.api.distributed import broadcast_names, rank_and_world
@@ -47,7 +49,7 @@ from sharpkit.api.resolve import (
     resolve_dtype,
     reuse_datasets,
 )
-from sharpkit.errors import MeasurementError, SharpkitError
+from sharpkit.errors import MeasurementError, SharpkitError, note_kept
 from sharpkit.interfaces import (
     AnalysisContext,
     Metric,
@@ -425,7 +427,7 @@ def _measure_once(
     calls = {n: ex.call("metric", n, (options or {}).get(n)) for n in names}
     want_dtype = resolve_dtype(analysis.dtype)
     budget = memory_bytes(analysis.memory_budget)
-    job = resolve(inputs, reg)
+    job = resolve(inputs, reg, limit=analysis.selection.read_limit())
     source = job.model(model)
     check_finite(source.net, source.path or "the model")
     data_info = analysis_data(job, source, analysis.selection)
@@ -471,7 +473,8 @@ def _measure_once(
         def fits() -> None:
             check_fits(ctx, source, data_info, job.loss.label)
 
-        failures = _compute(ex, calls, created, ctx, results, before=fits)
+        with _keep_finished(ex, todo, calls, results, keys, attrs, blocks):
+            failures = _compute(ex, calls, created, ctx, results, before=fits)
         if blocks is not None:
             from sharpkit.api.blocks import run_blocks
 
@@ -525,6 +528,45 @@ def _write(
         metrics=done,
         metric_labels={n: _labels(call.spec) for n, call in new.items()},
     )
+
+
+@contextmanager
+def _keep_finished(
+    ex: Executor,
+    todo: Sequence[str],
+    calls: Mapping[str, PluginCall],
+    results: dict[str, MetricResult],
+    keys: Mapping[str, str],
+    attrs: Mapping[str, Any],
+    blocks: Any,
+) -> Iterator[None]:
+    """On Ctrl-C or a signal while the metrics run, store those that finished.
+
+    Each finished metric's result is whole (a metric returns it only when
+    done); the one that was running returned nothing, so nothing of it is
+    stored. The interruption goes on, with a note of what was stored (see
+    :func:`~sharpkit.errors.note_kept`). Not across processes (every rank
+    would have to agree what finished), nor with ``blocks`` (the values per
+    block are computed after every metric: a result without them would be
+    stored under a key that promises them).
+    """
+    try:
+        yield
+    except BaseException as exc:
+        done = [n for n in todo if n in results]
+        if is_interrupt(exc) and done and blocks is None and rank_and_world()[1] == 1:
+            running = next((n for n in todo if n not in results), None)
+            ordered = {n: results[n] for n in done}
+            run_id = _write(ex, ordered, {n: calls[n] for n in done}, keys, attrs)
+            names = ", ".join(repr(n) for n in done)
+            verb = "was" if len(done) == 1 else "were"
+            kept = f"{names} {verb} measured" + (
+                f" and stored in run {run_id}" if run_id else " (no store to keep it)"
+            )
+            if running is not None:
+                kept += f"; nothing of {running!r}, which was running, was stored"
+            note_kept(exc, kept)
+        raise
 
 
 def _key_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:

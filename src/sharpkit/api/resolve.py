@@ -363,9 +363,12 @@ def resolve_data(
     options: Mapping[str, Any] | None = None,
     registry: Registry,
     root: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
 ) -> Any:
     """Load ``data`` when it names a file, a folder or code; else return it as is.
 
+    ``limit``: read no more than the first ``limit`` examples of each split
+    where the source can stop early (see :func:`~sharpkit.api.datafiles.load_data`).
     Inside a :func:`reuse_datasets` block each source is loaded once (a file is
     read again if it changed).
     """
@@ -385,10 +388,10 @@ def resolve_data(
     if os.path.exists(text):
         st = os.stat(text)
         stamp = (str(Path(text).resolve()), st.st_mtime_ns, st.st_size)
-    key = ("source", text, stamp, repr(sorted((options or {}).items())))
+    key = ("source", text, stamp, repr(sorted((options or {}).items())), limit)
     if cache is not None and key in cache:
         return cache[key]
-    ds = load_data(text, options=options)
+    ds = load_data(text, options=options, limit=limit)
     if cache is not None:
         cache[key] = ds
     return ds

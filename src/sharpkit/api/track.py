@@ -49,7 +49,12 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["Tracker"]
+    from sharpkit.curvature.blocks import BlockSpec
+
+__all__ = ["BLOCK_CURVE", "Tracker", "block_curves"]
+
+BLOCK_CURVE: Final = "blocks.{metric}.{block}"
+"""Name of the curve of a metric's value on one block (``Tracker(blocks=...)``)."""
 
 SUFFIXES: Final = ("", "_stderr", "_bound", "_hvps", "_seconds", "_data_stderr")
 """Curve names per tracked metric ``m``: ``m``, ``m_stderr``, ..., ``m_seconds``,
@@ -136,6 +141,12 @@ class Tracker:
             of the same name in ``sharpkit results``).
         progress: Progress callback, called while measuring.
         registry: The registry to use (default: the process-wide one).
+        blocks: Also measure ``spectral``, ``trace`` and ``frobenius`` per
+            block of parameters at every measurement (as
+            :func:`~sharpkit.measure`'s ``blocks``): each metric's value on
+            block ``b`` becomes the curve ``blocks.<metric>.<b>``, and
+            ``sharpkit plot --figure blocks-track`` draws them as a block x
+            step heat map.
 
     Raises:
         ConfigError: A bad argument, an unknown metric or option.
@@ -164,6 +175,7 @@ class Tracker:
         attrs: Mapping[str, Any] | None = None,
         progress: ProgressCallback | None = None,
         registry: Registry | None = None,
+        blocks: BlockSpec | None = None,
     ) -> None:
         if not _whole(every, 1):
             msg = f"every must be a whole number of steps >= 1, got {every!r}"
@@ -180,6 +192,13 @@ class Tracker:
             n: ex.call("metric", n, (options or {}).get(n)).spec for n in names
         }
         self.metrics: tuple[str, ...] = tuple(names)
+        self._blocks = blocks
+        self._block_key: Any = None
+        if blocks is not None:
+            from sharpkit.api.blocks import check_block_metrics, spec_key
+
+            check_block_metrics(blocks, names)
+            self._block_key = spec_key(blocks)
         self.every = every
         self._inputs = Inputs(loss=loss, seed=seed, device=device)
         self._options = dict(options or {})
@@ -271,7 +290,7 @@ class Tracker:
         own = {"step", "seconds", *(m + s for m in self.metrics for s in SUFFIXES)}
         out: dict[str, float] = {}
         for key, given in (extra or {}).items():
-            if key in own:
+            if key in own or str(key).startswith("blocks."):
                 msg = f"extra value {key!r} clashes with a tracked curve; rename it"
                 raise ConfigError(msg)
             # a tensor such as the loss: detached, so float() does not warn
@@ -297,7 +316,7 @@ class Tracker:
                 dataclasses.replace(self._analysis, selection=Selection()),
                 options=self._options, progress=self._progress,
                 warm_start=self._warm if self._use_warm else None,
-                registry=self._registry,
+                registry=self._registry, blocks=self._blocks,
             )  # fmt: skip
         seconds = time.perf_counter() - start
         if self._use_warm and result.warm_start is not None:
@@ -318,11 +337,24 @@ class Tracker:
             ):
                 row[name + suffix] = math.nan if value is None else float(value)
         row["seconds"] = seconds
+        row.update(self._block_values(result))
         row.update(extra)
         self._rows.append(row)
         self._last_step = step
         self.last = result
         return dict(row)
+
+    def _block_values(self, result: Measurement) -> dict[str, float]:
+        """``{blocks.<metric>.<block>: value}`` of the metrics measured per block."""
+        out: dict[str, float] = {}
+        for name, res in result.items():
+            if "block_value" not in res.arrays:
+                continue
+            listed = res.attrs.get("blocks")
+            names = [str(b) for b in listed] if isinstance(listed, list) else []
+            for block, value in zip(names, res.arrays["block_value"], strict=True):
+                out[BLOCK_CURVE.format(metric=name, block=block)] = float(value)
+        return out
 
     # ------------------------------------------------------------------ results
 
@@ -444,6 +476,11 @@ class Tracker:
             "last_step": steps[-1],
             "warm_start": self._use_warm,
             "interrupted": self._interrupted,
+            **(
+                {"blocks": self._tracked_blocks(), "block_spec": self._block_key}
+                if self._blocks is not None
+                else {}
+            ),
             # the selection was made once, before the first measurement
             "sample": self._analysis.selection.sample,
             "sample_seed": self._sample_seed,
@@ -451,6 +488,16 @@ class Tracker:
             "population": self._population,
             **self._attrs,
         }
+
+    def _tracked_blocks(self) -> list[str]:
+        """The blocks with a curve, in the order they were first measured."""
+        out: list[str] = []
+        for row in self._rows:
+            for key in row:
+                if key.startswith("blocks."):
+                    block = key.split(".", 2)[2]
+                    out += [] if block in out else [block]
+        return out
 
     def __enter__(self) -> Tracker:
         return self
@@ -529,3 +576,11 @@ def _untouched_rng(model: torch.nn.Module | None) -> Iterator[None]:
     finally:
         np.random.set_state(np_state)  # noqa: NPY002
         random.setstate(py_state)
+
+
+def block_curves(
+    training: Mapping[str, np.ndarray], metric: str
+) -> dict[str, np.ndarray]:
+    """``{block: curve}`` of ``metric``'s per-block curves in a tracked run."""
+    prefix = BLOCK_CURVE.format(metric=metric, block="")
+    return {k[len(prefix) :]: v for k, v in training.items() if k.startswith(prefix)}

@@ -35,13 +35,27 @@ the Hessian metrics': 15 degrees of freedom)."""
 class Perturber:
     """Evaluates the loss (and its gradient) at ``θ + δ`` and restores ``θ`` exactly."""
 
-    def __init__(self, ctx: AnalysisContext) -> None:
+    def __init__(self, ctx: AnalysisContext, block: str = "") -> None:
         self.ctx = ctx
-        self.params = [
-            p
-            for p in ctx.model.parameters()
+        named = [
+            (n, p)
+            for n, p in ctx.model.named_parameters()
             if p.requires_grad and p.is_floating_point()
         ]
+        self.block_attrs: dict[str, object] = {}
+        if block:  # only this block's parameters move
+            from sharpkit import select_block
+
+            name, chosen = select_block([n for n, _ in named], block)
+            keep = set(chosen)
+            named = [(n, p) for n, p in named if n in keep]
+            self.block_attrs = {
+                "block": block,
+                "block_name": name,
+                "block_params": chosen,
+                "block_size": sum(p.numel() for _, p in named),
+            }
+        self.params = [p for _, p in named]
         if not self.params:
             msg = "the model has no trainable floating-point parameters to perturb"
             raise ConfigError(msg)

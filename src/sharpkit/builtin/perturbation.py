@@ -202,6 +202,8 @@ class EpsilonSharpness:
         steps: Gradient-ascent steps per start.
         step_size: Step in units of the box half-width (default ``2.5 / steps``).
         restarts: Starts: the first from ``δ = 0``, the others uniform in the box.
+        block: Perturb only this block's parameters (a module path or
+            ``NAME=REGEX``, see :func:`~sharpkit.select_block`); empty: all.
     """
 
     def __init__(
@@ -211,6 +213,7 @@ class EpsilonSharpness:
         steps: int = 20,
         step_size: float | None = None,
         restarts: int = 1,
+        block: str = "",
     ) -> None:
         if not (epsilon > 0 and math.isfinite(epsilon)):
             msg = f"epsilon must be positive, got {epsilon}"
@@ -222,13 +225,14 @@ class EpsilonSharpness:
         self.steps = int(steps)
         self.step_size = _check_steps(steps, step_size)
         self.restarts = int(restarts)
+        self.block = str(block).strip()
 
     def compute(self, ctx: AnalysisContext, /) -> MetricResult:
         """Maximise the loss over the ε-box around the model's parameters."""
         import torch
 
         start_time = time.perf_counter()
-        pert = Perturber(ctx)
+        pert = Perturber(ctx, self.block)
         gen = ctx.generator("epsilon")
         total = self.restarts * self.steps
         done = [0]
@@ -284,6 +288,7 @@ class EpsilonSharpness:
             "Keskar et al. (2017) used L-BFGS-B",
             "unit": "percent of 1 + L(θ)",
             "note": _LOWER_BOUND_NOTE,
+            **pert.block_attrs,
         }
         return MetricResult(
             value=value,
@@ -298,6 +303,11 @@ class EpsilonSharpness:
             attrs=attrs,
         )
 
+
+_BLOCK_HELP = (
+    "Perturb only this block's parameters: a module path (fc1, layer2: the names "
+    "of --blocks layers or depth=N) or NAME=REGEX; empty: all."
+)
 
 _DEFAULT_RHO = {("worst", "inf"): 2e-3, ("worst", "2"): 0.5, ("average", "2"): 0.1}
 
@@ -322,6 +332,8 @@ class AdaptiveSharpness:
             minimum its first-order gain is the sample gradient's noise), so
             the chunks' spread at it understates the error several times
             (docs/concepts/curvature.md, "Two kinds of uncertainty").
+        block: Perturb only this block's parameters (a module path or
+            ``NAME=REGEX``, see :func:`~sharpkit.select_block`); empty: all.
     """
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -339,6 +351,7 @@ class AdaptiveSharpness:
         samples: int = 16,
         step_size: float | None = None,
         data_error: bool = False,
+        block: str = "",
     ) -> None:
         check_choice("norm", norm, self.CHOICES["norm"])
         check_choice("kind", kind, self.CHOICES["kind"])
@@ -363,13 +376,14 @@ class AdaptiveSharpness:
             raise ConfigError(msg)
         self.samples = int(samples)
         self.data_error = bool(data_error)
+        self.block = str(block).strip()
 
     def compute(self, ctx: AnalysisContext, /) -> MetricResult:
         """Measure adaptive sharpness of the model in ``ctx``."""
         if self.data_error:
             check_data_error(ctx)
         start_time = time.perf_counter()
-        pert = Perturber(ctx)
+        pert = Perturber(ctx, self.block)
         gen = ctx.generator("adaptive")
         self._chunks: tuple[np.ndarray, np.ndarray] | None = None
         try:
@@ -398,6 +412,7 @@ class AdaptiveSharpness:
             "loss_evaluations": pert.evaluations,
             "unit": "loss increase",
             **extra,
+            **pert.block_attrs,
         }
         return MetricResult(
             **data,
@@ -524,6 +539,7 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
                     "(default 2.5/steps).",
                     "restarts": "Starts (first at δ=0, others uniform in the box); "
                     "the best is reported.",
+                    "block": _BLOCK_HELP,
                 },
             ),
             stochastic=False,
@@ -548,6 +564,7 @@ def sharpkit_register_metrics() -> list[MetricSpec]:
                     "step_size": "Step in units of ρ (default 2.5/steps).",
                     "data_error": "Also the standard error over the data "
                     "(kind=average, 16 chunks).",
+                    "block": _BLOCK_HELP,
                 },
                 choices=AdaptiveSharpness.CHOICES,
             ),

@@ -20,7 +20,7 @@ import typer
 from typer.core import TyperGroup
 
 from sharpkit.cli._progress import print_line
-from sharpkit.errors import SharpkitError, SharpkitWarning
+from sharpkit.errors import SharpkitError, SharpkitWarning, kept_note
 
 __all__ = ["app", "main"]
 
@@ -121,13 +121,13 @@ class _ErrorBoundary(TyperGroup):
                 raise
             print_line("error", _os_error(exc))
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             remove_live_temps()
-            print_line("error", _interrupted("Ctrl-C (SIGINT)"))
+            print_line("error", _interrupted("Ctrl-C (SIGINT)", kept_note(exc)))
             raise typer.Exit(130) from None
         except Terminated as exc:
             remove_live_temps()
-            print_line("error", _interrupted(exc.name))
+            print_line("error", _interrupted(exc.name, kept_note(exc)))
             raise typer.Exit(exc.status) from None
         finally:
             warnings.showwarning = old_show
@@ -143,7 +143,12 @@ def _os_error(exc: OSError) -> str:
     )
 
 
-def _interrupted(what: str) -> str:
+def _interrupted(what: str, kept: str | None = None) -> str:
+    if kept is not None:  # it says what was complete and kept
+        return (
+            f"interrupted by {what}: {kept}; run the same command again to "
+            "measure the rest"
+        )
     return (
         f"interrupted by {what}: what was complete is kept and nothing half-written "
         "is left; run the same command again to continue (train: add --resume)"

@@ -35,6 +35,21 @@ from sharpkit.errors import ConfigError
 MAX_ROWS = 12
 
 
+def folder_path(text: str) -> Path:
+    """``--out``'s value as a path; an empty one names no folder.
+
+    ``Path("")`` is ``Path(".")``: ``--out ''`` (an unset shell variable) would
+    write the run into the current folder, over what is there.
+
+    Raises:
+        typer.BadParameter: ``text`` is empty or blank.
+    """
+    if not text.strip():
+        msg = "is empty; name the folder for the run, e.g. --out runs/first"
+        raise typer.BadParameter(msg)
+    return Path(text)
+
+
 def default_out_dir(
     model: str, data: str, lr: float, batch_size: int, seed: int
 ) -> Path:
@@ -164,6 +179,8 @@ def train(
         Path | None,
         typer.Option(
             "--out",
+            parser=folder_path,
+            metavar="<path>",
             help=(
                 "Checkpoint directory "
                 "(default: runs/<model>_<data>_lr<η>_bs<S>_seed<seed>)."

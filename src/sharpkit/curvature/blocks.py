@@ -38,7 +38,14 @@ from torch import Tensor, nn
 
 from sharpkit.errors import ConfigError
 
-__all__ = ["REST", "Block", "BlockPartition", "BlockSpec", "resolve_blocks"]
+__all__ = [
+    "REST",
+    "Block",
+    "BlockPartition",
+    "BlockSpec",
+    "resolve_blocks",
+    "select_block",
+]
 
 REST = "rest"
 """Name of the block of the parameters that no named group matches."""
@@ -347,3 +354,43 @@ def resolve_blocks(
         at = tuple(position[m] for m in ordered)
         blocks.append(Block(group, tuple(ordered), index, at))
     return BlockPartition(tuple(blocks), start)
+
+
+def select_block(names: Sequence[str], text: str) -> tuple[str, list[str]]:
+    """The parameters of one block, named as ``--blocks`` names blocks.
+
+    ``text`` is a module path (a block of ``layers`` or of any ``depth=N``:
+    the parameters under that module, e.g. ``"fc1"``, ``"layer2"``;
+    ``"root"``: the root module's own), or ``"NAME=REGEX"`` (the parameters
+    whose names the expression matches).
+
+    Args:
+        names: The parameter names to choose from, in order.
+        text: The block.
+
+    Returns:
+        ``(block name, its parameter names in the order of names)``.
+
+    Raises:
+        ConfigError: An empty block, a bad expression, or a path that names
+            no module with parameters (the module paths are listed).
+    """
+    text = text.strip()
+    every = list(names)
+    if "=" in text:
+        groups = _regex_groups([text], every, [])
+        name = next(iter(groups))
+        return name, groups[name]
+    if text == "root":
+        chosen = [n for n in every if "." not in n]
+    else:
+        chosen = [n for n in every if n.startswith(text + ".")]
+    if not chosen:
+        paths = list(_by_layers(every))
+        shown = ", ".join(paths[:8]) + (", ..." if len(paths) > 8 else "")
+        msg = (
+            f"block {text!r} names no module with parameters; give a module path "
+            f"({shown}) or NAME=REGEX"
+        )
+        raise ConfigError(msg)
+    return text, chosen

@@ -53,8 +53,9 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -63,6 +64,7 @@ from sharpkit._data import DataSplit
 __all__ = [
     "CrossEntropyForm",
     "cross_entropy_form",
+    "ggn_block_traces",
     "ggn_trace",
     "logits_obstacle",
     "multilinear_check",
@@ -422,7 +424,7 @@ def supported_layers(model: nn.Module) -> tuple[bool, str]:
     return True, ""
 
 
-def _trainable(p: object) -> bool:
+def _trainable(p: object) -> TypeGuard[Tensor]:
     return isinstance(p, Tensor) and p.requires_grad
 
 
@@ -478,34 +480,36 @@ def _conv_weight_sq_norms(m: nn.Conv1d | nn.Conv2d, a: Tensor, d3: Tensor) -> Te
     return torch.cat(parts)
 
 
-def _sq_norms(m: nn.Module, a: Tensor, d: Tensor) -> Tensor:
-    """Per-example squared norm of the gradient of ``m``'s parameters.
+def _sq_norms(m: nn.Module, a: Tensor, d: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Per-example squared norm of the gradient of each of ``m``'s parameters.
 
     ``a`` is the layer's input and ``d`` the gradient of the scalar with respect
     to the layer's output, both with the batch first (examples do not interact:
-    eval mode).
+    eval mode). Returns ``(parameter, (B,) float64)`` for each trainable one.
     """
     b = a.shape[0]
-    out = torch.zeros(b, dtype=torch.float64, device=a.device)
+    out: list[tuple[Tensor, Tensor]] = []
     if isinstance(m, nn.Linear):
         if a.dim() == 2:
             if _trainable(m.weight):
-                out += (a * a).sum(-1).double() * (d * d).sum(-1).double()
+                out.append(
+                    (m.weight, (a * a).sum(-1).double() * (d * d).sum(-1).double())
+                )
             if _trainable(m.bias):
-                out += (d * d).sum(-1).double()
+                out.append((m.bias, (d * d).sum(-1).double()))
         else:  # (B, ..., in): the gradient sums outer products over positions
             a3, d3 = a.reshape(b, -1, a.shape[-1]), d.reshape(b, -1, d.shape[-1])
             if _trainable(m.weight):
                 g = torch.einsum("bto,bti->boi", d3, a3)
-                out += g.double().pow(2).sum((1, 2))
+                out.append((m.weight, g.double().pow(2).sum((1, 2))))
             if _trainable(m.bias):
-                out += d3.sum(1).double().pow(2).sum(-1)
+                out.append((m.bias, d3.sum(1).double().pow(2).sum(-1)))
     elif isinstance(m, nn.Conv1d | nn.Conv2d):
         d3 = d.reshape(b, d.shape[1], -1)
         if _trainable(m.weight):
-            out += _conv_weight_sq_norms(m, a, d3)
+            out.append((m.weight, _conv_weight_sq_norms(m, a, d3)))
         if _trainable(m.bias):
-            out += d3.sum(-1).double().pow(2).sum(-1)
+            out.append((m.bias, d3.sum(-1).double().pow(2).sum(-1)))
     elif isinstance(m, nn.modules.batchnorm._BatchNorm):
         assert m.running_mean is not None
         assert m.running_var is not None
@@ -516,10 +520,10 @@ def _sq_norms(m: nn.Module, a: Tensor, d: Tensor) -> Tensor:
         dims = tuple(range(2, a.dim()))
         if _trainable(m.weight):
             gw = (d * xhat).sum(dims) if dims else d * xhat
-            out += gw.double().pow(2).sum(-1)
+            out.append((m.weight, gw.double().pow(2).sum(-1)))
         if _trainable(m.bias):
             gb = d.sum(dims) if dims else d
-            out += gb.double().pow(2).sum(-1)
+            out.append((m.bias, gb.double().pow(2).sum(-1)))
     return out
 
 
@@ -563,11 +567,91 @@ def ggn_trace(
     Raises:
         NotImplementedError: A layer or target shape this method cannot handle.
     """
+    total, count, per = _ggn_pass(
+        model, data, None, batch_size=batch_size, progress=progress, loss=loss
+    )
+    if per_example is not None:
+        per_example.extend(p[:, 0] for p in per)
+    return float(total[0]), count
+
+
+def ggn_block_traces(
+    model: nn.Module,
+    data: DataSplit | Iterable[tuple[Tensor, Tensor]],
+    groups: Sequence[Sequence[Tensor]],
+    *,
+    batch_size: int = 512,
+    progress: Callable[[int], None] | None = None,
+    loss: CrossEntropyForm | None = None,
+    per_example: list[Tensor] | None = None,
+) -> tuple[np.ndarray, int]:
+    """Return ``(tr G_bb per group, examples)``: :func:`ggn_trace` split by blocks.
+
+    ``tr G = Σ_i Σ_p ‖∂f/∂θ_p‖²``-type sums split over parameters, so one pass
+    over the data gives the trace of every diagonal block ``G_bb`` (equal to
+    ``tr H_bb`` where the identity holds: the diagonal of ``H`` is the
+    diagonal of ``G``), and the blocks add up to :func:`ggn_trace`'s total.
+
+    Args:
+        model: The network (as for :func:`ggn_trace`).
+        data: The analysis set.
+        groups: Disjoint groups of parameters that together hold every
+            trainable parameter of ``model``.
+        batch_size: Examples per forward pass.
+        progress: Called with the number of examples done.
+        loss: The cross-entropy's options.
+        per_example: A list to append each batch's ``(B, G)`` float64
+            per-example contributions to (see :func:`ggn_trace`).
+
+    Raises:
+        NotImplementedError: As :func:`ggn_trace`.
+        ValueError: Groups that overlap or miss a trainable parameter.
+    """
+    total, count, per = _ggn_pass(
+        model, data, groups, batch_size=batch_size, progress=progress, loss=loss
+    )
+    if per_example is not None:
+        per_example.extend(per)
+    return total.numpy(), count
+
+
+def _group_index(
+    model: nn.Module, groups: Sequence[Sequence[Tensor]] | None
+) -> dict[int, int]:
+    """``id(parameter) -> group`` for every trainable parameter (all in 0 if none)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if groups is None:
+        return {id(p): 0 for p in trainable}
+    out: dict[int, int] = {}
+    for g, members in enumerate(groups):
+        for p in members:
+            if id(p) in out:
+                msg = "a parameter is in two groups"
+                raise ValueError(msg)
+            out[id(p)] = g
+    if any(id(p) not in out for p in trainable):
+        msg = "every trainable parameter must be in a group"
+        raise ValueError(msg)
+    return out
+
+
+def _ggn_pass(
+    model: nn.Module,
+    data: DataSplit | Iterable[tuple[Tensor, Tensor]],
+    groups: Sequence[Sequence[Tensor]] | None,
+    *,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    loss: CrossEntropyForm | None,
+) -> tuple[Tensor, int, list[Tensor]]:
+    """The pass of :func:`ggn_trace`: totals per group, examples, per-example terms."""
     form = loss if loss is not None else CrossEntropyForm()
     ok, why = supported_layers(model)
     if not ok:
         msg = f"ggn_trace cannot handle {why}"
         raise NotImplementedError(msg)
+    group_of = _group_index(model, groups)
+    n_groups = 1 if groups is None else len(groups)
     layers = [
         m
         for m in model.modules()
@@ -580,22 +664,22 @@ def ggn_trace(
 
     handles = [m.register_forward_hook(hook) for m in layers]
     batches = data.batches(batch_size) if isinstance(data, DataSplit) else data
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros(n_groups, dtype=torch.float64)
     count = 0
     weights = 0.0
+    per: list[Tensor] = []
     try:
         for x, y in batches:
             logits, taps = _tapped_forward(model, x, y, seen, layers)
             count += logits.shape[0]
             weight = _batch_weight(form, logits, y)
             if weight > 0:  # all targets ignored: no say in the mean loss
-                part = weight * _batch_ggn(logits, y, taps, form)
-                total += part.sum()
+                part = weight * _batch_ggn(logits, y, taps, form, group_of, n_groups)
+                total += part.sum(0)
                 weights += weight
             else:
-                part = torch.zeros(logits.shape[0], dtype=torch.float64)
-            if per_example is not None:
-                per_example.append(part)
+                part = torch.zeros(logits.shape[0], n_groups, dtype=torch.float64)
+            per.append(part)
             if progress is not None:
                 progress(count)
     finally:
@@ -603,7 +687,7 @@ def ggn_trace(
             h.remove()
         for v in seen.values():
             v.clear()
-    return (float(total / weights) if weights > 0 else 0.0), count
+    return (total / weights if weights > 0 else total * 0), count, per
 
 
 def _tapped_forward(
@@ -651,10 +735,13 @@ def _batch_ggn(
     y: Tensor,
     taps: list[tuple[nn.Module, Tensor, Tensor]],
     form: CrossEntropyForm,
+    group_of: dict[int, int],
+    n_groups: int,
 ) -> Tensor:
-    """``tr G`` of one batch's mean loss, per example (float64 ``(B,)``, CPU).
+    """``tr G_bb`` of one batch's mean loss, per example and group (``(B, G)``).
 
-    ``taps`` holds each layer with its input and output in this forward pass.
+    ``taps`` holds each layer with its input and output in this forward pass;
+    ``group_of`` maps ``id(parameter)`` to its group. Float64, on the CPU.
     """
     b, c = logits.shape[0], logits.shape[1]
     flat = logits.detach().reshape(b, c, -1)
@@ -662,10 +749,10 @@ def _batch_ggn(
     probs = torch.softmax(flat.double(), dim=1)
     factors = _example_factors(form, flat, y).cpu()
     outs = [out for _, _, out in taps]
-    terms = torch.zeros(b, positions, dtype=torch.float64)
+    terms = torch.zeros(b, positions, n_groups, dtype=torch.float64)
     last = positions * (c + 1) - 1
     for pos in range(positions):
-        sq = torch.zeros(b, c, dtype=torch.float64)
+        sq = torch.zeros(b, c, n_groups, dtype=torch.float64)
         for k in range(c + 1):
             g = torch.zeros_like(flat)
             if k < c:
@@ -678,11 +765,13 @@ def _batch_ggn(
                 grad_outputs=g.reshape(logits.shape),
                 retain_graph=pos * (c + 1) + k < last,
             )
-            col = torch.zeros(b, dtype=torch.float64)
+            col = torch.zeros(b, n_groups, dtype=torch.float64)
             for (m, a, _), d in zip(taps, grads, strict=True):
-                col += _sq_norms(m, a, d).cpu()
+                for p, norms in _sq_norms(m, a, d):
+                    col[:, group_of[id(p)]] += norms.cpu()
             if k < c:
                 sq[:, k] = col
             else:
-                terms[:, pos] = (probs[:, :, pos].cpu() * sq).sum(-1) - col
-    return (factors * terms).sum(1)
+                p_pos = probs[:, :, pos].cpu().unsqueeze(-1)
+                terms[:, pos] = (p_pos * sq).sum(1) - col
+    return (factors.unsqueeze(-1) * terms).sum(1)

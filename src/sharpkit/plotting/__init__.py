@@ -23,6 +23,9 @@ flatter minima with SGD", ICLR 2018 workshop track:
 * ``blocks``: not in the paper; the curvature of each block of parameters
   (``sharpkit measure --blocks``): bars per block, the checkpoints side by side
   ordered by η/S, one panel per quantity measured per block.
+* ``blocks-track``: not in the paper; runs tracked with
+  ``Tracker(..., blocks=...)``: a block x step heat map per quantity tracked
+  per block (colour: λ_max, trace or ‖H_bb‖_F of each block).
 * ``density``: not in the paper; the Hessian eigenvalue density of each measured
   checkpoint (the ``density`` metric: stochastic Lanczos quadrature, smoothed
   with a Gaussian) on a log scale, overlaid and labelled by η and S, with
@@ -48,7 +51,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sharpkit.errors import ConfigError, DataError
-from sharpkit.plotting.blocks import block_series, plot_blocks
+from sharpkit.plotting.blocks import (
+    block_series,
+    block_tracks,
+    plot_blocks,
+    plot_blocks_track,
+)
 from sharpkit.plotting.landscape import interp_curves, plot_interp, plot_rescale
 from sharpkit.plotting.select import records, runs, selection
 from sharpkit.plotting.sharpness import plot_correlate, plot_fig1, plot_sam
@@ -71,6 +79,7 @@ FIGURES = (
     "sam",
     "rescale",
     "blocks",
+    "blocks-track",
 )
 """The figures :func:`plot_figure` draws."""
 
@@ -102,8 +111,10 @@ def build_figure(
             ``"correlate"`` (each measure against ``target``, with Kendall's τ
             and Jiang et al.'s Ψ and their intervals; see
             :func:`sharpkit.correlate`), ``"sam"`` (SGD and SAM at the same
-            η/S), ``"rescale"`` (the ``rescale`` probe) or ``"blocks"``
-            (curvature per block of parameters, ``measure --blocks``).
+            η/S), ``"rescale"`` (the ``rescale`` probe), ``"blocks"``
+            (curvature per block of parameters, ``measure --blocks``) or
+            ``"blocks-track"`` (block x step heat maps of runs tracked with
+            ``Tracker(..., blocks=...)``).
         filter: Row filters as for ``ResultStore.records`` (``["dataset=cifar10",
             "batch_size>=128"]`` or ``{"model": "mlp-bn"}``); plain records and runs
             are filtered by the same rules.
@@ -172,6 +183,15 @@ def _build_other(
             )
             raise DataError(msg)
         return plot_blocks(series, title)
+    if figure == "blocks-track":
+        tracks = block_tracks(runs(source, "track", items))
+        if not tracks:
+            msg = (
+                "no tracked runs with per-block curves in the selection; track "
+                "with sharpkit.Tracker(..., blocks='layers', store=STORE) first"
+            )
+            raise DataError(msg)
+        return plot_blocks_track(tracks, title)
     if figure == "density":
         spectra = densities(runs(source, "measure", items))
         if not spectra:

@@ -1,9 +1,13 @@
-"""Curvature per block of parameters, checkpoints side by side (``blocks``).
+"""Curvature per block of parameters: ``blocks`` and ``blocks-track``.
 
-One panel per quantity measured with ``--blocks`` (``λ_max(H_bb)``, the share
-of the top eigenvector in each block, ``tr H_bb``, ``‖H_bb‖_F``); in each, one
-group of bars per block and in a group one bar per checkpoint, ordered by η/S,
-with the bound or two standard errors as error bars.
+``blocks``: one panel per quantity measured with ``--blocks`` (``λ_max(H_bb)``,
+the share of the top eigenvector in each block, ``tr H_bb``, ``‖H_bb‖_F``); in
+each, one group of bars per block and in a group one bar per checkpoint,
+ordered by η/S, with the bound or two standard errors as error bars.
+
+``blocks-track``: for each run tracked with ``Tracker(..., blocks=...)``, a
+block x step heat map per quantity tracked per block (colour: its value, on a
+log scale when the values span more than two decades).
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from sharpkit.plotting.style import canvas, eta_s, lr_over_batch
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["block_series", "plot_blocks"]
+__all__ = [
+    "BlockTrack",
+    "block_series",
+    "block_tracks",
+    "plot_blocks",
+    "plot_blocks_track",
+]
 
 # (metric, array of the value, array of its error, error multiplier, axis label)
 _PANELS = (
@@ -138,3 +148,95 @@ def _spans_decades(arrays: Sequence[np.ndarray]) -> bool:
     if vals.size == 0 or np.any(vals <= 0):
         return False
     return bool(vals.max() / vals.min() > 100)
+
+
+_TRACK_LABELS = {
+    "spectral": "λ_max(H_bb)",
+    "trace": "tr H_bb",
+    "frobenius": "‖H_bb‖_F",
+}
+
+
+@dataclass
+class BlockTrack:
+    """One tracked run's per-block curves of one metric.
+
+    Attributes:
+        label: What the run is (η and S, else its model or id).
+        metric: The metric.
+        blocks: The blocks, in the run's order.
+        steps: The training steps measured.
+        values: ``(blocks, steps)``.
+    """
+
+    label: str
+    metric: str
+    blocks: list[str]
+    steps: np.ndarray
+    values: np.ndarray
+
+
+def block_tracks(runs: Sequence[Any]) -> list[BlockTrack]:
+    """The per-block curves of tracked runs, one entry per run and metric."""
+    out: list[BlockTrack] = []
+    for run in runs:
+        training = dict(get(run, "training", {}) or {})
+        attrs = dict(get(run, "attrs", {}) or {})
+        if "step" not in training:
+            continue
+        order = [str(b) for b in attrs.get("blocks") or []]
+        label = (
+            _label(attrs)[0]
+            if attrs.get("lr") is not None
+            else str(attrs.get("model") or get(run, "run_id", "run"))
+        )
+        for metric in _TRACK_LABELS:
+            prefix = f"blocks.{metric}."
+            curves = {
+                k[len(prefix) :]: np.asarray(v, dtype=float)
+                for k, v in training.items()
+                if k.startswith(prefix)
+            }
+            if not curves:
+                continue
+            names = [b for b in order if b in curves]
+            names += [b for b in curves if b not in names]
+            steps = np.asarray(training["step"]).ravel()
+            values = np.stack([curves[b].ravel() for b in names])
+            out.append(BlockTrack(label, metric, names, steps, values))
+    return out
+
+
+def plot_blocks_track(tracks: Sequence[BlockTrack], title: str | None) -> Figure:
+    """Draw ``blocks-track``: a block x step heat map per run and metric."""
+    from matplotlib.colors import LogNorm
+
+    fig = canvas(1, len(tracks), width=max(6.4, 0.3 * tracks[0].steps.size + 3),
+                 height=0.35 * max(len(t.blocks) for t in tracks) + 1.6)  # fmt: skip
+    for row, t in enumerate(tracks):
+        ax = fig.add_subplot(len(tracks), 1, row + 1)
+        finite = t.values[np.isfinite(t.values)]
+        log = _spans_decades([finite])
+        norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if log else None
+        edges = _edges(t.steps.astype(float))
+        mesh = ax.pcolormesh(
+            edges, np.arange(len(t.blocks) + 1), t.values, norm=norm,
+            cmap="magma", shading="flat",
+        )  # fmt: skip
+        ax.set_yticks(np.arange(len(t.blocks)) + 0.5, t.blocks, fontsize="small")
+        ax.invert_yaxis()
+        ax.set_xlabel("training step")
+        ax.set_title(f"{t.label}: {_TRACK_LABELS[t.metric]}", fontsize="medium")
+        fig.colorbar(mesh, ax=ax, label=_TRACK_LABELS[t.metric])
+    fig.suptitle(title or "Where is the sharpness, step by step?")
+    return fig
+
+
+def _edges(steps: np.ndarray) -> np.ndarray:
+    """Cell edges around the measured steps (half-way between neighbours)."""
+    if steps.size == 1:
+        return np.array([steps[0] - 0.5, steps[0] + 0.5])
+    mid = (steps[1:] + steps[:-1]) / 2
+    return np.concatenate(
+        [[steps[0] - (mid[0] - steps[0])], mid, [steps[-1] + (steps[-1] - mid[-1])]]
+    )

@@ -178,10 +178,14 @@ def _checked_index(objects: Mapping[str, Any]) -> str | None:
         return None
 
 
-def parse_run_doc(raw: bytes) -> tuple[dict[str, Any], Manifest | None]:
+def parse_run_doc(
+    raw: bytes, *, sealed: bool = False
+) -> tuple[dict[str, Any], Manifest | None]:
     """Read and check a run's ``zarr.json``: its attributes and manifest.
 
-    Runs written before manifests existed have none (``None``).
+    Runs written before manifests existed have none (``None``); in a store
+    created since (``sealed``: its root says every run has one), a run without
+    one lost it.
 
     Raises:
         Damage: Not a complete run's group document, or it was changed.
@@ -198,6 +202,12 @@ def parse_run_doc(raw: bytes) -> tuple[dict[str, Any], Manifest | None]:
             msg = f"zarr.json: {key} is not text"
             raise Damage(msg)
     if _MANIFEST not in attrs:
+        if sealed:
+            msg = (
+                f"zarr.json has no {_MANIFEST} attribute, which every run of this "
+                "store has (it was removed)"
+            )
+            raise Damage(msg)
         return attrs, None
     rest = {k: v for k, v in attrs.items() if k != _MANIFEST}
     return rest, Manifest.parse(attrs[_MANIFEST], rest)

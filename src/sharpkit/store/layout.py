@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KINDS",
     "SCHEMA_VERSION",
+    "SEALED",
     "STALE_SECONDS",
     "ResultStore",
     "RunInfo",
@@ -64,6 +65,9 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 """Layout version written to the root's ``schema_version`` attribute."""
+SEALED: Final = "manifests"
+"""Root attribute: every run of the store carries a manifest (stores made since
+manifests exist; a run without one lost it, it is not a run written before)."""
 
 KINDS: Final = ("measure", "train", "probe", "track", "sweep")
 """The kinds of run a store holds (``sweep``: a point's predicted and actual time)."""
@@ -93,6 +97,7 @@ def root_attrs() -> dict[str, JSON]:
         "schema_version": SCHEMA_VERSION,
         "sharpkit_version": sharpkit_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        SEALED: True,
         "description": (
             "sharpkit results store: one group per run under runs/; "
             "staging/ holds runs being written"
@@ -176,6 +181,7 @@ class ResultStore:
         self._metric_keys: dict[str, tuple[str, str]] = {}
         self._probe_keys: dict[str, tuple[str, str]] = {}
         self.schema_version = SCHEMA_VERSION
+        self.sealed = False
 
     @classmethod
     def _unchecked(cls, path: str | os.PathLike[str]) -> ResultStore:
@@ -305,6 +311,11 @@ class ResultStore:
 
     def _validate(self, doc: Mapping[str, Any]) -> None:
         if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+            if "runs" in self._backend.children(""):
+                raise self._lost_root(
+                    f"says zarr format {doc.get('zarr_format')!r} "
+                    f"{doc.get('node_type')!r}, not a format-3 group"
+                )
             msg = (
                 f"{self._where()} is a zarr {doc.get('node_type', 'node')} "
                 f"(format {doc.get('zarr_format')}), not a sharpkit results store; "
@@ -334,6 +345,7 @@ class ResultStore:
             )
             raise StoreError(msg)
         self.schema_version = version
+        self.sealed = attrs.get(SEALED) is True
 
     def _ensure_layout(self) -> None:
         """Make sure ``runs/`` (and locally ``staging/``) exist as zarr groups."""
@@ -461,7 +473,9 @@ class ResultStore:
     def _read_info(self, run_id: str) -> RunInfo | None:
         """A run's metadata, or ``None`` if it is not committed or is damaged."""
         try:
-            found = load_info(self._backend, run_id, local=self.is_local)
+            found = load_info(
+                self._backend, run_id, local=self.is_local, sealed=self.sealed
+            )
         except Damage as exc:
             self._damaged(run_id, str(exc))
             return None
@@ -557,7 +571,7 @@ class ResultStore:
             )
             raise RunNotFoundError(msg)
         try:
-            attrs, manifest = parse_run_doc(raw)
+            attrs, manifest = parse_run_doc(raw, sealed=self.sealed)
             run = read_group(
                 self._backend,
                 run_id,

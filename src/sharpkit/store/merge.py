@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sharpkit.errors import StoreError
-from sharpkit.store.integrity import Damage
+from sharpkit.store.integrity import Damage, parse_run_doc, seal
 from sharpkit.store.layout import ResultStore, valid_run_id
-from sharpkit.store.repair import _check_run, _unchecked
+from sharpkit.store.repair import _check_run, _sealed, _unchecked
 
 __all__ = ["MergeReport", "merge_stores"]
 
@@ -83,6 +83,7 @@ def _merge_one(dest: ResultStore, src: ResultStore) -> MergeReport:
     present: list[str] = []
     damaged: list[tuple[str, str]] = []
     unfinished: list[str] = []
+    sealed = _sealed(src)
     for run_id in sorted(src._backend.children("runs")):
         if not valid_run_id(run_id):
             continue
@@ -90,7 +91,7 @@ def _merge_one(dest: ResultStore, src: ResultStore) -> MergeReport:
             present.append(run_id)
             continue
         try:
-            if not _check_run(src, run_id):
+            if not _check_run(src, run_id, sealed):
                 unfinished.append(run_id)
                 continue
         except Damage as exc:
@@ -104,9 +105,13 @@ def _merge_one(dest: ResultStore, src: ResultStore) -> MergeReport:
             unfinished.append(run_id)
             continue
         objects = {k[len(base) :]: v for k, v in got.items() if v is not None}
+        if dest.sealed and parse_run_doc(doc)[1] is None:
+            # a run from before manifests, read and checked above, gets one: in
+            # a store whose runs all have one, a run without is damage
+            doc = seal({**objects, "zarr.json": doc})
         dest._commit(run_id, objects, doc)
         try:  # what landed is what was checked
-            _check_run(dest, run_id)
+            _check_run(dest, run_id, dest.sealed)
         except Damage as exc:  # pragma: no cover - a source changing under us
             msg = f"run {run_id!r} changed while it was copied ({exc}); merge again"
             raise StoreError(msg) from None

@@ -563,6 +563,46 @@ def _timeout() -> float:
     return value
 
 
+def _endpoint(url: str) -> str | None:
+    """The S3 endpoint the environment names for ``url`` (``None``: AWS's own).
+
+    obstore panics on a malformed one at the first request (a Rust traceback);
+    it is checked here, where it can still be said in one line.
+
+    Raises:
+        ConfigError: ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT``) is not an
+            ``http(s)://host[:port]`` URL.
+    """
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("s3://", "s3a://")):
+        return None
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT"):
+        value = os.environ.get(name)
+        if value is None:
+            continue
+        try:
+            parts = urlsplit(value)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:  # a port that is not a number
+            parts, port_ok = None, False
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or not port_ok
+            or any(c.isspace() for c in value)
+        ):
+            msg = (
+                f"{name}={value[:100]!r} is not an endpoint URL; set it to the S3 "
+                "server's http(s)://host[:port] (e.g. http://localhost:9000) or "
+                "unset it for AWS"
+            )
+            raise ConfigError(msg)
+        return value
+    return None
+
+
 def _obstore_for(url: str) -> ObjectStore:
     """An obstore store for ``url``, configured from the environment."""
     try:
@@ -587,7 +627,8 @@ def _obstore_for(url: str) -> ObjectStore:
             "base": 2,
         },
     }
-    if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+    endpoint = _endpoint(url)
+    if endpoint is not None and endpoint.startswith("http://"):
         options["allow_http"] = True
     try:
         store: ObjectStore = from_url(url, client_options=options, retry_config=retry)

@@ -71,7 +71,7 @@ class RunInfo:
 
 
 def load_info(
-    backend: Backend, run_id: str, *, local: bool
+    backend: Backend, run_id: str, *, local: bool, sealed: bool = False
 ) -> tuple[RunInfo, Manifest | None] | None:
     """Read and check a run's metadata documents (no arrays).
 
@@ -81,6 +81,7 @@ def load_info(
         local: Whether the store is a local directory (where a run without its
             ``zarr.json`` but with other objects is damage, not one being
             written).
+        sealed: Every run of the store has a manifest (its root says so).
 
     Returns:
         The run and its manifest (``None``: written before manifests), or
@@ -97,7 +98,7 @@ def load_info(
             msg = "its zarr.json is missing"
             raise Damage(msg)
         return None
-    attrs, manifest = parse_run_doc(raw)
+    attrs, manifest = parse_run_doc(raw, sealed=sealed)
     check_member_attrs("run", "zarr.json", attrs)
     docs = _member_docs(backend, run_id, manifest)
     training = docs.get("training/zarr.json")

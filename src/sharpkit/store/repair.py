@@ -25,6 +25,7 @@ from sharpkit.store.integrity import Damage, parse_run_doc
 from sharpkit.store.layout import (
     LAYOUT_GROUPS,
     SCHEMA_VERSION,
+    SEALED,
     ResultStore,
     group_doc,
     root_attrs,
@@ -85,8 +86,14 @@ def _root_problem(store: ResultStore) -> str | None:
             doc = None
         attrs = doc.get("attributes") if isinstance(doc, dict) else None
         version = attrs.get("schema_version") if isinstance(attrs, dict) else None
+        node = (doc.get("zarr_format"), doc.get("node_type")) if attrs else None
         if not isinstance(version, int) or isinstance(version, bool):
             problem = "the root zarr.json is not a sharpkit store's (unreadable)"
+        elif node != (3, "group"):  # a zarr v2 reader would see another thing
+            problem = (
+                f"the root zarr.json says zarr format {node[0] if node else None} "
+                f"{node[1] if node else None}, not a format-3 group"
+            )
         elif version > SCHEMA_VERSION:
             msg = (
                 f"{store.location!r} was written by a newer sharpkit (store schema "
@@ -101,6 +108,16 @@ def _root_problem(store: ResultStore) -> str | None:
         )
         raise StoreError(msg)
     return problem
+
+
+def _sealed(store: ResultStore) -> bool:
+    """Whether the root says every run has a manifest (an unreadable root: no)."""
+    try:
+        doc = json.loads(store._backend.get("zarr.json") or b"{}")
+    except ValueError:
+        return False
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return isinstance(attrs, dict) and attrs.get(SEALED) is True
 
 
 def _layout_problems(store: ResultStore) -> list[str]:
@@ -119,19 +136,19 @@ def _layout_problems(store: ResultStore) -> list[str]:
     return out
 
 
-def _check_run(store: ResultStore, run_id: str) -> bool:
+def _check_run(store: ResultStore, run_id: str, sealed: bool) -> bool:
     """Read a run in full; whether it is committed at all.
 
     Raises:
         Damage: The run is damaged.
     """
     backend = store._backend
-    if load_info(backend, run_id, local=store.is_local) is None:
+    if load_info(backend, run_id, local=store.is_local, sealed=sealed) is None:
         return False
     raw = backend.get(f"runs/{run_id}/zarr.json")
     if raw is None:  # deleted meanwhile
         return False
-    _, manifest = parse_run_doc(raw)
+    _, manifest = parse_run_doc(raw, sealed=sealed)
     read_group(
         backend,
         run_id,
@@ -165,6 +182,7 @@ def check_store(location: str | os.PathLike[str]) -> StoreCheck:
     store = _unchecked(location)
     problems = [p for p in [_root_problem(store)] if p is not None]
     problems += _layout_problems(store)
+    sealed = _sealed(store)
     intact = 0
     damaged: list[tuple[str, str]] = []
     unfinished: list[str] = []
@@ -172,7 +190,7 @@ def check_store(location: str | os.PathLike[str]) -> StoreCheck:
         if not valid_run_id(run_id):
             continue
         try:
-            if _check_run(store, run_id):
+            if _check_run(store, run_id, sealed):
                 intact += 1
             else:
                 unfinished.append(f"runs/{run_id}")
@@ -209,7 +227,9 @@ def repair_store(location: str | os.PathLike[str]) -> StoreCheck:
     actions: list[str] = []
     if _root_problem(store) is not None:
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        attrs = {**root_attrs(), "repaired": now}
+        # sealed only if it was: a rebuilt root must not turn runs written
+        # before manifests into damage
+        attrs = {**root_attrs(), SEALED: _sealed(store), "repaired": now}
         store._backend.put("zarr.json", group_doc(attrs))
         actions.append("rebuilt the root zarr.json")
     for problem in _layout_problems(store):

@@ -26,7 +26,14 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 
-from sharpkit import ConfigError, Option, ProbeContext, ProbeResult, ProbeSpec
+from sharpkit import (
+    ConfigError,
+    Option,
+    ProbeContext,
+    ProbeResult,
+    ProbeSpec,
+    select_block,
+)
 from sharpkit.builtin._landscape.evaluation import (
     DEFAULT_BN_BATCH_SIZE,
     DEFAULT_BN_SAMPLES,
@@ -121,6 +128,13 @@ _SHARED_OPTIONS = (
         "within this much above the minimum's loss.",
     ),
     Option(
+        name="block",
+        type=str,
+        default="",
+        help="Move only this block's parameters: a module path (fc1, layer2: the "
+        "names of --blocks layers or depth=N) or NAME=REGEX; empty: all.",
+    ),
+    Option(
         name="resume_dir",
         type=str,
         default="",
@@ -139,6 +153,15 @@ class _Line(NamedTuple):
     evaluator: Evaluator
 
 
+def _restrict(
+    vectors: Sequence[torch.Tensor], mask: Sequence[bool] | None
+) -> list[torch.Tensor]:
+    """``vectors`` with the parameters outside the block (``mask`` False) zeroed."""
+    if mask is None:
+        return list(vectors)
+    return [v if k else torch.zeros_like(v) for v, k in zip(vectors, mask, strict=True)]
+
+
 @dataclass(kw_only=True, eq=False)
 class _GridProbe:
     """Options and machinery shared by the landscape probes.
@@ -154,6 +177,9 @@ class _GridProbe:
         test: Also evaluate on the test split.
         width_delta: Basin threshold above the training loss at each minimum.
         resume_dir: Directory for the resumable partial grid ("": none).
+        block: Move only the parameters of this block (a module path or
+            ``NAME=REGEX``, see :func:`~sharpkit.select_block`); the others stay
+            at the first model's values. Empty: all.
 
     Raises:
         ConfigError: A negative sample count, ``bn_batch_size < 2`` or a
@@ -173,6 +199,7 @@ class _GridProbe:
     test: bool = True
     width_delta: float = 1.0
     resume_dir: str = ""
+    block: str = ""
     _grids: dict[str, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -208,6 +235,7 @@ class _GridProbe:
         self.test = bool(self.test)
         self.width_delta = float(self.width_delta)
         self.resume_dir = str(self.resume_dir)
+        self.block = str(self.block).strip()
 
     @classmethod
     def spec(cls) -> ProbeSpec:
@@ -271,7 +299,21 @@ class _GridProbe:
             "eval_samples": self.eval_samples,
             "test": self.test,
             "width_delta": self.width_delta,
+            **({"block": self.block} if self.block else {}),
         }
+
+    def _block(
+        self, model: torch.nn.Module
+    ) -> tuple[list[bool] | None, dict[str, Any]]:
+        """Which parameters move (``None``: all) and the attributes that say so."""
+        if not self.block:
+            return None, {}
+        names = [n for n, _ in named_params(model)]
+        name, chosen = select_block(names, self.block)
+        keep = set(chosen)
+        size = sum(p.numel() for n, p in named_params(model) if n in keep)
+        info = {"block_name": name, "block_params": chosen, "block_size": size}
+        return [n in keep for n in names], info
 
     def _attrs(
         self, head: Mapping[str, Any], evaluator: Evaluator, tail: Mapping[str, Any]
@@ -432,26 +474,29 @@ class Interpolate(_GridProbe):
         work = copy.deepcopy(m1).eval()
         theta1, theta2 = clone_params(m1), clone_params(m2)
         bufs1, bufs2 = clone_buffers(m1), clone_buffers(m2)
+        mask, info = self._block(m1)
+        moves = [True] * len(theta1) if mask is None else list(mask)
+        step = _restrict([t2 - t1 for t1, t2 in zip(theta1, theta2, strict=True)], mask)
 
         def set_alpha(a: float) -> None:
             set_params(
                 work,
                 [
-                    (1.0 - a) * t1 + a * t2
-                    for t1, t2 in zip(theta1, theta2, strict=True)
+                    (1.0 - a) * t1 + a * t2 if k else t1
+                    for t1, t2, k in zip(theta1, theta2, moves, strict=True)
                 ],
             )
             interpolate_buffers(work, bufs1, bufs2, a)
 
         # The minima themselves are evaluated too, if the grid misses them.
         line = self._evaluate_line(ctx, work, (0.0, 1.0), set_alpha, {})
-        distance = norm([t2 - t1 for t1, t2 in zip(theta1, theta2, strict=True)])
+        distance = norm(step)
         summary, censored = two_minima_readouts(
             line.grid, line.arrays["train_loss"], self.width_delta, distance
         )
         return self._line_result(
             line,
-            {},
+            info,
             ({"distance": distance, **summary}, censored),
             {
                 "width_definition": (
@@ -494,7 +539,8 @@ class Direction(_RandomDirections):
         model = ctx.models[0]
         work = copy.deepcopy(model).eval()
         theta = clone_params(model)
-        direction = self._direction(theta, ctx.generator(self.name))
+        mask, info = self._block(model)
+        direction = _restrict(self._direction(theta, ctx.generator(self.name)), mask)
 
         def set_alpha(a: float) -> None:
             set_params(work, combine(theta, [(a, direction)]))
@@ -508,7 +554,7 @@ class Direction(_RandomDirections):
         )
         return self._line_result(
             line,
-            {"bias_bn": self.bias_bn},
+            {"bias_bn": self.bias_bn, **info},
             ({"direction_norm": d_norm, **summary}, censored),
             {
                 "normalization": "filter (Li et al., 2018)",
@@ -567,13 +613,13 @@ class Plane(_RandomDirections):
         """Two random directions at the model's point ``θ``."""
         theta = thetas[0]
         gen = ctx.generator(self.name)
-        d1 = self._direction(theta, gen)
-        d2 = self._direction(theta, gen)
+        mask, block = self._block(ctx.models[0])
+        d1 = _restrict(self._direction(theta, gen), mask)
+        d2 = _restrict(self._direction(theta, gen), mask)
         n1, n2 = norm(d1), norm(d2)
         cosine = dot(d1, d2) / (n1 * n2) if n1 > 0 and n2 > 0 else math.nan
-        return _Axes(
-            d1, d2, (n1, n2), {"cosine_d1_d2": cosine, "bias_bn": self.bias_bn}
-        )
+        info = {"cosine_d1_d2": cosine, "bias_bn": self.bias_bn, **block}
+        return _Axes(d1, d2, (n1, n2), info)
 
     def _run(self, ctx: ProbeContext) -> ProbeResult:
         thetas = [clone_params(m) for m in ctx.models]
@@ -666,14 +712,15 @@ class PlaneBetween(Plane):
                 random direction is parallel to ``θ2-θ1``.
         """
         theta1, theta2 = thetas
-        u = [t2 - t1 for t1, t2 in zip(theta1, theta2, strict=True)]
+        mask, block = self._block(ctx.models[0])
+        u = _restrict([t2 - t1 for t1, t2 in zip(theta1, theta2, strict=True)], mask)
         u_norm = norm(u)
         if u_norm == 0.0:
             msg = (
                 "the two models are identical; plane-between needs two different minima"
             )
             raise ConfigError(msg)
-        v = self._direction(theta1, ctx.generator(self.name))
+        v = _restrict(self._direction(theta1, ctx.generator(self.name)), mask)
         proj = dot(v, u) / (u_norm * u_norm)
         v = [vi - proj * ui for vi, ui in zip(v, u, strict=True)]
         v_norm = norm(v)
@@ -681,7 +728,7 @@ class PlaneBetween(Plane):
             msg = "the random direction is parallel to θ2-θ1; use another seed"
             raise ConfigError(msg)
         v = [vi * (u_norm / v_norm) for vi in v]
-        info = {"bias_bn": self.bias_bn, "distance": u_norm}
+        info = {"bias_bn": self.bias_bn, "distance": u_norm, **block}
         return _Axes(u, v, (u_norm, u_norm), info)
 
 
