@@ -124,8 +124,12 @@ if TYPE_CHECKING:
     )
     from sharpkit.curvature.uncertainty import (
         exact_trace_estimate,
+        example_estimate,
+        example_rayleigh,
         frobenius_estimate,
         spectral_estimate,
+        tail_index,
+        tail_limit,
         trace_estimate,
     )
     from sharpkit.plotting import build_figure, plot_figure
@@ -174,8 +178,12 @@ _LAZY = {
     **dict.fromkeys(
         (
             "exact_trace_estimate",
+            "example_estimate",
+            "example_rayleigh",
             "frobenius_estimate",
             "spectral_estimate",
+            "tail_index",
+            "tail_limit",
             "trace_estimate",
         ),
         "sharpkit.curvature.uncertainty",
@@ -249,6 +257,10 @@ __all__ = [  # noqa: RUF022 - grouped by purpose; the reference page follows it
     "ChunkRecorder",
     "DataEstimate",
     "spectral_estimate",
+    "example_estimate",
+    "example_rayleigh",
+    "tail_index",
+    "tail_limit",
     "exact_trace_estimate",
     "frobenius_estimate",
     "trace_estimate",

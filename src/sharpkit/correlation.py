@@ -351,7 +351,11 @@ def correlate(
         filter: Row filters as for :func:`sharpkit.open_results` (store path)
             or ``sharpkit results --filter``.
         bootstrap: Bootstrap resamples of the models for the intervals
-            (0: no intervals).
+            (0: no intervals). Each draws ``n`` of the ``n`` models with
+            replacement, each with its stored value, target and
+            hyperparameters, and recomputes the three coefficients; the
+            values themselves are not resampled, so their data and numerical
+            errors are not in the intervals.
         confidence: Confidence level of the intervals.
         seed: Seed of the bootstrap.
 

@@ -156,6 +156,14 @@ class AnalysisContext:
         max_hvps: Budget of Hessian-vector products per metric (``None``: no cap).
         progress: Progress callback; call it as work advances.
         train_data: The training split, where known (BN re-estimation, probes).
+        heldout_data: Examples of the population ``data`` was drawn from that
+            are not in ``data`` (e.g. the rest of the split a random sample
+            came from), or ``None``. ``spectral``'s ``data_error`` evaluates the
+            Rayleigh quotient of its eigenvector on them: an unbiased estimate
+            of ``vᵀH_pop v <= λ_max(H_pop)``, the lower end of a bracket for
+            the population's λ_max. :func:`sharpkit.measure` sets it to as
+            many examples as ``data`` holds, drawn from those of the split the
+            selection left out.
         cache: Shared between metrics measured in one call on one model, for a
             plugin's own memos (e.g. a check it need not repeat). Keys are owned
             by whoever writes them; prefix them with the plugin name. The Krylov
@@ -193,6 +201,7 @@ class AnalysisContext:
     max_hvps: int | None = None
     progress: ProgressCallback = no_progress
     train_data: DataSplit | None = None
+    heldout_data: DataSplit | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     warm_start: torch.Tensor | None = field(default=None, repr=False)
     eigenvectors: torch.Tensor | None = field(default=None, repr=False)

@@ -139,3 +139,22 @@ def test_partition_helpers():
     assert part.embed(part.restrict(v, 1), 1).tolist() == [0.0] * 6 + [6.0, 7.0, 8.0]
     assert part.sum_squares(v).tolist() == [55.0, 36.0 + 49.0 + 64.0]
     assert part.sizes == [6, 3]
+
+
+def test_select_block_by_module_path_root_or_regex():
+    from sharpkit.curvature.blocks import select_block
+
+    names = ["w", "stem.weight", "layer1.0.conv.weight", "layer1.1.bn.bias",
+             "layer10.weight", "fc.weight", "fc.bias"]  # fmt: skip
+    # a module path takes what is under it, and only that ("layer1" not "layer10")
+    assert select_block(names, "layer1") == (
+        "layer1",
+        ["layer1.0.conv.weight", "layer1.1.bn.bias"],
+    )
+    assert select_block(names, "layer1.0") == ("layer1.0", ["layer1.0.conv.weight"])
+    assert select_block(names, "root") == ("root", ["w"])
+    assert select_block(names, "head=^fc\\.") == ("head", ["fc.weight", "fc.bias"])
+    with pytest.raises(ConfigError, match="names no module with parameters"):
+        select_block(names, "layer2")
+    with pytest.raises(ConfigError, match="matches no parameter name"):
+        select_block(names, "x=^nothing")

@@ -61,3 +61,21 @@ def test_measure_bad_blocks_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "matches no parameter name" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_measure_blocks_table_shows_data_errors(tmp_path: Path) -> None:
+    path = _checkpoint(tmp_path)
+    args = ["measure", path, "-m", "spectral", "-m", "trace", "--no-store"]
+    args += ["--blocks", "layers", "--samples", "256"]
+    args += ["-o", "spectral.data_error=true", "-o", "trace.data_error=true"]
+    result = runner.invoke(app, [*args, "--json"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)[0]["metrics"]
+    for name in ("spectral", "trace"):
+        data = metrics[name]["arrays"]["block_data_stderr"]
+        assert len(data) == len(metrics[name]["attrs"]["blocks"])
+        assert all(d > 0 for d in data)
+    shown = runner.invoke(app, args, env={"COLUMNS": "160"})
+    assert shown.exit_code == 0, shown.stderr
+    assert "λ_max data ±" in shown.stdout
+    assert "trace data ±" in shown.stdout

@@ -19,7 +19,13 @@ from cases import bn_mlp, mlp
 from typer.testing import CliRunner
 
 import sharpkit
-from sharpkit import ChunkRecorder, lanczos, spectral_estimate
+from sharpkit import (
+    ChunkRecorder,
+    example_estimate,
+    example_rayleigh,
+    lanczos,
+    spectral_estimate,
+)
 from sharpkit.builtin.metrics._spectral import BLOCK, Spectral
 from sharpkit.cli import app
 from sharpkit.interfaces import AnalysisContext, MetricResult
@@ -32,7 +38,7 @@ def _ctx(case_of: Any = mlp) -> AnalysisContext:
     return case_of().context()
 
 
-def test_spectral_data_stderr_is_the_engines_jackknife() -> None:
+def test_spectral_data_stderr_is_the_engines() -> None:
     result = Spectral(data_error=True).compute(_ctx())
     ctx = _ctx()
     chunked = ctx.chunked_hessian()
@@ -44,11 +50,15 @@ def test_spectral_data_stderr_is_the_engines_jackknife() -> None:
         bound="gap", block=BLOCK,
     )  # fmt: skip
     est = spectral_estimate(rec)[0]
+    terms = example_estimate(example_rayleigh(ctx.hessian, res.eigenvectors)[:, 0])
     assert result.value == pytest.approx(float(res.eigenvalues[0]), rel=1e-10)
-    assert result.data_stderr == pytest.approx(est.stderr, rel=1e-10)
+    # the per-example terms' error bar; the chunk jackknife's beside it
+    assert result.data_stderr == pytest.approx(terms.stderr, rel=1e-10)
+    assert result.attrs["data_jackknife_stderr"] == pytest.approx(est.stderr, rel=1e-10)
+    assert result.attrs["data_estimate"] == pytest.approx(est.estimate, rel=1e-10)
     assert result.data_stderr is not None
     assert result.data_stderr > 0
-    assert result.data_method == "jackknife-ritz"
+    assert result.data_method == "per-example"
     assert result.hvps == chunked.hvp_count
     # off by default: no data error, as before
     assert Spectral().compute(_ctx()).data_stderr is None
@@ -129,7 +139,7 @@ def test_cli_measure_json_and_table(tmp_path: Path) -> None:
     entry = json.loads(out.stdout)
     entry = entry[0] if isinstance(entry, list) else entry
     spectral = entry["metrics"]["spectral"]
-    assert spectral["data_method"] == "jackknife-ritz"
+    assert spectral["data_method"] == "per-example"
     assert spectral["data_stderr"] > 0
     assert spectral["reused"] is False
     rows = [

@@ -161,6 +161,37 @@ class Selection:
             targets=split.targets,
         )
 
+    def rest(
+        self, split: DataSplit, *, default: int | None = DEFAULT_SAMPLES
+    ) -> DataSplit | None:
+        """Examples of ``split`` the selection left out: held-out data.
+
+        As many as the selection takes (fewer if fewer are left), a seeded
+        random draw (stratified by class, like ``"random"``) from the examples
+        not selected, so that an order of the split does not bias them;
+        ``None`` when the selection takes the whole split.
+        """
+        import torch
+
+        from sharpkit.curvature.sampling import sample_indices
+
+        n = self.count(default)
+        if n is None or n >= len(split):
+            return None
+        taken = self.indices(split, default=default)
+        keep = torch.ones(len(split), dtype=torch.bool)
+        keep[taken] = False
+        others = torch.nonzero(keep).flatten()
+        labels = split.targets
+        pick = sample_indices(
+            len(others),
+            min(n, len(others)),
+            "random",
+            seed=self.seed + 1,
+            targets=labels[others] if labels.dim() == 1 else None,
+        )
+        return split.take(others[pick])
+
     def pick(
         self, split: DataSplit, *, default: int | None = DEFAULT_SAMPLES
     ) -> DataSplit:
@@ -383,6 +414,8 @@ class AnalysisData:
     code_sha256: str | None = None
     selection: Mapping[str, Any] = field(default_factory=dict)
     """What :meth:`Selection.cut` recorded: ``sample``, ``sample_seed``, ..."""
+    heldout: DataSplit | None = None
+    """Examples of the same split not in ``analysis`` (:meth:`Selection.rest`)."""
 
     def sha256(self) -> str | None:
         """The analysis set's hash, for data not named by a registered dataset."""
@@ -408,10 +441,12 @@ def analysis_data(
         ds, train_subset = job.training_data(
             data, source, with_subset=split == "train", registered=True
         )
-        picked, record = selection.cut(ds.train if split == "train" else ds.test)
+        whole = ds.train if split == "train" else ds.test
+        picked, record = selection.cut(whole)
         out = AnalysisData(
             analysis=picked,
             selection=record,
+            heldout=selection.rest(whole),
             train=ds.train,
             dataset=data,
             split=split,
@@ -426,13 +461,15 @@ def analysis_data(
                 f"folder); measure on {arg('split', '--split', 'train')}"
             )
             raise ConfigError(msg)
-        picked, record = selection.cut(data.train if split == "train" else data.test)
+        whole = data.train if split == "train" else data.test
+        picked, record = selection.cut(whole)
         partial = isinstance(data, SourceDataset) and data.totals is not None
         if isinstance(data, SourceDataset) and partial:  # read up to the selection
             record["population"] = data.population(split)
         out = AnalysisData(
             analysis=picked,
             selection=record,
+            heldout=None if partial else selection.rest(whole),
             train=None if partial else data.train,
             dataset=data.name,
             split=split,
@@ -444,7 +481,11 @@ def analysis_data(
         picked, record = selection.cut(whole, default=None)
         if first and selection.count(None) is not None:
             record["population"] = None  # read no further than the selection
-        out = AnalysisData(analysis=picked, selection=record)
+        out = AnalysisData(
+            analysis=picked,
+            selection=record,
+            heldout=None if first else selection.rest(whole, default=None),
+        )
     _check_size(out.analysis, selection.count(None))
     return out
 

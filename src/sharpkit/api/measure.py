@@ -63,6 +63,7 @@ from sharpkit.registry import Registry, get_registry
 if TYPE_CHECKING:
     import torch
 
+    from sharpkit.api.precision import Budget, Plan
     from sharpkit.curvature.blocks import BlockSpec
 
 __all__ = ["Measurement", "measure", "run_measure"]
@@ -245,6 +246,10 @@ def measure(
             :func:`~sharpkit.curvature.sampling.samples_for_precision`); what
             was chosen and why is in ``attrs["precision_note"]``. Refused with
             a :class:`~sharpkit.ConfigError` when that count exceeds the split.
+            With ``max_hvps``, each metric's products over all the
+            measurements stay within it: a measurement that would not fit is
+            not made, and a :class:`~sharpkit.ConvergenceWarning` says the
+            precision reached (the result is returned).
         split: ``"train"`` or ``"test"``, for a dataset given by name.
         batch_size: Examples per forward pass. Batches are weighted by their
             size, so with batch norm in eval mode it does not change the value;
@@ -254,7 +259,8 @@ def measure(
             examples are collected and re-split into batches of ``batch_size``.
         seed: Seed for every random choice; results are reproducible from it.
         tol: Relative tolerance for iterative methods.
-        max_hvps: Hessian-vector-product budget per metric.
+        max_hvps: Hessian-vector-product budget per metric (with
+            ``precision``: over all its measurements together).
         bn_mode: ``"eval"`` (running statistics, default) or ``"train"`` (batch
             statistics of each batch of ``batch_size`` examples: the Hessian of
             the loss as seen during training with that batch size). The
@@ -372,19 +378,27 @@ def _to_precision(
 
     Each measurement goes through :func:`_measure_once` (and so the store);
     the last is returned, with what was chosen and why in
-    ``attrs["precision_note"]`` (see :mod:`sharpkit.api.precision`).
+    ``attrs["precision_note"]`` (see :mod:`sharpkit.api.precision`), each
+    metric's products over all measurements in ``attrs["precision_hvps"]``,
+    and how it ended (``"met"``, ``"max_hvps"``, ``"rounds"``) in
+    ``attrs["precision_stop"]``. ``max_hvps`` bounds each metric's products
+    over all the measurements: a measurement that would not fit is not made,
+    and a :class:`~sharpkit.ConvergenceWarning` says the precision reached.
     """
-    from sharpkit.api.precision import MAX_ROUNDS, data_error_options, note, plan
+    from sharpkit.api.precision import MAX_ROUNDS, Budget, data_error_options, plan
 
     assert analysis.precision is not None
     opts = data_error_options(names, options, registry)
     how = dataclasses.replace(analysis, precision=None)
-    steps = []
+    budget = Budget(analysis.max_hvps)
+    steps: list[Plan] = []
     asked: int | None = None
+    stopped: str | None = None
     for round_ in range(1, MAX_ROUNDS + 1):
         out = _measure_once(
             model, names, inputs, how, options=opts, registry=registry, **rest
         )
+        budget.add(out)
         got = int(out.attrs["samples"])
         # data given as objects: the split's size is known once it fell short
         short: int | None = got if asked is not None and got < asked else None
@@ -392,6 +406,8 @@ def _to_precision(
             out, samples=got, population=out.attrs.get("population") or short,
             precision=analysis.precision, last_round=round_ == MAX_ROUNDS,
         )  # fmt: skip
+        if step.samples is not None and (stopped := budget.short(step.samples)):
+            step = dataclasses.replace(step, samples=None)
         steps.append(step)
         if step.samples is None:
             break
@@ -402,9 +418,34 @@ def _to_precision(
         if out.warm_start is not None:
             rest["warm_start"] = out.warm_start
         how = dataclasses.replace(
-            how, selection=dataclasses.replace(how.selection, samples=step.samples)
-        )
-    out.attrs["precision_note"] = note(steps, analysis.precision)
+            how, max_hvps=budget.cap(),
+            selection=dataclasses.replace(how.selection, samples=step.samples),
+        )  # fmt: skip
+    return _precision_end(out, steps, analysis.precision, budget, stopped)
+
+
+def _precision_end(
+    out: Measurement,
+    steps: Sequence[Plan],
+    precision: float,
+    budget: Budget,
+    stopped: str | None,
+) -> Measurement:
+    """Say how the precision loop ended, in ``out.attrs`` (and a warning)."""
+    import warnings
+
+    from sharpkit.api.precision import note
+    from sharpkit.errors import ConvergenceWarning
+
+    line = note(steps, precision, stopped)
+    met = steps[-1].relative <= precision
+    out.attrs["precision_note"] = line
+    out.attrs["precision_hvps"] = dict(budget.spent)
+    out.attrs["precision_stop"] = (
+        "met" if met else "max_hvps" if stopped is not None else "rounds"
+    )
+    if not met and stopped is not None:
+        warnings.warn(line, ConvergenceWarning, stacklevel=5)
     return out
 
 
@@ -467,6 +508,8 @@ def _measure_once(
             seed=inputs.seed, bn_mode=analysis.bn_mode, tol=analysis.tol,
             max_hvps=analysis.max_hvps, progress=progress or no_progress,
             train_data=data_info.train, cache=cache if cache is not None else {},
+            heldout_data=None if data_info.heldout is None
+            else _on_device(data_info.heldout, job.device, want_dtype),
             warm_start=warm_start, memory_budget=budget, tf32=analysis.tf32,
         )  # fmt: skip
 

@@ -7,21 +7,25 @@ about ``N·(r/p)²`` examples reach a relative error ``p``
 turns a measurement into that decision and the one line that says it;
 :func:`~sharpkit.api.measure.run_measure` measures again on that count, through
 the same front door, until the precision is met (or refuses, when the split
-is too small).
+is too small). :class:`Budget` keeps that loop within ``max_hvps``: each
+metric's products over all the measurements together stay within it, and the
+loop stops, with a :class:`~sharpkit.ConvergenceWarning` saying how far it got,
+when the next measurement would not fit.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from sharpkit._hints import in_cli
 from sharpkit.errors import ConfigError
 from sharpkit.interfaces import MetricResult
 from sharpkit.registry import Registry
 
-__all__ = ["MAX_ROUNDS", "Plan", "data_error_options", "note", "plan"]
+__all__ = ["MAX_ROUNDS", "Budget", "Plan", "data_error_options", "note", "plan"]
 
 MAX_ROUNDS = 4
 """Measurements at most: the count is re-planned from each (its ``r`` is itself
@@ -93,12 +97,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.3g} %"
 
 
-def note(steps: Sequence[Plan], precision: float) -> str:
-    """One line: the data error of each measurement, and how it ended."""
+def note(steps: Sequence[Plan], precision: float, stopped: str | None = None) -> str:
+    """One line: the data error of each measurement, and how it ended.
+
+    ``stopped``: why the loop ended before the precision was met (the budget).
+    """
     trail = " → ".join(f"{_pct(p.relative)} on {p.measured}" for p in steps)
     last = steps[-1]
     if last.relative <= precision:
         end = "met"
+    elif stopped is not None:
+        end = f"not met, {stopped}"
     elif last.samples is None:
         end = f"not met after {len(steps)} measurements (measure again, or on more)"
     else:  # pragma: no cover - a plan with a next step is never the last
@@ -166,3 +175,59 @@ def plan(
             )
         raise ConfigError(msg)
     return Plan(want, name, rel, samples)
+
+
+@dataclass
+class Budget:
+    """The precision loop's products, per metric, against ``max_hvps``.
+
+    ``max_hvps`` bounds each metric's products in one measurement; under
+    ``precision`` it bounds each metric's products over all the measurements
+    together. A measurement taken from the store counts what it cost when it
+    was made, so the loop ends the same way with or without a store.
+
+    Attributes:
+        limit: ``max_hvps`` (``None``: no bound).
+        spent: Products each metric spent so far, over all measurements.
+        last: Products each metric spent in the last measurement: what the
+            next one is expected to take (the same method at the same
+            tolerance on the same model's Hessian; started from the last
+            measurement's eigenvector, it usually takes no more).
+    """
+
+    limit: int | None
+    spent: dict[str, int] = field(default_factory=dict)
+    last: dict[str, int] = field(default_factory=dict)
+
+    def add(self, results: Mapping[str, MetricResult]) -> None:
+        """Count one measurement's products."""
+        for name, r in results.items():
+            hvps = int(r.hvps or 0)
+            self.spent[name] = self.spent.get(name, 0) + hvps
+            self.last[name] = hvps
+
+    def short(self, samples: int) -> str | None:
+        """Why a next measurement on ``samples`` would not fit (``None``: it fits)."""
+        if self.limit is None:
+            return None
+        over = [n for n in self.spent if self.spent[n] + self.last[n] > self.limit]
+        if not over:
+            return None
+        name = max(over, key=lambda n: self.spent[n] + self.last[n])
+        limit = f"--max-hvps {self.limit}" if in_cli() else f"max_hvps={self.limit}"
+        return (
+            f"the product budget ran out: {name} spent {self.spent[name]} of "
+            f"{limit} and the next measurement, on {samples}, would take about "
+            f"{self.last[name]} more"
+        )
+
+    def cap(self) -> int | None:
+        """The per-metric budget of the next measurement: what the metrics have left.
+
+        The least any metric has left, so no metric can go past ``limit``
+        (``None``: no bound; at least 1, a budget's smallest value).
+        """
+        if self.limit is None:
+            return None
+        left = [self.limit - spent for spent in self.spent.values()]
+        return max(min(left, default=self.limit), 1)

@@ -19,7 +19,7 @@ from sharpkit.api.datafiles import SourceDataset
 from sharpkit.api.executor import Executor, PluginCall
 from sharpkit.api.fingerprint import code_digest, probe_key_fields
 from sharpkit.api.fit import check_fit
-from sharpkit.api.job import Inputs, Job, resolve
+from sharpkit.api.job import Inputs, Job, Selection, resolve
 from sharpkit.api.models import ResolvedModel, check_finite
 from sharpkit.api.provenance import code_sha256, split_sha256
 from sharpkit.api.resolve import ModelLike, StoreLike, open_store, recorded_data
@@ -36,6 +36,7 @@ from sharpkit.registry import Registry, get_registry
 if TYPE_CHECKING:
     import torch
 
+    from sharpkit._data import DataSplit
     from sharpkit.api.losses import ResolvedLoss
 
 __all__ = ["interpolate", "probe", "run_probe"]
@@ -51,6 +52,9 @@ def probe(
     data_options: Mapping[str, Any] | None = None,
     batch_size: int = 1024,
     seed: int = 0,
+    samples: int | str | None = None,
+    sample: str = "first",
+    sample_seed: int | None = None,
     device: str | torch.device | None = None,
     model_name: str | None = None,
     model_options: Mapping[str, Any] | None = None,
@@ -78,6 +82,16 @@ def probe(
             :func:`measure`).
         batch_size: Examples per forward pass.
         seed: Seed for random directions and BN re-estimation order.
+        samples: Cut the training and the test split each to ``samples``
+            examples before the probe sees them (``None`` or ``"all"``: the
+            whole splits; the probe's own ``eval_samples`` and ``bn_samples``
+            then draw from what is left).
+        sample: Which ones: ``"first"`` or ``"random"`` (a uniform subset,
+            stratified by class where the targets are class indices), as in
+            :func:`measure`. The selection is part of the reuse key: a probe on
+            a random draw is never reused for the first ``samples``, nor for
+            another draw.
+        sample_seed: Seed of the ``"random"`` draw (``None``: ``seed``).
         device: Where to compute.
         model_name: Architecture of bare ``state_dict`` checkpoints.
         model_options: Options for that architecture.
@@ -96,9 +110,14 @@ def probe(
         download=download, model_name=model_name, model_options=model_options,
         loss=loss, seed=seed, device=device, store=store, force=force,
     )  # fmt: skip
+    selection = Selection(
+        samples=samples,
+        sample=sample,
+        seed=seed if sample_seed is None else sample_seed,
+    )
     return run_probe(
         name, models, inputs, options=options, batch_size=batch_size,
-        progress=progress, registry=registry,
+        progress=progress, registry=registry, selection=selection,
     )  # fmt: skip
 
 
@@ -111,8 +130,14 @@ def run_probe(
     batch_size: int = 1024,
     progress: ProgressCallback | None = None,
     registry: Registry | None = None,
+    selection: Selection | None = None,
 ) -> ProbeResult:
-    """:func:`probe` with its inputs as one typed value."""
+    """:func:`probe` with its inputs as one typed value.
+
+    ``selection``: the examples of each split the probe sees (``None``: all).
+    """
+    if selection is not None:
+        selection.check()
     ex = Executor(registry or get_registry(), force=inputs.force)
     call = ex.call("probe", name, options)
     if len(models) != call.spec.n_models:
@@ -124,8 +149,10 @@ def run_probe(
     for s in sources:
         check_finite(s.net, s.path or "a model")
     ds, registered = _probe_data(job, sources[0])
+    train, test, picked = _select(ds, selection)
     metas = [s.meta for s in sources]
     extra = _optional_key(sources, ds, job.loss.code_sha256, registered)
+    drawn = {k: picked[k] for k in ("sample_seed", "sample_sha256") if picked.get(k)}
     work = [copy.deepcopy(s.net).to(job.device).eval() for s in sources]
     # what decides the curves: the data as used, what each model and the loss
     # compute, the probe's own code (see api/fingerprint.py), and the settings
@@ -134,18 +161,16 @@ def run_probe(
         checkpoints=[s.sha256 for s in sources], dataset=ds.name,
         seed=inputs.seed, loss=job.loss.label,
         component_code=code_digest(call.spec.factory),
-        **probe_key_fields(
-            work, job.loss.fn, ds.train, ds.test, batch_size=batch_size
-        ),
-        **extra,
+        **probe_key_fields(work, job.loss.fn, train, test, batch_size=batch_size),
+        **extra, **drawn,
     )  # fmt: skip
     ex.store = open_store(inputs.store)
     found = ex.stored(call, key)
     if found is not None:
         return cast("ProbeResult", found)
-    _check_probe_fits(sources, work[0], ds, job.loss, call)
+    _check_probe_fits(sources, work[0], ds.name, train, job.loss, call)
     ctx = ProbeContext(
-        models=work, loss_fn=job.loss.fn, train_data=ds.train, test_data=ds.test,
+        models=work, loss_fn=job.loss.fn, train_data=train, test_data=test,
         batch_size=batch_size, device=job.device, seed=inputs.seed,
         progress=progress or no_progress,
     )  # fmt: skip
@@ -156,7 +181,7 @@ def run_probe(
         outcome,
         probe=name,
         seconds=outcome.seconds if outcome.seconds is not None else seconds,
-        attrs={**outcome.attrs, "key": key},
+        attrs={**outcome.attrs, **picked, "key": key},
     )
     attrs = {
         "probe": name,
@@ -165,12 +190,35 @@ def run_probe(
         "model": metas[0].model or inputs.model_name,
         "dataset": ds.name, "loss": job.loss.label, **extra,
         "lr": [m.lr for m in metas], "batch_size": [m.batch_size for m in metas],
-        "train_seed": [m.seed for m in metas], "seed": inputs.seed,
+        "train_seed": [m.seed for m in metas], "seed": inputs.seed, **picked,
     }  # fmt: skip
     run_id = ex.write("probe", attrs, probes={name: result})
     if run_id is not None:
         result = dataclasses.replace(result, attrs={**result.attrs, "run_id": run_id})
     return result
+
+
+def _select(
+    ds: Dataset, selection: Selection | None
+) -> tuple[DataSplit, DataSplit, dict[str, Any]]:
+    """The training and test examples the probe sees, and what the run records.
+
+    The record (empty without a selection): ``samples`` (training examples),
+    ``sample``, ``population`` (the training split's size), and for a random
+    draw ``sample_seed`` and ``sample_sha256``, the digest of both splits'
+    drawn indices (see :meth:`~sharpkit.api.job.Selection.cut`).
+    """
+    if selection is None:
+        return ds.train, ds.test, {}
+    train, record = selection.cut(ds.train, default=None)
+    test, of_test = ds.test, dict[str, Any]()
+    if len(ds.test):
+        test, of_test = selection.cut(ds.test, default=None)
+    digests = [r.get("sample_sha256") for r in (record, of_test)]
+    if any(digests):
+        joined = code_sha256(*digests)
+        record.update(sample_seed=selection.seed, sample_sha256=joined)
+    return train, test, {"samples": len(train), **record}
 
 
 def _probe_data(job: Job, first: ResolvedModel) -> tuple[Dataset, bool]:
@@ -252,7 +300,8 @@ def _optional_key(
 def _check_probe_fits(
     sources: Sequence[ResolvedModel],
     work: torch.nn.Module,
-    ds: Dataset,
+    data_name: str,
+    train: DataSplit,
     loss: ResolvedLoss,
     call: PluginCall,
 ) -> None:
@@ -280,10 +329,10 @@ def _check_probe_fits(
             raise ConfigError(msg)
     check_fit(
         work,  # a copy in eval mode: the caller's model is not run
-        ds.train,
+        train,
         loss.fn,
         model_label=str(sources[0].path or type(net).__name__),
-        data_label=repr(ds.name),
+        data_label=repr(data_name),
         expects=sources[0].expects(),
         loss_label=f"the loss {loss.label!r}",
     )

@@ -52,6 +52,10 @@ def _block_columns(result: Any) -> dict[str, list[str]]:
         if r is not None and "block_value" in r.arrays:
             vals, ses = r.arrays["block_value"], r.arrays["block_stderr"]
             out[label] = [_pm(v, s) for v, s in zip(vals, ses, strict=True)]
+    for label, r in (("λ_max", spectral), ("trace", trace)):
+        if r is not None and "block_data_stderr" in r.arrays:
+            data = r.arrays["block_data_stderr"]
+            out[f"{label} data ±"] = [fmt_number(float(d), 2) for d in data]
     return out
 
 
@@ -68,6 +72,11 @@ def _whole_row(result: Any, columns: dict[str, list[str]]) -> dict[str, str]:
             row[label] = _pm(r.value, r.stderr if r.stderr is not None else r.bound)
     if "v₁ mass" in columns:
         row["v₁ mass"] = "1"
+    for label, name in (("λ_max", "spectral"), ("trace", "trace")):
+        r = result.get(name)
+        column = f"{label} data ±"
+        if column in columns and r is not None and r.data_stderr is not None:
+            row[column] = fmt_number(float(r.data_stderr), 2)
     return row
 
 

@@ -117,7 +117,11 @@ def measure(
     ] = 1e-3,
     max_hvps: Annotated[
         int | None,
-        typer.Option("--max-hvps", help="Hessian-vector-product budget per metric."),
+        typer.Option(
+            "--max-hvps",
+            help="Hessian-vector-product budget per metric (with --precision: "
+            "over all its measurements together).",
+        ),
     ] = None,
     bn_mode: Annotated[
         BNMode,
@@ -289,8 +293,8 @@ def _notes(attrs: dict[str, Any]) -> list[str]:
             f"measured on {attrs['samples']} random examples{whole} "
             f"(class-stratified, seed {attrs['sample_seed']})"
         )
-    if attrs.get("precision_note"):
-        out.append(str(attrs["precision_note"]))
+    if attrs.get("precision_note") and attrs.get("precision_stop") != "max_hvps":
+        out.append(str(attrs["precision_note"]))  # else a warning said it
     return out
 
 

@@ -520,6 +520,12 @@ class DataEstimate:
         lower_stderr: Its standard error.
         per_chunk: The jackknife's delete-a-chunk values (or the chunks' values
             for linear quantities).
+        tail_index: The Pareto shape ``k̂`` of the largest per-example terms
+            (:func:`~sharpkit.curvature.uncertainty.tail_index`), ``None``
+            where no per-example terms were computed.
+        reliable: ``False`` when ``tail_index`` says the terms are too
+            heavy-tailed for ``stderr`` to be trusted (see
+            :func:`~sharpkit.curvature.uncertainty.tail_limit`).
     """
 
     value: float
@@ -532,6 +538,8 @@ class DataEstimate:
     lower: float | None = None
     lower_stderr: float | None = None
     per_chunk: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    tail_index: float | None = None
+    reliable: bool = True
 
     @property
     def bias(self) -> float:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpkit._data import DataSplit
+from sharpkit.curvature._examples import example_rayleigh
 from sharpkit.curvature.sampling import (
     ChunkedHessian,
     ChunkRecorder,
@@ -39,9 +40,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "exact_trace_estimate",
+    "example_estimate",
+    "example_rayleigh",
     "frobenius_estimate",
     "heldout_rayleigh",
     "spectral_estimate",
+    "tail_index",
+    "tail_limit",
     "trace_estimate",
 ]
 
@@ -124,6 +129,108 @@ def spectral_estimate(
             )
         )
     return out
+
+
+def _gpd_shape(x: np.ndarray) -> float:
+    """The shape ``k`` of a generalized Pareto fit to exceedances ``x > 0``.
+
+    Zhang & Stephens (2009)'s empirical-Bayes estimate with the weakly
+    informative prior toward 0.5 of Vehtari et al. (2024), as in their PSIS
+    (the profile likelihood over a grid of ``b = -k/σ``, averaged with weights).
+    """
+    x = np.sort(x)
+    n = len(x)
+    m = 30 + int(math.sqrt(n))
+    b = 1.0 - np.sqrt(m / (np.arange(1, m + 1) - 0.5))
+    b = b / (3.0 * x[int(n / 4 + 0.5) - 1]) + 1.0 / x[-1]
+    k = np.log1p(-b[:, None] * x).mean(axis=1)
+    profile = n * (np.log(-b / k) - k - 1.0)
+    weights = 1.0 / np.exp(profile - profile[:, None]).sum(axis=1)
+    keep = weights >= 10 * np.finfo(float).eps
+    weights = weights[keep] / weights[keep].sum()
+    b_post = float(np.sum(b[keep] * weights))
+    k_post = float(np.log1p(-b_post * x).mean())
+    return (n * k_post + 10 * 0.5) / (n + 10)
+
+
+def tail_index(values: np.ndarray | Tensor) -> float:
+    """How heavy the upper tail of per-example terms is: a Pareto shape ``k̂``.
+
+    The largest ``M = min(N/5, 3·sqrt(N))`` values, less the next one, are fit
+    with a generalized Pareto distribution (as Vehtari et al., 2024, "Pareto
+    smoothed importance sampling", JMLR 25, diagnose a mean of importance
+    weights). A tail with shape ``k`` has ``1/k`` finite moments: ``k < 0.5``
+    a finite variance, so the central-limit standard error of the mean holds;
+    above :func:`tail_limit` the sample mean converges too slowly for ``N``
+    examples to show it (a few examples carry the mean, and a draw without them
+    underestimates it by more than its standard error says). ``nan`` for fewer
+    than 10 examples or a flat tail.
+
+    Args:
+        values: ``(N,)`` per-example terms (e.g. ``vᵀH_i v``).
+    """
+    q = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
+    n = len(q)
+    m = int(min(0.2 * n, 3 * math.sqrt(n)))
+    if n < 10 or m < 5 or not np.all(np.isfinite(q)):
+        return math.nan
+    tail = q[-m:] - q[-m - 1]
+    if not tail[-1] > 0 or np.count_nonzero(tail) < 5:
+        return math.nan
+    return _gpd_shape(np.maximum(tail, tail[tail > 0].min() * 1e-12))
+
+
+def tail_limit(n: int) -> float:
+    """The largest :func:`tail_index` at which a mean of ``n`` terms is trusted.
+
+    ``min(1 - 1/log10(n), 0.7)`` (Vehtari et al., 2024, sec. 3: above it the
+    error of a mean of ``n`` draws is not reliably estimated from them; 0.7 is
+    their limit for any practical ``n``). 0.5 for ``n <= 100``.
+    """
+    if n <= 100:
+        return 0.5
+    return min(1.0 - 1.0 / math.log10(n), 0.7)
+
+
+def example_estimate(
+    terms: np.ndarray | Tensor, *, method: str = "per-example"
+) -> DataEstimate:
+    """A mean of per-example terms with its data standard error and tail check.
+
+    For a Rayleigh quotient ``vᵀHv/vᵀv`` of a fixed ``v`` the terms are the
+    examples' ``vᵀH_i v/vᵀv``; for λ_max with ``v`` its eigenvector they are
+    its influence function (``dλ = vᵀ dH v``, Hellmann-Feynman), so the
+    standard error of their mean is λ's infinitesimal-jackknife standard error
+    (Jaeckel, 1972; Efron, 1982): ``sd/sqrt(N)``, widened by ``t_{0.975,N-1}``.
+    :attr:`DataEstimate.reliable` is ``False`` when :func:`tail_index` exceeds
+    :func:`tail_limit`: the standard error is then not to be trusted.
+
+    Args:
+        terms: ``(N,)`` per-example terms, ``N >= 2``.
+        method: The name to report.
+
+    Raises:
+        ConfigError: Fewer than 2 terms.
+    """
+    q = np.asarray(terms, dtype=np.float64).reshape(-1)
+    n = len(q)
+    if n < 2:
+        msg = f"a data standard error needs at least 2 examples, got {n}"
+        raise ConfigError(msg)
+    mean = float(q.mean())
+    se = float(q.std(ddof=1)) / math.sqrt(n) * t_factor(n - 1)
+    k = tail_index(q)
+    return DataEstimate(
+        value=mean,
+        estimate=mean,
+        stderr=se,
+        method=method,
+        chunks=n,
+        samples=n,
+        per_chunk=np.sort(q)[::-1][:16].copy(),
+        tail_index=None if math.isnan(k) else k,
+        reliable=not k > tail_limit(n),
+    )
 
 
 def heldout_rayleigh(heldout: ChunkedHessian, vector: Tensor) -> DataEstimate:

@@ -106,13 +106,17 @@ class Spectral:
             takes the first vector's place.
         data_error: Also give ``data_stderr``, the standard error of λ over
             the data the samples were drawn from: Lanczos runs on
-            :meth:`~sharpkit.AnalysisContext.chunked_hessian` (16 chunks) and
-            :func:`~sharpkit.spectral_estimate` gives the delete-a-chunk
-            jackknife in the Krylov space (``data_method="jackknife-ritz"``;
-            the bias-corrected estimate is in ``attrs["data_estimate"]``).
-            Off by default: the chunked products cost 0.9-2.0x today's
-            λ_max in CPU time on a loaded 2-core CPU (docs/benchmarks.md),
-            not always within the 1.5x asked. Only with ``method="lanczos"`` and
+            :meth:`~sharpkit.AnalysisContext.chunked_hessian` (16 chunks;
+            :func:`~sharpkit.spectral_estimate`'s bias-corrected estimate is in
+            ``attrs["data_estimate"]``), then every example's term ``vᵀH_i v``
+            of each Ritz vector (:func:`~sharpkit.example_rayleigh`) gives the
+            standard error (``data_method="per-example"``) and a check of
+            their tail: ``attrs["data_reliable"]`` is ``False``, with a
+            warning, when a few examples carry the curvature and no error bar
+            from these samples can be trusted. With
+            :attr:`~sharpkit.AnalysisContext.heldout_data`, the held-out
+            Rayleigh quotient is ``attrs["data_lower"]``. Off by default (its
+            cost is in docs/benchmarks.md). Only with ``method="lanczos"`` and
             ``which="largest"``.
     """
 
@@ -248,7 +252,11 @@ class Spectral:
         if not res.converged:
             self._warn_lanczos(ctx, res)
         result = self._lanczos_result(run, res, start_kind)
-        return result if recorder is None else _with_data_error(result, recorder)
+        if recorder is None:
+            return result
+        from sharpkit.builtin.metrics._spectral_data import with_data_error
+
+        return with_data_error(result, recorder, ctx, res.eigenvectors, res.eigenvalues)
 
     def _warn_lanczos(self, ctx: AnalysisContext, res: LanczosResult) -> None:
         worst = float(np.max(res.bounds / np.maximum(np.abs(res.eigenvalues), 1e-300)))
@@ -351,29 +359,6 @@ class Spectral:
                 "relative change, which certifies nothing",
             },
         )
-
-
-def _with_data_error(result: MetricResult, recorder: Any) -> MetricResult:
-    """``result`` with the jackknife's ``data_stderr`` and its chunked products."""
-    import dataclasses
-
-    from sharpkit import spectral_estimate
-
-    est = spectral_estimate(recorder)[0]
-    return dataclasses.replace(
-        result,
-        hvps=recorder.chunked.hvp_count,
-        data_stderr=est.stderr,
-        data_method=est.method,
-        attrs={
-            **result.attrs,
-            "data_estimate": est.estimate,
-            "data_chunks": est.chunks,
-            "data_meaning": "standard error of λ over the data the samples were "
-            "drawn from (delete-a-chunk jackknife in the Krylov space, widened "
-            "for K-1 degrees of freedom); data_estimate is the bias-corrected λ",
-        },
-    )
 
 
 def negative_bottom(process: LanczosProcess, tol: float, kind: str) -> dict[str, Any]:
