@@ -57,6 +57,25 @@ BLOCK = 2
 :func:`sharpkit.curvature.lanczos.lanczos`), so that a near-degenerate top pair
 or a repeated eigenvalue cannot hide."""
 
+MAX_BAND = 8
+"""Widest band ``spectral`` runs for ``top_k``: a band of ``top_k`` start
+vectors where the operator multiplies a block in one pass (issue 24)."""
+
+
+def band_width(top_k: int, matvec: Any) -> int:
+    """Start vectors of the band Lanczos run for ``top_k`` eigenvalues.
+
+    ``top_k`` (at most ``MAX_BAND``) where ``matvec`` takes a block in one
+    pass, else ``BLOCK``. A band of ``b`` vectors has ``b`` pending vectors at
+    every step, all multiplied by one batched product, so the run takes about
+    ``1/b`` of the passes over the data; it resolves clusters of up to ``b``
+    eigenvalues among those asked for, but spends more products than a band
+    of two (each sequence reaches a lower polynomial degree).
+    """
+    if top_k > BLOCK and bool(getattr(matvec, "block_products", False)):
+        return min(top_k, MAX_BAND)
+    return BLOCK
+
 
 class Spectral:
     """λ_max (or the ``top_k`` extreme eigenvalues) with a certified bound.
@@ -143,11 +162,15 @@ class Spectral:
             raise ConfigError(msg)
         self.start = start
         self.data_error = bool(data_error)
-        self.block = BLOCK
+        self.block: int | None = None  # None: band_width(top_k, the operator)
 
     def estimated_hvps(self, ctx: AnalysisContext) -> int | None:
-        """A typical cost: ~13 products for λ_max (a block of two), 3 more per extra."""
-        guess = 13 + 3 * (self.top_k - 1) if self.method == "lanczos" else 20
+        """A typical cost: ~13 products for λ_max (a block of two), 5 per extra.
+
+        (A band of ``top_k`` spends more products than a band of two, in
+        fewer passes: 32 for the benchmark MLP's top 5, docs/benchmarks.md.)
+        """
+        guess = 13 + 5 * (self.top_k - 1) if self.method == "lanczos" else 20
         if self.which == "both":
             guess *= 2
         return guess if ctx.max_hvps is None else min(guess, ctx.max_hvps)
@@ -216,7 +239,7 @@ class Spectral:
             progress=run.progress(),
             bound=self.bound,
             max_basis_bytes=ctx.basis_budget(),
-            block=self.block,
+            block=self.block or band_width(self.top_k, H),
         )
         if self.which == "largest":
             ctx.eigenvectors = res.eigenvectors
@@ -246,7 +269,7 @@ class Spectral:
             generator=ctx.generator("spectral"),
             bound=self.bound,
             max_basis_bytes=ctx.basis_budget(),
-            block=self.block,
+            block=self.block or band_width(self.top_k, recorder),
         )
         return recorder
 
