@@ -141,6 +141,7 @@ def test_a_tracker_curve_is_keyed_on_its_data_and_never_reused(tmp_path: Path) -
     from sharpkit.api.fingerprint import data_digest
 
     gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # the same net whatever ran before in this process
     net = torch.nn.Sequential(
         torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
     )

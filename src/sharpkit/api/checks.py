@@ -127,13 +127,18 @@ def check_fits(
     _check_ignored(ctx, data)
 
 
+_TORCH_IGNORE = -100  # cross-entropy's default ignore_index
+
+
 def _check_ignored(ctx: AnalysisContext, data: AnalysisData) -> None:
     """Say when cross-entropy's ``ignore_index`` leaves examples out of the loss.
 
     Class targets of ``-100`` (torch's default ``ignore_index``) drop their
     examples from the loss, so the Hessian is of the others: a warning when
     some are, one line when all are (before: measured silently on what was
-    left, or "num_classes must be positive, got -99").
+    left, or "num_classes must be positive, got -99"). A loss whose own
+    ``ignore_index`` names another class chose it: no warning then, but one
+    line still when every example is ignored.
 
     Raises:
         DataError: Every example's target is ignored.
@@ -156,6 +161,8 @@ def _check_ignored(ctx: AnalysisContext, data: AnalysisData) -> None:
     if left_out == len(y):
         msg = f"all {what}: the loss is of no example; check the targets"
         raise DataError(msg)
+    if ignore != _TORCH_IGNORE:
+        return  # a loss that names the class it ignores says what it wants
     warnings.warn(
         f"{what}: the Hessian is of the other {len(y) - left_out}; give them a "
         "class or leave them out of the data to measure on all of them",
