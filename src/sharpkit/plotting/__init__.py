@@ -166,49 +166,39 @@ def build_figure(
     return _build_other(source, figure, items, title)
 
 
+def _found(found: Any, what: str, how: str) -> Any:
+    """``found``, else one line: the selection has no ``what``; ``how`` to get it."""
+    if not found:
+        msg = f"no {what} in the selection; {how} first"
+        raise DataError(msg)
+    return found
+
+
 def _build_other(
     source: Any, figure: str, items: list[str], title: str | None
 ) -> Figure:
-    """``sam``, ``rescale``, ``density`` and ``fig4``."""
+    """``sam``, ``rescale``, ``blocks``, ``blocks-track``, ``density`` and ``fig4``."""
     if figure == "sam":
         return plot_sam(records(source, items), title)
     if figure == "rescale":
         return plot_rescale(runs(source, "probe", items), title)
     if figure == "blocks":
         series = block_series(runs(source, "measure", items))
-        if not series:
-            msg = (
-                "no per-block results in the selection; run `sharpkit measure CKPT "
-                "-m spectral --blocks layers --store STORE` first"
-            )
-            raise DataError(msg)
-        return plot_blocks(series, title)
+        how = "run `sharpkit measure CKPT -m spectral --blocks layers --store STORE`"
+        return plot_blocks(_found(series, "per-block results", how), title)
     if figure == "blocks-track":
         tracks = block_tracks(runs(source, "track", items))
-        if not tracks:
-            msg = (
-                "no tracked runs with per-block curves in the selection; track "
-                "with sharpkit.Tracker(..., blocks='layers', store=STORE) first"
-            )
-            raise DataError(msg)
-        return plot_blocks_track(tracks, title)
+        what = "tracked runs with per-block curves"
+        how = "track with sharpkit.Tracker(..., blocks='layers', store=STORE)"
+        return plot_blocks_track(_found(tracks, what, how), title)
     if figure == "density":
         spectra = densities(runs(source, "measure", items))
-        if not spectra:
-            msg = (
-                "no density results in the selection; run `sharpkit measure CKPT "
-                "-m density --store STORE` first"
-            )
-            raise DataError(msg)
-        return plot_density(spectra, title)
+        how = "run `sharpkit measure CKPT -m density --store STORE`"
+        return plot_density(_found(spectra, "density results", how), title)
     curves = train_curves(runs(source, "train", items))
-    if not curves:
-        msg = (
-            "no training runs with learning curves in the selection; run "
-            "`sharpkit train ... --store STORE` first"
-        )
-        raise DataError(msg)
-    return plot_fig4(curves, title)
+    what = "training runs with learning curves"
+    how = "run `sharpkit train ... --store STORE`"
+    return plot_fig4(_found(curves, what, how), title)
 
 
 def plot_figure(
