@@ -70,6 +70,23 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
+def mlp_bn_checkpoint(tmp_path: Path) -> Path:
+    """``a.pt``: a small untrained ``mlp-bn`` (16 inputs, 4 classes), synthetic data."""
+    import sharpkit
+    import sharpkit.builtin._models as models
+
+    net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=1, width=8)
+    meta = sharpkit.CheckpointMeta(
+        model="mlp-bn",
+        model_options={"depth": 1, "width": 8},
+        dataset="synthetic",
+        seed=0,
+        extra={"input_shape": [16], "num_classes": 4},
+    )
+    return sharpkit.save_checkpoint(tmp_path / "a.pt", net, meta)
+
+
+@pytest.fixture
 def own_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A user's project (tests/own_project.py) in the working directory.
 

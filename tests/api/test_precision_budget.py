@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 import sharpkit
 from sharpkit.api.precision import Budget
-from sharpkit.builtin import _models as models
 from sharpkit.cli import app
 from sharpkit.registry import Registry
 
@@ -184,16 +183,8 @@ def test_spectral_to_a_precision_within_max_hvps() -> None:
 
 
 @pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=1, width=8)
-    meta = sharpkit.CheckpointMeta(
-        model="mlp-bn",
-        model_options={"depth": 1, "width": 8},
-        dataset="synthetic",
-        seed=0,
-        extra={"input_shape": [16], "num_classes": 4},
-    )
-    return sharpkit.save_checkpoint(tmp_path / "a.pt", net, meta)
+def checkpoint(mlp_bn_checkpoint: Path) -> Path:
+    return mlp_bn_checkpoint
 
 
 @pytest.mark.filterwarnings("always::sharpkit.ConvergenceWarning")  # as a user sees it

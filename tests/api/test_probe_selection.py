@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 import sharpkit
 from sharpkit.api.job import Selection
-from sharpkit.builtin import _models as models
 from sharpkit.cli import app
 from sharpkit.registry import Registry
 
@@ -150,16 +149,8 @@ def test_a_bad_selection_is_one_line_before_any_work(reg: Registry) -> None:
 
 
 @pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=1, width=8)
-    meta = sharpkit.CheckpointMeta(
-        model="mlp-bn",
-        model_options={"depth": 1, "width": 8},
-        dataset="synthetic",
-        seed=0,
-        extra={"input_shape": [16], "num_classes": 4},
-    )
-    return sharpkit.save_checkpoint(tmp_path / "a.pt", net, meta)
+def checkpoint(mlp_bn_checkpoint: Path) -> Path:
+    return mlp_bn_checkpoint
 
 
 def test_cli_probe_on_a_random_draw(checkpoint: Path, tmp_path: Path) -> None:

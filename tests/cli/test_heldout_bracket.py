@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import sharpkit
-from sharpkit.builtin import _models as models
 from sharpkit.cli import _render, app
 from sharpkit.cli._render import fmt_number
 
@@ -28,16 +26,8 @@ WIDE = {"COLUMNS": "250"}  # every column fits: none is dropped
 
 
 @pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    net = models.build_mlp_bn(input_shape=(16,), num_classes=4, depth=1, width=8)
-    meta = sharpkit.CheckpointMeta(
-        model="mlp-bn",
-        model_options={"depth": 1, "width": 8},
-        dataset="synthetic",
-        seed=0,
-        extra={"input_shape": [16], "num_classes": 4},
-    )
-    return sharpkit.save_checkpoint(tmp_path / "a.pt", net, meta)
+def checkpoint(mlp_bn_checkpoint: Path) -> Path:
+    return mlp_bn_checkpoint
 
 
 def test_measure_table_and_results_show_the_heldout_bracket(
