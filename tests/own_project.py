@@ -103,6 +103,42 @@ class Project:
         return module
 
 
+def write_tiny_bert(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``tiny-bert/`` and ``tokens.npz`` in ``folder``: a user's ``hf:`` model and data.
+
+    A one-layer ``BertForSequenceClassification`` (2 labels, saved with
+    ``save_pretrained``) and 10 sequences of 5 tokens with their mask and labels,
+    as the ``inputs.*``/``labels`` arrays sharpkit reads; returns
+    ``(input_ids, attention_mask, labels)``. Needs ``transformers``.
+    """
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=20,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)
+    model.save_pretrained(folder / "tiny-bert")
+    ids = torch.randint(0, 20, (10, 5))
+    mask = torch.ones_like(ids)
+    labels = torch.arange(10) % 2
+    np.savez(
+        folder / "tokens.npz",
+        **{
+            "inputs.input_ids": ids.numpy(),
+            "inputs.attention_mask": mask.numpy(),
+            "labels": labels.numpy(),
+        },
+    )
+    return ids, mask, labels
+
+
 def make_project(folder: Path) -> Project:
     """Write the project into ``folder``: code, checkpoints and data files."""
     (folder / "tinynets.py").write_text(MODEL_CODE)

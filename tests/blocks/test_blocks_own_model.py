@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from sharpkit.cli import app
@@ -50,28 +49,11 @@ def test_blocks_of_a_module_class(own_project) -> None:
 
 
 def test_blocks_of_a_hugging_face_folder(own_project, monkeypatch) -> None:
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    config = transformers.BertConfig(
-        vocab_size=20,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(config).save_pretrained("tiny-bert")
-    ids = torch.randint(0, 20, (10, 5))
-    np.savez(
-        "tokens.npz",
-        **{
-            "inputs.input_ids": ids.numpy(),
-            "inputs.attention_mask": torch.ones_like(ids).numpy(),
-            "labels": (torch.arange(10) % 2).numpy(),
-        },
-    )
+    from own_project import write_tiny_bert
+
+    write_tiny_bert(own_project.folder)
     metrics = _measured("--model", "hf:tiny-bert", "--data", "tokens.npz",
                         "--blocks", "depth=2")  # fmt: skip
     names = _consistent(metrics)

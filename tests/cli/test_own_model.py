@@ -83,30 +83,11 @@ def test_exported_program_on_a_safetensors_file(own_project) -> None:
 
 @pytest.mark.slow
 def test_hf_folder_on_a_tokens_file(own_project, monkeypatch) -> None:
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    config = transformers.BertConfig(
-        vocab_size=20,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(config).save_pretrained("tiny-bert")
-    ids = torch.randint(0, 20, (10, 5))
-    mask = torch.ones_like(ids)
-    labels = torch.arange(10) % 2
-    np.savez(
-        "tokens.npz",
-        **{
-            "inputs.input_ids": ids.numpy(),
-            "inputs.attention_mask": mask.numpy(),
-            "labels": labels.numpy(),
-        },
-    )
+    from own_project import write_tiny_bert
+
+    ids, mask, labels = write_tiny_bert(own_project.folder)
     out = measured("--model", "hf:tiny-bert", "--data", "tokens.npz")
     want = sharpkit.measure(
         "hf:tiny-bert", ({"input_ids": ids, "attention_mask": mask}, labels)
